@@ -1,0 +1,149 @@
+"""Ahead-of-time budget check: compile every configuration the planner can choose, for each arch,
+without a GPU, and compare shared memory / registers / spills against the arch's exact limits.
+
+Triton reports shared memory as ``compiled.metadata.shared`` (the dynamic shared memory the launch
+asks for); overflow is only caught at kernel load on the card, so the comparison happens here.
+Arguments are marked ``tt.divisibility=16`` the way the JIT marks aligned pointers and strides, or
+Triton would skip vectorisation / cp.async pipelining and under-report shared memory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+
+from . import planner
+
+# kernel family -> (module, jit function name). Every kernel of the package joins this table.
+KERNELS = {
+    "kv_append": ("sgl_kernel_sm12x.kv_append", "kv_append_kernel"),
+}
+
+
+@dataclass
+class BudgetRow:
+    kernel: str
+    arch: int
+    config: dict
+    shared: int | None
+    limit: int
+    regs: int | None
+    spill: int | None       # local-memory stack frame per thread (register spills), bytes
+    mma: str
+    fits: bool
+    error: str | None = None
+
+
+def _kernel(name):
+    import importlib
+    mod_name, fn_name = KERNELS[name]
+    mod = importlib.import_module(mod_name)
+    return mod, getattr(mod, fn_name)
+
+
+def _res_usage(cubin: bytes):
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    line = next((ln for ln in out.splitlines() if "REG:" in ln), "")
+    kv = dict(p.split(":", 1) for p in line.split() if ":" in p)
+    return int(kv.get("REG", -1)), int(kv.get("STACK", 0)) + int(kv.get("LOCAL", 0))
+
+
+def _mma_family(ptx: str) -> str:
+    found = sorted(set(re.findall(r"\b(mma\.sync\.aligned\.m\d+n\d+k\d+|wgmma\.mma_async|tcgen05\.mma)", ptx)))
+    return ",".join(m.replace(".aligned", "") for m in found) or "-"
+
+
+def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: dict) -> BudgetRow:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    _, fn = _kernel(kernel)
+    full = {a: sig.get(a, "constexpr") for a in fn.arg_names}
+    missing = [a for a in fn.arg_names if full[a] == "constexpr" and a not in cx]
+    if missing:
+        raise ValueError(f"{kernel}: AOT signature lacks arguments {missing}")
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n, t in full.items() if t != "constexpr" and (t.startswith("*") or t in ("i32", "i64"))}
+    limit = planner.arch_limits(arch).smem_per_block
+    try:
+        k = triton.compile(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs),
+                           target=GPUTarget("cuda", arch, 32), options=dict(opts))
+    except Exception as e:  # reported as a failing row, never swallowed
+        msg = (str(e).strip().splitlines() or [""])[-1][:200]
+        return BudgetRow(kernel, arch, label, None, limit, None, None, "-", False, f"{type(e).__name__}: {msg}")
+    regs, spill = _res_usage(k.kernel)
+    shared = int(k.metadata.shared)
+    return BudgetRow(kernel, arch, label, shared, limit, regs, spill, _mma_family(k.asm["ptx"]),
+                     shared <= limit and spill == 0)
+
+
+def _job(args):
+    return compile_one(*args)
+
+
+def cases(kernels, archs):
+    for name in kernels:
+        mod, _ = _kernel(name)
+        for arch in archs:
+            for label, sig, cx, opts in mod.aot_cases(arch):
+                yield (name, arch, label, sig, cx, opts)
+
+
+def run_budget(kernels=None, archs=planner.SM12X, jobs=None) -> list[BudgetRow]:
+    kernels = list(kernels or KERNELS)
+    for k in kernels:
+        if k not in KERNELS:
+            raise ValueError(f"kernel={k!r} is not known; known kernels: {sorted(KERNELS)}")
+    for a in archs:
+        planner.arch_limits(a)
+    todo = list(cases(kernels, archs))
+    jobs = jobs or min(len(todo), os.cpu_count() or 1) or 1
+    if jobs == 1:
+        return [_job(t) for t in todo]
+    with ProcessPoolExecutor(max_workers=jobs) as ex:
+        return list(ex.map(_job, todo, chunksize=1))
+
+
+def format_table(rows: list[BudgetRow]) -> str:
+    out = [f"{'kernel':<12} {'arch':<7} {'shared':>8} {'limit':>8} {'regs':>5} {'spill':>6} {'mma':<24} "
+           f"{'fits':<5} config"]
+    for r in rows:
+        cfg = " ".join(f"{k}={v}" for k, v in r.config.items())
+        out.append(f"{r.kernel:<12} sm_{r.arch:<4} {r.shared if r.shared is not None else 'ERR':>8} {r.limit:>8} "
+                   f"{r.regs if r.regs is not None else '-':>5} {r.spill if r.spill is not None else '-':>6} "
+                   f"{r.mma:<24} {'yes' if r.fits else 'NO':<5} {cfg}" + (f"  [{r.error}]" if r.error else ""))
+    n_bad = sum(not r.fits for r in rows)
+    out.append(f"{len(rows)} configurations, {len(rows) - n_bad} fit, {n_bad} do not")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="sm12x budget", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="120,121", help="comma-separated compute capabilities (default 120,121)")
+    ap.add_argument("--kernel", action="append", help=f"kernel family (repeatable): {sorted(KERNELS)}")
+    ap.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    ap.add_argument("--jobs", type=int, default=None, help="parallel compile processes")
+    a = ap.parse_args(argv)
+    try:
+        archs = [int(x) for x in a.arch.split(",") if x.strip()]
+        rows = run_budget(a.kernel, archs, a.jobs)
+    except ValueError as e:
+        print(f"sm12x budget: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps([asdict(r) for r in rows], indent=1))
+    else:
+        print(format_table(rows))
+    return 0 if all(r.fits for r in rows) else 1

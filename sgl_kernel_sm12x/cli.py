@@ -1,0 +1,25 @@
+"""``sm12x`` command line: ``budget``, ``demo``."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = {"budget": "AOT shared-memory/register check of every planned kernel configuration",
+            "demo": "quantize a sample KV tensor with the append kernel and print the budget table"}
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
+        print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
+        for c, h in cmds.items():
+            print(f"  {c:<8} {h}")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "budget":
+        from .budget import main as budget_main
+        return budget_main(rest)
+    from .demo import main as demo_main
+    return demo_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``@triton.jit`` helpers for the FP8 e4m3 and FP4 e2m1 codes used by the KV cache.
+
+Encoding is done with integer arithmetic (no hardware ``cvt``), so the same bits come out on
+sm_80 .. sm_121 and under the Triton interpreter; the torch references in
+:mod:`sgl_kernel_sm12x.nvfp4` follow the same steps and the tests compare bytes.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def e4m3_encode(x):
+    """fp32 tensor -> int32 tensor of float8_e4m3fn codes (RNE, saturate at 448, NaN/Inf -> 0x7F)."""
+    bits = x.to(tl.int32, bitcast=True)
+    sign = (bits >> 31) & 1
+    a = bits & 0x7FFFFFFF
+    ac = tl.minimum(a, 0x7F800000)
+    normal = ((ac + 0x7FFFF + ((ac >> 20) & 1)) >> 20) - (120 << 3)
+    mag = ac.to(tl.float32, bitcast=True)
+    sub = ((mag * 512.0) + 8388608.0).to(tl.int32, bitcast=True) & 0xF
+    code = tl.where(ac < 0x3C800000, sub, normal)
+    code = tl.minimum(code, 0x7E)
+    code = tl.where(a >= 0x7F800000, 0x7F, code)
+    return code | (sign << 7)
+
+
+@triton.jit
+def e4m3_decode(code):
+    """int32 codes (0..255) of float8_e4m3fn -> fp32, exact, in integer arithmetic."""
+    e = (code >> 3) & 0xF
+    m = code & 7
+    normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
+    sub = m.to(tl.float32) * 0.001953125
+    mag = tl.where(e == 0, sub, normal)
+    mag = tl.where((code & 0x7F) == 0x7F, float("nan"), mag)
+    return tl.where((code & 0x80) != 0, -mag, mag)
+
+
+@triton.jit
+def e2m1_encode(q):
+    """fp32 tensor (already scaled) -> int32 4-bit e2m1 codes, RNE with ties to even, clamp at 6."""
+    a = tl.abs(q)
+    code = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+            + (a > 5.0).to(tl.int32))
+    neg = (q.to(tl.int32, bitcast=True) >> 31) & 1
+    return code | (neg << 3)
+
+
+@triton.jit
+def e2m1_decode(code):
+    """int32 4-bit e2m1 codes -> fp32 values, without a lookup table.
+
+    Magnitude codes 0..7 are {0, .5, 1, 1.5, 2, 3, 4, 6}: exponent field e = c >> 1, mantissa c & 1;
+    e == 0 is the subnormal 0 / 0.5, otherwise (1 + m/2) * 2^(e-1).
+    """
+    c = code & 7
+    e = c >> 1
+    m = c & 1
+    normal = ((e + 126) << 23 | (m << 22)).to(tl.float32, bitcast=True)
+    mag = tl.where(e == 0, m.to(tl.float32) * 0.5, normal)
+    return tl.where((code & 8) != 0, -mag, mag)

@@ -1,0 +1,253 @@
+"""Fused quantize-and-append of new K/V rows into a paged KV pool (one launch for K and V).
+
+Formats: plain copy (bf16/fp16 pool), FP8 e4m3 with a per-tensor scale, NVFP4 (see
+:mod:`sgl_kernel_sm12x.nvfp4` for the byte layout). Bit-exact with the torch references there.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import planner
+from .fp_codes import e2m1_encode, e4m3_decode, e4m3_encode
+from .nvfp4 import BLOCK_SIZE
+
+KV_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
+_TORCH_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@triton.jit
+def _append_rows(
+    src_ptr, stride_src_t, stride_src_h,          # (tokens, heads, HEAD_DIM) activations
+    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM or HEAD_DIM // 2)
+    sdst_ptr, stride_sdst_s, stride_sdst_h,       # (slots, heads, HEAD_DIM // 16) NVFP4 scales
+    gscale_ptr,                                   # (1,) fp32 global / per-tensor scale
+    tok, head, slot, row_mask,
+    HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr,
+):
+    offs_d = tl.arange(0, HEAD_DIM)
+    src = src_ptr + tok[:, None] * stride_src_t + head[:, None] * stride_src_h + offs_d[None, :]
+    x_in = tl.load(src, mask=row_mask[:, None], other=0.0)
+    x = x_in.to(tl.float32)
+    dst_row = dst_ptr + slot * stride_dst_s + head * stride_dst_h
+    if KV_MODE == 0:
+        tl.store(dst_row[:, None] + offs_d[None, :], x_in.to(dst_ptr.dtype.element_ty), mask=row_mask[:, None])
+    elif KV_MODE == 1:
+        g = tl.load(gscale_ptr)
+        code = e4m3_encode(tl.div_rn(x, tl.zeros_like(x) + g))
+        tl.store(dst_row[:, None] + offs_d[None, :], code.to(tl.uint8), mask=row_mask[:, None])
+    else:
+        NB: tl.constexpr = HEAD_DIM // 16
+        g = tl.load(gscale_ptr)
+        xb = tl.reshape(x, (BLOCK_ROWS, NB, 16))
+        finite = tl.abs(xb) < float("inf")                      # false for NaN and +-Inf
+        amax = tl.max(tl.where(finite, tl.abs(xb), 0.0), axis=2)
+        n_bad = tl.sum((finite == 0).to(tl.int32), axis=2)
+        s = tl.div_rn(amax, tl.zeros_like(amax) + g * 6.0)
+        s_code = tl.where(n_bad > 0, 0x7F, e4m3_encode(s))
+        denom = e4m3_decode(s_code) * g
+        ok = (denom > 0) & (n_bad == 0)
+        safe = tl.where(ok, denom, 1.0)
+        q = tl.where(ok[:, :, None], tl.div_rn(xb, safe[:, :, None] + tl.zeros_like(xb)), 0.0)
+        codes = tl.reshape(e2m1_encode(q), (BLOCK_ROWS, HEAD_DIM // 2, 2))
+        lo, hi = tl.split(codes)
+        packed = (lo | (hi << 4)).to(tl.uint8)
+        offs_p = tl.arange(0, HEAD_DIM // 2)
+        tl.store(dst_row[:, None] + offs_p[None, :], packed, mask=row_mask[:, None])
+        offs_s = tl.arange(0, NB)
+        sdst = sdst_ptr + slot * stride_sdst_s + head * stride_sdst_h
+        tl.store(sdst[:, None] + offs_s[None, :], s_code.to(tl.uint8), mask=row_mask[:, None])
+
+
+@triton.jit
+def kv_append_kernel(
+    k_ptr, v_ptr,                                  # (tokens, heads, HEAD_DIM) bf16/fp16
+    stride_k_t, stride_k_h, stride_v_t, stride_v_h,
+    loc_ptr,                                       # (tokens,) int32/int64 slot ids
+    k_cache_ptr, v_cache_ptr,                      # (slots, heads, HEAD_DIM | HEAD_DIM // 2)
+    stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    k_scale_cache_ptr, v_scale_cache_ptr,          # (slots, heads, HEAD_DIM // 16) uint8, NVFP4 only
+    stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
+    k_gscale_ptr, v_gscale_ptr,                    # (1,) fp32
+    num_rows, num_heads, num_slots,
+    HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    in_range = rows < num_rows
+    tok = rows // num_heads
+    head = rows % num_heads
+    slot = tl.load(loc_ptr + tok, mask=in_range, other=0).to(tl.int64)
+    row_mask = in_range & (slot >= 0) & (slot < num_slots)   # never write outside the pool
+    tok = tok.to(tl.int64)
+    _append_rows(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h,
+                 k_scale_cache_ptr, stride_ks_s, stride_ks_h, k_gscale_ptr,
+                 tok, head, slot, row_mask, HEAD_DIM, BLOCK_ROWS, KV_MODE)
+    _append_rows(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h,
+                 v_scale_cache_ptr, stride_vs_s, stride_vs_h, v_gscale_ptr,
+                 tok, head, slot, row_mask, HEAD_DIM, BLOCK_ROWS, KV_MODE)
+
+
+# --------------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------------
+
+def _fail(name, msg):
+    raise ValueError(f"{name}: {msg}")
+
+
+def _check_tensor(name, t, *, ndim=None, dtypes=None, device=None, shape=None, contiguous=False):
+    if not isinstance(t, torch.Tensor):
+        _fail(name, f"expected a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        _fail(name, f"expected {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        _fail(name, f"dtype {t.dtype} is not supported; supported: {[str(d) for d in dtypes]}")
+    if device is not None and t.device != device:
+        _fail(name, f"is on {t.device}, expected {device} (the device of k)")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        _fail(name, f"expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if contiguous and not t.is_contiguous():
+        _fail(name, "must be contiguous")
+
+
+def _scale_tensor(name, s, device):
+    if s is None:
+        s = 1.0
+    if isinstance(s, torch.Tensor):
+        if s.numel() != 1:
+            _fail(name, f"must hold one value, got shape {tuple(s.shape)}")
+        if s.device != device:
+            _fail(name, f"is on {s.device}, expected {device}")
+        return s.reshape(1).to(torch.float32)
+    return torch.full((1,), float(s), dtype=torch.float32, device=device)
+
+
+_U8 = (torch.uint8, torch.float8_e4m3fn)
+
+
+def append_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out_loc: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    *,
+    kv_dtype: str,
+    k_scale_cache: torch.Tensor | None = None,
+    v_scale_cache: torch.Tensor | None = None,
+    k_scale=None,
+    v_scale=None,
+    check_slots: bool = True,
+    arch: int | None = None,
+) -> None:
+    """Quantize new K/V rows and scatter them into one layer of the KV pool, in one launch.
+
+    Parameters
+    ----------
+    k, v : (tokens, heads, head_dim) bf16/fp16. The token stride is free (a view of a fused qkv
+        projection works); heads x head_dim must be dense.
+    out_loc : (tokens,) int32/int64 slot ids into the pool. With ``check_slots`` (default) ids are
+        range-checked on the host (one sync); the kernel never writes outside the pool either way.
+    k_cache, v_cache : contiguous pool buffers of one layer:
+        ``bf16``/``fp16``: (slots, heads, head_dim) of that dtype;
+        ``fp8_e4m3``: (slots, heads, head_dim) uint8 or float8_e4m3fn;
+        ``nvfp4``: (slots, heads, head_dim // 2) uint8.
+    kv_dtype : "bf16" | "fp16" | "fp8_e4m3" | "nvfp4" (SGLang's "auto" is resolved by the caller).
+    k_scale_cache, v_scale_cache : nvfp4 only, (slots, heads, head_dim // 16) uint8/float8_e4m3fn.
+    k_scale, v_scale : per-tensor FP32 scale (float or one-element tensor on the device); the NVFP4
+        global scale or the FP8 scale. Default 1.0.
+    arch : compute capability used to plan the launch (default: the current device, or 120 on CPU).
+    """
+    if kv_dtype not in KV_MODE:
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODE)}")
+    _check_tensor("k", k, ndim=3, dtypes=tuple(_TORCH_ACT))
+    dev = k.device
+    tokens, heads, head_dim = k.shape
+    _check_tensor("v", v, dtypes=(k.dtype,), device=dev, shape=k.shape)
+    if head_dim % BLOCK_SIZE:
+        _fail("k", f"head_dim={head_dim} must be a multiple of {BLOCK_SIZE}")
+    if head_dim not in planner.HEAD_DIMS:
+        _fail("k", f"head_dim={head_dim} is not supported; supported: {list(planner.HEAD_DIMS)}")
+    for name, t in (("k", k), ("v", v)):
+        if heads > 1 and t.stride(1) != head_dim or t.stride(2) != 1:
+            _fail(name, f"heads x head_dim must be contiguous (strides {tuple(t.stride())})")
+    _check_tensor("out_loc", out_loc, ndim=1, dtypes=(torch.int32, torch.int64), device=dev, shape=(tokens,))
+
+    mode = KV_MODE[kv_dtype]
+    if mode == 0:
+        cache_dtypes, width = (_TORCH_PLAIN[kv_dtype],), head_dim
+    elif mode == 1:
+        cache_dtypes, width = _U8, head_dim
+    else:
+        cache_dtypes, width = (torch.uint8,), head_dim // 2
+    _check_tensor("k_cache", k_cache, ndim=3, dtypes=cache_dtypes, device=dev, contiguous=True)
+    slots = k_cache.shape[0]
+    _check_tensor("k_cache", k_cache, shape=(slots, heads, width))
+    _check_tensor("v_cache", v_cache, dtypes=cache_dtypes, device=dev, shape=(slots, heads, width),
+                  contiguous=True)
+    if mode == 2:
+        sshape = (slots, heads, head_dim // BLOCK_SIZE)
+        _check_tensor("k_scale_cache", k_scale_cache, dtypes=_U8, device=dev, shape=sshape, contiguous=True)
+        _check_tensor("v_scale_cache", v_scale_cache, dtypes=_U8, device=dev, shape=sshape, contiguous=True)
+        k_scale_cache, v_scale_cache = k_scale_cache.view(torch.uint8), v_scale_cache.view(torch.uint8)
+    else:
+        k_scale_cache = v_scale_cache = k_cache   # unused by the kernel at this KV_MODE
+    if mode == 1:
+        k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
+    kg = _scale_tensor("k_scale", k_scale, dev)
+    vg = _scale_tensor("v_scale", v_scale, dev)
+    if tokens == 0:
+        return
+    if check_slots:
+        lo, hi = int(out_loc.min()), int(out_loc.max())
+        if lo < 0 or hi >= slots:
+            _fail("out_loc", f"slot ids must lie in [0, {slots}), got range [{lo}, {hi}]")
+
+    if arch is None:
+        arch = planner.current_arch(dev) if dev.type == "cuda" else 120
+    cfg = planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
+    num_rows = tokens * heads
+    grid = (triton.cdiv(num_rows, cfg.block_rows),)
+    kv_append_kernel[grid](
+        k_ptr=k, v_ptr=v,
+        stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0), stride_v_h=v.stride(1),
+        loc_ptr=out_loc,
+        k_cache_ptr=k_cache, v_cache_ptr=v_cache,
+        stride_kc_s=k_cache.stride(0), stride_kc_h=k_cache.stride(1),
+        stride_vc_s=v_cache.stride(0), stride_vc_h=v_cache.stride(1),
+        k_scale_cache_ptr=k_scale_cache, v_scale_cache_ptr=v_scale_cache,
+        stride_ks_s=k_scale_cache.stride(0), stride_ks_h=k_scale_cache.stride(1),
+        stride_vs_s=v_scale_cache.stride(0), stride_vs_h=v_scale_cache.stride(1),
+        k_gscale_ptr=kg, v_gscale_ptr=vg,
+        num_rows=num_rows, num_heads=heads, num_slots=slots,
+        HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=mode,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def aot_cases(arch: int):
+    """(label, signature, constexprs, options) for every configuration the planner can choose."""
+    seen = set()
+    for inp in planner.kv_append_domain():
+        cfg = planner.plan_kv_append(arch, **inp)
+        mode = KV_MODE[inp["kv_dtype"]]
+        act = inp["act_dtype"]
+        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)
+        if key in seen:
+            continue
+        seen.add(key)
+        cache_t = {"bf16": "*bf16", "fp16": "*fp16"}.get(inp["kv_dtype"], "*u8")
+        sig = {"k_ptr": f"*{act}", "v_ptr": f"*{act}", "loc_ptr": "*i64",
+               "k_cache_ptr": cache_t, "v_cache_ptr": cache_t,
+               "k_scale_cache_ptr": "*u8" if mode == 2 else cache_t,
+               "v_scale_cache_ptr": "*u8" if mode == 2 else cache_t,
+               "k_gscale_ptr": "*fp32", "v_gscale_ptr": "*fp32"}
+        for n in ("stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h", "stride_kc_s", "stride_kc_h",
+                  "stride_vc_s", "stride_vc_h", "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h",
+                  "num_rows", "num_heads", "num_slots"):
+            sig[n] = "i32"
+        cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode}
+        label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}
+        yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
