@@ -141,6 +141,7 @@ def append_kv(
     v_scale=None,
     check_slots: bool = True,
     arch: int | None = None,
+    config: planner.AppendConfig | None = None,
 ) -> None:
     """Quantize new K/V rows and scatter them into one layer of the KV pool, in one launch.
 
@@ -159,6 +160,7 @@ def append_kv(
     k_scale, v_scale : per-tensor FP32 scale (float or one-element tensor on the device); the NVFP4
         global scale or the FP8 scale. Default 1.0.
     arch : compute capability used to plan the launch (default: the current device, or 120 on CPU).
+    config : override of the planner's choice, for offline tuning sweeps only.
     """
     if kv_dtype not in KV_MODE:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODE)}")
@@ -207,7 +209,7 @@ def append_kv(
 
     if arch is None:
         arch = planner.current_arch(dev) if dev.type == "cuda" else 120
-    cfg = planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
+    cfg = config or planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
     num_rows = tokens * heads
     grid = (triton.cdiv(num_rows, cfg.block_rows),)
     kv_append_kernel[grid](

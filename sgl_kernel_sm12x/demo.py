@@ -1,0 +1,64 @@
+"""``sm12x demo``: quantize a sample KV tensor with the fused append kernel (GPU if present, the
+Triton interpreter otherwise), report the error of each KV format, then the SM12x budget table."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+
+def _stats(name, ref, got, bytes_per_token, bf16_bytes):
+    import torch
+    err = (got - ref).float()
+    rel = (err.norm() / ref.float().norm()).item()
+    cos = torch.nn.functional.cosine_similarity(got.flatten().float(), ref.flatten().float(), dim=0).item()
+    print(f"  {name:<9} rel-L2 {rel:8.4f}  max|err| {err.abs().max().item():8.4f}  cosine {cos:.5f}  "
+          f"bytes/token {bytes_per_token:>5}  capacity x{bf16_bytes / bytes_per_token:.2f} vs bf16")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sm12x demo", description=__doc__)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128, 256))
+    ap.add_argument("--no-budget", action="store_true", help="skip the budget table")
+    a = ap.parse_args(argv)
+
+    import torch
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        os.environ["TRITON_INTERPRET"] = "1"   # before triton is imported
+    from . import nvfp4
+    from .kv_append import append_kv
+
+    dev = "cuda" if on_gpu else "cpu"
+    torch.manual_seed(0)
+    t, h, d = a.tokens, a.heads, a.head_dim
+    # K with a few outlier channels (as in trained LLMs), V plain Gaussian
+    k = torch.randn(t, h, d, device=dev)
+    k[..., :: d // 4] *= 20.0
+    k = k.to(torch.bfloat16)
+    v = torch.randn(t, h, d, device=dev, dtype=torch.bfloat16)
+    slots = 2 * t
+    loc = torch.randperm(slots, device=dev)[:t]
+    print(f"sm12x demo: {t} tokens x {h} heads x head_dim {d}, bf16 in, device "
+          f"{torch.cuda.get_device_name() if on_gpu else 'cpu (Triton interpreter)'}")
+    bf16_bytes = 2 * h * d
+    for name, src in (("K", k), ("V", v)):
+        print(f"{name}:")
+        kc = torch.zeros(slots, h, d // 2, dtype=torch.uint8, device=dev)
+        sc = torch.zeros(slots, h, d // 16, dtype=torch.uint8, device=dev)
+        append_kv(src, src, loc, kc, kc.clone(), kv_dtype="nvfp4", k_scale_cache=sc, v_scale_cache=sc.clone())
+        deq = nvfp4.dequantize_nvfp4(kc[loc], sc[loc].view(torch.float8_e4m3fn))
+        _stats("nvfp4", src, deq, nvfp4.nvfp4_bytes_per_token(h, d), bf16_bytes)
+        fc = torch.zeros(slots, h, d, dtype=torch.uint8, device=dev)
+        amax = src.float().abs().max().item()
+        scale = amax / nvfp4.E4M3_MAX
+        append_kv(src, src, loc, fc, fc.clone(), kv_dtype="fp8_e4m3", k_scale=scale, v_scale=scale)
+        _stats("fp8_e4m3", src, nvfp4.dequantize_fp8(fc[loc], scale), nvfp4.fp8_bytes_per_token(h, d), bf16_bytes)
+    if a.no_budget:
+        return 0
+    print("\nSM12x shared-memory budget (AOT, sm_120 and sm_121):")
+    env = {k_: v_ for k_, v_ in os.environ.items() if k_ != "TRITON_INTERPRET"}
+    return subprocess.call([sys.executable, "-m", "sgl_kernel_sm12x.cli", "budget", "--arch", "120,121"], env=env)
