@@ -33,10 +33,11 @@ class BudgetRow:
     shared: int | None
     limit: int
     regs: int | None
-    spill: int | None       # local-memory stack frame per thread (register spills), bytes
+    spill: int | None       # register spill stores per thread, bytes (ptxas -v)
     mma: str
     fits: bool
     error: str | None = None
+    stack: int | None = None  # stack frame per thread, bytes (call frames of IEEE-division slow paths)
 
 
 def _kernel(name):
@@ -56,6 +57,28 @@ def _res_usage(cubin: bytes):
     line = next((ln for ln in out.splitlines() if "REG:" in ln), "")
     kv = dict(p.split(":", 1) for p in line.split() if ":" in p)
     return int(kv.get("REG", -1)), int(kv.get("STACK", 0)) + int(kv.get("LOCAL", 0))
+
+
+def _ptxas_spills(ptx: str, arch: int):
+    """(spill store bytes, stack frame bytes) from ``ptxas -v`` on the kernel's PTX."""
+    import triton
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    ptxas = os.path.join(bindir, "ptxas-blackwell") if arch >= 100 else os.path.join(bindir, "ptxas")
+    if not os.path.exists(ptxas):
+        ptxas = os.path.join(bindir, "ptxas")
+    suffix = "a" if arch >= 90 else ""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        p = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{suffix}", src, "-o", os.path.join(d, "k.o")],
+                           capture_output=True, text=True)
+    log = p.stdout + p.stderr
+    if p.returncode != 0:
+        raise RuntimeError(f"ptxas failed: {log.strip()[-300:]}")
+    spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", log))
+    stack = sum(int(x) for x in re.findall(r"(\d+) bytes stack frame", log))
+    return spill, stack
 
 
 def _mma_family(ptx: str) -> str:
@@ -81,10 +104,12 @@ def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: 
     except Exception as e:  # reported as a failing row, never swallowed
         msg = (str(e).strip().splitlines() or [""])[-1][:200]
         return BudgetRow(kernel, arch, label, None, limit, None, None, "-", False, f"{type(e).__name__}: {msg}")
-    regs, spill = _res_usage(k.kernel)
+    regs, _ = _res_usage(k.kernel)
+    spill, stack = _ptxas_spills(k.asm["ptx"], arch)
     shared = int(k.metadata.shared)
     return BudgetRow(kernel, arch, label, shared, limit, regs, spill, _mma_family(k.asm["ptx"]),
-                     shared <= limit and spill == 0)
+                     shared <= limit and spill == 0 and regs <= planner.arch_limits(arch).regs_per_thread,
+                     stack=stack)
 
 
 def _job(args):
@@ -115,12 +140,13 @@ def run_budget(kernels=None, archs=planner.SM12X, jobs=None) -> list[BudgetRow]:
 
 
 def format_table(rows: list[BudgetRow]) -> str:
-    out = [f"{'kernel':<12} {'arch':<7} {'shared':>8} {'limit':>8} {'regs':>5} {'spill':>6} {'mma':<24} "
-           f"{'fits':<5} config"]
+    out = [f"{'kernel':<12} {'arch':<7} {'shared':>8} {'limit':>8} {'regs':>5} {'spill':>6} {'stack':>6} "
+           f"{'mma':<24} {'fits':<5} config"]
     for r in rows:
         cfg = " ".join(f"{k}={v}" for k, v in r.config.items())
         out.append(f"{r.kernel:<12} sm_{r.arch:<4} {r.shared if r.shared is not None else 'ERR':>8} {r.limit:>8} "
                    f"{r.regs if r.regs is not None else '-':>5} {r.spill if r.spill is not None else '-':>6} "
+                   f"{r.stack if r.stack is not None else '-':>6} "
                    f"{r.mma:<24} {'yes' if r.fits else 'NO':<5} {cfg}" + (f"  [{r.error}]" if r.error else ""))
     n_bad = sum(not r.fits for r in rows)
     out.append(f"{len(rows)} configurations, {len(rows) - n_bad} fit, {n_bad} do not")

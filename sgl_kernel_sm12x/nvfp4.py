@@ -15,14 +15,16 @@ Quantization rules (bit-exact in the Triton append kernel and in these reference
 1. ``amax`` = max |x| over the 16-element block (inputs are upcast to FP32 exactly).
 2. ``s = amax / (6 * global)`` in IEEE FP32 (``6 * global`` rounded first), encoded to UE4M3 in
    software with round-to-nearest-even, saturating at 448, subnormals kept.
-3. ``q = x / (e4m3(s) * global)`` in IEEE FP32 (0 when that denominator is 0), rounded to the
-   nearest E2M1 magnitude {0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the even code, clamped at 6.
-   The sign bit is the sign of ``x`` (``-0`` is code 8).
+3. ``r = 1 / (e4m3(s) * global)`` once per block (IEEE FP32; r = 0 when the denominator is 0),
+   ``q = x * r`` per element (one rounding), rounded to the nearest E2M1 magnitude
+   {0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the even code, clamped at 6. The sign bit is the sign
+   of ``x`` (``-0`` is code 8). Multiplying by the block reciprocal, as hardware quantizers do,
+   keeps the per-element cost to one multiply; with power-of-two scales it equals exact division.
 4. A block holding NaN or +-Inf gets the NaN scale code ``0x7F`` (its data nibbles are 0), so it
    dequantizes to NaN and stays visible; neighbouring blocks are unaffected.
 
-FP8 e4m3 KV (per-tensor scale) uses the same software encoder on ``x / scale``, saturating finite
-values at +-448 and mapping NaN/Inf to NaN.
+FP8 e4m3 KV (per-tensor scale) uses the same software encoder on ``x * (1 / scale)``, saturating
+finite values at +-448 and mapping NaN/Inf to NaN.
 """
 from __future__ import annotations
 
@@ -125,8 +127,9 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0):
     s_code = e4m3_encode(s)
     s_code = torch.where(finite, s_code, torch.full_like(s_code, E4M3_NAN))
     denom = e4m3_decode(s_code) * g
-    ok = (denom > 0)[..., None] & finite[..., None]
-    q = torch.where(ok, xf / denom[..., None], torch.zeros_like(xf))
+    ok = (denom > 0) & finite
+    rcp = torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    q = xf * rcp[..., None]
     codes = e2m1_encode(q).reshape(*x.shape[:-1], d)
     data = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return data.contiguous(), s_code.view(torch.float8_e4m3fn)
@@ -145,9 +148,9 @@ def dequantize_nvfp4(data: torch.Tensor, scales: torch.Tensor, global_scale=1.0,
 
 
 def quantize_fp8(x: torch.Tensor, scale=1.0) -> torch.Tensor:
-    """Reference FP8 e4m3 KV quantizer: ``e4m3(x / scale)`` (IEEE FP32 divide, saturating)."""
+    """Reference FP8 e4m3 KV quantizer: ``e4m3(x * (1 / scale))`` (IEEE FP32, saturating)."""
     s = _as_scale(scale, x.device)
-    return e4m3_encode(x.to(torch.float32) / s).view(torch.float8_e4m3fn)
+    return e4m3_encode(x.to(torch.float32) * (1.0 / s)).view(torch.float8_e4m3fn)
 
 
 def dequantize_fp8(q: torch.Tensor, scale=1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -96,12 +96,14 @@ class AppendConfig:
         return asdict(self)
 
 
-# Each program moves one tile of BLOCK_ROWS x head_dim elements for K and again for V. A 4096-element
-# tile (8 KB of bf16 in, 2.3 KB of NVFP4 out) keeps 16-byte loads on every thread of 4 warps and
-# enough blocks in flight; measured on an H100 in benchmark/results/*append*.json. The kernel holds
-# no shared-memory buffers of its own: what Triton allocates for layout conversions is checked by
-# the budget command.
-_APPEND_TILE_ELEMS = 4096
+# Each program moves one tile of BLOCK_ROWS x head_dim elements for K and again for V.
+# * copy / fp8: 4096-element tiles on 4 warps (32 elements a thread: 16-byte loads, ~40 registers).
+# * nvfp4: the (rows, blocks, 8, 2) tile keeps ~3 live fp32 values per element (x, |x|, codes);
+#   4096 elements on 4 warps reach 166 registers and spill on sm_120, so 2048 elements on 8 warps
+#   (8 elements a thread, ~56 registers, no spill) -- measured in benchmark/results/*append*.json.
+# The kernel holds no shared-memory buffers of its own; what Triton allocates for the reductions
+# is checked by `sm12x budget`.
+_APPEND_TILE = {"copy": (4096, 4), "fp8_e4m3": (4096, 4), "nvfp4": (2048, 8)}
 
 
 def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf16") -> AppendConfig:
@@ -109,8 +111,8 @@ def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf
     _check("head_dim", head_dim, HEAD_DIMS)
     _check("kv_dtype", kv_dtype, KV_DTYPES)
     _check("act_dtype", act_dtype, ACT_DTYPES)
-    rows = max(1, _APPEND_TILE_ELEMS // head_dim)
-    return AppendConfig(block_rows=rows, num_warps=4)
+    elems, warps = _APPEND_TILE.get(kv_dtype, _APPEND_TILE["copy"])
+    return AppendConfig(block_rows=max(1, elems // head_dim), num_warps=warps)
 
 
 def kv_append_domain():

@@ -169,7 +169,7 @@ def _args(device, **over):
     (dict(out_loc=torch.arange(3)), "out_loc"),                            # wrong length
     (dict(k_cache=torch.zeros(8, 2, 64, dtype=torch.uint8)), "k_cache"),   # fp8-shaped pool
     (dict(k_cache=torch.zeros(8, 2, 32, dtype=torch.bfloat16)), "k_cache"),
-    (dict(v_cache=torch.zeros(8, 2, 64, dtype=torch.uint8)[:, :, ::2]), "v_cache"),  # non-contiguous
+    (dict(v_cache=lambda dev: torch.zeros(8, 2, 64, dtype=torch.uint8, device=dev)[:, :, ::2]), "v_cache"),
     (dict(k_scale_cache=None), "k_scale_cache"),
     (dict(v_scale_cache=torch.zeros(8, 2, 8, dtype=torch.uint8)), "v_scale_cache"),
     (dict(k_scale=torch.ones(2)), "k_scale"),
@@ -177,6 +177,8 @@ def _args(device, **over):
 def test_bad_input_names_the_argument(over, name, device):
     a = _args(device)
     for key, val in over.items():
+        if callable(val):
+            val = val(device)
         a[key] = val.to(device) if isinstance(val, torch.Tensor) else val
     with pytest.raises(ValueError, match=name):
         append_kv(a.pop("k"), a.pop("v"), a.pop("out_loc"), a.pop("k_cache"), a.pop("v_cache"), **a)
