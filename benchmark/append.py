@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
     ap.add_argument("--sweep", action="store_true", help="also time other block_rows / num_warps")
+    ap.add_argument("--kv-dtype", nargs="+", default=["bf16", "fp8_e4m3", "nvfp4"])
     a = ap.parse_args()
 
     env = environment()
@@ -59,7 +60,7 @@ def main():
     arch = planner.current_arch()
     fraction = None
     for d in a.head_dim:
-        for kv in ("bf16", "fp8_e4m3", "nvfp4"):
+        for kv in a.kv_dtype:
             for t in a.tokens:
                 args, extra, nbytes = _setup(kv, t, a.heads, d, slots=2 * t)
                 cfgs = [None]

@@ -38,13 +38,19 @@ def e4m3_decode(code):
 
 @triton.jit
 def e2m1_encode(q):
-    """fp32 tensor (already scaled) -> int32 4-bit e2m1 codes, RNE with ties to even, clamp at 6."""
-    a = tl.abs(q)
-    code = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-            + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-            + (a > 5.0).to(tl.int32))
-    neg = (q.to(tl.int32, bitcast=True) >> 31) & 1
-    return code | (neg << 3)
+    """fp32 tensor (already scaled) -> int32 4-bit e2m1 codes, RNE with ties to even, clamp at 6.
+
+    Bit arithmetic on the fp32 pattern: for |q| >= 1 drop 22 mantissa bits with round-to-nearest-even
+    and rebias the exponent (127 -> 1); below 1 the code is rne(2|q|) (0, 1 or 2), obtained by adding
+    2^23. Codes above 7 (|q| >= 7, or NaN) clamp to 7; NaN only occurs in blocks already flagged.
+    """
+    bits = q.to(tl.int32, bitcast=True)
+    a = bits & 0x7FFFFFFF
+    ac = tl.minimum(a, 0x41000000)                       # |q| <= 8: keeps the arithmetic in range
+    normal = ((ac + 0x1FFFFF + ((ac >> 22) & 1)) >> 22) - 252
+    small = ((ac.to(tl.float32, bitcast=True) * 2.0) + 8388608.0).to(tl.int32, bitcast=True) & 3
+    code = tl.minimum(tl.where(ac < 0x3F800000, small, normal), 7)
+    return code | ((bits >> 28) & 8)
 
 
 @triton.jit

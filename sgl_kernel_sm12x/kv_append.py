@@ -21,50 +21,63 @@ _TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @triton.jit
 def _append_rows(
     src_ptr, stride_src_t, stride_src_h,          # (tokens, heads, HEAD_DIM) activations
-    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM or HEAD_DIM // 2)
-    sdst_ptr, stride_sdst_s, stride_sdst_h,       # (slots, heads, HEAD_DIM // 16) NVFP4 scales
-    gscale_ptr,                                   # (1,) fp32 global / per-tensor scale
+    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM)
+    gscale_ptr,                                   # (1,) fp32 per-tensor scale (FP8 only)
     tok, head, slot, row_mask,
-    HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr,
 ):
+    """Plain copy (KV_MODE 0) or FP8 e4m3 (KV_MODE 1) of whole rows."""
+    offs_d = tl.arange(0, HEAD_DIM)
     src_row = src_ptr + tok * stride_src_t + head * stride_src_h
     dst_row = dst_ptr + slot * stride_dst_s + head * stride_dst_h
-    if KV_MODE < 2:
-        offs_d = tl.arange(0, HEAD_DIM)
-        x_in = tl.load(src_row[:, None] + offs_d[None, :], mask=row_mask[:, None], other=0.0)
-        if KV_MODE == 0:
-            out = x_in.to(dst_ptr.dtype.element_ty)
-        else:
-            rcp = 1.0 / tl.load(gscale_ptr)
-            out = e4m3_encode(x_in.to(tl.float32) * rcp).to(tl.uint8)
-        tl.store(dst_row[:, None] + offs_d[None, :], out, mask=row_mask[:, None])
+    x_in = tl.load(src_row[:, None] + offs_d[None, :], mask=row_mask[:, None], other=0.0)
+    if KV_MODE == 0:
+        out = x_in.to(dst_ptr.dtype.element_ty)
     else:
-        # (rows, blocks of 16, 8 pairs, 2): the pair dim sits in one thread, so even/odd split and
-        # nibble packing need no data movement, and the block reduction needs no reshape.
-        NB: tl.constexpr = HEAD_DIM // 16
-        offs_b = tl.arange(0, NB)
-        offs_p = tl.arange(0, 8)
-        offs_e = tl.arange(0, 2)
-        elem = offs_b[:, None, None] * 16 + offs_p[None, :, None] * 2 + offs_e[None, None, :]
-        mask4 = row_mask[:, None, None, None]
-        x = tl.load(src_row[:, None, None, None] + elem[None, :, :, :], mask=mask4, other=0.0).to(tl.float32)
-        g = tl.load(gscale_ptr)
-        ax = tl.abs(x)
-        finite = ax < float("inf")                               # false for NaN and +-Inf
-        amax = tl.max(tl.max(tl.where(finite, ax, 0.0), axis=3), axis=2)
-        n_bad = tl.sum(tl.sum((finite == 0).to(tl.int32), axis=3), axis=2)
-        s = tl.div_rn(amax, tl.zeros_like(amax) + g * 6.0)
-        s_code = tl.where(n_bad > 0, 0x7F, e4m3_encode(s))
-        denom = e4m3_decode(s_code) * g
-        ok = (denom > 0) & (n_bad == 0)
-        rcp = tl.where(ok, tl.div_rn(tl.zeros_like(denom) + 1.0, tl.where(ok, denom, 1.0)), 0.0)
-        codes = e2m1_encode(x * rcp[:, :, None, None])
-        lo, hi = tl.split(codes)
-        packed = (lo | (hi << 4)).to(tl.uint8)
-        pidx = offs_b[:, None] * 8 + offs_p[None, :]
-        tl.store(dst_row[:, None, None] + pidx[None, :, :], packed, mask=row_mask[:, None, None])
-        sdst = sdst_ptr + slot * stride_sdst_s + head * stride_sdst_h
-        tl.store(sdst[:, None] + offs_b[None, :], s_code.to(tl.uint8), mask=row_mask[:, None])
+        rcp = 1.0 / tl.load(gscale_ptr)
+        out = e4m3_encode(x_in.to(tl.float32) * rcp).to(tl.uint8)
+    tl.store(dst_row[:, None] + offs_d[None, :], out, mask=row_mask[:, None])
+
+
+@triton.jit
+def _nvfp4_half(x, rcp, ok, dst):
+    """Encode 8 consecutive elements a lane ([L, 8] fp32) and store them as 4 bytes at ``dst``."""
+    codes = tl.where(ok[:, None], e2m1_encode(x * rcp[:, None]), 0)
+    lo, hi = tl.split(tl.reshape(codes, (codes.shape[0], 4, 2)))
+    offs = tl.arange(0, 4)
+    return lo | (hi << 4), dst[:, None] + offs[None, :]
+
+
+@triton.jit
+def _append_nvfp4_blocks(
+    src_ptr, stride_src_t, stride_src_h,          # (tokens, heads, HEAD_DIM) activations
+    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM // 2) packed e2m1
+    sdst_ptr, stride_sdst_s, stride_sdst_h,       # (slots, heads, HEAD_DIM // 16) UE4M3 scales
+    gscale_ptr,                                   # (1,) fp32 global scale
+    tok, head, blk, slot, lane_mask,
+):
+    """One lane (thread) per 16-element block: the block max, its scale and its 8 output bytes stay
+    in registers of that thread -- no cross-thread reduction, no shared memory."""
+    g = tl.load(gscale_ptr)
+    offs = tl.arange(0, 8)
+    src = src_ptr + tok * stride_src_t + head * stride_src_h + blk * 16
+    xa = tl.load(src[:, None] + offs[None, :], mask=lane_mask[:, None], other=0.0).to(tl.float32)
+    xb = tl.load(src[:, None] + 8 + offs[None, :], mask=lane_mask[:, None], other=0.0).to(tl.float32)
+    fa = tl.abs(xa) < float("inf")                      # false for NaN and +-Inf
+    fb = tl.abs(xb) < float("inf")
+    amax = tl.maximum(tl.max(tl.where(fa, tl.abs(xa), 0.0), axis=1), tl.max(tl.where(fb, tl.abs(xb), 0.0), axis=1))
+    n_bad = tl.sum((fa == 0).to(tl.int32), axis=1) + tl.sum((fb == 0).to(tl.int32), axis=1)
+    s = tl.div_rn(amax, tl.zeros_like(amax) + g * 6.0)
+    s_code = tl.where(n_bad > 0, 0x7F, e4m3_encode(s))
+    denom = e4m3_decode(s_code) * g
+    ok = (denom > 0) & (n_bad == 0)
+    rcp = tl.where(ok, tl.div_rn(tl.zeros_like(denom) + 1.0, tl.where(ok, denom, 1.0)), 0.0)
+    dst = dst_ptr + slot * stride_dst_s + head * stride_dst_h + blk * 8
+    pa, da = _nvfp4_half(xa, rcp, ok, dst)
+    pb, db = _nvfp4_half(xb, rcp, ok, dst + 4)
+    tl.store(da, pa.to(tl.uint8), mask=lane_mask[:, None])
+    tl.store(db, pb.to(tl.uint8), mask=lane_mask[:, None])
+    tl.store(sdst_ptr + slot * stride_sdst_s + head * stride_sdst_h + blk, s_code.to(tl.uint8), mask=lane_mask)
 
 
 @triton.jit
@@ -80,19 +93,29 @@ def kv_append_kernel(
     num_rows, num_heads, num_slots,
     HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    # a lane is a whole (token, head) row for copy/FP8, one 16-element block for NVFP4
+    LANES_PER_ROW: tl.constexpr = HEAD_DIM // 16 if KV_MODE == 2 else 1
+    lane = tl.program_id(0) * (BLOCK_ROWS * LANES_PER_ROW) + tl.arange(0, BLOCK_ROWS * LANES_PER_ROW)
+    rows = lane // LANES_PER_ROW
     in_range = rows < num_rows
     tok = rows // num_heads
     head = rows % num_heads
     slot = tl.load(loc_ptr + tok, mask=in_range, other=0).to(tl.int64)
-    row_mask = in_range & (slot >= 0) & (slot < num_slots)   # never write outside the pool
+    lane_mask = in_range & (slot >= 0) & (slot < num_slots)   # never write outside the pool
     tok = tok.to(tl.int64)
-    _append_rows(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h,
-                 k_scale_cache_ptr, stride_ks_s, stride_ks_h, k_gscale_ptr,
-                 tok, head, slot, row_mask, HEAD_DIM, BLOCK_ROWS, KV_MODE)
-    _append_rows(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h,
-                 v_scale_cache_ptr, stride_vs_s, stride_vs_h, v_gscale_ptr,
-                 tok, head, slot, row_mask, HEAD_DIM, BLOCK_ROWS, KV_MODE)
+    if KV_MODE == 2:
+        blk = lane % LANES_PER_ROW
+        _append_nvfp4_blocks(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h,
+                             k_scale_cache_ptr, stride_ks_s, stride_ks_h, k_gscale_ptr,
+                             tok, head, blk, slot, lane_mask)
+        _append_nvfp4_blocks(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h,
+                             v_scale_cache_ptr, stride_vs_s, stride_vs_h, v_gscale_ptr,
+                             tok, head, blk, slot, lane_mask)
+    else:
+        _append_rows(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h, k_gscale_ptr,
+                     tok, head, slot, lane_mask, HEAD_DIM, KV_MODE)
+        _append_rows(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h, v_gscale_ptr,
+                     tok, head, slot, lane_mask, HEAD_DIM, KV_MODE)
 
 
 # --------------------------------------------------------------------------------------------------

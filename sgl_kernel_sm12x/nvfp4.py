@@ -20,8 +20,9 @@ Quantization rules (bit-exact in the Triton append kernel and in these reference
    {0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the even code, clamped at 6. The sign bit is the sign
    of ``x`` (``-0`` is code 8). Multiplying by the block reciprocal, as hardware quantizers do,
    keeps the per-element cost to one multiply; with power-of-two scales it equals exact division.
-4. A block holding NaN or +-Inf gets the NaN scale code ``0x7F`` (its data nibbles are 0), so it
-   dequantizes to NaN and stays visible; neighbouring blocks are unaffected.
+4. A block holding NaN or +-Inf gets the NaN scale code ``0x7F``, so it dequantizes to NaN and
+   stays visible; neighbouring blocks are unaffected. Blocks whose scale is 0 or NaN store zero
+   nibbles.
 
 FP8 e4m3 KV (per-tensor scale) uses the same software encoder on ``x * (1 / scale)``, saturating
 finite values at +-448 and mapping NaN/Inf to NaN.
@@ -130,7 +131,8 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0):
     ok = (denom > 0) & finite
     rcp = torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
     q = xf * rcp[..., None]
-    codes = e2m1_encode(q).reshape(*x.shape[:-1], d)
+    codes = torch.where(ok[..., None], e2m1_encode(q), torch.zeros((), dtype=torch.uint8))
+    codes = codes.reshape(*x.shape[:-1], d)
     data = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return data.contiguous(), s_code.view(torch.float8_e4m3fn)
 

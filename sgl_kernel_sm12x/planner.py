@@ -98,12 +98,11 @@ class AppendConfig:
 
 # Each program moves one tile of BLOCK_ROWS x head_dim elements for K and again for V.
 # * copy / fp8: 4096-element tiles on 4 warps (32 elements a thread: 16-byte loads, ~40 registers).
-# * nvfp4: the (rows, blocks, 8, 2) tile keeps ~3 live fp32 values per element (x, |x|, codes);
-#   4096 elements on 4 warps reach 166 registers and spill on sm_120, so 2048 elements on 8 warps
-#   (8 elements a thread, ~56 registers, no spill) -- measured in benchmark/results/*append*.json.
+# * nvfp4: one thread per 16-element block (block max, scale and bytes stay in its registers);
+#   256 blocks (4096 elements) a program on 8 warps = one block a thread.
 # The kernel holds no shared-memory buffers of its own; what Triton allocates for the reductions
 # is checked by `sm12x budget`.
-_APPEND_TILE = {"copy": (4096, 4), "fp8_e4m3": (4096, 4), "nvfp4": (2048, 8)}
+_APPEND_TILE = {"copy": (4096, 4), "fp8_e4m3": (4096, 4), "nvfp4": (4096, 8)}
 
 
 def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf16") -> AppendConfig:

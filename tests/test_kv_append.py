@@ -231,3 +231,19 @@ def test_kernel_ties_and_clamp_match_reference(device):
     rd, rs = nvfp4.quantize_nvfp4(k.cpu(), 1.0)
     assert_bytes_equal(kc, rd, "data")
     assert_bytes_equal(ks, rs, "scales")
+
+
+def test_flagged_and_zero_blocks_store_zero_nibbles(device):
+    k = (torch.randn(3, 1, 64, device=device) * 3).to(torch.bfloat16)
+    k[0, 0, 5] = float("nan")
+    k[1, 0, 16:32] = 0.0
+    k[2, 0, 40] = float("-inf")
+    loc = torch.arange(3, device=device)
+    kc, vc = (torch.full((3, 1, 32), 0xA5, dtype=torch.uint8, device=device) for _ in range(2))
+    ks, vs = (torch.full((3, 1, 4), 0xA5, dtype=torch.uint8, device=device) for _ in range(2))
+    append_kv(k, k, loc, kc, vc, kv_dtype="nvfp4", k_scale_cache=ks, v_scale_cache=vs)
+    assert (kc[0, 0, 0:8] == 0).all() and (kc[1, 0, 8:16] == 0).all() and (kc[2, 0, 16:24] == 0).all()
+    assert ks[0, 0, 0].item() == 0x7F and ks[1, 0, 1].item() == 0 and ks[2, 0, 2].item() == 0x7F
+    rd, rs = nvfp4.quantize_nvfp4(k.cpu(), 1.0)
+    assert_bytes_equal(kc, rd, "data")
+    assert_bytes_equal(ks, rs, "scales")
