@@ -5,14 +5,17 @@ Formats: plain copy (bf16/fp16 pool), FP8 e4m3 with a per-tensor scale, NVFP4 (s
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from . import planner
-from .fp_codes import e2m1_encode, e4m3_decode, e4m3_encode
+from .fp_codes import e2m1_encode, e4m3_decode, e4m3_encode, e4m3_encode_hw
 from .nvfp4 import BLOCK_SIZE
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 KV_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
 _TORCH_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -20,64 +23,67 @@ _TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 @triton.jit
 def _append_rows(
-    src_ptr, stride_src_t, stride_src_h,          # (tokens, heads, HEAD_DIM) activations
-    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM)
+    src_ptr, stride_src_t,                        # (tokens, HEAD_DIM) activations of one head
+    dst_ptr, stride_dst_s,                        # (slots, HEAD_DIM) pool of one head
     gscale_ptr,                                   # (1,) fp32 per-tensor scale (FP8 only)
-    tok, head, slot, row_mask,
-    HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr,
+    tok, slot, mask,
+    HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
 ):
     """Plain copy (KV_MODE 0) or FP8 e4m3 (KV_MODE 1) of whole rows."""
     offs_d = tl.arange(0, HEAD_DIM)
-    src_row = src_ptr + tok * stride_src_t + head * stride_src_h
-    dst_row = dst_ptr + slot * stride_dst_s + head * stride_dst_h
-    x_in = tl.load(src_row[:, None] + offs_d[None, :], mask=row_mask[:, None], other=0.0)
+    x_in = tl.load(src_ptr + tok[:, None] * stride_src_t + offs_d[None, :], mask=mask[:, None], other=0.0)
     if KV_MODE == 0:
         out = x_in.to(dst_ptr.dtype.element_ty)
     else:
         rcp = 1.0 / tl.load(gscale_ptr)
-        out = e4m3_encode(x_in.to(tl.float32) * rcp).to(tl.uint8)
-    tl.store(dst_row[:, None] + offs_d[None, :], out, mask=row_mask[:, None])
+        if HW_FP8:
+            out = e4m3_encode_hw(x_in.to(tl.float32) * rcp)
+        else:
+            out = e4m3_encode(x_in.to(tl.float32) * rcp).to(tl.uint8)
+    tl.store(dst_ptr + slot[:, None] * stride_dst_s + offs_d[None, :], out, mask=mask[:, None])
 
 
 @triton.jit
-def _nvfp4_half(x, rcp, ok, dst):
-    """Encode 8 consecutive elements a lane ([L, 8] fp32) and store them as 4 bytes at ``dst``."""
-    codes = tl.where(ok[:, None], e2m1_encode(x * rcp[:, None]), 0)
-    lo, hi = tl.split(tl.reshape(codes, (codes.shape[0], 4, 2)))
-    offs = tl.arange(0, 4)
-    return lo | (hi << 4), dst[:, None] + offs[None, :]
+def _pack_half(x, rcp):
+    """8 consecutive elements a lane ([L, 8] fp32) -> 4 bytes ([L, 4] int32), element 2i low nibble."""
+    lo, hi = tl.split(tl.reshape(e2m1_encode(x * rcp[:, None]), (x.shape[0], 4, 2)))
+    return lo | (hi << 4)
 
 
 @triton.jit
 def _append_nvfp4_blocks(
-    src_ptr, stride_src_t, stride_src_h,          # (tokens, heads, HEAD_DIM) activations
-    dst_ptr, stride_dst_s, stride_dst_h,          # (slots, heads, HEAD_DIM // 2) packed e2m1
-    sdst_ptr, stride_sdst_s, stride_sdst_h,       # (slots, heads, HEAD_DIM // 16) UE4M3 scales
+    src_ptr, stride_src_t,                        # (tokens, HEAD_DIM) activations of one head
+    dst_ptr, stride_dst_s,                        # (slots, HEAD_DIM // 2) packed e2m1 of one head
+    sdst_ptr, stride_sdst_s,                      # (slots, HEAD_DIM // 16) UE4M3 scales of one head
     gscale_ptr,                                   # (1,) fp32 global scale
-    tok, head, blk, slot, lane_mask,
+    tok, blk, slot, mask,
 ):
     """One lane (thread) per 16-element block: the block max, its scale and its 8 output bytes stay
     in registers of that thread -- no cross-thread reduction, no shared memory."""
     g = tl.load(gscale_ptr)
     offs = tl.arange(0, 8)
-    src = src_ptr + tok * stride_src_t + head * stride_src_h + blk * 16
-    xa = tl.load(src[:, None] + offs[None, :], mask=lane_mask[:, None], other=0.0).to(tl.float32)
-    xb = tl.load(src[:, None] + 8 + offs[None, :], mask=lane_mask[:, None], other=0.0).to(tl.float32)
-    fa = tl.abs(xa) < float("inf")                      # false for NaN and +-Inf
-    fb = tl.abs(xb) < float("inf")
-    amax = tl.maximum(tl.max(tl.where(fa, tl.abs(xa), 0.0), axis=1), tl.max(tl.where(fb, tl.abs(xb), 0.0), axis=1))
-    n_bad = tl.sum((fa == 0).to(tl.int32), axis=1) + tl.sum((fb == 0).to(tl.int32), axis=1)
+    src = src_ptr + tok * stride_src_t + blk * 16
+    xa = tl.load(src[:, None] + offs[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    xb = tl.load(src[:, None] + 8 + offs[None, :], mask=mask[:, None], other=0.0).to(tl.float32)
+    # |x| as integer patterns: their max is the bit pattern of the block max, >= +Inf when the
+    # block holds NaN or Inf
+    ia = xa.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    ib = xb.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    amax_bits = tl.maximum(tl.max(ia, axis=1), tl.max(ib, axis=1))
+    bad = amax_bits >= 0x7F800000
+    amax = amax_bits.to(tl.float32, bitcast=True)
     s = tl.div_rn(amax, tl.zeros_like(amax) + g * 6.0)
-    s_code = tl.where(n_bad > 0, 0x7F, e4m3_encode(s))
+    s_code = tl.where(bad, 0x7F, e4m3_encode(s))
     denom = e4m3_decode(s_code) * g
-    ok = (denom > 0) & (n_bad == 0)
+    ok = (denom > 0) & (bad == 0)
     rcp = tl.where(ok, tl.div_rn(tl.zeros_like(denom) + 1.0, tl.where(ok, denom, 1.0)), 0.0)
-    dst = dst_ptr + slot * stride_dst_s + head * stride_dst_h + blk * 8
-    pa, da = _nvfp4_half(xa, rcp, ok, dst)
-    pb, db = _nvfp4_half(xb, rcp, ok, dst + 4)
-    tl.store(da, pa.to(tl.uint8), mask=lane_mask[:, None])
-    tl.store(db, pb.to(tl.uint8), mask=lane_mask[:, None])
-    tl.store(sdst_ptr + slot * stride_sdst_s + head * stride_sdst_h + blk, s_code.to(tl.uint8), mask=lane_mask)
+    pa = tl.where(ok[:, None], _pack_half(xa, rcp), 0)
+    pb = tl.where(ok[:, None], _pack_half(xb, rcp), 0)
+    offs4 = tl.arange(0, 4)
+    dst = dst_ptr + slot * stride_dst_s + blk * 8
+    tl.store(dst[:, None] + offs4[None, :], pa.to(tl.uint8), mask=mask[:, None])
+    tl.store(dst[:, None] + 4 + offs4[None, :], pb.to(tl.uint8), mask=mask[:, None])
+    tl.store(sdst_ptr + slot * stride_sdst_s + blk, s_code.to(tl.uint8), mask=mask)
 
 
 @triton.jit
@@ -90,32 +96,32 @@ def kv_append_kernel(
     k_scale_cache_ptr, v_scale_cache_ptr,          # (slots, heads, HEAD_DIM // 16) uint8, NVFP4 only
     stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
     k_gscale_ptr, v_gscale_ptr,                    # (1,) fp32
-    num_rows, num_heads, num_slots,
-    HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr,
+    num_tokens, num_slots,
+    HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
 ):
-    # a lane is a whole (token, head) row for copy/FP8, one 16-element block for NVFP4
+    """Grid: (cdiv(tokens, BLOCK_ROWS), heads). A lane is a whole token row for copy/FP8 and one
+    16-element block for NVFP4."""
+    head = tl.program_id(1).to(tl.int64)
     LANES_PER_ROW: tl.constexpr = HEAD_DIM // 16 if KV_MODE == 2 else 1
-    lane = tl.program_id(0) * (BLOCK_ROWS * LANES_PER_ROW) + tl.arange(0, BLOCK_ROWS * LANES_PER_ROW)
-    rows = lane // LANES_PER_ROW
-    in_range = rows < num_rows
-    tok = rows // num_heads
-    head = rows % num_heads
+    lane = tl.arange(0, BLOCK_ROWS * LANES_PER_ROW)
+    tok = tl.program_id(0) * BLOCK_ROWS + lane // LANES_PER_ROW
+    in_range = tok < num_tokens
     slot = tl.load(loc_ptr + tok, mask=in_range, other=0).to(tl.int64)
-    lane_mask = in_range & (slot >= 0) & (slot < num_slots)   # never write outside the pool
+    mask = in_range & (slot >= 0) & (slot < num_slots)       # never write outside the pool
     tok = tok.to(tl.int64)
+    k_src = k_ptr + head * stride_k_h
+    v_src = v_ptr + head * stride_v_h
+    k_dst = k_cache_ptr + head * stride_kc_h
+    v_dst = v_cache_ptr + head * stride_vc_h
     if KV_MODE == 2:
         blk = lane % LANES_PER_ROW
-        _append_nvfp4_blocks(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h,
-                             k_scale_cache_ptr, stride_ks_s, stride_ks_h, k_gscale_ptr,
-                             tok, head, blk, slot, lane_mask)
-        _append_nvfp4_blocks(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h,
-                             v_scale_cache_ptr, stride_vs_s, stride_vs_h, v_gscale_ptr,
-                             tok, head, blk, slot, lane_mask)
+        _append_nvfp4_blocks(k_src, stride_k_t, k_dst, stride_kc_s, k_scale_cache_ptr + head * stride_ks_h,
+                             stride_ks_s, k_gscale_ptr, tok, blk, slot, mask)
+        _append_nvfp4_blocks(v_src, stride_v_t, v_dst, stride_vc_s, v_scale_cache_ptr + head * stride_vs_h,
+                             stride_vs_s, v_gscale_ptr, tok, blk, slot, mask)
     else:
-        _append_rows(k_ptr, stride_k_t, stride_k_h, k_cache_ptr, stride_kc_s, stride_kc_h, k_gscale_ptr,
-                     tok, head, slot, lane_mask, HEAD_DIM, KV_MODE)
-        _append_rows(v_ptr, stride_v_t, stride_v_h, v_cache_ptr, stride_vc_s, stride_vc_h, v_gscale_ptr,
-                     tok, head, slot, lane_mask, HEAD_DIM, KV_MODE)
+        _append_rows(k_src, stride_k_t, k_dst, stride_kc_s, k_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE, HW_FP8)
+        _append_rows(v_src, stride_v_t, v_dst, stride_vc_s, v_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE, HW_FP8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,8 +256,7 @@ def append_kv(
     if arch is None:
         arch = planner.current_arch(dev) if dev.type == "cuda" else 120
     cfg = config or planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
-    num_rows = tokens * heads
-    grid = (triton.cdiv(num_rows, cfg.block_rows),)
+    grid = (triton.cdiv(tokens, cfg.block_rows), heads)
     kv_append_kernel[grid](
         k_ptr=k, v_ptr=v,
         stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0), stride_v_h=v.stride(1),
@@ -263,8 +268,9 @@ def append_kv(
         stride_ks_s=k_scale_cache.stride(0), stride_ks_h=k_scale_cache.stride(1),
         stride_vs_s=v_scale_cache.stride(0), stride_vs_h=v_scale_cache.stride(1),
         k_gscale_ptr=kg, v_gscale_ptr=vg,
-        num_rows=num_rows, num_heads=heads, num_slots=slots,
+        num_tokens=tokens, num_slots=slots,
         HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=mode,
+        HW_FP8=cfg.hw_fp8 and not _INTERPRET,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -276,7 +282,7 @@ def aot_cases(arch: int):
         cfg = planner.plan_kv_append(arch, **inp)
         mode = KV_MODE[inp["kv_dtype"]]
         act = inp["act_dtype"]
-        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)
+        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)  # noqa
         if key in seen:
             continue
         seen.add(key)
@@ -288,8 +294,8 @@ def aot_cases(arch: int):
                "k_gscale_ptr": "*fp32", "v_gscale_ptr": "*fp32"}
         for n in ("stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h", "stride_kc_s", "stride_kc_h",
                   "stride_vc_s", "stride_vc_h", "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h",
-                  "num_rows", "num_heads", "num_slots"):
+                  "num_tokens", "num_slots"):
             sig[n] = "i32"
-        cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode}
+        cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8}
         label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}
         yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

@@ -88,9 +88,10 @@ def normalize_kv_dtype(kv_dtype: str, act_dtype: str = "bf16") -> str:
 
 @dataclass(frozen=True)
 class AppendConfig:
-    block_rows: int   # (token, head) rows per program
+    block_rows: int   # tokens per program (one head per program)
     num_warps: int
     num_stages: int = 1
+    hw_fp8: bool = False  # FP8 encode through cvt.rn.satfinite (sm_89+), same bits as software
 
     def as_dict(self):
         return asdict(self)
@@ -111,7 +112,9 @@ def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf
     _check("kv_dtype", kv_dtype, KV_DTYPES)
     _check("act_dtype", act_dtype, ACT_DTYPES)
     elems, warps = _APPEND_TILE.get(kv_dtype, _APPEND_TILE["copy"])
-    return AppendConfig(block_rows=max(1, elems // head_dim), num_warps=warps)
+    # sm_80 has no FP8 conversion instruction; there the software encoder (same bits) runs
+    hw_fp8 = kv_dtype == "fp8_e4m3" and arch >= 89
+    return AppendConfig(block_rows=max(1, elems // head_dim), num_warps=warps, hw_fp8=hw_fp8)
 
 
 def kv_append_domain():

@@ -45,10 +45,11 @@ def test_kv_dtype_aliases_follow_sglang_names():
 def test_budget_cases_cover_every_planner_choice(arch):
     """Every configuration the planner can return for this arch appears among the AOT cases."""
     compiled = {(lab["head_dim"], lab["kv_dtype"], lab["act_dtype"], lab["block_rows"], lab["num_warps"],
-                 lab["num_stages"]) for lab, *_ in kv_append.aot_cases(arch)}
+                 lab["num_stages"], lab["hw_fp8"]) for lab, *_ in kv_append.aot_cases(arch)}
     for inp in planner.kv_append_domain():
         cfg = planner.plan_kv_append(arch, **inp)
-        key = (inp["head_dim"], inp["kv_dtype"], inp["act_dtype"], cfg.block_rows, cfg.num_warps, cfg.num_stages)
+        key = (inp["head_dim"], inp["kv_dtype"], inp["act_dtype"], cfg.block_rows, cfg.num_warps, cfg.num_stages,
+               cfg.hw_fp8)
         assert key in compiled, f"planner choice {key} for sm_{arch} is not checked by sm12x budget"
 
 
