@@ -99,12 +99,13 @@ def kv_append_kernel(
     num_tokens, num_slots,
     HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
 ):
-    """Grid: (cdiv(tokens, BLOCK_ROWS), heads). A lane is a whole token row for copy/FP8 and one
-    16-element block for NVFP4."""
-    head = tl.program_id(1).to(tl.int64)
+    """Grid: (heads, cdiv(tokens, BLOCK_ROWS)). Heads vary fastest so the programs writing the
+    heads of one slot run together and their partial-sector writes merge in L2. A lane is a whole
+    token row for copy/FP8 and one 16-element block for NVFP4."""
+    head = tl.program_id(0).to(tl.int64)
     LANES_PER_ROW: tl.constexpr = HEAD_DIM // 16 if KV_MODE == 2 else 1
     lane = tl.arange(0, BLOCK_ROWS * LANES_PER_ROW)
-    tok = tl.program_id(0) * BLOCK_ROWS + lane // LANES_PER_ROW
+    tok = tl.program_id(1) * BLOCK_ROWS + lane // LANES_PER_ROW
     in_range = tok < num_tokens
     slot = tl.load(loc_ptr + tok, mask=in_range, other=0).to(tl.int64)
     mask = in_range & (slot >= 0) & (slot < num_slots)       # never write outside the pool
@@ -256,7 +257,7 @@ def append_kv(
     if arch is None:
         arch = planner.current_arch(dev) if dev.type == "cuda" else 120
     cfg = config or planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
-    grid = (triton.cdiv(tokens, cfg.block_rows), heads)
+    grid = (heads, triton.cdiv(tokens, cfg.block_rows))
     kv_append_kernel[grid](
         k_ptr=k, v_ptr=v,
         stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0), stride_v_h=v.stride(1),
