@@ -22,7 +22,12 @@ from . import planner
 # kernel family -> (module, jit function name). Every kernel of the package joins this table.
 KERNELS = {
     "kv_append": ("sgl_kernel_sm12x.kv_append", "kv_append_kernel"),
+    "decode": ("sgl_kernel_sm12x.attention.decode", "decode_split_kernel"),
+    "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
+    "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
 }
+# families whose cases come from a function other than the module's ``aot_cases``
+CASES = {"decode_reduce": "aot_cases_reduce"}
 
 
 @dataclass
@@ -119,8 +124,9 @@ def _job(args):
 def cases(kernels, archs):
     for name in kernels:
         mod, _ = _kernel(name)
+        fn = getattr(mod, CASES.get(name, "aot_cases"))
         for arch in archs:
-            for label, sig, cx, opts in mod.aot_cases(arch):
+            for label, sig, cx, opts in fn(arch):
                 yield (name, arch, label, sig, cx, opts)
 
 
@@ -140,11 +146,11 @@ def run_budget(kernels=None, archs=planner.SM12X, jobs=None) -> list[BudgetRow]:
 
 
 def format_table(rows: list[BudgetRow]) -> str:
-    out = [f"{'kernel':<12} {'arch':<7} {'shared':>8} {'limit':>8} {'regs':>5} {'spill':>6} {'stack':>6} "
+    out = [f"{'kernel':<14} {'arch':<7} {'shared':>8} {'limit':>8} {'regs':>5} {'spill':>6} {'stack':>6} "
            f"{'mma':<24} {'fits':<5} config"]
     for r in rows:
         cfg = " ".join(f"{k}={v}" for k, v in r.config.items())
-        out.append(f"{r.kernel:<12} sm_{r.arch:<4} {r.shared if r.shared is not None else 'ERR':>8} {r.limit:>8} "
+        out.append(f"{r.kernel:<14} sm_{r.arch:<4} {r.shared if r.shared is not None else 'ERR':>8} {r.limit:>8} "
                    f"{r.regs if r.regs is not None else '-':>5} {r.spill if r.spill is not None else '-':>6} "
                    f"{r.stack if r.stack is not None else '-':>6} "
                    f"{r.mma:<24} {'yes' if r.fits else 'NO':<5} {cfg}" + (f"  [{r.error}]" if r.error else ""))

@@ -123,3 +123,143 @@ def kv_append_domain():
         for kv_dtype in KV_DTYPES:
             for act_dtype in ACT_DTYPES:
                 yield dict(head_dim=head_dim, kv_dtype=kv_dtype, act_dtype=act_dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Decode attention
+# --------------------------------------------------------------------------------------------------
+
+PAGE_SIZES = (1, 16, 64)
+GQA_GROUPS = (1, 2, 4, 8, 16)          # q heads per kv head
+MAX_SPLITS_CAP = 64
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_h: int          # query heads of one kv head, padded to the MMA's M >= 16
+    block_n: int          # tokens per KV tile
+    num_warps: int
+    num_stages: int
+    max_splits: int       # split-KV programs per (request, kv head); a power of two
+    min_split_tokens: int  # a request gets at most cdiv(len, this) splits
+    hw_fp8: bool = False
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
+    """(block_n, num_warps, num_stages) for the split stage.
+
+    Shared memory is the pipelined K and V tiles in the compute dtype:
+    num_stages x 2 x block_n x head_dim x 2 B (NVFP4 keeps two half-width tiles, the same bytes).
+    * head_dim 256: 32-token tiles keep the two 16 KB tiles x 2 stages = 64 KB on sm_120 and the
+      dequantized tile in registers without spills.
+    * head_dim <= 128: 64-token tiles, 2 stages = 64 KB at head_dim 128.
+    """
+    block_n = 32 if head_dim == 256 else 64
+    return block_n, 4, 2
+
+
+def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
+                page_size: int = 1, batch: int = 1, kv_heads: int = 8, max_splits: int | None = None,
+                num_sms: int | None = None) -> DecodeConfig:
+    lim = arch_limits(arch)
+    _check("head_dim", head_dim, HEAD_DIMS)
+    _check("kv_dtype", kv_dtype, KV_DTYPES)
+    _check("q_dtype", q_dtype, ACT_DTYPES)
+    _check("group (q heads per kv head)", group, GQA_GROUPS)
+    _check("page_size", page_size, PAGE_SIZES)
+    if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
+        raise ValueError(f"kv_dtype={kv_dtype!r} with q_dtype={q_dtype!r} is not supported; "
+                         f"a bf16/fp16 pool must match q's dtype")
+    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype)
+    if max_splits is None:
+        # enough programs for about two waves of the device's multiprocessors
+        sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
+        want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
+        max_splits = 1 << (want - 1).bit_length()
+    if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
+        raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
+    return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
+                        num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
+                        hw_fp8=kv_dtype == "fp8_e4m3" and lim.cc >= 89)
+
+
+# used only when the caller does not pass the device's multiprocessor count
+_TYPICAL_SMS = {80: 108, 86: 84, 89: 128, 90: 132, 100: 148, 120: 170, 121: 48}
+
+
+def decode_domain():
+    for head_dim in HEAD_DIMS:
+        for kv_dtype in KV_DTYPES:
+            for q_dtype in ACT_DTYPES:
+                if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
+                    continue
+                for group in GQA_GROUPS:
+                    for page_size in PAGE_SIZES:
+                        yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
+                                   page_size=page_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# Extend / prefill attention
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtendConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+    hw_fp8: bool = False
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
+                page_size: int = 1) -> ExtendConfig:
+    """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
+    limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
+
+    * 232 KB parts (sm_90/100): 128 x 64 tiles on 8 warps, 3 stages (128 KB at D128); D256 64 x 32.
+    * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
+      - D64: 64 x 64 on 4 warps (24 KB, ~180 registers).
+      - D128: 64 x 64 on 8 warps (56 KB, 140-190 registers). 4 warps reach 255 registers and spill
+        72-104 B: the accumulator (64 x 128 fp32) alone is 64 registers a thread there.
+      - D128 nvfp4: 64 x 32 on 8 warps -- the even/odd halves double the live Q and accumulator
+        fragments; 64-token tiles spill 24 B.
+      - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
+    """
+    lim = arch_limits(arch)
+    _check("head_dim", head_dim, HEAD_DIMS)
+    _check("kv_dtype", kv_dtype, KV_DTYPES)
+    _check("q_dtype", q_dtype, ACT_DTYPES)
+    _check("group (q heads per kv head)", group, GQA_GROUPS)
+    _check("page_size", page_size, PAGE_SIZES)
+    if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
+        raise ValueError(f"kv_dtype={kv_dtype!r} with q_dtype={q_dtype!r} is not supported; "
+                         f"a bf16/fp16 pool must match q's dtype")
+    hw_fp8 = kv_dtype == "fp8_e4m3" and lim.cc >= 89
+    fp4 = kv_dtype == "nvfp4"
+    if lim.smem_per_block >= 200_000:
+        if head_dim == 256:
+            return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)
+        return ExtendConfig(128, 64, 8, 3, hw_fp8)
+    if head_dim == 64:
+        return ExtendConfig(64, 64, 4, 2, hw_fp8)
+    if head_dim == 128:
+        return ExtendConfig(64, 32 if fp4 else 64, 8, 2, hw_fp8)
+    return ExtendConfig(32 if fp4 else 64, 32, 8, 2, hw_fp8)
+
+
+def extend_domain():
+    for head_dim in HEAD_DIMS:
+        for kv_dtype in KV_DTYPES:
+            for q_dtype in ACT_DTYPES:
+                if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
+                    continue
+                for page_size in (1, 16):     # the kernel specializes on paged or not; 16 stands for > 1
+                    yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=1, page_size=page_size)

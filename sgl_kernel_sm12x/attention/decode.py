@@ -1,0 +1,358 @@
+"""Paged decode attention: split-KV stage + reduce, reading bf16/fp16, fp8_e4m3 or nvfp4 KV in place.
+
+Grid of the split stage: ``(batch, kv_heads, MAX_SPLITS)``. One program serves all ``GROUP`` query
+heads of one KV head (GQA packed into the M dimension of the MMA, padded to ``BLOCK_H`` >= 16) over
+one contiguous range of the request's tokens. The number of splits a request uses is computed on
+the device from its length (``min(MAX_SPLITS, cdiv(len, MIN_SPLIT_TOKENS))``), so the grid depends
+only on the batch size: no host synchronisation, CUDA-graph safe.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import planner
+from .kv_tile import dot, load_nvfp4_tile, load_tile, slot_ids, soft_cap
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def decode_split_kernel(
+    q_ptr, stride_q_b, stride_q_h,                         # (batch, q_heads, HEAD_DIM)
+    k_cache_ptr, v_cache_ptr,                              # (slots, kv_heads, HEAD_DIM | HEAD_DIM // 2)
+    stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    k_scale_ptr, v_scale_ptr,                              # (slots, kv_heads, HEAD_DIM // 16) nvfp4 only
+    stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
+    kv_indptr_ptr, kv_indices_ptr, seq_lens_ptr,           # (batch + 1,), (n,), (batch,)
+    part_o_ptr, part_lse_ptr,                              # (batch, q_heads, MAX_SPLITS, HEAD_DIM), (.., MAX_SPLITS)
+    qk_scale,                                              # sm_scale * k_scale * log2(e)
+    logit_cap, window_left, group, page_size, max_splits,
+    BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+    KV_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
+    HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    b = tl.program_id(0)
+    kvh = tl.program_id(1)
+    sid = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    base = tl.load(kv_indptr_ptr + b)
+    start = 0
+    if HAS_WINDOW:
+        start = tl.maximum(seq_len - 1 - window_left, 0)
+    n_tok = seq_len - start
+    n_splits = tl.minimum(tl.cdiv(n_tok, MIN_SPLIT_TOKENS), max_splits)
+    per_split = tl.cdiv(tl.cdiv(n_tok, tl.maximum(n_splits, 1)), BLOCK_N) * BLOCK_N
+    lo_tok = start + sid * per_split
+    hi_tok = tl.minimum(lo_tok + per_split, seq_len)
+
+    offs_h = tl.arange(0, BLOCK_H)
+    h_mask = offs_h < group
+    q_head = kvh * group + offs_h
+    dt = q_ptr.dtype.element_ty
+    out_row = (b * tl.num_programs(1) * group + q_head) * max_splits + sid
+    if lo_tok >= hi_tok:      # this split has no tokens: mark it empty for the reduce
+        tl.store(part_lse_ptr + out_row, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_mask)
+        return
+
+    q_row = q_ptr + b * stride_q_b + q_head[:, None] * stride_q_h
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    offs_n = tl.arange(0, BLOCK_N)
+    if KV_MODE == 2:
+        HALF: tl.constexpr = HEAD_DIM // 2
+        offs_p = tl.arange(0, HALF)
+        q_lo = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
+        q_hi = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
+        acc_lo = tl.zeros([BLOCK_H, HALF], tl.float32)
+        acc_hi = tl.zeros([BLOCK_H, HALF], tl.float32)
+    else:
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
+        acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+
+    kc = k_cache_ptr + kvh * stride_kc_h
+    vc = v_cache_ptr + kvh * stride_vc_h
+    ksc = k_scale_ptr + kvh * stride_ks_h
+    vsc = v_scale_ptr + kvh * stride_vs_h
+    for n0 in range(lo_tok, hi_tok, BLOCK_N):
+        pos = n0 + offs_n
+        n_mask = pos < hi_tok
+        slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+        if KV_MODE == 2:
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
+            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
+            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+        else:
+            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            s = dot(q, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
+        s = s * qk_scale
+        if HAS_CAP:   # cap applies to sm_scale * q.k (natural-log units)
+            s = soft_cap(s * (1.0 / 1.4426950408889634), logit_cap) * 1.4426950408889634
+        s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        if KV_MODE == 2:
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
+            acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
+            acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
+        else:
+            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
+
+    o_row = part_o_ptr + out_row[:, None] * HEAD_DIM
+    inv_l = 1.0 / l_i
+    if KV_MODE == 2:
+        tl.store(o_row + 2 * offs_p[None, :], acc_lo * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + 2 * offs_p[None, :] + 1, acc_hi * inv_l[:, None], mask=h_mask[:, None])
+    else:
+        tl.store(o_row + offs_d[None, :], acc * inv_l[:, None], mask=h_mask[:, None])
+    tl.store(part_lse_ptr + out_row, m_i + tl.log2(l_i), mask=h_mask)
+
+
+@triton.jit
+def decode_reduce_kernel(
+    part_o_ptr, part_lse_ptr,                  # (batch, q_heads, MAX_SPLITS, HEAD_DIM), (batch, q_heads, MAX_SPLITS)
+    o_ptr, stride_o_b, stride_o_h,             # (batch, q_heads, HEAD_DIM)
+    lse_ptr,                                   # (batch, q_heads) natural-log LSE, or unused
+    v_scale,
+    HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr, WRITE_LSE: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    row = b * tl.num_programs(1) + h
+    offs_s = tl.arange(0, MAX_SPLITS)
+    offs_d = tl.arange(0, HEAD_DIM)
+    lse = tl.load(part_lse_ptr + row * MAX_SPLITS + offs_s)
+    m = tl.max(lse, 0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    w = tl.exp2(lse - m_safe)                 # empty splits (-inf) weigh 0
+    valid = lse > float("-inf")
+    po = tl.load(part_o_ptr + (row * MAX_SPLITS + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                 mask=valid[:, None], other=0.0)
+    den = tl.sum(w, 0)
+    o = tl.sum(po * w[:, None], 0) / tl.where(den > 0, den, 1.0) * v_scale
+    tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty))
+    if WRITE_LSE:
+        tl.store(lse_ptr + row, (m + tl.log2(den)) / 1.4426950408889634)
+
+
+# --------------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------------
+
+def _fail(name, msg):
+    raise ValueError(f"{name}: {msg}")
+
+
+def _scalar(x, name):
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            _fail(name, f"must hold one value, got shape {tuple(x.shape)}")
+        return float(x.item())
+    return float(1.0 if x is None else x)
+
+
+def decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    seq_lens: torch.Tensor,
+    *,
+    kv_dtype: str,
+    page_size: int = 1,
+    k_scale_cache: torch.Tensor | None = None,
+    v_scale_cache: torch.Tensor | None = None,
+    k_scale=1.0,
+    v_scale=1.0,
+    sm_scale: float | None = None,
+    logit_cap: float = 0.0,
+    window_left: int = -1,
+    max_splits: int | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+    arch: int | None = None,
+) -> torch.Tensor:
+    """One decode step of paged attention.
+
+    Parameters
+    ----------
+    q : (batch, q_heads, head_dim) bf16/fp16.
+    k_cache, v_cache : one layer of the pool; (slots, kv_heads, head_dim) bf16/fp16/fp8 (uint8 or
+        float8_e4m3fn) or (slots, kv_heads, head_dim // 2) uint8 for nvfp4.
+    kv_indptr : (batch + 1,) int32 offsets into ``kv_indices`` (token units for page_size 1, page
+        units otherwise).
+    kv_indices : token slots (page_size 1) or page ids (page_size > 1), int32/int64.
+    seq_lens : (batch,) int32 tokens per request (may be 0).
+    k_scale_cache, v_scale_cache : nvfp4 block scales (slots, kv_heads, head_dim // 16).
+    k_scale, v_scale : per-tensor scales (FP8 scale / NVFP4 global scale); floats (read once).
+    sm_scale : softmax scale, default 1/sqrt(head_dim). ``logit_cap`` > 0 applies cap*tanh(s/cap).
+    window_left : sliding window; keys with ``pos >= seq_len - 1 - window_left`` are visible (-1: off).
+    max_splits : split-KV parallelism (default: the planner's choice for this batch).
+    workspace : preallocated ``(part_o, part_lse)`` for CUDA graphs (see :func:`decode_workspace`).
+
+    Returns ``out`` (batch, q_heads, head_dim) in q's dtype.
+    """
+    cfg, meta = plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, kv_dtype=kv_dtype,
+                                 page_size=page_size, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
+                                 max_splits=max_splits, arch=arch)
+    batch, hq, d = q.shape
+    hkv = meta["kv_heads"]
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype:
+        _fail("out", f"expected {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
+    if batch == 0:
+        return out
+    if workspace is None:
+        workspace = decode_workspace(batch, hq, d, cfg.max_splits, q.device)
+    part_o, part_lse = workspace
+    if part_o.shape[0] < batch or part_o.shape[2] != cfg.max_splits:
+        _fail("workspace", f"needs at least ({batch}, {hq}, {cfg.max_splits}, {d}) for this call")
+    mode = meta["mode"]
+    kc, vc = meta["k_cache"], meta["v_cache"]
+    ks = k_scale_cache if mode == 2 else kc
+    vs = v_scale_cache if mode == 2 else vc
+    if mode == 2:
+        ks, vs = ks.view(torch.uint8), vs.view(torch.uint8)
+    sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
+    if mode == 0:      # per-tensor scales belong to quantized pools only
+        k_scale = v_scale = 1.0
+    qk_scale = sm * _scalar(k_scale, "k_scale") * LOG2E
+    decode_split_kernel[(batch, hkv, cfg.max_splits)](
+        q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
+        k_cache_ptr=kc, v_cache_ptr=vc,
+        stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+        k_scale_ptr=ks, v_scale_ptr=vs,
+        stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+        kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
+        part_o_ptr=part_o, part_lse_ptr=part_lse,
+        qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
+        group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
+        BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
+        KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+        HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+        DOT_FP32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    write_lse = lse is not None
+    decode_reduce_kernel[(batch, hq)](
+        part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
+        lse_ptr=lse if write_lse else part_lse, v_scale=_scalar(v_scale, "v_scale"),
+        HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
+    )
+    return out
+
+
+def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
+    """Split-stage buffers; allocate once at the largest batch for CUDA-graph capture."""
+    return (torch.empty(batch, q_heads, max_splits, head_dim, dtype=torch.float32, device=device),
+            torch.empty(batch, q_heads, max_splits, dtype=torch.float32, device=device))
+
+
+_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
+
+
+def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv_dtype, page_size,
+                     k_scale_cache, v_scale_cache, max_splits, arch):
+    """Validate the arguments of :func:`decode_attention` and ask the planner for the launch."""
+    if kv_dtype not in _MODE:
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(_MODE)}")
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        _fail("q", "expected a (batch, q_heads, head_dim) tensor")
+    if q.dtype not in _ACT:
+        _fail("q", f"dtype {q.dtype} is not supported; supported: ['torch.bfloat16', 'torch.float16']")
+    if q.stride(2) != 1:
+        _fail("q", "head_dim must be contiguous")
+    batch, hq, d = q.shape
+    mode = _MODE[kv_dtype]
+    if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 3:
+        _fail("k_cache", "expected a (slots, kv_heads, width) tensor")
+    hkv = k_cache.shape[1]
+    if hq % hkv:
+        _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
+    width = d // 2 if mode == 2 else d
+    want = {0: (torch.bfloat16, torch.float16), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype not in want:
+            _fail(name, f"dtype {t.dtype} does not hold kv_dtype={kv_dtype!r}; expected {[str(w) for w in want]}")
+        if t.dim() != 3 or t.shape[1:] != (hkv, width) or t.stride(2) != 1:
+            _fail(name, f"expected (slots, {hkv}, {width}) with contiguous last dim, got {tuple(t.shape)}")
+        if t.device != q.device:
+            _fail(name, f"is on {t.device}, q is on {q.device}")
+    if mode == 0 and k_cache.dtype != q.dtype:
+        _fail("k_cache", f"bf16/fp16 pools must match q's dtype {q.dtype}")
+    if mode == 2:
+        for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
+            if not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16) \
+                    or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1:
+                _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) uint8/float8_e4m3fn scale tensor")
+    for name, t, n in (("kv_indptr", kv_indptr, batch + 1), ("seq_lens", seq_lens, batch)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int32:
+            _fail(name, f"expected an int32 tensor of {n} entries")
+    if not isinstance(kv_indices, torch.Tensor) or kv_indices.dim() != 1 or \
+            kv_indices.dtype not in (torch.int32, torch.int64):
+        _fail("kv_indices", "expected a 1-D int32/int64 tensor")
+    if page_size not in planner.PAGE_SIZES:
+        _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
+    if arch is None:
+        arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+    cfg = planner.plan_decode(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
+                              page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
+    kc = k_cache.view(torch.uint8) if mode == 1 else k_cache
+    vc = v_cache.view(torch.uint8) if mode == 1 else v_cache
+    return cfg, dict(mode=mode, kv_heads=hkv, k_cache=kc, v_cache=vc)
+
+
+def aot_cases(arch: int):
+    """Every configuration the decode planner can choose on ``arch`` (for ``sm12x budget``)."""
+    seen = set()
+    for inp in planner.decode_domain():
+        cfg = planner.plan_decode(arch, **inp)
+        mode = _MODE[inp["kv_dtype"]]
+        q_t = f"*{inp['q_dtype']}"
+        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[mode]
+        cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
+                  KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False,
+                  HW_FP8=cfg.hw_fp8, DOT_FP32=False)
+        key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+        if key in seen:
+            continue
+        seen.add(key)
+        sig = {"q_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t, "k_scale_ptr": "*u8",
+               "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32",
+               "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
+               "qk_scale": "fp32", "logit_cap": "fp32"}
+        for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
+                  "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
+                  "page_size", "max_splits"):
+            sig[n] = "i32"
+        label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
+                     paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8)
+        yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+def aot_cases_reduce(arch: int):
+    """The reduce kernel at every head_dim and split count the planner can choose."""
+    splits = sorted({1 << i for i in range(planner.MAX_SPLITS_CAP.bit_length())})
+    for d in planner.HEAD_DIMS:
+        for ms in splits:
+            for q_dtype in planner.ACT_DTYPES:
+                sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": f"*{q_dtype}", "lse_ptr": "*fp32",
+                       "stride_o_b": "i32", "stride_o_h": "i32", "v_scale": "fp32"}
+                cx = dict(HEAD_DIM=d, MAX_SPLITS=ms, WRITE_LSE=True)
+                yield (dict(head_dim=d, max_splits=ms, q_dtype=q_dtype, num_warps=4), sig, cx,
+                       {"num_warps": 4, "num_stages": 1})

@@ -1,0 +1,295 @@
+"""Extend / prefill attention: each request's new tokens attend causally to its cached prefix, read
+from the paged pool in any KV format, and to the chunk's own K/V (bf16/fp16 tensors).
+
+Grid: ``(cdiv(max_extend_len, BLOCK_M), q_heads, batch)``. Phase 1 streams the prefix tiles from
+the pool (dequantized in registers, NVFP4 as even/odd halves), phase 2 the chunk's own keys up to
+the diagonal. One online softmax runs across both phases.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import planner
+from .kv_tile import dot, load_nvfp4_tile, load_tile, slot_ids, soft_cap
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
+    if HAS_CAP:
+        s = soft_cap(s * (1.0 / 1.4426950408889634), logit_cap) * 1.4426950408889634
+    s = tl.where(mask, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)     # rows with nothing visible yet
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
+
+
+@triton.jit
+def extend_kernel(
+    q_ptr, stride_q_t, stride_q_h,                       # (tokens, q_heads, HEAD_DIM)
+    k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,   # chunk K/V (tokens, kv_heads, HEAD_DIM)
+    o_ptr, stride_o_t, stride_o_h,                       # (tokens, q_heads, HEAD_DIM)
+    k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
+    qk_scale_prefix, qk_scale_ext, v_scale_prefix,       # log2-domain softmax scales; V scale of the pool
+    logit_cap, window_left, group, page_size,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
+    KV_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    mb = tl.program_id(0)
+    h = tl.program_id(1)
+    b = tl.program_id(2)
+    q0 = tl.load(qo_indptr_ptr + b)
+    ext_len = tl.load(qo_indptr_ptr + b + 1) - q0
+    if mb * BLOCK_M >= ext_len:
+        return
+    prefix_len = tl.load(prefix_lens_ptr + b)
+    base = tl.load(kv_indptr_ptr + b)
+    kvh = h // group
+    dt = q_ptr.dtype.element_ty
+
+    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)          # query index inside the chunk
+    m_mask = offs_m < ext_len
+    qpos = prefix_len + offs_m                              # absolute positions
+    offs_n = tl.arange(0, BLOCK_N)
+    q_rows = q_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_q_t + h * stride_q_h
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    if KV_MODE == 2:
+        HALF: tl.constexpr = HEAD_DIM // 2
+        offs_p = tl.arange(0, HALF)
+        q_lo = tl.load(q_rows + 2 * offs_p[None, :], mask=m_mask[:, None], other=0.0)
+        q_hi = tl.load(q_rows + 2 * offs_p[None, :] + 1, mask=m_mask[:, None], other=0.0)
+        acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
+        acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
+    else:
+        offs_d = tl.arange(0, HEAD_DIM)
+        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    # ---- phase 1: cached prefix, read from the pool --------------------------------------------
+    lo = 0
+    if HAS_WINDOW:   # the earliest key any query of this tile can see
+        lo = tl.maximum(prefix_len + mb * BLOCK_M - window_left, 0) // BLOCK_N * BLOCK_N
+    kc = k_cache_ptr + kvh * stride_kc_h
+    vc = v_cache_ptr + kvh * stride_vc_h
+    ksc = k_scale_ptr + kvh * stride_ks_h
+    vsc = v_scale_ptr + kvh * stride_vs_h
+    for n0 in range(lo, prefix_len, BLOCK_N):
+        pos = n0 + offs_n
+        n_mask = pos < prefix_len
+        slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+        if KV_MODE == 2:
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
+            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+        else:
+            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+        vis = n_mask[None, :]
+        if HAS_WINDOW:
+            vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
+        p, alpha, m_i, l_i = _softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
+        pv = (p * v_scale_prefix).to(dt)
+        if KV_MODE == 2:
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
+            acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
+            acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
+        else:
+            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+
+    # ---- phase 2: the chunk's own keys, causal ----------------------------------------------------
+    k_rows = k_ptr + kvh * stride_k_h
+    v_rows = v_ptr + kvh * stride_v_h
+    lo2 = 0
+    if HAS_WINDOW:
+        lo2 = tl.maximum(mb * BLOCK_M - window_left, 0) // BLOCK_N * BLOCK_N
+    hi2 = tl.minimum(ext_len, (mb + 1) * BLOCK_M)
+    for n0 in range(lo2, hi2, BLOCK_N):
+        j = n0 + offs_n
+        n_mask = j < ext_len
+        rows = (q0 + j).to(tl.int64)
+        if KV_MODE == 2:
+            kp = k_rows + rows[:, None] * stride_k_t + 2 * offs_p[None, :]
+            k_lo = tl.load(kp, mask=n_mask[:, None], other=0.0)
+            k_hi = tl.load(kp + 1, mask=n_mask[:, None], other=0.0)
+            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+        else:
+            k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+        vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
+        if HAS_WINDOW:
+            vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
+        p, alpha, m_i, l_i = _softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
+        if KV_MODE == 2:
+            vp = v_rows + rows[:, None] * stride_v_t + 2 * offs_p[None, :]
+            v_lo = tl.load(vp, mask=n_mask[:, None], other=0.0)
+            v_hi = tl.load(vp + 1, mask=n_mask[:, None], other=0.0)
+            acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
+            acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
+        else:
+            v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
+
+    inv_l = 1.0 / l_i
+    o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h * stride_o_h
+    if KV_MODE == 2:
+        tl.store(o_rows + 2 * offs_p[None, :], (acc_lo * inv_l[:, None]).to(dt), mask=m_mask[:, None])
+        tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_hi * inv_l[:, None]).to(dt), mask=m_mask[:, None])
+    else:
+        tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
+
+
+# --------------------------------------------------------------------------------------------------
+# launcher
+# --------------------------------------------------------------------------------------------------
+
+_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
+
+
+def _fail(name, msg):
+    raise ValueError(f"{name}: {msg}")
+
+
+def extend_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_indices: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    *,
+    kv_dtype: str,
+    max_extend_len: int,
+    page_size: int = 1,
+    k_scale_cache: torch.Tensor | None = None,
+    v_scale_cache: torch.Tensor | None = None,
+    k_scale=1.0,
+    v_scale=1.0,
+    sm_scale: float | None = None,
+    logit_cap: float = 0.0,
+    window_left: int = -1,
+    out: torch.Tensor | None = None,
+    arch: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of each request's new tokens over its cached prefix plus themselves.
+
+    Parameters
+    ----------
+    q : (tokens, q_heads, head_dim) bf16/fp16, the new tokens of all requests back to back.
+    k, v : (tokens, kv_heads, head_dim) the same tokens' K/V (token stride free).
+    k_cache, v_cache, k_scale_cache, v_scale_cache, k_scale, v_scale, page_size : the pool, as in
+        :func:`sgl_kernel_sm12x.attention.decode.decode_attention`.
+    qo_indptr : (batch + 1,) int32 offsets of each request's new tokens in ``q``.
+    kv_indptr, kv_indices : the prefix of each request in the pool (tokens or pages).
+    prefix_lens : (batch,) int32 cached tokens per request (0 for a fresh prefill).
+    max_extend_len : the longest chunk in the batch (sizes the grid; the host knows it).
+    """
+    if kv_dtype not in _MODE:
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(_MODE)}")
+    mode = _MODE[kv_dtype]
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.dtype not in _ACT or t.stride(2) != 1:
+            _fail(name, "expected a (tokens, heads, head_dim) bf16/fp16 tensor with contiguous head_dim")
+    tokens, hq, d = q.shape
+    hkv = k.shape[1]
+    if k.shape != (tokens, hkv, d) or v.shape != k.shape or k.dtype != q.dtype or v.dtype != q.dtype:
+        _fail("k", f"k and v must be ({tokens}, kv_heads, {d}) in {q.dtype}")
+    if hq % hkv:
+        _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
+    width = d // 2 if mode == 2 else d
+    want = {0: (q.dtype,), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[1:] != (hkv, width) or t.dtype not in want \
+                or t.stride(2) != 1:
+            _fail(name, f"kv_dtype={kv_dtype!r} needs (slots, {hkv}, {width}) {[str(w) for w in want]}")
+    if mode == 2:
+        for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
+            if not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16) \
+                    or t.dtype not in (torch.uint8, torch.float8_e4m3fn):
+                _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) scale tensor")
+    batch = prefix_lens.shape[0] if isinstance(prefix_lens, torch.Tensor) else -1
+    for name, t, n in (("qo_indptr", qo_indptr, batch + 1), ("kv_indptr", kv_indptr, batch + 1),
+                       ("prefix_lens", prefix_lens, batch)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int32:
+            _fail(name, f"expected an int32 tensor of {n} entries")
+    if page_size not in planner.PAGE_SIZES:
+        _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
+    if arch is None:
+        arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
+    cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
+                              page_size=page_size)
+    if out is None:
+        out = torch.empty_like(q)
+    if tokens == 0 or batch == 0 or max_extend_len <= 0:
+        return out
+    if mode == 0:
+        k_scale = v_scale = 1.0
+    kc = k_cache.view(torch.uint8) if mode == 1 else k_cache
+    vc = v_cache.view(torch.uint8) if mode == 1 else v_cache
+    ks = k_scale_cache.view(torch.uint8) if mode == 2 else kc
+    vs = v_scale_cache.view(torch.uint8) if mode == 2 else vc
+    sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
+    ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
+    vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
+    grid = (triton.cdiv(max_extend_len, cfg.block_m), hq, batch)
+    extend_kernel[grid](
+        q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
+        k_ptr=k, v_ptr=v, stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0),
+        stride_v_h=v.stride(1),
+        o_ptr=out, stride_o_t=out.stride(0), stride_o_h=out.stride(1),
+        k_cache_ptr=kc, v_cache_ptr=vc, stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1),
+        stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+        k_scale_ptr=ks, v_scale_ptr=vs, stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1),
+        stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+        qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
+        qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
+        logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, KV_MODE=mode,
+        HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+        DOT_FP32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def aot_cases(arch: int):
+    seen = set()
+    for inp in planner.extend_domain():
+        cfg = planner.plan_extend(arch, **inp)
+        mode = _MODE[inp["kv_dtype"]]
+        q_t = f"*{inp['q_dtype']}"
+        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[mode]
+        cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
+                  KV_MODE=mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False)
+        key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+        if key in seen:
+            continue
+        seen.add(key)
+        sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t,
+               "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32",
+               "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32",
+               "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32"}
+        for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
+                  "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
+                  "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size"):
+            sig[n] = "i32"
+        label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
+                     paged=inp["page_size"] > 1, **cfg.as_dict())
+        yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

@@ -1,0 +1,78 @@
+"""``@triton.jit`` helpers that load one tile of the paged KV pool and dequantize it in registers.
+
+One set of helpers serves every kernel of the package and every KV format (``KV_MODE``):
+
+* 0 -- bf16 / fp16 pool: loaded as is;
+* 1 -- fp8_e4m3 (per-tensor scale): e4m3 -> bf16/fp16 is exact (3 mantissa bits, exponents
+  2^-9..448), by the sm_89+ conversion or in integer arithmetic elsewhere;
+* 2 -- nvfp4: packed bytes ``(tile, D // 2)`` and UE4M3 scales. ``e2m1 * ue4m3`` has at most
+  6 significant bits and stays inside bf16/fp16 range, so the dequantized tile is exact in the
+  compute dtype. The low nibbles hold the even elements and the high nibbles the odd ones, so the
+  kernels keep the two halves apart (``q_even . k_lo + q_odd . k_hi``) and never interleave them.
+
+Per-tensor scales (FP8 scale, NVFP4 global scale) are not applied here: they are folded into the
+softmax scale (K) and the output (V).
+"""
+import triton
+import triton.language as tl
+
+from ..fp_codes import e2m1_decode, e4m3_decode
+
+
+@triton.jit
+def slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED: tl.constexpr):
+    """Pool slots of logical positions ``pos`` of one request.
+
+    not PAGED: ``kv_indices[base + pos]`` are token slots (SGLang's req_to_token rows).
+    PAGED:     ``kv_indices[base + pos // page_size]`` are page ids; slot = page * P + pos % P.
+    """
+    if PAGED:
+        page = tl.load(kv_indices_ptr + base + pos // page_size, mask=mask, other=0).to(tl.int64)
+        return page * page_size + (pos % page_size)
+    return tl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(tl.int64)
+
+
+@triton.jit
+def fp8_to(x_u8, dtype: tl.constexpr, HW_FP8: tl.constexpr):
+    if HW_FP8:
+        return x_u8.to(tl.float8e4nv, bitcast=True).to(dtype)
+    return e4m3_decode(x_u8.to(tl.int32)).to(dtype)
+
+
+@triton.jit
+def load_tile(cache_ptr, slot, stride_s, offs_d, mask, dtype: tl.constexpr, KV_MODE: tl.constexpr,
+              HW_FP8: tl.constexpr):
+    """bf16/fp16/fp8 tile ``(len(slot), len(offs_d))`` in ``dtype``; masked rows are 0."""
+    x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_d[None, :], mask=mask[:, None], other=0)
+    if KV_MODE == 1:
+        return fp8_to(x, dtype, HW_FP8)
+    return x.to(dtype)
+
+
+@triton.jit
+def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr):
+    """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))`` in ``dtype``:
+    ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``."""
+    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    # one scale per 8 bytes: a gather with repeated addresses, served by L1
+    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + (offs_p // 8)[None, :], mask=mask[:, None], other=0)
+    s = e4m3_decode(sc.to(tl.int32))
+    lo = (e2m1_decode(b & 15) * s).to(dtype)
+    hi = (e2m1_decode(b >> 4) * s).to(dtype)
+    return lo, hi
+
+
+@triton.jit
+def dot(a, b, acc, DOT_FP32: tl.constexpr):
+    """``acc + a @ b``; under the Triton interpreter bf16 dots are computed wrongly, so tests upcast."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit
+def soft_cap(s, cap):
+    """``cap * tanh(s / cap)`` written with exp2 (no tanh intrinsic needed)."""
+    t = tl.exp2((2.0 * 1.4426950408889634 / cap) * tl.abs(s))
+    th = 1.0 - 2.0 / (t + 1.0)
+    return tl.where(s < 0, -cap * th, cap * th)
