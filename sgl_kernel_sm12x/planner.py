@@ -178,7 +178,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # enough programs for about two waves of the device's multiprocessors
         sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
         want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
-        max_splits = 1 << (want - 1).bit_length()
+        max_splits = min(1 << (want - 1).bit_length(), MAX_SPLITS_CAP)
     if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,

@@ -57,3 +57,36 @@ def test_append_tiles_are_powers_of_two():
     for inp in planner.kv_append_domain():
         cfg = planner.plan_kv_append(120, **inp)
         assert cfg.block_rows & (cfg.block_rows - 1) == 0
+
+
+def test_decode_split_planning():
+    assert planner.plan_decode(90, head_dim=128, kv_dtype="nvfp4", batch=1, kv_heads=1, num_sms=132).max_splits == 64
+    assert planner.plan_decode(90, head_dim=128, kv_dtype="nvfp4", batch=256, kv_heads=8, num_sms=132).max_splits == 1
+    with pytest.raises(ValueError, match="max_splits"):
+        planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", max_splits=3)
+    with pytest.raises(ValueError, match="group"):
+        planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", group=32)
+    with pytest.raises(ValueError, match="q_dtype"):
+        planner.plan_decode(120, head_dim=128, kv_dtype="bf16", q_dtype="fp16")
+
+
+@pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
+def test_attention_budget_cases_cover_planner(arch):
+    from sgl_kernel_sm12x.attention import decode, extend
+    dec = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_h"], lab["block_n"],
+            lab["num_warps"], lab["num_stages"]) for lab, *_ in decode.aot_cases(arch)}
+    for inp in planner.decode_domain():
+        c = planner.plan_decode(arch, **inp)
+        assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_h, c.block_n,
+                c.num_warps, c.num_stages) in dec
+    red = {(lab["head_dim"], lab["max_splits"]) for lab, *_ in decode.aot_cases_reduce(arch)}
+    for inp in planner.decode_domain():
+        for batch in (1, 3, 64, 1024):
+            c = planner.plan_decode(arch, **inp, batch=batch)
+            assert (inp["head_dim"], c.max_splits) in red
+    ext = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_m"], lab["block_n"],
+            lab["num_warps"], lab["num_stages"]) for lab, *_ in extend.aot_cases(arch)}
+    for inp in planner.decode_domain():     # extend is planned over the same inputs
+        c = planner.plan_extend(arch, **inp)
+        assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
+                c.num_warps, c.num_stages) in ext

@@ -1,0 +1,279 @@
+"""Paged decode / extend attention against a float32 torch reference over the dequantized cache.
+
+Every supported KV format x head_dim x GQA ratio x page size, with random lengths that include 1,
+0-length prefixes and sizes that are not multiples of the tiles. Tolerance: twice the error of a
+plain torch implementation at the same activation dtype (bf16/fp16 operands, fp32 accumulation)
+plus a small floor.
+"""
+import math
+
+import pytest
+import torch
+
+from attention_ref import ACT, Pool, assert_close_attn, attention_ref, paged_layout
+from conftest import HAS_CUDA
+from sgl_kernel_sm12x import nvfp4, planner
+from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
+from sgl_kernel_sm12x.attention.extend import extend_attention
+
+FORMATS = [("bf16", "bf16"), ("fp16", "fp16"), ("fp8_e4m3", "bf16"), ("fp8_e4m3", "fp16"),
+           ("nvfp4", "bf16"), ("nvfp4", "fp16")]
+SCALES = {"bf16": (1.0, 1.0), "fp16": (1.0, 1.0), "fp8_e4m3": (0.05, 0.02), "nvfp4": (0.5, 2.0)}
+
+
+def lowp_ref(q, k, v, dtype, **kw):
+    """Plain attention with operands rounded to ``dtype`` (scores and sums in fp32)."""
+    r = lambda t: t.to(dtype).float()  # noqa: E731
+    return attention_ref(r(q), r(k), r(v), **kw).to(dtype).float()
+
+
+def tolerance(out_ref, lowp, floor=2e-3):
+    return 2 * (lowp - out_ref).abs().max().item() + floor
+
+
+# The Triton interpreter truncates fp32 -> bf16/fp16 casts instead of rounding to nearest, so the
+# output cast may be one unit in the last place off there; on the GPU rtol is 0.
+if HAS_CUDA:
+    RTOL = {torch.bfloat16: 0.0, torch.float16: 0.0}
+else:
+    RTOL = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
+
+
+def assert_attn(out, ref, what, atol):
+    assert_close_attn(out, ref, what, atol=atol, rtol=RTOL[out.dtype])
+
+
+def _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device, slots=None):
+    slots = slots or max(64, (sum(lens) // page + len(lens) + 2) * page * 2)
+    kvind_ptr, kv_indices, tok = paged_layout(lens, page, slots, device)
+    ks, vs = SCALES[kv_dtype]
+    pool = Pool(kv_dtype, q_dtype, slots, hkv, d, device, k_scale=ks, v_scale=vs)
+    originals = []
+    for L, t in zip(lens, tok):
+        k = torch.randn(L, hkv, d) * 1.5
+        v = torch.randn(L, hkv, d)
+        originals.append((k, v))
+        if L:
+            pool.write(k.to(device), v.to(device), t.to(device))
+    return pool, kvind_ptr, kv_indices.to(device), tok, originals
+
+
+def _lens(n, hi, device_big=False):
+    lens = [1] + [int(x) for x in torch.randint(2, hi, (n - 1,))]
+    return lens
+
+
+@pytest.mark.parametrize("page", planner.PAGE_SIZES)
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+def test_decode_matrix(fmt, d, group, page, device):
+    kv_dtype, q_dtype = fmt
+    hkv = 2 if group <= 4 else 1
+    lens = _lens(3, 200)
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    out = torch.full_like(q, float("nan")).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     max_splits=2, out=out)
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
+        assert_attn(out[i:i + 1], ref, f"request {i} (len {L})", atol=tol)
+
+
+@pytest.mark.parametrize("page", planner.PAGE_SIZES)
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+def test_extend_matrix(fmt, d, group, page, device):
+    kv_dtype, q_dtype = fmt
+    hkv = 1 if group >= 8 else 2
+    prefix = [0, int(torch.randint(1, 90, ()))]
+    ext = [int(torch.randint(1, 70, ())), 1]
+    _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device)
+
+
+def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, **kw):
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, prefix, page, hkv, d, device)
+    T = sum(ext)
+    dt = ACT[q_dtype]
+    q, k, v = torch.randn(T, hkv * group, d).to(dt), torch.randn(T, hkv, d).to(dt), torch.randn(T, hkv, d).to(dt)
+    qo = torch.tensor([0] + torch.tensor(ext).cumsum(0).tolist(), dtype=torch.int32)
+    out = torch.full_like(q, float("nan")).to(device)
+    extend_attention(q.to(device), k.to(device), v.to(device), pool.k, pool.v, qo.to(device), indptr, indices,
+                     torch.tensor(prefix, dtype=torch.int32, device=device), kv_dtype=kv_dtype,
+                     max_extend_len=max(ext), page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs,
+                     k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, **kw)
+    for i, (P, E) in enumerate(zip(prefix, ext)):
+        kp, vp = pool.dequant(tok[i]) if P else (torch.zeros(0, hkv, d),) * 2
+        a, b = int(qo[i]), int(qo[i + 1])
+        kk = torch.cat([kp, k[a:b].float()])
+        vv = torch.cat([vp, v[a:b].float()])
+        ref = attention_ref(q[a:b].float(), kk, vv, **kw)
+        tol = tolerance(ref, lowp_ref(q[a:b].float(), kk, vv, dt, **kw))
+        assert_attn(out[a:b], ref, f"request {i} (prefix {P}, chunk {E})", atol=tol)
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "nvfp4"])
+def test_decode_soft_cap_and_window(kv_dtype, device):
+    lens = [1, 150, 77]
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, "bf16", lens, 16, 2, 64, device)
+    q = torch.randn(3, 8, 64).to(torch.bfloat16) * 4
+    out = decode_attention(q.to(device), pool.k, pool.v, indptr, indices,
+                           torch.tensor(lens, dtype=torch.int32, device=device), kv_dtype=kv_dtype, page_size=16,
+                           k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+                           v_scale=pool.v_scale, logit_cap=5.0, window_left=40)
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        kw = dict(logit_cap=5.0, window_left=40)
+        ref = attention_ref(q[i:i + 1].float(), k, v, **kw)
+        assert_attn(out[i:i + 1], ref, f"request {i}",
+                    atol=tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, torch.bfloat16, **kw)))
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp8_e4m3", "nvfp4"])
+def test_extend_soft_cap_and_window(kv_dtype, device):
+    _run_extend(kv_dtype, "bf16", 64, 2, 2, 1, [0, 130], [90, 33], device, logit_cap=8.0, window_left=50)
+
+
+def test_decode_splits_agree(device):
+    """Split-KV with 1..16 splits gives the same answer (the reduce is exact up to rounding)."""
+    lens = [1000, 3, 513]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, 1, 1, 64, device)
+    q = torch.randn(3, 4, 64).to(torch.bfloat16).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    outs = [decode_attention(q, pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", k_scale_cache=pool.ks,
+                             v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale, max_splits=s)
+            for s in (1, 2, 16)]
+    for o in outs[1:]:
+        assert_close_attn(o, outs[0], "splits", atol=2e-2)
+
+
+def test_decode_empty_and_lse(device):
+    lens = [0, 5]
+    pool, indptr, indices, tok, _ = _fill_pool("bf16", "bf16", lens, 1, 1, 64, device)
+    q = torch.randn(2, 1, 64).to(torch.bfloat16).to(device)
+    lse = torch.empty(2, 1, device=device)
+    out = decode_attention(q, pool.k, pool.v, indptr, indices, torch.tensor(lens, dtype=torch.int32, device=device),
+                           kv_dtype="bf16", lse=lse)
+    assert (out[0] == 0).all(), "a request without tokens yields zeros"
+    k, _ = pool.dequant(tok[1])
+    s = (q[1].float().cpu() @ k[:, 0].T) / 8.0
+    assert abs(lse[1, 0].item() - torch.logsumexp(s, -1).item()) < 2e-2
+
+
+def test_nan_in_one_request_stays_there(device):
+    lens = [40, 40]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, 1, 1, 64, device)
+    bad = tok[0][7].item()
+    pool.ks[bad, 0, 1] = 0x7F          # NaN block scale in request 0's K
+    q = torch.randn(2, 2, 64).to(torch.bfloat16).to(device)
+    out = decode_attention(q, pool.k, pool.v, indptr, indices, torch.tensor(lens, dtype=torch.int32, device=device),
+                           kv_dtype="nvfp4", k_scale_cache=pool.ks, v_scale_cache=pool.vs, max_splits=1)
+    assert out[0].isnan().all(), "the poisoned request must show NaN"
+    assert not out[1].isnan().any(), "other requests must be unaffected"
+
+
+@pytest.mark.parametrize("kv_dtype,bound", [("fp8_e4m3", 0.1), ("nvfp4", 0.25)])
+def test_quantization_error_against_original_kv(kv_dtype, bound, device, record_property):
+    """Error of attention over the quantized cache vs over the original bf16 K/V, reported."""
+    lens = [300]
+    pool, indptr, indices, tok, orig = _fill_pool(kv_dtype, "bf16", lens, 16, 2, 128, device)
+    q = torch.randn(1, 8, 128).to(torch.bfloat16)
+    out = decode_attention(q.to(device), pool.k, pool.v, indptr, indices,
+                           torch.tensor(lens, dtype=torch.int32, device=device), kv_dtype=kv_dtype, page_size=16,
+                           k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale)
+    k, v = orig[0]
+    ref = attention_ref(q.float(), k.to(torch.bfloat16).float(), v.to(torch.bfloat16).float())
+    rel = ((out.float().cpu() - ref).norm() / ref.norm()).item()
+    record_property(f"{kv_dtype}_rel_err_vs_bf16", rel)
+    print(f"{kv_dtype}: attention output rel-L2 error vs original bf16 K/V = {rel:.4f}")
+    assert rel < bound
+
+
+@pytest.mark.parametrize("kw,name", [
+    (dict(kv_dtype="int4"), "kv_dtype"),
+    (dict(page_size=8), "page_size"),
+    (dict(d=96), "head_dim=96"),
+    (dict(group=32), "group"),
+    (dict(q_fp32=True), "q"),
+])
+def test_decode_rejects_unsupported(kw, name, device):
+    d, group = kw.pop("d", 64), kw.pop("group", 2)
+    q = torch.randn(1, group, d, device=device)
+    if not kw.pop("q_fp32", False):
+        q = q.to(torch.bfloat16)
+    kc = torch.zeros(16, 1, d, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match=name):
+        decode_attention(q, kc, kc, torch.tensor([0, 1], dtype=torch.int32, device=device),
+                         torch.zeros(1, dtype=torch.int32, device=device),
+                         torch.ones(1, dtype=torch.int32, device=device), **{"kv_dtype": "bf16", **kw})
+
+
+def test_extend_rejects_wrong_pool(device):
+    q = torch.randn(3, 2, 64, dtype=torch.bfloat16, device=device)
+    kc = torch.zeros(16, 2, 64, dtype=torch.uint8, device=device)   # fp8-shaped, called as nvfp4
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    with pytest.raises(ValueError, match="k_cache"):
+        extend_attention(q, q, q, kc, kc, i32(0, 3), i32(0, 0), i32(0), i32(0), kv_dtype="nvfp4", max_extend_len=3)
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+@pytest.mark.parametrize("d", [128, 256])
+def test_gpu_decode_large(fmt, d):
+    kv_dtype, q_dtype = fmt
+    lens = [1, 4097, 2048, 777] + [int(x) for x in torch.randint(1, 3000, (12,))]
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, 16, 8, d, "cuda")
+    q = torch.randn(len(lens), 32, d).to(ACT[q_dtype])
+    out = decode_attention(q.cuda(), pool.k, pool.v, indptr, indices,
+                           torch.tensor(lens, dtype=torch.int32, device="cuda"), kv_dtype=kv_dtype, page_size=16,
+                           k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale)
+    for i in range(len(lens)):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v)
+        assert_close_attn(out[i:i + 1], ref, f"request {i}",
+                          atol=tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype])))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+@pytest.mark.parametrize("d", [128, 256])
+def test_gpu_extend_large(fmt, d):
+    _run_extend(fmt[0], fmt[1], d, 8, 4, 16, [0, 2000, 513], [1500, 700, 1], "cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_decode_cuda_graph_replay():
+    """Captured once at the largest batch; replays with new lengths give the reference answer."""
+    d, hkv, group, B = 128, 8, 4, 8
+    lens = [int(x) for x in torch.randint(1, 1500, (B,))]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", [1500] * B, 16, hkv, d, "cuda")
+    q = torch.randn(B, hkv * group, d, dtype=torch.bfloat16, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+    ws = decode_workspace(B, hkv * group, d, 8, "cuda")
+    run = lambda: decode_attention(q, pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=16,  # noqa
+                                   k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+                                   v_scale=pool.v_scale, max_splits=8, out=out, workspace=ws)
+    run()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        run()
+    for _ in range(2):
+        lens = [int(x) for x in torch.randint(1, 1500, (B,))]
+        seq.copy_(torch.tensor(lens, dtype=torch.int32))
+        q.copy_(torch.randn_like(q))
+        g.replay()
+        torch.cuda.synchronize()
+        for i, L in enumerate(lens):
+            k, v = pool.dequant(tok[i][:L])
+            ref = attention_ref(q[i:i + 1].float().cpu(), k, v)
+            assert_close_attn(out[i:i + 1], ref, f"replay request {i}",
+                              atol=tolerance(ref, lowp_ref(q[i:i + 1].float().cpu(), k, v, torch.bfloat16)))
