@@ -1,0 +1,203 @@
+"""Paged attention benchmark: this project's decode / extend kernels against FlashInfer, SGLang's own
+Triton kernels and the device copy ceiling, in one run.
+
+    python benchmark/attention.py [--quick] [--head-dim 128 256]
+
+Decode GB/s counts the bytes a kernel must read: K and V of every cached token in the pool's
+format (NVFP4: data + block scales), plus q and the output. Extend TFLOP/s counts
+4 * B * H * D * (C * P + C^2 / 2) for B requests of prefix P and chunk C (causal).
+All providers read the same tokens (contiguous slots per request, page size 1) and are timed as
+CUDA-graph replays (decode) or plain launches (extend) by ``triton.testing``.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import traceback
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import bench_ms, copy_ceiling_gbps, environment, write_json  # noqa: E402
+
+from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
+from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
+
+DEV = "cuda"
+
+
+def make_pool(kv_dtype, slots, hkv, d):
+    """Random pool contents in each format (valid NVFP4 scales, no NaN codes)."""
+    if kv_dtype == "bf16":
+        return dict(k_cache=torch.randn(slots, hkv, d, device=DEV, dtype=torch.bfloat16),
+                    v_cache=torch.randn(slots, hkv, d, device=DEV, dtype=torch.bfloat16))
+    if kv_dtype == "fp8_e4m3":
+        mk = lambda: torch.randn(slots, hkv, d, device=DEV).to(torch.float8_e4m3fn).view(torch.uint8)  # noqa
+        return dict(k_cache=mk(), v_cache=mk(), k_scale=0.05, v_scale=0.05)
+    mk = lambda w: torch.randint(0, 256, (slots, hkv, w), device=DEV, dtype=torch.uint8)  # noqa
+    sc = lambda: torch.randint(0x28, 0x40, (slots, hkv, d // 16), device=DEV, dtype=torch.uint8)  # noqa
+    return dict(k_cache=mk(d // 2), v_cache=mk(d // 2), k_scale_cache=sc(), v_scale_cache=sc(),
+                k_scale=0.5, v_scale=0.5)
+
+
+def kv_bytes_per_token(kv_dtype, hkv, d):
+    return {"bf16": 2 * d, "fp8_e4m3": d, "nvfp4": d // 2 + d // 16}[kv_dtype] * hkv * 2  # K and V
+
+
+def decode_rows(shapes, hq, hkv, d, copy):
+    rows = []
+    max_tokens = max(b * c for b, c in shapes)
+    pools = {kv: make_pool(kv, max_tokens, hkv, d) for kv in ("bf16", "fp8_e4m3", "nvfp4")}
+    for batch, ctx in shapes:
+        seq = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+        indptr = torch.arange(0, (batch + 1) * ctx, ctx, dtype=torch.int32, device=DEV)
+        indices = torch.arange(batch * ctx, dtype=torch.int32, device=DEV)
+        q = torch.randn(batch, hq, d, device=DEV, dtype=torch.bfloat16)
+        qo_bytes = 2 * q.numel() * 2
+
+        def record(provider, kv, fn):
+            try:
+                p20, ms, p80 = bench_ms(fn, graph=True)
+            except Exception as e:  # a provider that fails is recorded, the run continues
+                rows.append(dict(phase="decode", provider=provider, kv_dtype=kv, batch=batch, context=ctx,
+                                 heads=f"{hq}/{hkv}", head_dim=d, error=f"{type(e).__name__}: {e}"[:300]))
+                print(f"decode {provider:<13} {kv:<9} b={batch:<4} ctx={ctx:<6} ERROR {e}"[:200])
+                return None
+            nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d) + qo_bytes
+            gbps = nbytes / ms / 1e6
+            rows.append(dict(phase="decode", provider=provider, kv_dtype=kv, batch=batch, context=ctx,
+                             heads=f"{hq}/{hkv}", head_dim=d, ms=ms, p20_ms=p20, p80_ms=p80, bytes=nbytes,
+                             gbps=gbps, fraction_of_copy=gbps / copy))
+            print(f"decode {provider:<13} {kv:<9} b={batch:<4} ctx={ctx:<6} {ms * 1e3:9.1f} us {gbps:7.0f} GB/s")
+            return ms
+
+        for kv, pool in pools.items():
+            ws = decode_workspace(batch, hq, d, 64, DEV)
+            out = torch.empty_like(q)
+            from sgl_kernel_sm12x import planner
+            cfg = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype=kv, group=hq // hkv,
+                                      batch=batch, kv_heads=hkv,
+                                      num_sms=torch.cuda.get_device_properties(0).multi_processor_count)
+            ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
+            record("sm12x", kv, lambda: decode_attention(q, indptr=None, **{}) if False else decode_attention(
+                q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
+                k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
+                k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws))
+        bf = pools["bf16"]
+        try:
+            import flashinfer
+            wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+            w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
+            w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
+                   q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+            kc = bf["k_cache"].view(-1, 1, hkv, d)
+            vc = bf["v_cache"].view(-1, 1, hkv, d)
+            record("flashinfer", "bf16", lambda: w.run(q, (kc, vc)))
+        except Exception as e:
+            rows.append(dict(phase="decode", provider="flashinfer", kv_dtype="bf16", batch=batch, context=ctx,
+                             error=f"{type(e).__name__}: {e}"[:300]))
+            traceback.print_exc()
+        try:
+            from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+            splits = 8
+            logits = torch.empty(batch, hq, splits, d, dtype=torch.float32, device=DEV)
+            lse = torch.empty(batch, hq, splits, dtype=torch.float32, device=DEV)
+            nsp = torch.full((batch,), splits, dtype=torch.int32, device=DEV)
+            o = torch.empty_like(q)
+            record("sglang_triton", "bf16", lambda: decode_attention_fwd(
+                q, bf["k_cache"], bf["v_cache"], o, indptr, indices, logits, lse, nsp, splits, 1 / math.sqrt(d),
+                1.0, 1.0))
+        except Exception as e:
+            rows.append(dict(phase="decode", provider="sglang_triton", kv_dtype="bf16", batch=batch, context=ctx,
+                             error=f"{type(e).__name__}: {e}"[:300]))
+            traceback.print_exc()
+    return rows
+
+
+def extend_rows(shapes, hq, hkv, d):
+    rows = []
+    for batch, prefix, chunk in shapes:
+        flops = 4 * batch * hq * d * (chunk * prefix + chunk * chunk / 2)
+        T = batch * chunk
+        q = torch.randn(T, hq, d, device=DEV, dtype=torch.bfloat16)
+        k = torch.randn(T, hkv, d, device=DEV, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        qo = torch.arange(0, (batch + 1) * chunk, chunk, dtype=torch.int32, device=DEV)
+        kv_indptr = torch.arange(0, (batch + 1) * prefix, prefix, dtype=torch.int32, device=DEV)
+        kv_indices = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=DEV)
+        plens = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
+        label = dict(phase="extend", batch=batch, prefix=prefix, chunk=chunk, heads=f"{hq}/{hkv}", head_dim=d)
+
+        def record(provider, kv, fn):
+            try:
+                p20, ms, p80 = bench_ms(fn, warmup=10, rep=50)
+            except Exception as e:
+                rows.append(dict(label, provider=provider, kv_dtype=kv, error=f"{type(e).__name__}: {e}"[:300]))
+                print(f"extend {provider:<13} {kv:<9} {batch}x{prefix}+{chunk} ERROR {e}"[:200])
+                return
+            rows.append(dict(label, provider=provider, kv_dtype=kv, ms=ms, p20_ms=p20, p80_ms=p80,
+                             tflops=flops / ms / 1e9))
+            print(f"extend {provider:<13} {kv:<9} {batch}x{prefix}+{chunk:<6} {ms:8.3f} ms {flops / ms / 1e9:7.1f} TFLOP/s")
+
+        for kv in ("bf16", "fp8_e4m3", "nvfp4"):
+            pool = make_pool(kv, max(1, batch * prefix), hkv, d)
+            record("sm12x", kv, lambda: extend_attention(
+                q, k, v, pool["k_cache"], pool["v_cache"], qo, kv_indptr, kv_indices, plens, kv_dtype=kv,
+                max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
+                v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
+                v_scale=pool.get("v_scale", 1.0)))
+            if kv == "bf16":
+                bf = pool
+        try:
+            import flashinfer
+            wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(wsb, "NHD")
+            L = prefix + chunk
+            kk = torch.randn(batch * L, hkv, d, device=DEV, dtype=torch.bfloat16)
+            vv = torch.randn_like(kk)
+            kvp = torch.arange(0, (batch + 1) * L, L, dtype=torch.int32, device=DEV)
+            w.plan(qo, kvp, hq, hkv, d, causal=True, q_data_type=torch.bfloat16)
+            record("flashinfer", "bf16", lambda: w.run(q, kk, vv))
+        except Exception as e:
+            rows.append(dict(label, provider="flashinfer", kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
+            traceback.print_exc()
+        try:
+            from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+            o = torch.empty_like(q)
+            record("sglang_triton", "bf16", lambda: extend_attention_fwd(
+                q, k, v, o, bf["k_cache"], bf["v_cache"], qo, kv_indptr, kv_indices, None, True, None, chunk,
+                1.0, 1.0, 1 / math.sqrt(d)))
+        except Exception as e:
+            rows.append(dict(label, provider="sglang_triton", kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
+            traceback.print_exc()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
+    ap.add_argument("--quick", action="store_true", help="a few shapes only")
+    ap.add_argument("--skip-extend", action="store_true")
+    a = ap.parse_args()
+    env = environment()
+    copy = copy_ceiling_gbps()
+    print(f"{env['device']}: copy ceiling {copy:.0f} GB/s")
+    rows = [dict(phase="copy", provider="copy", gbps=copy)]
+    dec = [(b, c) for b in (1, 16, 64, 128, 256) for c in (1024, 4096, 8192, 32768) if b * c <= (1 << 21)]
+    if a.quick:
+        dec = [(1, 8192), (128, 4096)]
+    for d in a.head_dim:
+        rows += decode_rows(dec, 32, 8, d, copy)
+        rows += decode_rows([(1, 32768), (64, 4096)] if not a.quick else [(64, 4096)], 64, 8, d, copy)
+        if not a.skip_extend:
+            ext = [(1, 0, 8192), (4, 0, 2048), (1, 4096, 1024), (8, 4096, 1024), (2, 0, 4096), (1, 4096, 8192)]
+            if a.quick:
+                ext = [(1, 0, 8192), (1, 4096, 1024)]
+            rows += extend_rows(ext, 32, 8, d)
+    write_json("attention", {**env, "benchmark": "attention", "copy_gbps": copy, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
