@@ -74,14 +74,13 @@ def decode_rows(shapes, hq, hkv, d, copy):
             return ms
 
         for kv, pool in pools.items():
-            ws = decode_workspace(batch, hq, d, 64, DEV)
             out = torch.empty_like(q)
             from sgl_kernel_sm12x import planner
             cfg = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype=kv, group=hq // hkv,
                                       batch=batch, kv_heads=hkv,
                                       num_sms=torch.cuda.get_device_properties(0).multi_processor_count)
             ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
-            record("sm12x", kv, lambda: decode_attention(q, indptr=None, **{}) if False else decode_attention(
+            record("sm12x", kv, lambda: decode_attention(
                 q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
                 k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
                 k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws))
