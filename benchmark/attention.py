@@ -124,7 +124,7 @@ def extend_rows(shapes, hq, hkv, d):
         k = torch.randn(T, hkv, d, device=DEV, dtype=torch.bfloat16)
         v = torch.randn_like(k)
         qo = torch.arange(0, (batch + 1) * chunk, chunk, dtype=torch.int32, device=DEV)
-        kv_indptr = torch.arange(0, (batch + 1) * prefix, prefix, dtype=torch.int32, device=DEV)
+        kv_indptr = torch.arange(batch + 1, dtype=torch.int32, device=DEV) * prefix
         kv_indices = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=DEV)
         plens = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
         label = dict(phase="extend", batch=batch, prefix=prefix, chunk=chunk, heads=f"{hq}/{hkv}", head_dim=d)

@@ -183,6 +183,7 @@ def decode_attention(
     lse: torch.Tensor | None = None,
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     arch: int | None = None,
+    config: planner.DecodeConfig | None = None,
 ) -> torch.Tensor:
     """One decode step of paged attention.
 
@@ -201,12 +202,14 @@ def decode_attention(
     window_left : sliding window; keys with ``pos >= seq_len - 1 - window_left`` are visible (-1: off).
     max_splits : split-KV parallelism (default: the planner's choice for this batch).
     workspace : preallocated ``(part_o, part_lse)`` for CUDA graphs (see :func:`decode_workspace`).
+    config : override of the planner's choice, for offline tuning sweeps only.
 
     Returns ``out`` (batch, q_heads, head_dim) in q's dtype.
     """
     cfg, meta = plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, kv_dtype=kv_dtype,
                                  page_size=page_size, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
                                  max_splits=max_splits, arch=arch)
+    cfg = config or cfg
     batch, hq, d = q.shape
     hkv = meta["kv_heads"]
     if out is None:

@@ -188,6 +188,7 @@ def extend_attention(
     window_left: int = -1,
     out: torch.Tensor | None = None,
     arch: int | None = None,
+    config: planner.ExtendConfig | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its cached prefix plus themselves.
 
@@ -236,6 +237,7 @@ def extend_attention(
         arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size)
+    cfg = config or cfg
     if out is None:
         out = torch.empty_like(q)
     if tokens == 0 or batch == 0 or max_extend_len <= 0:

@@ -50,16 +50,29 @@ def load_tile(cache_ptr, slot, stride_s, offs_d, mask, dtype: tl.constexpr, KV_M
 
 
 @triton.jit
+def _e2m1_scaled(c, s3, NB: tl.constexpr, dtype: tl.constexpr):
+    """4-bit codes ``(N, D/2)`` (int32) times per-block scales ``(N, NB, 1)`` -> ``dtype``.
+
+    The code's exponent/mantissa bits are placed into an fp16 pattern (``(c & 7) << 9``): read as
+    fp16 that is exactly ``e2m1(c) * 2^-14`` for every code, subnormal 0.5 included, so one shift,
+    one mask and a multiply by ``scale * 2^14`` (applied per block) dequantize it."""
+    h = (((c & 7) << 9) | ((c & 8) << 12)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    n: tl.constexpr = c.shape[0]
+    x = tl.reshape(h, (n, NB, 8)) * s3
+    return tl.reshape(x, (n, NB * 8)).to(dtype)
+
+
+@triton.jit
 def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr):
     """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))`` in ``dtype``:
     ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``."""
+    HALF: tl.constexpr = offs_p.shape[0]
+    NB: tl.constexpr = HALF // 8
     b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0).to(tl.int32)
-    # one scale per 8 bytes: a gather with repeated addresses, served by L1
-    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + (offs_p // 8)[None, :], mask=mask[:, None], other=0)
-    s = e4m3_decode(sc.to(tl.int32))
-    lo = (e2m1_decode(b & 15) * s).to(dtype)
-    hi = (e2m1_decode(b >> 4) * s).to(dtype)
-    return lo, hi
+    offs_b = tl.arange(0, NB)
+    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
+    s3 = tl.reshape(e4m3_decode(sc.to(tl.int32)) * 16384.0, (slot.shape[0], NB, 1))   # once per block
+    return _e2m1_scaled(b & 15, s3, NB, dtype), _e2m1_scaled(b >> 4, s3, NB, dtype)
 
 
 @triton.jit

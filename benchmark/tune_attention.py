@@ -1,0 +1,68 @@
+"""Offline sweep of decode / extend tile configurations on the device (the planner's rules are
+derived from these runs; serving never autotunes).
+
+    python benchmark/tune_attention.py [--kv-dtype nvfp4 fp8_e4m3 bf16]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import bench_ms, environment, write_json  # noqa: E402
+from attention import DEV, kv_bytes_per_token, make_pool  # noqa: E402
+
+from sgl_kernel_sm12x import planner  # noqa: E402
+from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
+from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--kv-dtype", nargs="+", default=["nvfp4", "fp8_e4m3", "bf16"])
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--extend", action="store_true")
+    a = ap.parse_args()
+    env = environment()
+    arch = planner.current_arch()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    d, hq, hkv = a.head_dim, 32, 8
+    rows = []
+    for kv in a.kv_dtype:
+        for batch, ctx in ((128, 4096), (1, 32768)):
+            pool = make_pool(kv, batch * ctx, hkv, d)
+            seq = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+            indptr = torch.arange(batch + 1, dtype=torch.int32, device=DEV) * ctx
+            indices = torch.arange(batch * ctx, dtype=torch.int32, device=DEV)
+            q = torch.randn(batch, hq, d, device=DEV, dtype=torch.bfloat16)
+            out = torch.empty_like(q)
+            plan = planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
+                                       num_sms=sms)
+            nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
+            for bn, nw, ns in itertools.product((32, 64, 128), (4, 8), (2, 3)):
+                cfg = planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits, plan.min_split_tokens,
+                                           plan.hw_fp8)
+                ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
+                fn = lambda: decode_attention(  # noqa: E731
+                    q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
+                    k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
+                    k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
+                    config=cfg)
+                try:
+                    _, ms, _ = bench_ms(fn, graph=True)
+                except Exception as e:
+                    print(f"{kv} b={batch} ctx={ctx} {cfg} ERROR {str(e)[:100]}")
+                    continue
+                rows.append(dict(phase="decode", kv_dtype=kv, batch=batch, context=ctx, config=cfg.as_dict(),
+                                 planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6))
+                print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} {ms * 1e3:8.1f} us "
+                      f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}")
+    write_json("tune-attention", {**env, "benchmark": "tune_attention", "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
