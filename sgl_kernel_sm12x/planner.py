@@ -149,16 +149,28 @@ class DecodeConfig:
 
 
 def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
-    """(block_n, num_warps, num_stages) for the split stage.
+    """(block_n, num_warps, num_stages) for the split stage, from the sweep in
+    benchmark/results/*tune-attention.json (H200, 32/8 heads, D128, 128 x 4k and 1 x 32k):
 
-    Shared memory is the pipelined K and V tiles in the compute dtype:
-    num_stages x 2 x block_n x head_dim x 2 B (NVFP4 keeps two half-width tiles, the same bytes).
-    * head_dim 256: 32-token tiles keep the two 16 KB tiles x 2 stages = 64 KB on sm_120 and the
-      dequantized tile in registers without spills.
-    * head_dim <= 128: 64-token tiles, 2 stages = 64 KB at head_dim 128.
+    * bf16/fp16: 64-token tiles, 4 warps, 2 stages (4218 GB/s; 128-token tiles within 3%).
+    * fp8_e4m3: 64-token tiles, 4 warps, 3 stages (1841 GB/s vs 1335 with 2 stages). 128-token
+      tiles measured faster (2333 GB/s) but spill 8 B at 255 registers on sm_90: not taken.
+    * nvfp4: 32-token tiles, 4 warps, 2 stages (612 GB/s vs 550 for 64): the e2m1 decode is
+      instruction-bound and smaller tiles keep more programs resident. At head_dim 64 the
+      32-token tile spills 8 B on sm_120, so 64 tokens there.
+    * head_dim 256 halves the token tile (registers).
+    Shared memory per configuration is checked by `sm12x budget --kernel decode`.
     """
-    block_n = 32 if head_dim == 256 else 64
-    return block_n, 4, 2
+    arch_limits(arch)
+    if kv_dtype == "nvfp4":
+        block_n, stages = (64 if head_dim == 64 else 32), 2
+    elif kv_dtype == "fp8_e4m3":
+        block_n, stages = 64, 3
+    else:
+        block_n, stages = 64, 2
+    if head_dim == 256:
+        block_n = max(16, block_n // 2)
+    return block_n, 4, stages
 
 
 def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
