@@ -32,6 +32,39 @@ def main():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     d, hq, hkv = a.head_dim, 32, 8
     rows = []
+    if a.extend:
+        for kv in a.kv_dtype:
+            for batch, prefix, chunk in ((1, 0, 8192), (1, 4096, 1024), (8, 4096, 1024)):
+                flops = 4 * batch * hq * d * (chunk * prefix + chunk * chunk / 2)
+                T = batch * chunk
+                q = torch.randn(T, hq, d, device=DEV, dtype=torch.bfloat16)
+                k = torch.randn(T, hkv, d, device=DEV, dtype=torch.bfloat16)
+                v = torch.randn_like(k)
+                qo = torch.arange(batch + 1, dtype=torch.int32, device=DEV) * chunk
+                kvp = torch.arange(batch + 1, dtype=torch.int32, device=DEV) * prefix
+                kvi = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=DEV)
+                pl = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
+                pool = make_pool(kv, max(1, batch * prefix), hkv, d)
+                plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv)
+                for bm, bn, nw, ns in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
+                                       (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)):
+                    cfg = planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8)
+                    fn = lambda: extend_attention(  # noqa: E731
+                        q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
+                        max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
+                        v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
+                        v_scale=pool.get("v_scale", 1.0), config=cfg)
+                    try:
+                        _, ms, _ = bench_ms(fn, warmup=5, rep=30)
+                    except Exception as e:
+                        print(f"extend {kv} {cfg} ERROR {str(e)[:100]}")
+                        continue
+                    rows.append(dict(phase="extend", kv_dtype=kv, batch=batch, prefix=prefix, chunk=chunk,
+                                     config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9))
+                    print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} "
+                          f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}")
+        write_json("tune-extend", {**env, "benchmark": "tune_extend", "rows": rows})
+        return
     for kv in a.kv_dtype:
         for batch, ctx in ((128, 4096), (1, 32768)):
             pool = make_pool(kv, batch * ctx, hkv, d)

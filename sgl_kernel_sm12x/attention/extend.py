@@ -34,6 +34,12 @@ def _softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
 
 
 @triton.jit
+def _halves(x):
+    """(rows, D) -> even and odd columns (rows, D / 2) each; pairs sit in one thread's registers."""
+    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
+
+
+@triton.jit
 def extend_kernel(
     q_ptr, stride_q_t, stride_q_h,                       # (tokens, q_heads, HEAD_DIM)
     k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,   # chunk K/V (tokens, kv_heads, HEAD_DIM)
@@ -69,8 +75,8 @@ def extend_kernel(
     if KV_MODE == 2:
         HALF: tl.constexpr = HEAD_DIM // 2
         offs_p = tl.arange(0, HALF)
-        q_lo = tl.load(q_rows + 2 * offs_p[None, :], mask=m_mask[:, None], other=0.0)
-        q_hi = tl.load(q_rows + 2 * offs_p[None, :] + 1, mask=m_mask[:, None], other=0.0)
+        offs_d = tl.arange(0, HEAD_DIM)
+        q_lo, q_hi = _halves(tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0))
         acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
     else:
@@ -122,9 +128,8 @@ def extend_kernel(
         n_mask = j < ext_len
         rows = (q0 + j).to(tl.int64)
         if KV_MODE == 2:
-            kp = k_rows + rows[:, None] * stride_k_t + 2 * offs_p[None, :]
-            k_lo = tl.load(kp, mask=n_mask[:, None], other=0.0)
-            k_hi = tl.load(kp + 1, mask=n_mask[:, None], other=0.0)
+            k_lo, k_hi = _halves(tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None],
+                                         other=0.0))
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
@@ -135,9 +140,8 @@ def extend_kernel(
             vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
         p, alpha, m_i, l_i = _softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
         if KV_MODE == 2:
-            vp = v_rows + rows[:, None] * stride_v_t + 2 * offs_p[None, :]
-            v_lo = tl.load(vp, mask=n_mask[:, None], other=0.0)
-            v_hi = tl.load(vp + 1, mask=n_mask[:, None], other=0.0)
+            v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
+                                         other=0.0))
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
