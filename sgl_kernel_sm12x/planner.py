@@ -236,7 +236,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
     limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
 
-    * 232 KB parts (sm_90/100): 128 x 64 tiles on 8 warps, 3 stages (128 KB at D128); D256 64 x 32.
+    * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
+      bf16/fp16 64 x 64 on 4 warps (one warpgroup), 3 stages: 287-326 TFLOP/s, best of 7 shapes;
+      fp8 128 x 128 on 8 warps, 2 stages (215-287; 3 stages is 4% faster but sits at 229,376 B and
+      255 registers); nvfp4 128 x 64 on 8 warps, 3 stages (149-213; the faster 4-warp tile spills
+      ~830 B). D256: 64 x 32 on 8 warps.
     * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
       - D64: 64 x 64 on 4 warps (24 KB, ~180 registers).
       - D128: 64 x 64 on 8 warps (56 KB, 140-190 registers). 4 warps reach 255 registers and spill
@@ -259,7 +263,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)
-        return ExtendConfig(128, 64, 8, 3, hw_fp8)
+        if fp4:
+            return ExtendConfig(128, 64, 8, 3, hw_fp8)
+        if kv_dtype == "fp8_e4m3":
+            return ExtendConfig(128, 128, 8, 2, hw_fp8)
+        return ExtendConfig(64, 64, 4, 3, hw_fp8)
     if head_dim == 64:
         return ExtendConfig(64, 64, 4, 2, hw_fp8)
     if head_dim == 128:
