@@ -268,6 +268,13 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         if kv_dtype == "fp8_e4m3":
             return ExtendConfig(128, 128, 8, 2, hw_fp8)
         return ExtendConfig(64, 64, 4, 3, hw_fp8)
+    if lim.cc < 89 and kv_dtype == "fp8_e4m3" and head_dim == 256:
+        return ExtendConfig(32, 16, 4, 2, hw_fp8)   # software FP8 decode on sm_80/86 spills at 32 x 32
+    if lim.cc < 90:
+        # sm_80/86/89: 64-token tiles spill 4-64 B there (and sm_80 decodes FP8 in software), so
+        # 32-token tiles; D256 32 x 32 on 4 warps (8 warps cap ptxas at 128 registers and spill).
+        return {64: ExtendConfig(64, 32, 4, 2, hw_fp8), 128: ExtendConfig(64, 32, 8, 2, hw_fp8),
+                256: ExtendConfig(32, 32, 4, 2, hw_fp8)}[head_dim]
     if head_dim == 64:
         return ExtendConfig(64, 64, 4, 2, hw_fp8)
     if head_dim == 128:
