@@ -76,3 +76,14 @@ def test_budget_flags_an_oversized_tile(tmp_path):
     shared, fits, mma = p.stdout.split()
     assert int(shared) > 101_376 and fits == "False"
     assert mma.startswith("mma.sync"), "sm_120 has no wgmma: Triton must emit mma.sync"
+
+
+def test_budget_covers_attention_with_mma_sync(budget_json):
+    kernels = {r["kernel"] for r in budget_json}
+    assert {"kv_append", "decode", "decode_reduce", "extend"} <= kernels
+    for r in budget_json:
+        if r["kernel"] in ("decode", "extend"):
+            # SM120/SM121 have no wgmma / tcgen05: the tensor-core path is mma.sync
+            assert r["mma"].startswith("mma.sync"), r
+    kv = {r["config"]["kv_dtype"] for r in budget_json if r["kernel"] in ("decode", "extend")}
+    assert kv == {"bf16", "fp16", "fp8_e4m3", "nvfp4"}
