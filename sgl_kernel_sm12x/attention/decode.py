@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import dot, load_nvfp4_tile, load_tile, slot_ids, soft_cap
+from .kv_tile import dot, load_nvfp4_tile, load_nvfp4_tile_f16, load_tile, slot_ids, soft_cap
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -36,6 +36,7 @@ def decode_split_kernel(
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     KV_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
+    FP4_PTX: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -69,6 +70,10 @@ def decode_split_kernel(
         offs_p = tl.arange(0, HALF)
         q_lo = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
         q_hi = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
+        if FP4_PTX:   # fp16 MMAs on the exact fp16 dequantized tile; q saturates at +-65504
+            dt = tl.float16
+            q_lo = tl.clamp(q_lo.to(tl.float32), -65504.0, 65504.0).to(dt)
+            q_hi = tl.clamp(q_hi.to(tl.float32), -65504.0, 65504.0).to(dt)
         acc_lo = tl.zeros([BLOCK_H, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_H, HALF], tl.float32)
     else:
@@ -85,7 +90,10 @@ def decode_split_kernel(
         n_mask = pos < hi_tok
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
         if KV_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
+            if FP4_PTX:
+                k_lo, k_hi = load_nvfp4_tile_f16(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask)
+            else:
+                k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
@@ -101,7 +109,10 @@ def decode_split_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
         if KV_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
+            if FP4_PTX:
+                v_lo, v_hi = load_nvfp4_tile_f16(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask)
+            else:
+                v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
@@ -246,7 +257,8 @@ def decode_attention(
         BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
         KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
         HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, FP4_PTX=mode == 2 and not _INTERPRET,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
@@ -329,7 +341,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False,
-                  HW_FP8=cfg.hw_fp8, DOT_FP32=False)
+                  HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=mode == 2)
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

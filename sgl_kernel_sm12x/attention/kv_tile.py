@@ -89,3 +89,58 @@ def soft_cap(s, cap):
     t = tl.exp2((2.0 * 1.4426950408889634 / cap) * tl.abs(s))
     th = 1.0 - 2.0 / (t + 1.0)
     return tl.where(s < 0, -cap * th, cap * th)
+
+
+# PTX for two e2m1 nibbles -> fp16 at once: the bytes are spread into 16-bit lanes (prmt), the
+# code's exponent/mantissa bits placed at fp16 bits 9..11 and the sign at bit 15 (exactly
+# e2m1 * 2^-14 as an fp16 pattern), then one packed multiply by 2^14 (fp16 0x7400).
+_E2M1_LO_ASM = """
+{
+.reg .b32 t<2>, a<2>, s<2>, c;
+mov.b32 c, 0x74007400;
+prmt.b32 t0, $2, 0, 0x4140;
+prmt.b32 t1, $2, 0, 0x4342;
+and.b32 a0, t0, 0x00070007;
+and.b32 s0, t0, 0x00080008;
+shl.b32 a0, a0, 9;
+shl.b32 s0, s0, 12;
+or.b32 a0, a0, s0;
+mul.rn.f16x2 $0, a0, c;
+and.b32 a1, t1, 0x00070007;
+and.b32 s1, t1, 0x00080008;
+shl.b32 a1, a1, 9;
+shl.b32 s1, s1, 12;
+or.b32 a1, a1, s1;
+mul.rn.f16x2 $1, a1, c;
+}
+"""
+_E2M1_HI_ASM = tl.constexpr(
+    _E2M1_LO_ASM.replace("prmt.b32 t0, $2, 0, 0x4140;", "prmt.b32 t0, $2, 0, 0x4140;\nshr.b32 t0, t0, 4;")
+    .replace("prmt.b32 t1, $2, 0, 0x4342;", "prmt.b32 t1, $2, 0, 0x4342;\nshr.b32 t1, t1, 4;"))
+_E2M1_LO_ASM = tl.constexpr(_E2M1_LO_ASM)
+
+
+@triton.jit
+def e2m1_pairs_f16(b):
+    """uint8 tile of packed codes -> (low-nibble values, high-nibble values) in fp16, exact."""
+    lo = tl.inline_asm_elementwise(_E2M1_LO_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
+    hi = tl.inline_asm_elementwise(_E2M1_HI_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
+    return lo, hi
+
+
+@triton.jit
+def load_nvfp4_tile_f16(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask):
+    """:func:`load_nvfp4_tile` for CUDA devices, in fp16 throughout: ``e2m1 * ue4m3`` is exact in
+    fp16 (at most 6 significant bits, magnitudes 2^-10 .. 2688), decoded two codes per
+    instruction sequence and scaled with packed fp16 multiplies."""
+    HALF: tl.constexpr = offs_p.shape[0]
+    NB: tl.constexpr = HALF // 8
+    n: tl.constexpr = slot.shape[0]
+    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0)
+    offs_b = tl.arange(0, NB)
+    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
+    s3 = tl.reshape(e4m3_decode(sc.to(tl.int32)).to(tl.float16), (n, NB, 1))
+    lo, hi = e2m1_pairs_f16(b)
+    lo = tl.reshape(tl.reshape(lo, (n, NB, 8)) * s3, (n, HALF))
+    hi = tl.reshape(tl.reshape(hi, (n, NB, 8)) * s3, (n, HALF))
+    return lo, hi
