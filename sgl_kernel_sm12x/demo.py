@@ -17,6 +17,44 @@ def _stats(name, ref, got, bytes_per_token, bf16_bytes):
           f"bytes/token {bytes_per_token:>5}  capacity x{bf16_bytes / bytes_per_token:.2f} vs bf16")
 
 
+def _attention_demo(dev, on_gpu):
+    """Decode attention read straight from bf16, FP8 and NVFP4 pools of the same K/V."""
+    import math
+
+    import torch
+    from .attention.decode import decode_attention
+    from .kv_append import append_kv
+    batch, ctx, hkv, group, d = (4, 1024, 8, 4, 128) if on_gpu else (2, 96, 2, 4, 64)
+    tokens = batch * ctx
+    k = torch.randn(tokens, hkv, d, device=dev).to(torch.bfloat16)
+    v = torch.randn(tokens, hkv, d, device=dev).to(torch.bfloat16)
+    q = torch.randn(batch, hkv * group, d, device=dev).to(torch.bfloat16)
+    loc = torch.arange(tokens, device=dev)
+    indptr = torch.arange(batch + 1, dtype=torch.int32, device=dev) * ctx
+    seq = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
+    kk = k.float().view(batch, ctx, hkv, d).repeat_interleave(group, dim=2)
+    vv = v.float().view(batch, ctx, hkv, d).repeat_interleave(group, dim=2)
+    p = torch.softmax(torch.einsum("bhd,bnhd->bhn", q.float(), kk) / math.sqrt(d), dim=-1)
+    ref = torch.einsum("bhn,bnhd->bhd", p, vv)
+    print(f"\ndecode attention, {batch} requests x {ctx} tokens, {hkv * group} q / {hkv} kv heads, head_dim {d}:")
+    for kv in ("bf16", "fp8_e4m3", "nvfp4"):
+        extra = {}
+        if kv == "nvfp4":
+            kc = torch.zeros(tokens, hkv, d // 2, dtype=torch.uint8, device=dev)
+            extra = dict(k_scale_cache=torch.zeros(tokens, hkv, d // 16, dtype=torch.uint8, device=dev),
+                         v_scale_cache=torch.zeros(tokens, hkv, d // 16, dtype=torch.uint8, device=dev))
+        elif kv == "fp8_e4m3":
+            kc = torch.zeros(tokens, hkv, d, dtype=torch.uint8, device=dev)
+            extra = dict(k_scale=0.02, v_scale=0.02)
+        else:
+            kc = torch.zeros(tokens, hkv, d, dtype=torch.bfloat16, device=dev)
+        vc = torch.zeros_like(kc)
+        append_kv(k, v, loc, kc, vc, kv_dtype=kv, **extra)
+        out = decode_attention(q, kc, vc, indptr, loc.to(torch.int32), seq, kv_dtype=kv, **extra)
+        rel = ((out.float() - ref).norm() / ref.norm()).item()
+        print(f"  {kv:<9} output rel-L2 error vs fp32 attention over the original K/V: {rel:.4f}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="sm12x demo", description=__doc__)
     ap.add_argument("--tokens", type=int, default=256)
@@ -57,6 +95,7 @@ def main(argv=None) -> int:
         scale = amax / nvfp4.E4M3_MAX
         append_kv(src, src, loc, fc, fc.clone(), kv_dtype="fp8_e4m3", k_scale=scale, v_scale=scale)
         _stats("fp8_e4m3", src, nvfp4.dequantize_fp8(fc[loc], scale), nvfp4.fp8_bytes_per_token(h, d), bf16_bytes)
+    _attention_demo(dev, on_gpu)
     if a.no_budget:
         return 0
     print("\nSM12x shared-memory budget (AOT, sm_120 and sm_121):")
