@@ -26,6 +26,9 @@ def main():
     ap.add_argument("--kv-dtype", nargs="+", default=["nvfp4", "fp8_e4m3", "bf16"])
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--extend", action="store_true")
+    ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     a = ap.parse_args()
     env = environment()
     arch = planner.current_arch()
@@ -76,7 +79,7 @@ def main():
             plan = planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
-            for bn, nw, ns in itertools.product((32, 64, 128), (4, 8), (2, 3)):
+            for bn, nw, ns in itertools.product(a.block_n, a.warps, a.stages):
                 cfg = planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits, plan.min_split_tokens,
                                            plan.hw_fp8)
                 ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
