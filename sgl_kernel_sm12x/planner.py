@@ -176,15 +176,7 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
 def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
                 page_size: int = 1, batch: int = 1, kv_heads: int = 8, max_splits: int | None = None,
                 num_sms: int | None = None) -> DecodeConfig:
-    lim = arch_limits(arch)
-    _check("head_dim", head_dim, HEAD_DIMS)
-    _check("kv_dtype", kv_dtype, KV_DTYPES)
-    _check("q_dtype", q_dtype, ACT_DTYPES)
-    _check("group (q heads per kv head)", group, GQA_GROUPS)
-    _check("page_size", page_size, PAGE_SIZES)
-    if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
-        raise ValueError(f"kv_dtype={kv_dtype!r} with q_dtype={q_dtype!r} is not supported; "
-                         f"a bf16/fp16 pool must match q's dtype")
+    lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype)
     if max_splits is None:
         # enough programs for about two waves of the device's multiprocessors
@@ -196,6 +188,20 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
                         hw_fp8=kv_dtype == "fp8_e4m3" and lim.cc >= 89)
+
+
+def _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size) -> ArchLimits:
+    """Validate the inputs shared by the decode and extend planners."""
+    lim = arch_limits(arch)
+    _check("head_dim", head_dim, HEAD_DIMS)
+    _check("kv_dtype", kv_dtype, KV_DTYPES)
+    _check("q_dtype", q_dtype, ACT_DTYPES)
+    _check("group (q heads per kv head)", group, GQA_GROUPS)
+    _check("page_size", page_size, PAGE_SIZES)
+    if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
+        raise ValueError(f"kv_dtype={kv_dtype!r} with q_dtype={q_dtype!r} is not supported; "
+                         f"a bf16/fp16 pool must match q's dtype")
+    return lim
 
 
 # used only when the caller does not pass the device's multiprocessor count
@@ -249,15 +255,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         fragments; 64-token tiles spill 24 B.
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
     """
-    lim = arch_limits(arch)
-    _check("head_dim", head_dim, HEAD_DIMS)
-    _check("kv_dtype", kv_dtype, KV_DTYPES)
-    _check("q_dtype", q_dtype, ACT_DTYPES)
-    _check("group (q heads per kv head)", group, GQA_GROUPS)
-    _check("page_size", page_size, PAGE_SIZES)
-    if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
-        raise ValueError(f"kv_dtype={kv_dtype!r} with q_dtype={q_dtype!r} is not supported; "
-                         f"a bf16/fp16 pool must match q's dtype")
+    lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     hw_fp8 = kv_dtype == "fp8_e4m3" and lim.cc >= 89
     fp4 = kv_dtype == "nvfp4"
     if lim.smem_per_block >= 200_000:
