@@ -283,7 +283,7 @@ def aot_cases(arch: int):
         cfg = planner.plan_kv_append(arch, **inp)
         mode = KV_MODE[inp["kv_dtype"]]
         act = inp["act_dtype"]
-        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)  # noqa
+        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)
         if key in seen:
             continue
         seen.add(key)

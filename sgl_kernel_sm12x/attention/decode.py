@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import dot, load_nvfp4_tile, load_nvfp4_tile_f16, load_tile, slot_ids, soft_cap
+from .kv_tile import dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -90,29 +90,15 @@ def decode_split_kernel(
         n_mask = pos < hi_tok
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
         if KV_MODE == 2:
-            if FP4_PTX:
-                k_lo, k_hi = load_nvfp4_tile_f16(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask)
-            else:
-                k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, FP4_PTX)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
             k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
-        s = s * qk_scale
-        if HAS_CAP:   # cap applies to sm_scale * q.k (natural-log units)
-            s = soft_cap(s * (1.0 / 1.4426950408889634), logit_cap) * 1.4426950408889634
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        m_i = m_new
+        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
         if KV_MODE == 2:
-            if FP4_PTX:
-                v_lo, v_hi = load_nvfp4_tile_f16(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask)
-            else:
-                v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, FP4_PTX)
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:

@@ -15,22 +15,10 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import dot, load_nvfp4_tile, load_tile, slot_ids, soft_cap
+from .kv_tile import dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
-    if HAS_CAP:
-        s = soft_cap(s * (1.0 / 1.4426950408889634), logit_cap) * 1.4426950408889634
-    s = tl.where(mask, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)     # rows with nothing visible yet
-    alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(s - m_use[:, None])
-    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
 @triton.jit
@@ -97,7 +85,7 @@ def extend_kernel(
         n_mask = pos < prefix_len
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
         if KV_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt)
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, False)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
@@ -106,10 +94,10 @@ def extend_kernel(
         vis = n_mask[None, :]
         if HAS_WINDOW:
             vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-        p, alpha, m_i, l_i = _softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
+        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
         pv = (p * v_scale_prefix).to(dt)
         if KV_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt)
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, False)
             acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
@@ -138,7 +126,7 @@ def extend_kernel(
         vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
         if HAS_WINDOW:
             vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
-        p, alpha, m_i, l_i = _softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
+        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
         if KV_MODE == 2:
             v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
                                          other=0.0))

@@ -16,7 +16,7 @@ softmax scale (K) and the output (V).
 import triton
 import triton.language as tl
 
-from ..fp_codes import e2m1_decode, e4m3_decode
+from ..fp_codes import e4m3_decode
 
 
 @triton.jit
@@ -63,15 +63,31 @@ def _e2m1_scaled(c, s3, NB: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr):
-    """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))`` in ``dtype``:
-    ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``."""
+def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr,
+                    PTX: tl.constexpr):
+    """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))``:
+    ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``.
+
+    PTX (CUDA devices): two codes per instruction sequence (:func:`e2m1_pairs_f16`) and packed fp16
+    scale multiplies; the result is fp16 whatever ``dtype`` -- ``e2m1 * ue4m3`` is exact in fp16
+    (at most 6 significant bits, magnitudes 2^-10 .. 2688). Otherwise (the interpreter) plain
+    Triton arithmetic in fp32, returned in ``dtype``.
+    """
     HALF: tl.constexpr = offs_p.shape[0]
     NB: tl.constexpr = HALF // 8
-    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0).to(tl.int32)
+    n: tl.constexpr = slot.shape[0]
+    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0)
     offs_b = tl.arange(0, NB)
     sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
-    s3 = tl.reshape(e4m3_decode(sc.to(tl.int32)) * 16384.0, (slot.shape[0], NB, 1))   # once per block
+    s = e4m3_decode(sc.to(tl.int32))                                  # once per block
+    if PTX:
+        s3 = tl.reshape(s.to(tl.float16), (n, NB, 1))
+        lo, hi = e2m1_pairs_f16(b)
+        lo = tl.reshape(tl.reshape(lo, (n, NB, 8)) * s3, (n, HALF))
+        hi = tl.reshape(tl.reshape(hi, (n, NB, 8)) * s3, (n, HALF))
+        return lo, hi
+    s3 = tl.reshape(s * 16384.0, (n, NB, 1))
+    b = b.to(tl.int32)
     return _e2m1_scaled(b & 15, s3, NB, dtype), _e2m1_scaled(b >> 4, s3, NB, dtype)
 
 
@@ -89,6 +105,21 @@ def soft_cap(s, cap):
     t = tl.exp2((2.0 * 1.4426950408889634 / cap) * tl.abs(s))
     th = 1.0 - 2.0 / (t + 1.0)
     return tl.where(s < 0, -cap * th, cap * th)
+
+
+@triton.jit
+def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
+    """One tile of the online softmax on log2-domain scores ``s`` (already times log2(e)):
+    returns ``(p, alpha, m_new, l_new)``. The soft cap applies to natural-log scores; rows with
+    nothing visible yet keep ``m = -inf`` and contribute nothing."""
+    if HAS_CAP:
+        s = soft_cap(s * (1.0 / 1.4426950408889634), logit_cap) * 1.4426950408889634
+    s = tl.where(mask, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
 # PTX for two e2m1 nibbles -> fp16 at once: the bytes are spread into 16-bit lanes (prmt), the
@@ -125,22 +156,4 @@ def e2m1_pairs_f16(b):
     """uint8 tile of packed codes -> (low-nibble values, high-nibble values) in fp16, exact."""
     lo = tl.inline_asm_elementwise(_E2M1_LO_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
     hi = tl.inline_asm_elementwise(_E2M1_HI_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
-    return lo, hi
-
-
-@triton.jit
-def load_nvfp4_tile_f16(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask):
-    """:func:`load_nvfp4_tile` for CUDA devices, in fp16 throughout: ``e2m1 * ue4m3`` is exact in
-    fp16 (at most 6 significant bits, magnitudes 2^-10 .. 2688), decoded two codes per
-    instruction sequence and scaled with packed fp16 multiplies."""
-    HALF: tl.constexpr = offs_p.shape[0]
-    NB: tl.constexpr = HALF // 8
-    n: tl.constexpr = slot.shape[0]
-    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0)
-    offs_b = tl.arange(0, NB)
-    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
-    s3 = tl.reshape(e4m3_decode(sc.to(tl.int32)).to(tl.float16), (n, NB, 1))
-    lo, hi = e2m1_pairs_f16(b)
-    lo = tl.reshape(tl.reshape(lo, (n, NB, 8)) * s3, (n, HALF))
-    hi = tl.reshape(tl.reshape(hi, (n, NB, 8)) * s3, (n, HALF))
     return lo, hi
