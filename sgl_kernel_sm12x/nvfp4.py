@@ -145,7 +145,7 @@ def dequantize_nvfp4(data: torch.Tensor, scales: torch.Tensor, global_scale=1.0,
     hi = e2m1_decode(data >> 4)
     vals = torch.stack((lo, hi), dim=-1).reshape(*data.shape[:-1], data.shape[-1] * 2)
     s = e4m3_decode(scales)
-    vals = vals.reshape(*vals.shape[:-1], -1, BLOCK_SIZE) * s[..., None] * g
+    vals = vals.reshape(*vals.shape[:-1], scales.shape[-1], BLOCK_SIZE) * s[..., None] * g
     return vals.reshape(*data.shape[:-1], data.shape[-1] * 2).to(dtype)
 
 

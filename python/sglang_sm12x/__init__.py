@@ -1,16 +1,40 @@
 """SGLang plugin for sgl-kernel-sm12x (entry point group ``sglang.srt.plugins``).
 
-This is the only package of the project that imports sglang, and it does so lazily inside
-``register()`` so that installing the project never slows SGLang's start-up.
-"""
+``register()`` runs inside every SGLang process (``load_plugins()``) before the server arguments
+are parsed. It
 
-__all__ = ["register"]
+1. checks the installed SGLang against the supported releases (0.5.23, 0.5.17) and refuses any
+   other with the supported list and the patch tool named;
+2. adds ``sm12x`` to ``--attention-backend`` and registers the backend factory;
+3. declares ``sm12x`` as reading NVFP4 KV natively in prefill and decode, so SGLang allocates no
+   FP8 dequant workspace and keeps the linear (slot, head, D/16) scale layout;
+4. lets ``--kv-cache-dtype nvfp4`` resolve with ``--attention-backend sm12x`` on SM120/121 and also
+   on SM100/90/89/80. Every other backend keeps SGLang's own checks.
+
+This is the only package of the project that imports sglang, lazily, inside these functions.
+"""
+from __future__ import annotations
+
+import logging
+
+BACKEND = "sm12x"
+__all__ = ["register", "BACKEND"]
+
+logger = logging.getLogger(__name__)
+_registered = False
 
 
 def register() -> None:
-    """Entry-point hook called by SGLang's ``load_plugins()``.
+    """Entry-point hook called by SGLang's ``load_plugins()`` (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    from . import _compat, _hooks
 
-    The attention backend and the KV-cache registrations arrive with the plugin work; today the
-    hook only makes the kernel package importable inside SGLang processes.
-    """
-    import sgl_kernel_sm12x  # noqa: F401
+    rel = _compat.check()
+    _hooks.add_backend_choice(rel)
+    _hooks.register_backend_factory()
+    _hooks.register_kv_access(rel)
+    _hooks.register_argument_hooks(rel)
+    _registered = True
+    logger.info("sglang-sm12x: attention backend %r registered (SGLang %s)", BACKEND, rel)

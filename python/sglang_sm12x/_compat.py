@@ -1,0 +1,50 @@
+"""Which SGLang is installed, and where the plugin reaches into it for that version.
+
+Supported: 0.5.23 (resolution-hook pipeline, backend-selected KV accesses) and 0.5.17 (the gate is
+the method ``ServerArgs._handle_kv4_compatibility``; the NVFP4 method sizes its FP8 dequant
+workspace from every registered access, not only the selected ones). Anything else is refused at
+plugin load with the supported list and the patch tool named.
+"""
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+SUPPORTED = ("0.5.23", "0.5.17")
+
+
+class UnsupportedSGLang(RuntimeError):
+    pass
+
+
+def sglang_version() -> str:
+    try:
+        return version("sglang")
+    except PackageNotFoundError:  # a source checkout on sys.path
+        import sglang
+
+        return getattr(sglang, "__version__", "unknown")
+
+
+def release(v: str) -> str:
+    """'0.5.23.post1' / '0.5.23rc0' / '0.5.23+cu130' -> '0.5.23'."""
+    out = []
+    for part in v.split("+")[0].split(".")[:3]:
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        out.append(digits or "0")
+    return ".".join(out)
+
+
+def check(v: str | None = None) -> str:
+    """Return the supported release matching the installed SGLang, or raise with what to do."""
+    v = sglang_version() if v is None else v
+    rel = release(v)
+    if rel not in SUPPORTED:
+        raise UnsupportedSGLang(
+            f"sglang-sm12x supports SGLang {', '.join(SUPPORTED)}; found {v}. Install one of those "
+            f"(pip install 'sglang=={SUPPORTED[0]}'), or apply this project's patches to your tree "
+            f"with `sm12x patch apply --sglang-version {rel}` if patches/sglang-{rel}/ exists.")
+    return rel

@@ -1,0 +1,194 @@
+"""The registrations ``register()`` makes, one function per extension point.
+
+Every hook changes behaviour only when both the prefill and the decode backend resolve to
+``sm12x``; for any other configuration it calls SGLang's own step unchanged.
+"""
+from __future__ import annotations
+
+import logging
+
+from . import BACKEND
+
+logger = logging.getLogger(__name__)
+
+# SGLang's --kv-cache-dtype values this backend serves (SGLang resolves "auto" to the model dtype).
+KV_CACHE_DTYPES = ("auto", "bf16", "bfloat16", "fp16", "float16", "fp8_e4m3", "nvfp4")
+
+
+# ------------------------------------------------------------------------------------------------
+# backend name and factory
+# ------------------------------------------------------------------------------------------------
+
+def add_backend_choice(rel: str) -> None:
+    if rel == "0.5.17":
+        from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    else:
+        from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES, add_attention_backend_choices
+    if BACKEND not in ATTENTION_BACKEND_CHOICES:
+        add_attention_backend_choices([BACKEND])
+
+
+def create_backend(model_runner):
+    """Factory SGLang calls with its ``ModelRunner``."""
+    from .backend import Sm12xAttnBackend
+
+    return Sm12xAttnBackend(model_runner)
+
+
+def register_backend_factory() -> None:
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+
+    if ATTENTION_BACKENDS.get(BACKEND) is not create_backend:
+        register_attention_backend(BACKEND)(create_backend)
+
+
+# ------------------------------------------------------------------------------------------------
+# NVFP4: read natively in both phases
+# ------------------------------------------------------------------------------------------------
+
+def register_kv_access(rel: str) -> None:
+    """Add ``sm12x`` NATIVE_FP4 rules for prefill and decode to SGLang's access registry, so the
+    NVFP4 method selects no dequant workspace for it (0.5.23 consults the selected rules)."""
+    from sglang.srt.layers.quantization import fp4_kv_cache_quant_method as m
+
+    rules = m.KV_CACHE_ATTENTION_ACCESS_REGISTRY.get("nvfp4", ())
+    if any(BACKEND in r.backend_matcher.exact for r in rules):
+        return
+    matcher = m.KVCacheBackendMatcher(exact=frozenset({BACKEND}))
+    ours = tuple(
+        m.KVCacheAttentionAccess(phase, m.KVCacheAttentionAccessKind.NATIVE_FP4, matcher,
+                                 storage_dtype=_storage_dtype(rules), attention_kv_dtype=None,
+                                 scale_recipe="nvfp4")
+        for phase in (m.KVCacheAttentionPhase.PREFILL, m.KVCacheAttentionPhase.DECODE))
+    m.KV_CACHE_ATTENTION_ACCESS_REGISTRY["nvfp4"] = tuple(rules) + ours
+
+
+def _storage_dtype(rules):
+    import torch
+
+    for r in rules:
+        if r.storage_dtype is not None:
+            return r.storage_dtype
+    return torch.uint8
+
+
+def uses_sm12x(prefill: str | None, decode: str | None) -> bool:
+    return prefill == BACKEND and decode == BACKEND
+
+
+def _backends_0523(server_args):
+    from sglang.srt.arg_groups.overrides import attention_backends_of, resolved_view
+
+    return attention_backends_of(resolved_view(server_args))
+
+
+def _backends(server_args, rel):
+    if rel == "0.5.17":
+        return server_args._resolved_attention_backends()
+    return _backends_0523(server_args)
+
+
+def check_sm12x_kv(kv_cache_dtype, uses_mla: bool, unified_memory: bool = False) -> None:
+    """What ``sm12x`` itself requires of the KV cache; raises ValueError naming the argument."""
+    if uses_mla:
+        raise ValueError(f"--attention-backend {BACKEND} serves MHA/GQA models; this model uses MLA. "
+                         "Choose an MLA backend (e.g. triton or flashinfer).")
+    if unified_memory:
+        raise ValueError(f"--attention-backend {BACKEND} does not support --enable-unified-memory.")
+    if isinstance(kv_cache_dtype, str) and kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise ValueError(f"--kv-cache-dtype {kv_cache_dtype!r} is not supported by --attention-backend "
+                         f"{BACKEND}; supported: {list(KV_CACHE_DTYPES)}")
+
+
+def register_argument_hooks(rel: str) -> None:
+    if rel == "0.5.17":
+        _register_0517()
+    else:
+        _register_0523()
+    _register_quant_method_hook(rel)
+
+
+def _register_0523() -> None:
+    from sglang.srt.arg_groups import resolution_hooks
+    from sglang.srt.arg_groups.overrides import resolving_view, use_mla_backend
+
+    def kv4_compatibility(server_args, previous):
+        cfg = resolving_view(server_args)
+        if cfg.kv_cache_dtype == "nvfp4" and uses_sm12x(*_backends_0523(server_args)):
+            check_sm12x_kv(cfg.kv_cache_dtype, use_mla_backend(server_args),
+                           bool(getattr(cfg, "enable_unified_memory", False)))
+            return      # native NVFP4 on SM120/121 and on SM100/90/89/80: no Blackwell-only gate
+        return previous(server_args)
+
+    def nvfp4_prefill_dequant(server_args, previous):
+        cfg = resolving_view(server_args)
+        if cfg.kv_cache_dtype == "nvfp4" and (cfg.prefill_attention_backend or cfg.attention_backend) == BACKEND \
+                and (cfg.decode_attention_backend or cfg.attention_backend) == BACKEND:
+            want = cfg.prefill_kv_cache_dequant_dtype
+            if want not in ("auto", "nvfp4"):
+                raise ValueError(f"--prefill-kv-cache-dequant-dtype={want} does not apply to --attention-backend "
+                                 f"{BACKEND}: it reads NVFP4 natively in prefill and decode (use 'auto').")
+            return      # keep sm12x for both phases; no workspace dtype to pick
+        return previous(server_args)
+
+    _add_resolution_hook(resolution_hooks, "handle_kv4_compatibility", kv4_compatibility)
+    _add_resolution_hook(resolution_hooks, "handle_nvfp4_prefill_kv_dequant_dtype", nvfp4_prefill_dequant)
+
+
+def _add_resolution_hook(resolution_hooks, name, fn):
+    fn.__sm12x__ = True
+    if any(getattr(h, "__sm12x__", False) and h.__name__ == fn.__name__ for h in resolution_hooks._HOOKS.get(name, ())):
+        return
+    resolution_hooks.register_resolution_hook(name)(fn)
+
+
+def _register_0517() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def kv4_compatibility(original, self, *args, **kwargs):
+        if self.kv_cache_dtype == "nvfp4" and uses_sm12x(*self._resolved_attention_backends()):
+            check_sm12x_kv(self.kv_cache_dtype, self.use_mla_backend())
+            return None
+        return original(self, *args, **kwargs)
+
+    _register_once(HookRegistry, HookType, "sglang.srt.server_args.ServerArgs._handle_kv4_compatibility",
+                   kv4_compatibility)
+
+
+def _register_quant_method_hook(rel: str) -> None:
+    """The NVFP4 method built for an sm12x server: linear scales, no FP8 dequant workspace.
+
+    0.5.17 sizes the workspace from every registered access, 0.5.23 on SM100 would pick the
+    TRT-LLM native scale layout; both are corrected on the instance SGLang builds for this server.
+    """
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def after(result, self, *args, **kwargs):
+        if result is None or getattr(result, "name", None) != "nvfp4":
+            return result
+        if not uses_sm12x(*_backends(self.server_args, rel)):
+            return result
+        native_for_sm12x(result)
+        return result
+
+    _register_once(HookRegistry, HookType,
+                   "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_fp4_quant_method", after,
+                   HookType.AFTER)
+
+
+def native_for_sm12x(method) -> None:
+    """Make one ``NVFP4KVCacheMethod`` instance allocate what sm12x reads and nothing else."""
+    method.use_trtllm_gen_native_scale_layout = False
+    method.dequant_workspace_dtype = lambda: None
+    method.needs_dequant_workspace = lambda: False
+    method.needs_native_fp4_scales = lambda: False
+    method.needs_linear_scale_buffer = lambda: True
+    method.sm12x_native = True
+
+
+def _register_once(HookRegistry, HookType, target, fn, kind=None):
+    kind = HookType.AROUND if kind is None else kind
+    fn.__sm12x__ = True
+    if any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())):
+        return
+    HookRegistry.register(target, fn, kind)

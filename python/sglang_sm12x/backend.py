@@ -1,0 +1,278 @@
+"""``--attention-backend sm12x``: SGLang's ``AttentionBackend`` over this project's kernels.
+
+Per batch, ``init_forward_metadata`` turns SGLang's ``req_to_token`` table into the slot lists the
+kernels read (token slots with page size 1, page ids otherwise) -- once, shared by every layer.
+Per layer, the forward writes the new K/V into the pool with the fused append kernel (bf16/fp16
+copy, FP8 E4M3, or NVFP4 quantization), then runs one attention kernel:
+
+    decode  (one new token per request)   decode_attention: split-KV + reduce over the pool
+    extend  (chunked prefill, radix hits,  extend_attention: causal over [cached prefix | new chunk];
+             mixed prefill + decode)        the prefix is read from the pool, the chunk from k/v
+
+CUDA graphs (decode): ``init_cuda_graph_state`` allocates max-size index buffers and the split
+workspace once; ``init_forward_metadata_out_graph`` refills them before capture and before every
+replay. The kernels derive split counts on the device, so nothing in the graph depends on lengths.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
+
+from sgl_kernel_sm12x import planner
+from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
+from sgl_kernel_sm12x.attention.extend import extend_attention
+from sgl_kernel_sm12x.attention.indices import build_kv_indices
+from sgl_kernel_sm12x.kv_append import append_kv
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Sm12xMetadata:
+    """What one batch's layers share. ``kv_indptr``/``kv_indices`` list the cached tokens the
+    kernels read from the pool: the whole sequence in decode, the prefix in extend.
+
+        extend, request i:  |<-- prefix_lens[i] (pool) -->|<-- extend_lens[i] (q, k, v) -->|
+        decode, request i:  |<------------ seq_lens[i] (pool, new token included) -------->|
+    """
+    decode: bool
+    kv_indptr: torch.Tensor
+    kv_indices: torch.Tensor
+    seq_lens: Optional[torch.Tensor] = None          # decode
+    workspace: Optional[tuple] = None                # decode split buffers
+    max_splits: Optional[int] = None                 # decode, fixed per captured batch size
+    qo_indptr: Optional[torch.Tensor] = None         # extend
+    prefix_lens: Optional[torch.Tensor] = None       # extend
+    max_extend_len: int = 0                          # extend
+
+
+def kv_dtype_name(kv_cache_dtype, pool) -> str:
+    """SGLang's pool dtype -> the kernels' ``kv_dtype``; raises for formats the kernels lack."""
+    qm = getattr(pool, "quant_method", None)
+    if getattr(qm, "name", None) == "nvfp4":
+        return "nvfp4"
+    if getattr(qm, "name", None) not in (None, "unquantized"):
+        raise ValueError(f"--attention-backend sm12x: KV cache method {qm.name!r} is not supported; "
+                         "supported --kv-cache-dtype: auto, bf16, fp8_e4m3, nvfp4")
+    names = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float8_e4m3fn: "fp8_e4m3"}
+    if kv_cache_dtype not in names:
+        raise ValueError(f"--attention-backend sm12x: KV cache dtype {kv_cache_dtype} is not supported; "
+                         "supported --kv-cache-dtype: auto (bf16/fp16 models), bf16, fp8_e4m3, nvfp4")
+    return names[kv_cache_dtype]
+
+
+def _arch(device) -> int:
+    if torch.device(device).type == "cuda":
+        return planner.current_arch(torch.device(device))
+    return 120
+
+
+class Sm12xAttnBackend(AttentionBackend):
+    """Attention for MHA/GQA models on SM120/121 (and SM80-SM100) with bf16/fp16, FP8 or NVFP4 KV."""
+
+    def __init__(self, model_runner):
+        super().__init__()
+        self.device = torch.device(model_runner.device)
+        self.req_to_token = model_runner.req_to_token_pool.req_to_token
+        self.pool = model_runner.token_to_kv_pool
+        self.page_size = int(getattr(model_runner, "page_size", 1) or 1)
+        if self.page_size not in planner.PAGE_SIZES:
+            raise ValueError(f"--page-size {self.page_size} is not supported by --attention-backend sm12x; "
+                             f"supported: {list(planner.PAGE_SIZES)}")
+        self.kv_dtype = kv_dtype_name(model_runner.kv_cache_dtype, self.pool)
+        self.kv_cache_dtype = model_runner.kv_cache_dtype
+        self.data_type = model_runner.dtype if hasattr(model_runner, "dtype") else None
+        cfg = model_runner.model_config
+        self.max_context_len = int(cfg.context_len)
+        self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
+        self.arch = _arch(self.device)
+        self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                        if self.device.type == "cuda" else None)
+        self._cg = None
+        self.forward_metadata: Optional[Sm12xMetadata] = None
+        if self.kv_dtype == "nvfp4" and getattr(self.pool.quant_method, "use_trtllm_gen_native_scale_layout", False):
+            raise ValueError("--attention-backend sm12x reads the linear NVFP4 scale layout, but the pool was "
+                             "built with the TRT-LLM native layout; the plugin's registration did not run "
+                             "before the pool was created (is the sglang_sm12x plugin loaded?)")
+
+    # ------------------------------------------------------------------------------------------
+    # metadata
+    # ------------------------------------------------------------------------------------------
+    def get_cuda_graph_seq_len_fill_value(self):
+        return 1
+
+    def init_forward_metadata(self, forward_batch):
+        """Eager path (no CUDA graph): exact-size buffers for this batch."""
+        fb = forward_batch
+        mode = fb.forward_mode
+        if mode.is_idle():
+            self.forward_metadata = None
+            return
+        if mode.is_target_verify() or mode.is_draft_extend() if hasattr(mode, "is_draft_extend") else False:
+            raise NotImplementedError("--attention-backend sm12x does not support speculative decoding yet")
+        bs = fb.batch_size
+        if mode.is_decode():
+            total = fb.seq_lens_sum if fb.seq_lens_sum is not None else None
+            if total is not None and self.page_size > 1:
+                total = total // self.page_size + bs
+            kv_indptr, kv_indices = build_kv_indices(
+                self.req_to_token, fb.req_pool_indices, fb.seq_lens, page_size=self.page_size, total=total)
+            self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=fb.seq_lens.to(torch.int32))
+            return
+        prefix = fb.extend_prefix_lens
+        if fb.extend_prefix_lens_cpu is not None:
+            psum = sum(fb.extend_prefix_lens_cpu)
+            total = psum if self.page_size == 1 else psum // self.page_size + bs
+        else:
+            total = None
+        kv_indptr, kv_indices = build_kv_indices(
+            self.req_to_token, fb.req_pool_indices, prefix, page_size=self.page_size, total=total)
+        qo_indptr = torch.zeros(bs + 1, dtype=torch.int32, device=self.device)
+        torch.cumsum(fb.extend_seq_lens.to(torch.int32), 0, out=qo_indptr[1:])
+        if fb.extend_seq_lens_cpu is not None:
+            max_ext = max(fb.extend_seq_lens_cpu) if len(fb.extend_seq_lens_cpu) else 0
+        else:
+            max_ext = int(fb.extend_seq_lens.max().item())
+        self.forward_metadata = Sm12xMetadata(False, kv_indptr, kv_indices, qo_indptr=qo_indptr,
+                                              prefix_lens=prefix.to(torch.int32), max_extend_len=int(max_ext))
+
+    def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
+        """Max-size buffers for decode graphs; every captured batch size views into them."""
+        units = self.max_context_len if self.page_size == 1 else math.ceil(self.max_context_len / self.page_size) + 1
+        self._cg = dict(
+            kv_indptr=torch.zeros(max_bs + 1, dtype=torch.int32, device=self.device),
+            kv_indices=torch.zeros(max_bs * units, dtype=torch.int32, device=self.device),
+            seq_lens=torch.ones(max_bs, dtype=torch.int32, device=self.device),
+            ws_o=None, ws_lse=None, max_bs=max_bs,
+        )
+
+    def _graph_workspace(self, bs, hq, d, max_splits):
+        cg = self._cg
+        need_o = cg["max_bs"] * hq * max_splits * d
+        if cg["ws_o"] is None or cg["ws_o"].numel() < need_o:
+            # the largest split count the planner picks for any captured size (small batches)
+            ms_cap = max(max_splits, planner.MAX_SPLITS_CAP)
+            cg["ws_o"] = torch.empty(cg["max_bs"] * hq * ms_cap * d, dtype=torch.float32, device=self.device)
+            cg["ws_lse"] = torch.empty(cg["max_bs"] * hq * ms_cap, dtype=torch.float32, device=self.device)
+        return (cg["ws_o"][: bs * hq * max_splits * d].view(bs, hq, max_splits, d),
+                cg["ws_lse"][: bs * hq * max_splits].view(bs, hq, max_splits))
+
+    def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
+        """Before capture and before every replay: refill the fixed buffers (decode only)."""
+        fb = forward_batch
+        if not fb.forward_mode.is_decode_or_idle():
+            raise NotImplementedError("--attention-backend sm12x captures CUDA graphs for decode only")
+        if self._cg is None:
+            raise RuntimeError("init_cuda_graph_state must run before graph capture")
+        bs = fb.batch_size
+        cg = self._cg
+        seq_lens = cg["seq_lens"][:bs]
+        seq_lens.copy_(fb.seq_lens[:bs])
+        kv_indptr, kv_indices = build_kv_indices(
+            self.req_to_token, fb.req_pool_indices[:bs], seq_lens, page_size=self.page_size,
+            kv_indptr=cg["kv_indptr"], kv_indices=cg["kv_indices"])
+        self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens)
+
+    def init_forward_metadata_in_graph(self, forward_batch):
+        return None
+
+    # ------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------
+    def _layer_pool(self, layer):
+        """(k_cache, v_cache, k_scale_cache, v_scale_cache, k_scale, v_scale) of one layer."""
+        lid = layer.layer_id
+        local = lid - getattr(self.pool, "start_layer", 0)
+        kc, vc = self.pool.k_buffer[local], self.pool.v_buffer[local]
+        if self.kv_dtype == "nvfp4":
+            qm = self.pool.quant_method
+            return (kc, vc, self.pool.k_scale_buffer[local], self.pool.v_scale_buffer[local],
+                    float(qm.k_scales_float[lid]), float(qm.v_scales_float[lid]))
+        if self.kv_dtype == "fp8_e4m3":
+            ks = getattr(layer, "k_scale_float", None)
+            vs = getattr(layer, "v_scale_float", None)
+            return kc, vc, None, None, float(1.0 if ks is None else ks), float(1.0 if vs is None else vs)
+        return kc, vc, None, None, 1.0, 1.0
+
+    def _write_kv(self, layer, forward_batch, k, v, pool):
+        kc, vc, ksc, vsc, k_scale, v_scale = pool
+        loc = forward_batch.out_cache_loc
+        if not isinstance(loc, torch.Tensor):       # 0.5.23 KVWriteLoc
+            loc = loc.loc
+        append_kv(k, v, loc, kc, vc, kv_dtype=self.kv_dtype, k_scale_cache=ksc, v_scale_cache=vsc,
+                  k_scale=k_scale, v_scale=v_scale, check_slots=False, arch=self.arch)
+
+    @staticmethod
+    def _heads(layer, q, k, v):
+        hq, hkv, d = layer.tp_q_head_num, layer.tp_k_head_num, layer.qk_head_dim
+        if layer.v_head_dim != d:
+            raise ValueError(f"--attention-backend sm12x needs equal q/k and v head dims, got {d} and "
+                             f"{layer.v_head_dim}")
+        q3 = q.reshape(-1, hq, d)
+        k3 = k.reshape(-1, hkv, d) if k is not None else None
+        v3 = v.reshape(-1, hkv, d) if v is not None else None
+        return q3, k3, v3, hq, hkv, d
+
+    def _window(self, layer):
+        w = getattr(layer, "sliding_window_size", -1)
+        return -1 if w is None or w < 0 else int(w)
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        md = self.forward_metadata
+        q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
+        if getattr(layer, "is_cross_attention", False):
+            raise NotImplementedError("--attention-backend sm12x does not support cross attention")
+        pool = self._layer_pool(layer)
+        if save_kv_cache and k3 is not None:
+            self._write_kv(layer, forward_batch, k3, v3, pool)
+        kc, vc, ksc, vsc, k_scale, v_scale = pool
+        out = torch.empty(q3.shape[0], hq, d, dtype=q3.dtype, device=q3.device)
+        extend_attention(
+            q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, md.qo_indptr, md.kv_indptr, md.kv_indices, md.prefix_lens,
+            kv_dtype=self.kv_dtype, max_extend_len=md.max_extend_len, page_size=self.page_size,
+            k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
+            sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
+            window_left=self._window(layer), out=out, arch=self.arch)
+        return out.view(-1, hq * d)
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        md = self.forward_metadata
+        q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
+        pool = self._layer_pool(layer)
+        if save_kv_cache and k3 is not None:
+            self._write_kv(layer, forward_batch, k3, v3, pool)
+        kc, vc, ksc, vsc, k_scale, v_scale = pool
+        bs = q3.shape[0]
+        q3 = q3 if q3.dtype in (torch.bfloat16, torch.float16) else q3.to(self.data_type or torch.bfloat16)
+        out = torch.empty_like(q3)
+        ws = None
+        cfg = None
+        if self._cg is not None and md.seq_lens is self._cg_seq_view(bs):
+            cfg = planner.plan_decode(self.arch, head_dim=d, kv_dtype=self.kv_dtype,
+                                      q_dtype="bf16" if q3.dtype == torch.bfloat16 else "fp16",
+                                      group=hq // hkv, page_size=self.page_size, batch=bs, kv_heads=hkv,
+                                      max_splits=None, num_sms=self.num_sms)
+            ws = self._graph_workspace(bs, hq, d, cfg.max_splits)
+        decode_attention(
+            q3, kc, vc, md.kv_indptr, md.kv_indices, md.seq_lens[:bs], kv_dtype=self.kv_dtype,
+            page_size=self.page_size, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
+            sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
+            window_left=self._window(layer), out=out, workspace=ws, arch=self.arch)
+        return out.view(bs, hq * d)
+
+    def _cg_seq_view(self, bs):
+        """The graph buffer's seq_lens view, when the current metadata came from it."""
+        md = self.forward_metadata
+        if md is None or self._cg is None:
+            return None
+        base = self._cg["seq_lens"]
+        s = md.seq_lens
+        if s is not None and s.data_ptr() == base.data_ptr():
+            return s
+        return None

@@ -1,0 +1,287 @@
+"""The SGLang plugin against the installed SGLang: discovery, argument resolution, version gate, and
+the backend's forward passes on real SGLang memory pools and ForwardBatch objects (CPU tensors under
+the Triton interpreter, or the GPU when there is one)."""
+import math
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+sglang = pytest.importorskip("sglang")
+
+from attention_ref import assert_close_attn, attention_ref  # noqa: E402
+from conftest import HAS_CUDA  # noqa: E402
+from sgl_kernel_sm12x import nvfp4  # noqa: E402
+
+import sglang_sm12x  # noqa: E402
+from sglang_sm12x import _compat, _hooks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
+REL = _compat.check()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    sglang_sm12x.register()
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    HookRegistry.apply_hooks()
+
+
+# ------------------------------------------------------------------------------------------------
+# discovery, version gate, argument resolution
+# ------------------------------------------------------------------------------------------------
+
+def test_entry_point_is_discovered():
+    eps = {ep.name: ep for ep in entry_points(group="sglang.srt.plugins")}
+    assert "sm12x" in eps, f"entry points: {sorted(eps)}"
+    assert eps["sm12x"].value == "sglang_sm12x:register"
+    assert eps["sm12x"].load() is sglang_sm12x.register
+
+
+def test_sglang_load_plugins_registers_backend():
+    code = ("from sglang.srt.plugins import load_plugins; load_plugins();"
+            "from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS;"
+            "import sglang.srt.arg_groups.choices as c;"
+            "print('sm12x' in ATTENTION_BACKENDS, 'sm12x' in c.ATTENTION_BACKEND_CHOICES)")
+    env = dict(os.environ, TRITON_INTERPRET=os.environ.get("TRITON_INTERPRET", "0"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True", out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("v", ["0.5.20", "0.6.0", "0.5.1"])
+def test_unsupported_sglang_is_refused(v):
+    with pytest.raises(_compat.UnsupportedSGLang) as e:
+        _compat.check(v)
+    msg = str(e.value)
+    assert "0.5.23" in msg and "0.5.17" in msg and v in msg and "sm12x patch" in msg
+
+
+@pytest.mark.parametrize("v,rel", [("0.5.23", "0.5.23"), ("0.5.17.post1", "0.5.17"), ("0.5.23+cu130", "0.5.23")])
+def test_supported_versions(v, rel):
+    assert _compat.check(v) == rel
+
+
+def _resolve(*args):
+    from sglang.srt.server_args import prepare_server_args
+
+    sa = prepare_server_args(["--model-path", str(TINY), "--device", "cpu", *args])
+    sa.resolve_once()
+    from sglang.srt.arg_groups.overrides import resolved_view
+
+    return resolved_view(sa)
+
+
+@pytest.mark.skipif(REL != "0.5.23", reason="resolution pipeline of SGLang 0.5.23")
+@pytest.mark.parametrize("kv", ["nvfp4", "fp8_e4m3", "auto", "bf16"])
+def test_sglang_parses_backend_and_kv_dtype(kv):
+    v = _resolve("--attention-backend", "sm12x", "--kv-cache-dtype", kv)
+    assert v.attention_backend == "sm12x"
+    assert v.kv_cache_dtype == kv
+    assert v.prefill_attention_backend in (None, "sm12x") and v.decode_attention_backend in (None, "sm12x")
+
+
+@pytest.mark.skipif(REL != "0.5.23", reason="resolution pipeline of SGLang 0.5.23")
+def test_other_backends_keep_sglang_nvfp4_checks():
+    with pytest.raises(ValueError, match="provides neither"):
+        _resolve("--attention-backend", "triton", "--kv-cache-dtype", "nvfp4")
+
+
+@pytest.mark.skipif(REL != "0.5.23", reason="resolution pipeline of SGLang 0.5.23")
+def test_prefill_dequant_dtype_rejected_for_sm12x():
+    with pytest.raises(ValueError, match="prefill-kv-cache-dequant-dtype"):
+        _resolve("--attention-backend", "sm12x", "--kv-cache-dtype", "nvfp4",
+                 "--prefill-kv-cache-dequant-dtype", "fp8_e4m3")
+
+
+def test_nvfp4_method_selects_native_access_no_workspace():
+    from sglang.srt.layers.quantization.fp4_kv_cache_quant_method import NVFP4KVCacheMethod
+
+    qm = NVFP4KVCacheMethod(num_layers=2, device="cpu")
+    if hasattr(qm, "configure_attention_backends"):
+        qm.configure_attention_backends("sm12x", "sm12x")
+        assert qm.needs_dequant_workspace() is False
+        assert qm.has_native_fp4_access()
+        # flashinfer keeps its FP8 workspace: the registry entry added nothing for it
+        other = NVFP4KVCacheMethod(num_layers=2, device="cpu")
+        other.configure_attention_backends("flashinfer", "flashinfer")
+        assert other.needs_dequant_workspace() is True
+    _hooks.native_for_sm12x(qm)
+    assert qm.dequant_workspace_dtype() is None and qm.needs_linear_scale_buffer()
+    cell = qm.compute_cell_size(head_num=8, head_dim=128, num_layers=36, kv_size=1)
+    bf16_cell = 8 * 128 * 2 * 2 * 36
+    assert bf16_cell / cell >= 3.4, f"nvfp4 capacity {bf16_cell / cell:.3f}x bf16"
+
+
+def test_check_sm12x_kv_messages():
+    with pytest.raises(ValueError, match="MLA"):
+        _hooks.check_sm12x_kv("nvfp4", uses_mla=True)
+    with pytest.raises(ValueError, match="supported"):
+        _hooks.check_sm12x_kv("fp8_e5m2", uses_mla=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# the backend on real SGLang pools and ForwardBatch
+# ------------------------------------------------------------------------------------------------
+
+DEV = "cuda" if HAS_CUDA else "cpu"
+GLOBAL = {"bf16": (1.0, 1.0), "fp8_e4m3": (0.05, 0.03), "nvfp4": (0.5, 2.0)}
+
+
+def _make_pool(kv, size, page, hkv, d, layers):
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    kw = {}
+    if kv == "nvfp4":
+        from sglang.srt.layers.quantization.fp4_kv_cache_quant_method import NVFP4KVCacheMethod
+
+        qm = NVFP4KVCacheMethod(num_layers=layers, device=DEV)
+        if hasattr(qm, "configure_attention_backends"):
+            qm.configure_attention_backends("sm12x", "sm12x")
+        _hooks.native_for_sm12x(qm)
+        ks, vs = GLOBAL[kv]
+        qm.k_scales_float = [ks] * layers
+        qm.v_scales_float = [vs] * layers
+        kw["quant_method"] = qm
+        dtype = torch.float4_e2m1fn_x2
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}[kv]
+    pool = MHATokenToKVPool(size=size, page_size=page, dtype=dtype, head_num=hkv, head_dim=d, layer_num=layers,
+                            device=DEV, enable_memory_saver=False, **kw)
+    return pool, dtype
+
+
+class _Runner(SimpleNamespace):
+    pass
+
+
+def _layer(lid, hq, hkv, d, kv):
+    ks, vs = GLOBAL[kv]
+    return SimpleNamespace(layer_id=lid, tp_q_head_num=hq, tp_k_head_num=hkv, qk_head_dim=d, v_head_dim=d,
+                           scaling=1.0 / math.sqrt(d), logit_cap=0.0, sliding_window_size=-1,
+                           is_cross_attention=False, k_scale_float=ks if kv == "fp8_e4m3" else None,
+                           v_scale_float=vs if kv == "fp8_e4m3" else None)
+
+
+def _dequant(pool, kv, layer, slots):
+    lid = layer.layer_id
+    k, v = pool.k_buffer[lid][slots].cpu(), pool.v_buffer[lid][slots].cpu()
+    if kv == "nvfp4":
+        ks, vs = GLOBAL[kv]
+        return (nvfp4.dequantize_nvfp4(k, pool.k_scale_buffer[lid][slots].cpu(), ks),
+                nvfp4.dequantize_nvfp4(v, pool.v_scale_buffer[lid][slots].cpu(), vs))
+    if kv == "fp8_e4m3":
+        return nvfp4.dequantize_fp8(k.view(torch.uint8), layer.k_scale_float), \
+            nvfp4.dequantize_fp8(v.view(torch.uint8), layer.v_scale_float)
+    return k.float(), v.float()
+
+
+@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("page", [1, 16])
+def test_backend_extend_chunked_then_decode(kv, page):
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    hq, hkv, d, layers = 4, 2, 64, 2
+    first = [1, 9, 21]          # first chunk (fresh prefill); odd sizes
+    second = [3, 1, 18]         # second chunk over the cached first one (chunked prefill / radix hit)
+    bs = len(first)
+    max_ctx = 64
+    size = 512
+    pool, dtype = _make_pool(kv, size, page, hkv, d, layers)
+    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
+    rows = torch.tensor([5, 0, 3], device=DEV)
+    # page-aligned slots per request, pages in random order, slot 0 .. page-1 reserved as padding
+    n_pages = size // page
+    perm = (torch.randperm(n_pages - 2) + 1).tolist()
+    for i, r in enumerate(rows.tolist()):
+        pages = torch.tensor(perm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
+        slots = (pages[:, None] * page + torch.arange(page)[None, :]).flatten()[:max_ctx]
+        r2t.req_to_token[r, :max_ctx] = slots.to(torch.int32).to(DEV)
+    runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
+                     kv_cache_dtype=dtype if kv != "nvfp4" else torch.float4_e2m1fn_x2,
+                     model_config=SimpleNamespace(context_len=max_ctx), sliding_window_size=None,
+                     dtype=torch.bfloat16)
+    be = Sm12xAttnBackend(runner)
+    assert be.kv_dtype == kv
+    lay = [_layer(i, hq, hkv, d, kv) for i in range(layers)]
+    orig_kv = {}            # (layer, row, pos) -> original bf16 k, v
+
+    def run_extend(prefix, ext):
+        seq = [p + e for p, e in zip(prefix, ext)]
+        loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
+        fb = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
+                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
+                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
+                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
+                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
+                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        be.init_forward_metadata(fb)
+        for L in lay:
+            q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
+            k = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16) * 1.5
+            v = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
+            o = torch.full((sum(ext), hq * d), float("nan"), dtype=torch.bfloat16)
+            o = be.forward_extend(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            assert o.shape == (sum(ext), hq * d)
+            t0 = 0
+            for i, (r, p, e) in enumerate(zip(rows.tolist(), prefix, ext)):
+                qi = q[t0:t0 + e].view(e, hq, d).float()
+                ki = k[t0:t0 + e].view(e, hkv, d).float()
+                vi = v[t0:t0 + e].view(e, hkv, d).float()
+                pk, pv = _dequant(pool, kv, L, r2t.req_to_token[r, :p].long())
+                ref = attention_ref(qi, torch.cat([pk, ki]), torch.cat([pv, vi]), sm_scale=L.scaling)
+                assert_close_attn(o[t0:t0 + e].view(e, hq, d), ref, f"{kv} page {page} extend req {i} layer "
+                                  f"{L.layer_id}", atol=2e-2, rtol=2 ** -7)
+                t0 += e
+        return seq
+
+    seq = run_extend([0] * bs, first)
+    seq = run_extend(first, second)
+    # decode: one token per request, read entirely from the pool
+    seq = [s + 1 for s in seq]
+    loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
+    fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
+                      device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
+                      out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+    be.init_forward_metadata(fb)
+    for L in lay:
+        q = torch.randn(bs, hq * d, dtype=torch.bfloat16)
+        k = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+        v = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+        o = be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+        for i, (r, s) in enumerate(zip(rows.tolist(), seq)):
+            pk, pv = _dequant(pool, kv, L, r2t.req_to_token[r, :s].long())
+            ref = attention_ref(q[i].view(1, hq, d).float(), pk, pv, sm_scale=L.scaling)
+            assert_close_attn(o[i].view(1, hq, d), ref, f"{kv} page {page} decode req {i} layer {L.layer_id}",
+                              atol=2e-2, rtol=2 ** -7)
+        # the new token really went through the append kernel: its dequantized K is close to k
+        got_k, _ = _dequant(pool, kv, L, loc.cpu())
+        err = (got_k - k.view(bs, hkv, d).float()).abs().max().item()
+        assert err < {"bf16": 1e-6, "fp8_e4m3": 0.2, "nvfp4": 1.5}[kv], err
+
+
+def test_backend_rejects_unsupported_page_size():
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 1)),
+                     token_to_kv_pool=SimpleNamespace(), page_size=32, kv_cache_dtype=torch.bfloat16,
+                     model_config=SimpleNamespace(context_len=8))
+    with pytest.raises(ValueError, match="page-size 32.*supported"):
+        Sm12xAttnBackend(runner)
+
+
+def test_backend_rejects_unsupported_kv_dtype():
+    from sglang_sm12x.backend import kv_dtype_name
+
+    with pytest.raises(ValueError, match="supported --kv-cache-dtype"):
+        kv_dtype_name(torch.float8_e5m2, SimpleNamespace())
