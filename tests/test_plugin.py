@@ -285,3 +285,59 @@ def test_backend_rejects_unsupported_kv_dtype():
 
     with pytest.raises(ValueError, match="supported --kv-cache-dtype"):
         kv_dtype_name(torch.float8_e5m2, SimpleNamespace())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv", ["bf16", "nvfp4"])
+@pytest.mark.parametrize("page", [1, 64])
+def test_gpu_backend_decode_cuda_graph_replay(kv, page):
+    """Capture forward_decode once, replay it for other lengths: equals the eager path."""
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    hq, hkv, d, max_ctx, bs = 32, 8, 128, 4096, 4
+    size = (bs * max_ctx // page + 4) * page
+    pool, dtype = _make_pool(kv, size, page, hkv, d, 1)
+    r2t = ReqToTokenPool(size=bs, max_context_len=max_ctx, device="cuda", enable_memory_saver=False)
+    perm = torch.randperm(size // page - 1) + 1
+    for r in range(bs):
+        pages = perm[r * (max_ctx // page):(r + 1) * (max_ctx // page)]
+        r2t.req_to_token[r] = (pages[:, None] * page + torch.arange(page)[None, :]).flatten()[:max_ctx].int().cuda()
+    runner = _Runner(device="cuda", req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
+                     kv_cache_dtype=dtype, model_config=SimpleNamespace(context_len=max_ctx),
+                     sliding_window_size=None, dtype=torch.bfloat16)
+    be = Sm12xAttnBackend(runner)
+    L = _layer(0, hq, hkv, d, kv)
+    # fill every slot of every request through the backend's append path (one big extend-like write)
+    all_loc = r2t.req_to_token[:bs].flatten().long()
+    k = torch.randn(all_loc.numel(), hkv, d, device="cuda", dtype=torch.bfloat16)
+    be._write_kv(L, SimpleNamespace(out_cache_loc=all_loc), k, torch.randn_like(k), be._layer_pool(L))
+    rows = torch.arange(bs, device="cuda")
+    q = torch.randn(bs, hq * d, device="cuda", dtype=torch.bfloat16)
+
+    def batch(lens):
+        seq = torch.tensor(lens, device="cuda", dtype=torch.int32)
+        return ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
+                            device="cuda"), req_pool_indices=rows, seq_lens=seq, out_cache_loc=all_loc[:bs],
+                            seq_lens_sum=sum(lens), seq_lens_cpu=torch.tensor(lens))
+
+    be.init_cuda_graph_state(max_bs=bs, max_num_tokens=bs)
+    static = batch([1, 1, 1, 1])
+    be.init_forward_metadata_out_graph(static, in_capture=True)
+    be.forward_decode(q, None, None, L, static, save_kv_cache=False)      # warm-up / compile
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = be.forward_decode(q, None, None, L, static, save_kv_cache=False)
+    for lens in ([1, 7, 300, 4096], [4096, 4095, 17, 2], [64, 128, 1000, 1]):
+        static.seq_lens.copy_(torch.tensor(lens, device="cuda", dtype=torch.int32))
+        be.init_forward_metadata_out_graph(static)
+        g.replay()
+        eager_fb = batch(lens)
+        be.init_forward_metadata(eager_fb)
+        want = be.forward_decode(q, None, None, L, eager_fb, save_kv_cache=False)
+        torch.cuda.synchronize()
+        assert torch.equal(out, want), f"{kv} page {page} lens {lens}: replay differs from eager " \
+            f"(max {(out.float() - want.float()).abs().max().item()})"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -31,6 +32,10 @@ from sgl_kernel_sm12x.attention.indices import build_kv_indices
 from sgl_kernel_sm12x.kv_append import append_kv
 
 logger = logging.getLogger(__name__)
+
+# Fault injection for end-to-end checks that must be able to fail: "drop_prefix" makes extend
+# ignore the cached prefix (as a backend with broken prefix indexing would). Never set in serving.
+_FAULT = os.environ.get("SGLANG_SM12X_FAULT", "")
 
 
 @dataclass
@@ -114,7 +119,7 @@ class Sm12xAttnBackend(AttentionBackend):
         if mode.is_idle():
             self.forward_metadata = None
             return
-        if mode.is_target_verify() or mode.is_draft_extend() if hasattr(mode, "is_draft_extend") else False:
+        if mode.is_target_verify():
             raise NotImplementedError("--attention-backend sm12x does not support speculative decoding yet")
         bs = fb.batch_size
         if mode.is_decode():
@@ -126,7 +131,9 @@ class Sm12xAttnBackend(AttentionBackend):
             self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=fb.seq_lens.to(torch.int32))
             return
         prefix = fb.extend_prefix_lens
-        if fb.extend_prefix_lens_cpu is not None:
+        if _FAULT == "drop_prefix":
+            prefix = torch.zeros_like(prefix)
+        if fb.extend_prefix_lens_cpu is not None and not _FAULT:
             psum = sum(fb.extend_prefix_lens_cpu)
             total = psum if self.page_size == 1 else psum // self.page_size + bs
         else:

@@ -1,0 +1,209 @@
+"""End-to-end checks of ``--attention-backend sm12x`` inside real SGLang servers (GPU machine).
+
+Phases (run one or several; each merges its results into ``--out`` JSON):
+
+  greedy   random-init checkpoint (transformers' standard init, saved as safetensors), bf16 KV:
+           64 prompts sharing a long prefix x 64 greedy steps on triton, flashinfer, sm12x and a
+           deliberately broken sm12x (cached prefix dropped). Reports identical-generation fractions,
+           first-divergence positions and top-1 logprob differences before divergence, sm12x vs triton
+           next to flashinfer vs triton.
+  nvfp4    KV pool capacity nvfp4 vs bf16 at the same --mem-fraction-static, then
+           sglang.bench_serving (500 requests, CUDA graphs and radix cache on) with random-ids and
+           generated-shared-prefix workloads on an nvfp4 sm12x server.
+  serve    one server per --models entry with nvfp4 sm12x and a short bench (does it serve?).
+
+usage: python benchmark/e2e.py --phase greedy nvfp4 --out benchmark/results/DATE-DEVICE-e2e.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sgl_kernel_sm12x.serving import Server, bundled_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_checkpoint(config_dir, out_dir, layers=None, seed=0):
+    """Random-init weights (transformers' own init, not near-zero dummies) saved as safetensors."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(out_dir)
+    if (out / "model.safetensors").exists() or list(out.glob("*.safetensors")):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = AutoConfig.from_pretrained(config_dir)
+    if layers:
+        cfg.num_hidden_layers = layers
+    torch.manual_seed(seed)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in Path(config_dir).glob("tokenizer*"):
+        shutil.copy(f, out / f.name)
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def prompts(n, prefix_len, vocab, seed=1):
+    rnd = random.Random(seed)
+    prefix = [rnd.randrange(3, vocab) for _ in range(prefix_len)]
+    return [prefix + [rnd.randrange(3, vocab) for _ in range(rnd.randrange(8, 64))] for _ in range(n)]
+
+
+def compare(a, b):
+    """Greedy runs a, b: [(tokens, logprobs)] -> agreement stats."""
+    same, first_div, lp_diff = 0, [], []
+    for (ta, la), (tb, lb) in zip(a, b):
+        n = min(len(ta), len(tb))
+        d = next((i for i in range(n) if ta[i] != tb[i]), None)
+        if d is None and len(ta) == len(tb):
+            same += 1
+            first_div.append(n)
+        else:
+            first_div.append(d if d is not None else n)
+        upto = first_div[-1]
+        lp_diff += [abs(x - y) for x, y in zip(la[:upto], lb[:upto]) if x is not None and y is not None]
+    first_div.sort()
+    return dict(identical=same / len(a), mean_first_divergence=sum(first_div) / len(first_div),
+                median_first_divergence=first_div[len(first_div) // 2], min_first_divergence=first_div[0],
+                max_top1_logprob_diff=max(lp_diff) if lp_diff else 0.0,
+                mean_top1_logprob_diff=sum(lp_diff) / len(lp_diff) if lp_diff else 0.0)
+
+
+def phase_greedy(args, res):
+    ckpt = make_checkpoint(args.greedy_model, "/tmp/e2e-ckpt-greedy", layers=args.greedy_layers)
+    vocab = json.loads((Path(args.greedy_model) / "config.json").read_text())["vocab_size"]
+    ps = prompts(args.prompts, args.prefix_len, vocab)
+    runs, starts = {}, {}
+    plan = [("triton", {}), ("sm12x", {}), ("sm12x_broken", {"SGLANG_SM12X_FAULT": "drop_prefix"}),
+            ("flashinfer", {})]
+    for name, env in plan:
+        backend = "sm12x" if name.startswith("sm12x") else name
+        try:
+            with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port, env=env,
+                        log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s:
+                starts[name] = round(s.startup_s, 1)
+                s.generate_ids(ps[:1], 4)              # warm the radix cache with the shared prefix
+                runs[name] = s.generate_ids(ps, args.steps)
+        except Exception as e:  # noqa: BLE001 -- report and go on with the other backends
+            res.setdefault("failures_detail", []).append(f"greedy {name}: {str(e)[-1500:]}")
+    g = {"model": f"{Path(args.greedy_model).name} ({args.greedy_layers or 'all'} layers, random init)",
+         "prompts": len(ps), "steps": args.steps, "shared_prefix_tokens": args.prefix_len, "startup_s": starts}
+    if "triton" in runs:
+        for name in ("sm12x", "flashinfer", "sm12x_broken"):
+            if name in runs:
+                g[f"{name}_vs_triton"] = compare(runs[name], runs["triton"])
+    res["greedy"] = g
+    if "sm12x_vs_triton" in g:
+        res["greedy_agreement"] = g["sm12x_vs_triton"]["identical"]
+    if "flashinfer_vs_triton" in g:
+        res["reference_agreement"] = g["flashinfer_vs_triton"]["identical"]
+    if "sm12x_broken_vs_triton" in g:
+        res["broken_run_agreement"] = g["sm12x_broken_vs_triton"]["identical"]
+
+
+def bench(server, model, dataset, n, extra, log):
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1", "--port",
+           str(server.port), "--tokenizer", str(model), "--model", str(model), "--num-prompts", str(n),
+           "--dataset-name", dataset, "--output-file", log + ".jsonl", *extra]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    Path(log + ".txt").write_text(p.stdout + p.stderr)
+    out = {"dataset": dataset, "num_prompts": n, "rc": p.returncode, "wall_s": round(time.time() - t0, 1)}
+    for line in Path(log + ".jsonl").read_text().splitlines()[-1:] if Path(log + ".jsonl").exists() else []:
+        d = json.loads(line)
+        for k in ("completed", "output_throughput", "median_ttft_ms", "median_tpot_ms", "request_throughput"):
+            if k in d:
+                out[k] = d[k]
+    out["failed"] = n - int(out.get("completed", 0))
+    return out
+
+
+RANDOM = ["--random-input-len", "512", "--random-output-len", "128", "--random-range-ratio", "0.5",
+          "--max-concurrency", "64"]
+GSP = ["--gsp-num-groups", "10", "--gsp-prompts-per-group", "50", "--gsp-system-prompt-len", "1024",
+       "--gsp-question-len", "64", "--gsp-output-len", "64", "--max-concurrency", "64"]
+
+
+def phase_nvfp4(args, res):
+    model = args.nvfp4_model
+    caps = {}
+    for kv in ("auto", "nvfp4"):
+        with Server(model, "sm12x", "--load-format", "dummy", "--kv-cache-dtype", kv, "--disable-cuda-graph",
+                    port=args.port, log=f"{args.logdir}/cap-{kv}.log", mem_fraction=0.8) as s:
+            caps[kv] = s.kv_capacity()
+    res["kv_capacity_tokens"] = {"bf16": caps["auto"], "nvfp4": caps["nvfp4"], "model": Path(model).name,
+                                 "mem_fraction_static": 0.8}
+    if caps["auto"] and caps["nvfp4"]:
+        res["kv_capacity_ratio_nvfp4_vs_bf16"] = caps["nvfp4"] / caps["auto"]
+    with Server(model, "sm12x", "--load-format", "dummy", "--kv-cache-dtype", "nvfp4", port=args.port,
+                log=f"{args.logdir}/bench-nvfp4.log", mem_fraction=0.8) as s:
+        b = [bench(s, model, "random-ids", args.num_requests, RANDOM, f"{args.logdir}/bench-random"),
+             bench(s, model, "generated-shared-prefix", args.num_requests, GSP, f"{args.logdir}/bench-gsp")]
+    res["bench_serving_nvfp4"] = b
+    res["failures"] = res.get("failures", 0) + sum(x["failed"] for x in b)
+
+
+def phase_serve(args, res):
+    out = []
+    for model in args.models:
+        try:
+            with Server(model, "sm12x", "--load-format", "dummy", "--kv-cache-dtype", "nvfp4", port=args.port,
+                        log=f"{args.logdir}/serve-{Path(model).name}.log", mem_fraction=0.8) as s:
+                b = bench(s, model, "random-ids", 100, RANDOM, f"{args.logdir}/serve-{Path(model).name}")
+                out.append({"model": Path(model).name, "startup_s": round(s.startup_s, 1), **b})
+        except Exception as e:  # noqa: BLE001
+            out.append({"model": Path(model).name, "error": str(e)[-1500:]})
+    res["serve_nvfp4"] = out
+    res["failures"] = res.get("failures", 0) + sum(x.get("failed", 1) if "error" not in x else 100 for x in out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve"], required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp") + "/e2e-logs")
+    ap.add_argument("--port", type=int, default=30123)
+    ap.add_argument("--greedy-model", default=str(bundled_model()))
+    ap.add_argument("--greedy-layers", type=int, default=None)
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--prefix-len", type=int, default=1024)
+    ap.add_argument("--nvfp4-model", default=str(bundled_model()))
+    ap.add_argument("--num-requests", type=int, default=500)
+    ap.add_argument("--models", nargs="*", default=[])
+    args = ap.parse_args(argv)
+    Path(args.logdir).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    res = json.loads(out.read_text()) if out.exists() else {}
+    import torch
+
+    import sglang
+    res.update(device=torch.cuda.get_device_name(), sglang=sglang.__version__, torch=torch.__version__,
+               date=time.strftime("%Y-%m-%d"))
+    res.setdefault("failures", 0)
+    res.setdefault("tp2_ok", None)
+    for ph in args.phase:
+        t0 = time.time()
+        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve}[ph](args, res)
+        res.setdefault("phase_wall_s", {})[ph] = round(time.time() - t0, 1)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: v for k, v in res.items() if k != "failures_detail"}, indent=1)[:4000], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

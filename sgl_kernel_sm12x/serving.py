@@ -1,0 +1,141 @@
+"""Start an SGLang server in a subprocess and talk to it over HTTP (standard library only; SGLang is
+not imported here). Used by ``sm12x demo`` on a GPU machine and by ``benchmark/e2e.py``."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
+
+
+def bundled_model() -> Path:
+    """The tiny Qwen3 config + 1024-token tokenizer shipped with the plugin."""
+    try:
+        import sglang_sm12x
+
+        p = Path(sglang_sm12x.__file__).parent / "models" / "qwen3-tiny"
+        if p.exists():
+            return p
+    except ImportError:
+        pass
+    return BUNDLED_MODEL
+
+
+class Server:
+    """``with Server(model, backend, ...) as s: s.generate(...)`` -- the process dies with the block."""
+
+    def __init__(self, model, backend, *args, port=30123, log=None, env=None, timeout=600, mem_fraction=0.5):
+        self.model, self.backend, self.args, self.port = str(model), backend, list(args), port
+        self.log_path = Path(log or f"/tmp/sglang-{backend}-{port}.log")
+        self.env = dict(os.environ, **(env or {}))
+        self.timeout, self.mem_fraction = timeout, mem_fraction
+        self.proc = None
+        self.startup_s = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model, "--attention-backend",
+               self.backend, "--port", str(self.port), "--host", "127.0.0.1", "--grammar-backend", "none",
+               "--sampling-backend", "pytorch", "--mem-fraction-static", str(self.mem_fraction), *self.args]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "w")
+        self._log.write(" ".join(cmd) + "\n")
+        self._log.flush()
+        t0 = time.time()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        while time.time() - t0 < self.timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server ({self.backend}) exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health_generate", timeout=5) as r:
+                    if r.status == 200:
+                        self.startup_s = time.time() - t0
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"server ({self.backend}) not healthy after {self.timeout} s:\n{self.tail()}")
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(30)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+        return False
+
+    def tail(self, n=40):
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def post(self, path, payload, timeout=1800):
+        req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def get(self, path, timeout=60):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def generate_ids(self, input_ids, max_new_tokens, logprobs=True):
+        """Greedy generation for a batch of token-id prompts -> list of (tokens, logprobs)."""
+        out = self.post("/generate", {"input_ids": input_ids, "return_logprob": logprobs,
+                                      "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0.0,
+                                                          "ignore_eos": True}})
+        res = []
+        for o in out:
+            meta = o["meta_info"]
+            lp = meta.get("output_token_logprobs") or []
+            res.append(([t[1] for t in lp], [t[0] for t in lp]))
+        return res
+
+    def kv_capacity(self):
+        """Tokens the KV pool holds (``max_total_num_tokens``), from /server_info or the log."""
+        for path in ("/server_info", "/get_server_info"):
+            try:
+                v = _find_key(self.get(path), "max_total_num_tokens")
+                if v:
+                    return int(v)
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+        m = re.findall(r"#tokens: (\d+)", self.log_path.read_text(errors="replace"))
+        return int(m[-1]) if m else None
+
+
+def _find_key(obj, key):
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        for v in obj.values():
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    elif isinstance(obj, list):
+        for v in obj:
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    return None
