@@ -84,7 +84,7 @@ def _backends_0523(server_args):
 
 def _backends(server_args, rel):
     if rel == "0.5.17":
-        return server_args._resolved_attention_backends()
+        return server_args.get_attention_backends()
     return _backends_0523(server_args)
 
 
@@ -153,6 +153,27 @@ def _register_0517() -> None:
 
     _register_once(HookRegistry, HookType, "sglang.srt.server_args.ServerArgs._handle_kv4_compatibility",
                    kv4_compatibility)
+
+    def cell_size(original, self, kvc, num_layers, *args, **kwargs):
+        """0.5.17 sizes every NVFP4 pool with one shared FP8 dequant workspace (K and V, one byte
+        per element) per token; sm12x allocates none, so the pool gets that memory back."""
+        size = original(self, kvc, num_layers, *args, **kwargs)
+        if getattr(kvc, "kv_cache_dtype_str", None) == "nvfp4" and not kvc.use_mla_backend \
+                and uses_sm12x(*kvc.server_args.get_attention_backends()):
+            from sglang.srt.runtime_context import get_parallel
+
+            n = kvc.model_config.get_num_kv_heads(get_parallel().attn_tp_size)
+            size -= n * kvc.model_config.head_dim * 2 * torch_element_size(kvc.kv_cache_dtype)
+        return size
+
+    _register_once(HookRegistry, HookType,
+                   "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size", cell_size)
+
+
+def torch_element_size(dtype) -> int:
+    import torch
+
+    return torch._utils._element_size(dtype)
 
 
 def _register_quant_method_hook(rel: str) -> None:

@@ -86,6 +86,8 @@ class Sm12xAttnBackend(AttentionBackend):
         self.device = torch.device(model_runner.device)
         self.req_to_token = model_runner.req_to_token_pool.req_to_token
         self.pool = model_runner.token_to_kv_pool
+        self.token_to_kv_pool = self.pool            # read by SGLang model code (fused KV-write checks)
+        self.req_to_token_pool = model_runner.req_to_token_pool
         self.page_size = int(getattr(model_runner, "page_size", 1) or 1)
         if self.page_size not in planner.PAGE_SIZES:
             raise ValueError(f"--page-size {self.page_size} is not supported by --attention-backend sm12x; "
