@@ -61,10 +61,14 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--head-dim", type=int, default=128, choices=(64, 128, 256))
     ap.add_argument("--no-budget", action="store_true", help="skip the budget table")
+    ap.add_argument("--kernels-only", action="store_true",
+                    help="on a GPU machine, run the kernel demo instead of serving the bundled model")
     a = ap.parse_args(argv)
 
     import torch
     on_gpu = torch.cuda.is_available()
+    if on_gpu and not a.kernels_only:
+        return serve_demo()
     if not on_gpu:
         os.environ["TRITON_INTERPRET"] = "1"   # before triton is imported
     from . import nvfp4
@@ -101,3 +105,31 @@ def main(argv=None) -> int:
     print("\nSM12x shared-memory budget (AOT, sm_120 and sm_121):")
     env = {k_: v_ for k_, v_ in os.environ.items() if k_ != "TRITON_INTERPRET"}
     return subprocess.call([sys.executable, "-m", "sgl_kernel_sm12x.cli", "budget", "--arch", "120,121"], env=env)
+
+
+def serve_demo(port: int = 30177) -> int:
+    """GPU machine: serve the bundled tiny dummy-weight model with ``--attention-backend sm12x
+    --kv-cache-dtype nvfp4``, send one request, and compare the KV pool's token capacity with a
+    bf16 pool at the same ``--mem-fraction-static``."""
+    from .serving import Server, bundled_model
+
+    model = bundled_model()
+    caps = {}
+    common = ("--load-format", "dummy", "--disable-cuda-graph")
+    print(f"sm12x demo: serving {model.name} (dummy weights) with --attention-backend sm12x")
+    try:
+        with Server(model, "sm12x", *common, "--kv-cache-dtype", "nvfp4", port=port, mem_fraction=0.3) as s:
+            out = s.post("/generate", {"text": "The capital of France is",
+                                       "sampling_params": {"max_new_tokens": 16, "temperature": 0}})
+            print(f"  nvfp4 KV: up after {s.startup_s:.0f} s; generated {out['meta_info'].get('completion_tokens')}"
+                  f" tokens: {out['text']!r}")
+            caps["nvfp4"] = s.kv_capacity()
+        with Server(model, "sm12x", *common, "--kv-cache-dtype", "auto", port=port, mem_fraction=0.3) as s:
+            caps["bf16"] = s.kv_capacity()
+    except (RuntimeError, TimeoutError) as e:
+        print(f"sm12x demo: the server failed: {e}")
+        return 1
+    if caps.get("nvfp4") and caps.get("bf16"):
+        print(f"  KV pool tokens at --mem-fraction-static 0.3: nvfp4 {caps['nvfp4']:,} vs bf16 {caps['bf16']:,} "
+              f"= {caps['nvfp4'] / caps['bf16']:.2f}x")
+    return 0

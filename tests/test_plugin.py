@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-sglang = pytest.importorskip("sglang")
+import sglang  # noqa: E402,F401 -- the plugin tests need SGLang installed (the test extra pins it)
 
 from attention_ref import assert_close_attn, attention_ref  # noqa: E402
 from conftest import HAS_CUDA  # noqa: E402
