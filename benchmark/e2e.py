@@ -11,6 +11,7 @@ Phases (run one or several; each merges its results into ``--out`` JSON):
            sglang.bench_serving (500 requests, CUDA graphs and radix cache on) with random-ids and
            generated-shared-prefix workloads on an nvfp4 sm12x server.
   serve    one server per --models entry with nvfp4 sm12x and a short bench (does it serve?).
+  tp2      nvfp4 sm12x at --tp-size 2 vs 1 on a random-init checkpoint: greedy tokens and logprobs.
 
 usage: python benchmark/e2e.py --phase greedy nvfp4 --out benchmark/results/DATE-DEVICE-e2e.json
 """
@@ -170,9 +171,31 @@ def phase_serve(args, res):
     res["failures"] = res.get("failures", 0) + sum(x.get("failed", 1) if "error" not in x else 100 for x in out)
 
 
+def phase_tp2(args, res):
+    """nvfp4 sm12x at --tp-size 2 against --tp-size 1: the same greedy tokens and logprobs."""
+    ckpt = make_checkpoint(args.tp_model, "/tmp/e2e-ckpt-tp", layers=args.tp_layers)
+    vocab = json.loads((Path(args.tp_model) / "config.json").read_text())["vocab_size"]
+    ps = prompts(32, 512, vocab, seed=2)
+    runs = {}
+    for tp in (1, 2):
+        try:
+            with Server(ckpt, "sm12x", "--kv-cache-dtype", "nvfp4", "--tp-size", str(tp), "--cuda-graph-max-bs", "32",
+                        port=args.port, log=f"{args.logdir}/tp{tp}.log", mem_fraction=0.5) as s:
+                runs[tp] = s.generate_ids(ps, 32)
+        except Exception as e:  # noqa: BLE001
+            res.setdefault("failures_detail", []).append(f"tp{tp}: {str(e)[-1500:]}")
+    if 1 in runs and 2 in runs:
+        c = compare(runs[2], runs[1])
+        res["tp2"] = {"model": f"{Path(args.tp_model).name} ({args.tp_layers or 'all'} layers, random init)",
+                      "kv_cache_dtype": "nvfp4", "prompts": len(ps), "steps": 32, "tp2_vs_tp1": c}
+        res["tp2_ok"] = bool(c["identical"] >= 0.5 and c["max_top1_logprob_diff"] < 0.1)
+    else:
+        res["tp2_ok"] = False
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve"], required=True)
+    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve", "tp2"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp") + "/e2e-logs")
     ap.add_argument("--port", type=int, default=30123)
@@ -184,6 +207,8 @@ def main(argv=None):
     ap.add_argument("--nvfp4-model", default=str(bundled_model()))
     ap.add_argument("--num-requests", type=int, default=500)
     ap.add_argument("--models", nargs="*", default=[])
+    ap.add_argument("--tp-model", default=str(bundled_model()))
+    ap.add_argument("--tp-layers", type=int, default=None)
     args = ap.parse_args(argv)
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
@@ -197,7 +222,7 @@ def main(argv=None):
     res.setdefault("tp2_ok", None)
     for ph in args.phase:
         t0 = time.time()
-        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve}[ph](args, res)
+        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2}[ph](args, res)
         res.setdefault("phase_wall_s", {})[ph] = round(time.time() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))
