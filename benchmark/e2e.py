@@ -43,9 +43,15 @@ def make_checkpoint(config_dir, out_dir, layers=None, seed=0):
     if (out / "model.safetensors").exists() or list(out.glob("*.safetensors")):
         return out
     out.mkdir(parents=True, exist_ok=True)
-    cfg = AutoConfig.from_pretrained(config_dir)
+    raw = json.loads((Path(config_dir) / "config.json").read_text())
     if layers:
-        cfg.num_hidden_layers = layers
+        raw["num_hidden_layers"] = layers
+        for key in ("layer_types", "mlp_only_layers"):
+            if isinstance(raw.get(key), list):
+                raw[key] = raw[key][:layers]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(raw))
+    cfg = AutoConfig.from_pretrained(out)
     torch.manual_seed(seed)
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.bfloat16)
@@ -176,21 +182,21 @@ def phase_tp2(args, res):
     ckpt = make_checkpoint(args.tp_model, "/tmp/e2e-ckpt-tp", layers=args.tp_layers)
     vocab = json.loads((Path(args.tp_model) / "config.json").read_text())["vocab_size"]
     ps = prompts(32, 512, vocab, seed=2)
-    runs = {}
-    for tp in (1, 2):
-        try:
-            with Server(ckpt, "sm12x", "--kv-cache-dtype", "nvfp4", "--tp-size", str(tp), "--cuda-graph-max-bs", "32",
-                        port=args.port, log=f"{args.logdir}/tp{tp}.log", mem_fraction=0.5) as s:
-                runs[tp] = s.generate_ids(ps, 32)
-        except Exception as e:  # noqa: BLE001
-            res.setdefault("failures_detail", []).append(f"tp{tp}: {str(e)[-1500:]}")
-    if 1 in runs and 2 in runs:
-        c = compare(runs[2], runs[1])
-        res["tp2"] = {"model": f"{Path(args.tp_model).name} ({args.tp_layers or 'all'} layers, random init)",
-                      "kv_cache_dtype": "nvfp4", "prompts": len(ps), "steps": 32, "tp2_vs_tp1": c}
-        res["tp2_ok"] = bool(c["identical"] >= 0.5 and c["max_top1_logprob_diff"] < 0.1)
-    else:
-        res["tp2_ok"] = False
+    tp2 = res.setdefault("tp2", {"model": f"{Path(args.tp_model).name} ({args.tp_layers or 'all'} layers, "
+                                          "random init)", "prompts": len(ps), "steps": 32})
+    for backend, kv in args.tp_configs:
+        runs = {}
+        for tp in (1, 2):
+            try:
+                with Server(ckpt, backend, "--kv-cache-dtype", kv, "--tp-size", str(tp), "--cuda-graph-max-bs", "32",
+                            port=args.port, log=f"{args.logdir}/tp{tp}-{backend}-{kv}.log", mem_fraction=0.5) as s:
+                    runs[tp] = s.generate_ids(ps, 32)
+            except Exception as e:  # noqa: BLE001
+                res.setdefault("failures_detail", []).append(f"tp{tp} {backend} {kv}: {str(e)[-1500:]}")
+        if 1 in runs and 2 in runs:
+            tp2[f"{backend}_{kv}_tp2_vs_tp1"] = compare(runs[2], runs[1])
+        elif backend == "sm12x":
+            res["tp2_ok"] = False
 
 
 def main(argv=None):
@@ -209,6 +215,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="*", default=[])
     ap.add_argument("--tp-model", default=str(bundled_model()))
     ap.add_argument("--tp-layers", type=int, default=None)
+    ap.add_argument("--tp-configs", nargs="+", type=lambda x: tuple(x.split(":")),
+                    default=[("sm12x", "nvfp4"), ("triton", "auto")], help="backend:kv_cache_dtype pairs")
     args = ap.parse_args(argv)
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
