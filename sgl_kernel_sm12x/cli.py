@@ -7,7 +7,8 @@ import sys
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = {"budget": "AOT shared-memory/register check of every planned kernel configuration",
-            "demo": "quantize a sample KV tensor with the append kernel and print the budget table"}
+            "demo": "serve the bundled model with sm12x + nvfp4 (GPU) or run the kernel demo (CPU)",
+            "patch": "status|check|apply|revert the version-keyed SGLang patches"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
         for c, h in cmds.items():
@@ -17,6 +18,9 @@ def main(argv=None) -> int:
     if cmd == "budget":
         from .budget import main as budget_main
         return budget_main(rest)
+    if cmd == "patch":
+        from .patch import main as patch_main
+        return patch_main(rest)
     from .demo import main as demo_main
     return demo_main(rest)
 

@@ -45,6 +45,6 @@ def check(v: str | None = None) -> str:
     if rel not in SUPPORTED:
         raise UnsupportedSGLang(
             f"sglang-sm12x supports SGLang {', '.join(SUPPORTED)}; found {v}. Install one of those "
-            f"(pip install 'sglang=={SUPPORTED[0]}'), or apply this project's patches to your tree "
-            f"with `sm12x patch apply --sglang-version {rel}` if patches/sglang-{rel}/ exists.")
+            f"(pip install 'sglang=={SUPPORTED[0]}'). The version-keyed SGLang patches are managed with "
+            f"`sm12x patch status|apply|revert`; they exist only for the supported versions.")
     return rel
