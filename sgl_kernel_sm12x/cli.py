@@ -8,7 +8,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = {"budget": "AOT shared-memory/register check of every planned kernel configuration",
             "demo": "serve the bundled model with sm12x + nvfp4 (GPU) or run the kernel demo (CPU)",
-            "patch": "status|check|apply|revert the version-keyed SGLang patches"}
+            "patch": "status|check|apply|revert the version-keyed SGLang patches",
+            "doctor": "check GPU, image arch, Triton ptxas, SGLang, plugin and patches"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
         for c, h in cmds.items():
@@ -18,6 +19,9 @@ def main(argv=None) -> int:
     if cmd == "budget":
         from .budget import main as budget_main
         return budget_main(rest)
+    if cmd == "doctor":
+        from .doctor import main as doctor_main
+        return doctor_main(rest)
     if cmd == "patch":
         from .patch import main as patch_main
         return patch_main(rest)
