@@ -25,6 +25,7 @@ KERNELS = {
     "decode": ("sgl_kernel_sm12x.attention.decode", "decode_split_kernel"),
     "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
+    "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
 CASES = {"decode_reduce": "aot_cases_reduce"}

@@ -378,3 +378,100 @@ def clamp_moe_config(arch: int, cfg: dict, dtype=None, block_shape=None, margin:
 def _moe_str(c: dict) -> str:
     return (f"{c['BLOCK_SIZE_M']}x{c['BLOCK_SIZE_N']}x{c['BLOCK_SIZE_K']} "
             f"w{c.get('num_warps', 4)} s{c.get('num_stages', 3)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# fused MoE (this project's kernels, sgl_kernel_sm12x/moe/)
+# --------------------------------------------------------------------------------------------------
+
+MOE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "fp8_w8a8_block")
+MOE_TOKEN_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384)
+# (E, top_k, hidden, intermediate): Qwen3-30B-A3B, Mixtral-8x7B, gpt-oss-20b-like
+MOE_SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral": (8, 2, 4096, 14336), "gpt-oss": (32, 4, 2880, 2880)}
+
+
+@dataclass(frozen=True)
+class MoeConfig:
+    block_m: int
+    block_n: int
+    block_k: int
+    group_m: int
+    num_warps: int
+    num_stages: int
+
+    def as_dict(self):
+        return dict(BLOCK_SIZE_M=self.block_m, BLOCK_SIZE_N=self.block_n, BLOCK_SIZE_K=self.block_k,
+                    GROUP_SIZE_M=self.group_m, num_warps=self.num_warps, num_stages=self.num_stages)
+
+
+def moe_gemm_smem(cfg: MoeConfig, dtype: str) -> int:
+    """Shared memory of :func:`sgl_kernel_sm12x.moe.fused_moe.moe_gemm_kernel`'s pipelined main loop:
+    ``num_stages - 1`` buffers of the A (BM x BK) and B (BK x BN) tiles."""
+    eb = 1 if dtype.startswith("fp8") else 2
+    return max(cfg.num_stages - 1, 1) * (cfg.block_m * cfg.block_k + cfg.block_k * cfg.block_n) * eb
+
+
+def _pow2_floor(x: int) -> int:
+    return 1 << (max(int(x), 1).bit_length() - 1)
+
+
+def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens: int, top_k: int,
+             block_shape=None) -> MoeConfig:
+    """Tile of one grouped GEMM of the fused MoE (``n`` outputs, ``k`` reduction) for ``tokens``
+    routed ``top_k`` ways over ``num_experts``.
+
+    Rules, each bounded by the arch's shared memory (checked by ``sm12x budget --kernel moe``):
+
+    * BLOCK_M follows the expected rows per expert ``tokens * top_k / E``: 16 up to 16 rows
+      (decode: most of the tile would be padding otherwise), 32 up to 64, 64 up to 512, else 128.
+    * BLOCK_K is 64 for 16-bit and 128 for fp8 operands (128 B of K per row either way); block-fp8
+      keeps BLOCK_K a divisor of the quantization group (128), so one scale per K step.
+    * BLOCK_N 64 for BLOCK_M <= 32 (more programs when there are few rows), else 128; block-fp8
+      keeps 64: its per-K-step partial product doubles the accumulator registers (64 x 128 sat at
+      255 registers and 128 x 128 spilled on sm_120, AOT).
+    * 4 warps, 8 for 128 x 128 tiles and block-fp8 128 x 64 (254 registers at 4 warps); stages: 4 for small tiles, 3 otherwise, one more where the
+      arch has >= 160 KB of shared memory, then fewer until the tiles fit.
+    """
+    lim = arch_limits(arch)
+    _check("dtype", dtype, MOE_DTYPES)
+    for name, v in (("num_experts", num_experts), ("n", n), ("k", k), ("top_k", top_k)):
+        if int(v) < 1:
+            raise ValueError(f"{name}: must be >= 1, got {v}")
+    if tokens < 0:
+        raise ValueError(f"tokens: must be >= 0, got {tokens}")
+    if dtype.startswith("fp8") and arch < 89:
+        raise ValueError(f"dtype: {dtype!r} needs fp8 tensor cores (sm_89+); sm_{arch} supports ['bf16', 'fp16']")
+    if dtype == "fp8_w8a8_block":
+        if not block_shape or len(block_shape) != 2 or block_shape[1] % 16 or block_shape[0] % 16:
+            raise ValueError(f"block_shape: fp8_w8a8_block needs [group_n, group_k] multiples of 16, got {block_shape}")
+    rows = max(tokens, 1) * top_k / num_experts
+    bm = 16 if rows <= 16 else 32 if rows <= 64 else 64 if rows <= 512 else 128
+    fp8 = dtype.startswith("fp8")
+    bk = 128 if fp8 else 64
+    if dtype == "fp8_w8a8_block":
+        bk = min(bk, _pow2_floor(block_shape[1]))
+    bk = min(bk, max(16, 1 << (int(k) - 1).bit_length()))
+    bn = 64 if bm <= 32 or dtype == "fp8_w8a8_block" else 128
+    if fp8 and arch == 89:      # sm_89's fp8 MMA path: 64 x 128 spilled 12 B at 255 registers (AOT)
+        bn = 64
+    bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
+    warps = 8 if bm >= 128 and (bn >= 128 or dtype == "fp8_w8a8_block" or (fp8 and arch == 89)) else 4
+    stages = 4 if bm <= 32 else 3
+    if lim.smem_per_block >= 160_000:
+        stages += 1
+    cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)
+    while moe_gemm_smem(cfg, dtype) > lim.smem_per_block and cfg.num_stages > 2:
+        cfg = MoeConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1)
+    if moe_gemm_smem(cfg, dtype) > lim.smem_per_block:   # cannot happen with the tiles above; keep the guard
+        raise ValueError(f"no fused-MoE tile fits sm_{arch} for dtype={dtype}")
+    return cfg
+
+
+def moe_domain():
+    """Every input class :func:`plan_moe` distinguishes (for ``sm12x budget`` and the tests)."""
+    for dtype in MOE_DTYPES:
+        for name, (e, topk, hidden, inter) in MOE_SHAPES.items():
+            for tokens in MOE_TOKEN_BUCKETS:
+                for n, k in ((2 * inter, hidden), (hidden, inter)):      # gate_up, down
+                    yield dict(dtype=dtype, num_experts=e, n=n, k=k, tokens=tokens, top_k=topk,
+                               block_shape=[128, 128] if dtype == "fp8_w8a8_block" else None)

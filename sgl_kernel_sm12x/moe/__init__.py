@@ -1,0 +1,1 @@
+"""Fused mixture-of-experts kernels whose tiles come from the planner."""

@@ -1,0 +1,324 @@
+"""Fused mixture-of-experts: token alignment by expert, one grouped-GEMM kernel used for the gate-up
+and the down projection, SiLU-and-mul between them, and the routed-weight sum.
+
+Weights follow SGLang's layout: ``w1`` (E, 2 * I, H) holding [gate; up] rows, ``w2`` (E, H, I).
+Formats: bf16/fp16 weights and activations; fp8 w8a8 with per-tensor scales (a scale per
+activation tensor, one per expert for the weights) or with block scales (activations per token and
+128-element K group, weights per [group_n, group_k] block, as DeepSeek-style checkpoints store
+them). Tile configurations come from :func:`sgl_kernel_sm12x.planner.plan_moe`.
+
+    tokens x top_k pairs --align--> sorted rows, padded per expert to BLOCK_M
+    GEMM 1: rows x w1[e]^T -> (pairs, 2I) --silu(gate) * up--> (pairs, I)
+    GEMM 2: (pairs, I) x w2[e]^T * routed weight -> (pairs, H) --sum over top_k--> (tokens, H)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import planner
+from ..attention.kv_tile import fp8_to
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2}
+FP8_MAX = 448.0
+
+
+@triton.jit
+def moe_gemm_kernel(
+    a_ptr, stride_am, stride_ak,                 # (rows_a, K) activations: bf16/fp16, or fp8 bits (uint8)
+    b_ptr, stride_be, stride_bn, stride_bk,      # (E, N, K) weights, same formats
+    c_ptr, stride_cm, stride_cn,                 # (pairs, N) output, row = token * TOP_K + slot
+    a_scale_ptr, stride_asm, stride_ask,         # fp8: (1,) per-tensor, or (rows_a, K // GROUP_K) block
+    b_scale_ptr, stride_bse, stride_bsn, stride_bsk,  # fp8: (E,) per-tensor, or (E, N // GROUP_N, K // GROUP_K)
+    topk_weights_ptr,                            # (pairs,) routed weights
+    sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+    N, K, num_pairs,
+    TOP_K: tl.constexpr, A_PER_PAIR: tl.constexpr, MUL_ROUTED: tl.constexpr, QUANT: tl.constexpr,
+    GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+):
+    """One (BLOCK_M sorted rows of one expert) x (BLOCK_N outputs) tile. Padding rows hold
+    ``num_pairs`` and are neither read nor written. ``A_PER_PAIR``: A is indexed by pair (GEMM 2)
+    instead of by token (GEMM 1)."""
+    pid = tl.program_id(0)
+    num_post_pad = tl.load(num_post_pad_ptr)
+    num_pid_m = tl.cdiv(num_post_pad, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_SIZE_M * num_pid_n
+    first_m = (pid // group) * GROUP_SIZE_M
+    size_m = tl.minimum(num_pid_m - first_m, GROUP_SIZE_M)
+    if size_m <= 0:                              # grid sized for the worst case; this tile is past the end
+        return
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+
+    offs = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pair = tl.load(sorted_ids_ptr + offs)
+    row_mask = pair < num_pairs
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    if A_PER_PAIR:
+        a_row = pair.to(tl.int64)
+    else:
+        a_row = (pair // TOP_K).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + a_row[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_ptrs = b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_mask = offs_k < K - k0
+        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
+        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+        if QUANT == 0:
+            if DOT_FP32:
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+            else:
+                acc = tl.dot(a, b, acc)
+        else:
+            if HW_FP8:
+                a = a.to(tl.float8e4nv, bitcast=True)
+                b = b.to(tl.float8e4nv, bitcast=True)
+                part = tl.dot(a, b)
+            else:
+                part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
+            if QUANT == 2:
+                kg = k0 // GROUP_K
+                a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
+                b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn + kg * stride_bsk,
+                              mask=n_mask, other=0.0)
+                acc += part * a_s[:, None] * b_s[None, :]
+            else:
+                acc += part
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    if QUANT == 1:
+        acc *= tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
+    if MUL_ROUTED:
+        w = tl.load(topk_weights_ptr + pair, mask=row_mask, other=0.0)
+        acc *= w[:, None]
+    c_ptrs = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------------
+
+def _fail(name, msg):
+    raise ValueError(f"{name}: {msg}")
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """Sort the (token, slot) pairs by expert, each expert's run padded to ``block_m`` rows, on the
+    device without a host sync (sizes are the worst case; the kernel reads the real count).
+
+    Returns ``sorted_ids`` (padding = number of pairs), ``expert_ids`` per BLOCK_M block and
+    ``num_post_pad`` (1,) int32.
+    """
+    flat = topk_ids.flatten().to(torch.int64)
+    n = flat.numel()
+    dev = flat.device
+    counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
+    padded = (counts + block_m - 1) // block_m * block_m
+    ends = torch.cumsum(padded, 0)
+    starts = ends - padded
+    cap = ((n + num_experts * (block_m - 1)) + block_m - 1) // block_m * block_m
+    order = torch.argsort(flat, stable=True)
+    ex = flat[order]
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n, device=dev) - first[ex]
+    sorted_ids = torch.full((cap,), n, dtype=torch.int32, device=dev)
+    sorted_ids[starts[ex] + rank] = order.to(torch.int32)
+    blocks = torch.arange(cap // block_m, device=dev) * block_m
+    expert_ids = torch.searchsorted(ends, blocks, right=True).clamp_(max=num_experts - 1).to(torch.int32)
+    return sorted_ids, expert_ids, ends[-1:].to(torch.int32)
+
+
+def _quant_fp8(x: torch.Tensor, block_k: int | None):
+    """Dynamic fp8 e4m3 activations: per-tensor, or per token and ``block_k`` group (fp32 scales)."""
+    xf = x.float()
+    if block_k is None:
+        s = (xf.abs().amax() / FP8_MAX).clamp_min(1e-12).reshape(1)
+        q = (xf / s).clamp(-FP8_MAX, FP8_MAX)
+    else:
+        t, k = xf.shape
+        g = xf.view(t, k // block_k, block_k)
+        s = (g.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)
+        q = (g / s[..., None]).clamp(-FP8_MAX, FP8_MAX).view(t, k)
+    return q.to(torch.float8_e4m3fn).view(torch.uint8), s.float().contiguous()
+
+
+def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: planner.MoeConfig, dtype,
+             a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True):
+    num_pairs = out.shape[0]
+    e, n, k = w.shape
+    q = QUANT[dtype]
+    gn, gk = (block_shape or [128, 128]) if q == 2 else (1, 1)
+    a_s = a_scale if a_scale is not None else out
+    w_s = w_scale if w_scale is not None else out
+    if q == 2:
+        sas = (a_s.stride(0), a_s.stride(1))
+        sbs = (w_s.stride(0), w_s.stride(1), w_s.stride(2))
+    else:
+        sas = (0, 0)
+        sbs = (1 if q == 1 else 0, 0, 0)
+    cap = sorted_ids.shape[0]
+    grid = (triton.cdiv(cap, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
+    moe_gemm_kernel[grid](
+        a_ptr=a, stride_am=a.stride(0), stride_ak=a.stride(1),
+        b_ptr=w, stride_be=w.stride(0), stride_bn=w.stride(1), stride_bk=w.stride(2),
+        c_ptr=out, stride_cm=out.stride(0), stride_cn=out.stride(1),
+        a_scale_ptr=a_s, stride_asm=sas[0], stride_ask=sas[1],
+        b_scale_ptr=w_s, stride_bse=sbs[0], stride_bsn=sbs[1], stride_bsk=sbs[2],
+        topk_weights_ptr=topk_weights if topk_weights is not None else out,
+        sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad,
+        N=n, K=k, num_pairs=num_pairs,
+        TOP_K=top_k, A_PER_PAIR=a_per_pair, MUL_ROUTED=topk_weights is not None, QUANT=q,
+        GROUP_N=gn, GROUP_K=gk, HW_FP8=hw_fp8 and not _INTERPRET, DOT_FP32=_INTERPRET,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_SIZE_M=cfg.group_m,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def fused_moe(
+    hidden: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    *,
+    dtype: str | None = None,
+    w1_scale: torch.Tensor | None = None,
+    w2_scale: torch.Tensor | None = None,
+    block_shape=None,
+    arch: int | None = None,
+    config: tuple[planner.MoeConfig, planner.MoeConfig] | None = None,
+) -> torch.Tensor:
+    """Mixture-of-experts MLP: ``sum_j w_j * down_e(silu(gate_e(x)) * up_e(x))`` over each token's
+    ``top_k`` experts ``e = topk_ids[t, j]`` with weights ``w_j = topk_weights[t, j]``.
+
+    Parameters
+    ----------
+    hidden : (tokens, H) bf16/fp16.
+    w1 : (E, 2 * I, H) [gate; up] weights; bf16/fp16 like ``hidden``, or fp8 e4m3 (float8_e4m3fn or
+        uint8 bits) with ``w1_scale`` (E,) per-tensor or (E, 2I / group_n, H / group_k) block scales.
+    w2 : (E, H, I), the same format, ``w2_scale`` (E,) or (E, H / group_n, I / group_k).
+    topk_weights : (tokens, top_k) float; topk_ids : (tokens, top_k) int expert ids in [0, E).
+    dtype : "bf16" | "fp16" | "fp8_w8a8" | "fp8_w8a8_block" (default: from the weights).
+    block_shape : [group_n, group_k] for fp8_w8a8_block (default [128, 128]).
+    config : (gate-up tile, down tile) override, for offline sweeps only.
+
+    Returns (tokens, H) in ``hidden``'s dtype.
+    """
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2 or hidden.dtype not in (torch.bfloat16,
+                                                                                       torch.float16):
+        _fail("hidden", "expected a (tokens, hidden) bf16/fp16 tensor")
+    tokens, h = hidden.shape
+    if w1.dim() != 3 or w2.dim() != 3:
+        _fail("w1", "w1 and w2 must be (E, 2I, H) and (E, H, I)")
+    e, two_i, h1 = w1.shape
+    inter = two_i // 2
+    if h1 != h or two_i % 2 or w2.shape != (e, h, inter):
+        _fail("w2", f"shapes do not match: hidden {h}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)} "
+                    f"(expected w2 ({e}, {h}, {inter}))")
+    fp8_w = w1.dtype in (torch.float8_e4m3fn, torch.uint8)
+    if dtype is None:
+        dtype = ("fp8_w8a8_block" if (w1_scale is not None and w1_scale.dim() == 3) else "fp8_w8a8") if fp8_w \
+            else {torch.bfloat16: "bf16", torch.float16: "fp16"}[hidden.dtype]
+    if dtype not in QUANT:
+        _fail("dtype", f"{dtype!r} is not supported; supported: {list(QUANT)}")
+    if QUANT[dtype] == 0 and (w1.dtype != hidden.dtype or w2.dtype != hidden.dtype):
+        _fail("w1", f"dtype={dtype!r} needs weights in {hidden.dtype}, got {w1.dtype} / {w2.dtype}")
+    if QUANT[dtype] and not fp8_w:
+        _fail("w1", f"dtype={dtype!r} needs float8_e4m3fn (or uint8) weights, got {w1.dtype}")
+    if QUANT[dtype] == 1 and (w1_scale is None or w2_scale is None or w1_scale.numel() != e or w2_scale.numel() != e):
+        _fail("w1_scale", f"fp8_w8a8 needs per-expert weight scales of {e} values (w1_scale and w2_scale)")
+    if QUANT[dtype] == 2:
+        block_shape = list(block_shape or [128, 128])
+        gn, gk = block_shape
+        want1 = (e, -(-two_i // gn), -(-h // gk))
+        want2 = (e, -(-h // gn), -(-inter // gk))
+        if w1_scale is None or tuple(w1_scale.shape) != want1 or w2_scale is None or tuple(w2_scale.shape) != want2:
+            _fail("w1_scale", f"fp8_w8a8_block with block_shape {block_shape} needs w1_scale {want1} and "
+                              f"w2_scale {want2}")
+        if h % gk or inter % gk:
+            _fail("block_shape", f"group_k={gk} must divide hidden {h} and intermediate {inter}")
+    if topk_ids.shape != topk_weights.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != tokens:
+        _fail("topk_ids", f"topk_ids and topk_weights must both be ({tokens}, top_k)")
+    top_k = topk_ids.shape[1]
+    out = torch.empty_like(hidden)
+    if tokens == 0:
+        return out
+    if arch is None:
+        arch = planner.current_arch(hidden.device) if hidden.device.type == "cuda" else 120
+    if config is None:
+        c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k,
+                              block_shape=block_shape)
+        c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k,
+                              block_shape=block_shape)
+        c2 = planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
+    else:
+        c1, c2 = config
+        if c1.block_m != c2.block_m:
+            _fail("config", "both GEMMs share one alignment: block_m must match")
+    sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, e, c1.block_m)
+    pairs = tokens * top_k
+    w1b = w1.view(torch.uint8) if fp8_w else w1
+    w2b = w2.view(torch.uint8) if fp8_w else w2
+    q = QUANT[dtype]
+    gk = block_shape[1] if q == 2 else None
+    if q:
+        a1, a1_s = _quant_fp8(hidden, gk)
+    else:
+        a1, a1_s = hidden, None
+    inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(a1, w1b, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
+             a_scale=a1_s, w_scale=w1_scale.float() if q else None, block_shape=block_shape)
+    gate, up = inter_out.float().split(inter, dim=1)
+    act = (torch.nn.functional.silu(gate) * up).to(hidden.dtype)
+    if q:
+        a2, a2_s = _quant_fp8(act, gk)
+    else:
+        a2, a2_s = act, None
+    down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(a2, w2b, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
+             a_scale=a2_s, w_scale=w2_scale.float() if q else None, topk_weights=topk_weights.float().flatten(),
+             a_per_pair=True, block_shape=block_shape)
+    return down.view(tokens, top_k, h).float().sum(1).to(hidden.dtype)
+
+
+def aot_cases(arch: int):
+    """Every configuration the MoE planner can choose on ``arch`` (for ``sm12x budget``)."""
+    seen = set()
+    for inp in planner.moe_domain():
+        if inp["dtype"].startswith("fp8") and arch < 89:
+            continue
+        cfg = planner.plan_moe(arch, **inp)
+        for a_per_pair, routed in ((False, False), (True, True)):
+            q = QUANT[inp["dtype"]]
+            key = (inp["dtype"], cfg, a_per_pair)
+            if key in seen:
+                continue
+            seen.add(key)
+            act = "*fp16" if inp["dtype"] == "fp16" else "*bf16"
+            op = "*u8" if q else act
+            sig = {"a_ptr": op, "b_ptr": op, "c_ptr": act, "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
+                   "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
+                   "num_post_pad_ptr": "*i32"}
+            for nm in ("stride_am", "stride_be", "stride_bn", "stride_cm", "stride_asm", "stride_ask",
+                       "stride_bse", "stride_bsn", "stride_bsk", "N", "K", "num_pairs"):
+                sig[nm] = "i32"
+            cx = dict(stride_ak=1, stride_bk=1, stride_cn=1, TOP_K=inp["top_k"], A_PER_PAIR=a_per_pair,
+                      MUL_ROUTED=routed, QUANT=q, GROUP_N=128 if q == 2 else 1, GROUP_K=128 if q == 2 else 1,
+                      HW_FP8=True, DOT_FP32=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                      GROUP_SIZE_M=cfg.group_m)
+            label = dict(dtype=inp["dtype"], gemm="down" if a_per_pair else "gate_up", block_m=cfg.block_m,
+                         block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps,
+                         num_stages=cfg.num_stages)
+            yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
