@@ -9,7 +9,9 @@ are parsed. It
 3. declares ``sm12x`` as reading NVFP4 KV natively in prefill and decode, so SGLang allocates no
    FP8 dequant workspace and keeps the linear (slot, head, D/16) scale layout;
 4. lets ``--kv-cache-dtype nvfp4`` resolve with ``--attention-backend sm12x`` on SM120/121 and also
-   on SM100/90/89/80. Every other backend keeps SGLang's own checks.
+   on SM100/90/89/80. Every other backend keeps SGLang's own checks;
+5. registers ``--moe-runner-backend sm12x`` (0.5.23) and, on SM120/121, clamps every config of
+   SGLang's own Triton fused-MoE to the shared-memory budget.
 
 This is the only package of the project that imports sglang, lazily, inside these functions.
 """
@@ -29,12 +31,13 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from . import _compat, _hooks
+    from . import _compat, _hooks, moe_runner
 
     rel = _compat.check()
     _hooks.add_backend_choice(rel)
     _hooks.register_backend_factory()
     _hooks.register_kv_access(rel)
     _hooks.register_argument_hooks(rel)
+    moe_runner.register(rel)
     _registered = True
     logger.info("sglang-sm12x: attention backend %r registered (SGLang %s)", BACKEND, rel)

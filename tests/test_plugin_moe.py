@@ -1,0 +1,89 @@
+"""``--moe-runner-backend sm12x`` inside SGLang's own MoE runner (real MoeRunner, dispatch output and
+quant info objects on CPU tensors under the interpreter), and the SM12x clamp of SGLang's Triton
+fused-MoE configs."""
+import logging
+
+import pytest
+import torch
+
+import sglang_sm12x
+from sglang_sm12x import _compat, moe_runner
+from test_moe import _act_q, _deq_block, _inputs, _q_block, reference
+
+REL = _compat.check()
+pytestmark = pytest.mark.skipif(REL != "0.5.23", reason="the MoE runner extension API is SGLang 0.5.23's")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    sglang_sm12x.register()
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    HookRegistry.apply_hooks()
+
+
+def _run(x, w1, w2, tw, ti, quant_kw=None, **cfg_kw):
+    from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+    from sglang.srt.layers.moe.moe_runner.runner import MoeRunner
+    from sglang.srt.layers.moe.moe_runner.triton import TritonMoeQuantInfo
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+    from sglang.srt.layers.moe.utils import resolve_moe_runner_backend
+
+    e = w1.shape[0]
+    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, hidden_size=x.shape[1],
+                          intermediate_size_per_partition=w2.shape[2], top_k=ti.shape[1], **cfg_kw)
+    runner = MoeRunner(resolve_moe_runner_backend("sm12x"), cfg)
+    disp = StandardDispatchOutput(x, None, StandardTopKOutput(tw, ti, torch.zeros(x.shape[0], e)))
+    qi = TritonMoeQuantInfo(w13_weight=w1, w2_weight=w2, **(quant_kw or {}))
+    return runner.run(disp, qi).hidden_states
+
+
+def test_backend_is_registered():
+    from sglang.srt.arg_groups.choices import MOE_RUNNER_BACKEND_CHOICES
+    from sglang.srt.layers.moe.moe_runner import runner
+
+    assert "sm12x" in MOE_RUNNER_BACKEND_CHOICES and "sm12x" in runner._CUSTOM_RUNNER_CORE_FACTORIES
+
+
+def test_runner_bf16_matches_reference():
+    x, w1, w2, tw, ti = _inputs((8, 2, 128, 64), 5, torch.bfloat16)
+    out = _run(x, w1, w2, tw, ti)
+    ref = reference(x, w1.float(), w2.float(), tw, ti, torch.bfloat16)
+    assert (out.float() - ref).abs().max() <= 0.03 * ref.abs().max()
+
+
+def test_runner_fp8_block_and_routed_scaling():
+    x, w1, w2, tw, ti = _inputs((8, 2, 128, 128), 3, torch.bfloat16)
+    (q1, s1), (q2, s2) = _q_block(w1), _q_block(w2)
+    out = _run(x, q1, q2, tw, ti, dict(use_fp8_w8a8=True, w13_scale=s1, w2_scale=s2, block_shape=[128, 128]),
+               routed_scaling_factor=2.5)
+    ref = 2.5 * reference(x, _deq_block(q1, s1), _deq_block(q2, s2), tw, ti, torch.bfloat16,
+                          lambda t: _act_q(t, 128))
+    assert (out.float() - ref).abs().max() <= 0.06 * ref.abs().max()
+
+
+@pytest.mark.parametrize("kw,what", [(dict(activation="gelu"), "activation"),
+                                     (dict(apply_router_weight_on_input=True), "apply_router_weight_on_input")])
+def test_runner_refuses_what_it_does_not_do(kw, what):
+    x, w1, w2, tw, ti = _inputs((4, 2, 64, 32), 2, torch.bfloat16)
+    with pytest.raises(NotImplementedError, match=what):
+        _run(x, w1, w2, tw, ti, **kw)
+
+
+def test_sglang_triton_config_is_clamped_on_sm12x(caplog):
+    over = dict(BLOCK_SIZE_M=128, BLOCK_SIZE_N=256, BLOCK_SIZE_K=128, GROUP_SIZE_M=32, num_warps=8, num_stages=4)
+    args = ((128, 1536, 2048), (128, 2048, 768), 8, "fp8_w8a8", 4096)
+    with caplog.at_level(logging.WARNING):
+        cfg = moe_runner.clamp_sglang_config(dict(over), args, {}, arch=120)
+    assert cfg["num_stages"] < 4 and cfg["BLOCK_SIZE_M"] == 128
+    assert "147,456" in caplog.text
+    up, (down, max_m) = moe_runner.clamp_sglang_config((dict(over), (dict(over), 128)), args, {}, arch=121)
+    assert up == down and max_m == 128 and up["num_stages"] < 4
+    assert moe_runner.clamp_sglang_config(dict(over), args, {}, arch=None) == over or not torch.cuda.is_available()
+
+
+def test_clamp_hook_wraps_sglang_config_selection():
+    from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config as m
+
+    assert getattr(m.try_get_optimal_moe_config, "__wrapped__", None) is not None
