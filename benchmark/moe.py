@@ -1,0 +1,101 @@
+"""Fused MoE: this project's kernels against SGLang's own Triton ``fused_experts`` (with the configs
+SGLang picks on this GPU) in the same run.
+
+    python benchmark/moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8 fp8_w8a8_block]
+                            [--tokens 1 16 64 256 1024 4096]
+
+Rows: ``provider`` (sm12x | sglang_triton), ``dtype``, ``shape``, ``tokens``, ``ms`` (CUDA-graph replay
+of the whole MoE: both GEMMs, activation, routing sum) and ``tflops`` (2 * tokens * top_k * 3 * H * I
+multiply-adds counted as FLOPs). A provider that fails records ``error``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _harness import bench_ms, environment, write_json  # noqa: E402
+
+from sgl_kernel_sm12x import planner  # noqa: E402
+from sgl_kernel_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+
+FP8_MAX = 448.0
+
+
+def _weights(e, h, i, dtype, dev):
+    w1 = (torch.randn(e, 2 * i, h, device=dev) / h ** 0.5).to(torch.bfloat16)
+    w2 = (torch.randn(e, h, i, device=dev) / i ** 0.5).to(torch.bfloat16)
+    if dtype == "bf16":
+        return w1, w2, None, None, None
+    if dtype == "fp8_w8a8":
+        out = []
+        for w in (w1, w2):
+            s = w.float().abs().amax(dim=(1, 2)) / FP8_MAX
+            out.append(((w.float() / s[:, None, None]).to(torch.float8_e4m3fn), s))
+        return out[0][0], out[1][0], out[0][1], out[1][1], None
+    out = []
+    for w in (w1, w2):
+        en, n, k = w.shape
+        b = w.float().view(en, n // 128, 128, k // 128, 128)
+        s = b.abs().amax(dim=(2, 4)) / FP8_MAX
+        out.append(((b / s[:, :, None, :, None]).view(en, n, k).to(torch.float8_e4m3fn), s))
+    return out[0][0], out[1][0], out[0][1], out[1][1], [128, 128]
+
+
+def _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block):
+    from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+    from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe import fused_experts
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    e = w1.shape[0]
+    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=ti.shape[1], inplace=False)
+    topk = StandardTopKOutput(tw, ti.to(torch.int32), torch.empty(0, device=x.device))
+    kw = {}
+    if dtype != "bf16":
+        kw = dict(use_fp8_w8a8=True, w1_scale=s1, w2_scale=s2, block_shape=block)
+    return lambda: fused_experts(x, w1, w2, topk, cfg, **kw)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block"])
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    dev = "cuda"
+    rows = []
+    for shape in a.shapes:
+        e, k, h, i = planner.MOE_SHAPES[shape]
+        for dtype in a.dtypes:
+            if dtype == "fp8_w8a8_block" and (h % 128 or i % 128):
+                continue
+            w1, w2, s1, s2, block = _weights(e, h, i, dtype, dev)
+            for t in a.tokens:
+                x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
+                tw, ti = torch.topk(torch.randn(t, e, device=dev).softmax(-1), k)
+                flops = 2 * t * k * 3 * h * i
+                fns = {"sm12x": lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
+                                                  block_shape=block)}
+                try:
+                    fns["sglang_triton"] = _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block)
+                except Exception as ex:  # noqa: BLE001
+                    rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t, error=str(ex)[:300]))
+                for prov, fn in fns.items():
+                    try:
+                        ms = bench_ms(fn, graph=True)
+                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, ms=ms,
+                                         tflops=flops / ms / 1e9))
+                    except Exception as ex:  # noqa: BLE001
+                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, error=str(ex)[:300]))
+                print(rows[-2:] if len(fns) > 1 else rows[-1], flush=True)
+    print(write_json("moe", dict(rows=rows, **environment()), a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
