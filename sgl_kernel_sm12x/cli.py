@@ -9,7 +9,8 @@ def main(argv=None) -> int:
     cmds = {"budget": "AOT shared-memory/register check of every planned kernel configuration",
             "demo": "serve the bundled model with sm12x + nvfp4 (GPU) or run the kernel demo (CPU)",
             "patch": "status|check|apply|revert the version-keyed SGLang patches",
-            "doctor": "check GPU, image arch, Triton ptxas, SGLang, plugin and patches"}
+            "doctor": "check GPU, image arch, Triton ptxas, SGLang, plugin and patches",
+            "bench-serving": "serve a model per backend x KV dtype and run SGLang's bench_serving client"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
         for c, h in cmds.items():
@@ -19,6 +20,9 @@ def main(argv=None) -> int:
     if cmd == "budget":
         from .budget import main as budget_main
         return budget_main(rest)
+    if cmd == "bench-serving":
+        from .bench_serving import main as bench_main
+        return bench_main(rest)
     if cmd == "doctor":
         from .doctor import main as doctor_main
         return doctor_main(rest)

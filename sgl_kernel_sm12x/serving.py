@@ -32,8 +32,10 @@ def bundled_model() -> Path:
 class Server:
     """``with Server(model, backend, ...) as s: s.generate(...)`` -- the process dies with the block."""
 
-    def __init__(self, model, backend, *args, port=30123, log=None, env=None, timeout=600, mem_fraction=0.5):
+    def __init__(self, model, backend, *args, port=30123, log=None, env=None, timeout=600, mem_fraction=0.5,
+                 launcher=None):
         self.model, self.backend, self.args, self.port = str(model), backend, list(args), port
+        self.launcher = list(launcher or [sys.executable, "-m", "sglang.launch_server"])
         self.log_path = Path(log or f"/tmp/sglang-{backend}-{port}.log")
         self.env = dict(os.environ, **(env or {}))
         self.timeout, self.mem_fraction = timeout, mem_fraction
@@ -45,7 +47,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
-        cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.model, "--attention-backend",
+        cmd = [*self.launcher, "--model-path", self.model, "--attention-backend",
                self.backend, "--port", str(self.port), "--host", "127.0.0.1", "--grammar-backend", "none",
                "--sampling-backend", "pytorch", "--mem-fraction-static", str(self.mem_fraction), *self.args]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,303 @@
+"""``sm12x bench-serving`` (also ``benchmark/bench_serving.py``): serve a model with each attention
+backend x KV dtype in turn and measure it with SGLang's own ``sglang.bench_serving`` client.
+
+For every (model, backend, kv dtype) one server is started (``sglang.launch_server``), waited on
+(``/health_generate``), its KV pool capacity read, then the client runs the ``random-ids`` dataset
+(no download) at each concurrency, a long-context point, and optionally ``generated-shared-prefix``
+(radix cache). A configuration SGLang rejects or that fails to start is recorded with its error and
+the run goes on; every server is stopped on success, failure and Ctrl-C.
+
+Outputs in ``--out-dir``: ``<date>-<device>-serving.json`` (``rows``), ``...-serving.md`` (table) and
+PNG plots: output tok/s vs concurrency, KV capacity per dtype, TPOT vs context length.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .serving import Server
+
+ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
+            "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
+            "p99_itl_ms", "p99_ttft_ms", "kv_capacity_tokens", "failures", "error")
+
+
+@dataclass
+class Plan:
+    models: list
+    backends: list = field(default_factory=lambda: ["sm12x", "triton", "flashinfer"])
+    kv_dtypes: list = field(default_factory=lambda: ["auto", "fp8_e4m3", "nvfp4"])
+    concurrency: list = field(default_factory=lambda: [1, 4, 16, 64, 128])
+    input_len: int = 1024
+    output_len: int = 256
+    long_input_len: int = 8192
+    long_concurrency: int = 64
+    long_output_len: int = 128
+    gsp: bool = True
+    load_format: str = "dummy"
+    mem_fraction: float = 0.8
+    server_args: list = field(default_factory=list)
+    port: int = 30124
+    startup_timeout: int = 900
+
+    def prompts(self, c):
+        return max(4 * c, 32)
+
+    def configs(self):
+        return [(m, b, k) for m in self.models for b in self.backends for k in self.kv_dtypes]
+
+
+def client_cmd(port, model, dataset, num_prompts, concurrency, input_len, output_len, out_file):
+    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1", "--port",
+           str(port), "--tokenizer", str(model), "--model", str(model), "--num-prompts", str(num_prompts),
+           "--max-concurrency", str(concurrency), "--output-file", str(out_file), "--dataset-name", dataset]
+    if dataset == "random-ids":
+        cmd += ["--random-input-len", str(input_len), "--random-output-len", str(output_len),
+                "--random-range-ratio", "1.0"]
+    else:   # generated-shared-prefix: 16 groups sharing a system prompt of input_len tokens
+        cmd += ["--gsp-num-groups", "16", "--gsp-prompts-per-group", str(max(num_prompts // 16, 1)),
+                "--gsp-system-prompt-len", str(input_len), "--gsp-question-len", "128",
+                "--gsp-output-len", str(output_len)]
+    return cmd
+
+
+def run_client(cmd, out_file, timeout=3600):
+    """Run SGLang's client; return its last JSON result line (dict) or raise with its output tail."""
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    out = Path(out_file)
+    if p.returncode != 0 or not out.exists() or not out.read_text().strip():
+        raise RuntimeError(f"bench_serving exited {p.returncode}: {(p.stdout + p.stderr)[-1500:]}")
+    return json.loads(out.read_text().strip().splitlines()[-1])
+
+
+def _row(base, res, num_prompts):
+    r = dict(base)
+    r.update(output_throughput=res.get("output_throughput"),
+             total_throughput=res.get("total_throughput", res.get("total_token_throughput")),
+             median_ttft_ms=res.get("median_ttft_ms"), median_tpot_ms=res.get("median_tpot_ms"),
+             median_itl_ms=res.get("median_itl_ms"), p99_itl_ms=res.get("p99_itl_ms"),
+             p99_ttft_ms=res.get("p99_ttft_ms"), num_prompts=num_prompts,
+             failures=num_prompts - int(res.get("completed", 0)))
+    return r
+
+
+def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, progress=None, log=print,
+               rows=None):
+    """Every configuration of ``plan``; appends to and returns ``rows`` (kept on Ctrl-C).
+    ``server_cls`` / ``client`` are injectable for tests."""
+    rows = [] if rows is None else rows
+    workdir.mkdir(parents=True, exist_ok=True)
+    points = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
+    if plan.long_input_len:
+        points.append(("random-ids", plan.long_concurrency, plan.long_input_len, plan.long_output_len))
+    if plan.gsp:
+        points.append(("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len))
+    for model, backend, kv in plan.configs():
+        name = f"{Path(model).name}-{backend}-{kv}"
+        base = dict(model=Path(model).name, backend=backend, kv_dtype=kv)
+        args = ["--kv-cache-dtype", kv, *plan.server_args]
+        if plan.load_format:
+            args += ["--load-format", plan.load_format]
+        try:
+            with server_cls(model, backend, *args, port=plan.port, log=workdir / f"server-{name}.log",
+                            timeout=plan.startup_timeout, mem_fraction=plan.mem_fraction) as srv:
+                cap = srv.kv_capacity()
+                for dataset, c, il, ol in points:
+                    n = plan.prompts(c)
+                    out_file = workdir / f"{name}-{dataset}-c{c}-i{il}.jsonl"
+                    out_file.unlink(missing_ok=True)
+                    row = dict(base, dataset=dataset, concurrency=c, input_len=il, output_len=ol,
+                               kv_capacity_tokens=cap)
+                    try:
+                        res = client(client_cmd(plan.port, model, dataset, n, c, il, ol, out_file), out_file)
+                        rows.append(_row(row, res, n))
+                    except (RuntimeError, subprocess.TimeoutExpired) as e:
+                        rows.append(dict(row, num_prompts=n, failures=n, error=str(e)[-800:]))
+                    if progress:
+                        progress.update(1)
+                    log(_fmt(rows[-1]))
+        except (RuntimeError, TimeoutError) as e:       # rejected by SGLang or failed to start
+            msg = str(e).strip().splitlines()
+            err = next((ln for ln in reversed(msg) if "Error" in ln or "error" in ln), msg[-1] if msg else "")
+            rows.append(dict(base, dataset=None, concurrency=None, input_len=None, output_len=None,
+                             failures=None, error=f"server did not start: {err[-400:]}"))
+            if progress:
+                progress.update(len(points))
+            log(f"{name}: {rows[-1]['error']}")
+    return rows
+
+
+def _fmt(r):
+    if r.get("error"):
+        return f"{r['model']} {r['backend']} {r['kv_dtype']} c={r.get('concurrency')}: ERROR {r['error'][:120]}"
+    return (f"{r['model']} {r['backend']} {r['kv_dtype']} {r['dataset']} c={r['concurrency']} in={r['input_len']}: "
+            f"{r['output_throughput']:.0f} tok/s, TPOT {r['median_tpot_ms']:.1f} ms, TTFT {r['median_ttft_ms']:.0f} ms")
+
+
+def markdown(rows) -> str:
+    cols = ["model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_throughput",
+            "median_ttft_ms", "median_tpot_ms", "kv_capacity_tokens", "failures"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r.get("error") and r.get("dataset") is None:
+            out.append(f"| {r['model']} | {r['backend']} | {r['kv_dtype']} | rejected / failed to start: "
+                       f"{r['error'][:100].replace('|', '/')} |" + " |" * (len(cols) - 4))
+            continue
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            cells.append(f"{v:,.1f}" if isinstance(v, float) else ("" if v is None else str(v)))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def plots(rows, prefix: Path) -> list[Path]:
+    """PNG plots next to ``prefix``: throughput vs concurrency, KV capacity, TPOT vs context."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if not r.get("error") and r.get("dataset") == "random-ids"]
+    paths = []
+    models = sorted({r["model"] for r in ok})
+    if not models:
+        return paths
+    main_in = min((r["input_len"] for r in ok), default=None)
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for key in sorted({(r["backend"], r["kv_dtype"]) for r in ok if r["model"] == m}):
+            pts = sorted((r["concurrency"], r["output_throughput"]) for r in ok
+                         if r["model"] == m and (r["backend"], r["kv_dtype"]) == key and r["input_len"] == main_in)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{key[0]} / {key[1]}")
+        ax.set(xscale="log", xlabel="max concurrency", ylabel="output tok/s", title=f"{m}, {main_in} in")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = prefix.with_name(prefix.name + "-throughput.png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    caps = {}
+    for r in rows:
+        if r.get("kv_capacity_tokens"):
+            caps[(r["model"], r["kv_dtype"])] = max(caps.get((r["model"], r["kv_dtype"]), 0), r["kv_capacity_tokens"])
+    if caps:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [f"{m}\n{k}" for m, k in caps]
+        ax.bar(range(len(caps)), list(caps.values()), color="tab:blue")
+        ax.set_xticks(range(len(caps)), labels, fontsize=8)
+        ax.set(ylabel="KV pool tokens", title="KV capacity per dtype (same --mem-fraction-static)")
+        fig.tight_layout()
+        p = prefix.with_name(prefix.name + "-capacity.png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+
+    lc = max((r["concurrency"] for r in ok if r["input_len"] != main_in), default=None)
+    if lc is not None:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key in sorted({(r["model"], r["backend"], r["kv_dtype"]) for r in ok}):
+            pts = sorted((r["input_len"], r["median_tpot_ms"]) for r in ok
+                         if (r["model"], r["backend"], r["kv_dtype"]) == key and r["concurrency"] == lc)
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), marker="o", label=" / ".join(key))
+        ax.set(xscale="log", xlabel="input tokens", ylabel="median TPOT (ms)", title=f"TPOT vs context, concurrency {lc}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = prefix.with_name(prefix.name + "-tpot-context.png")
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(rows, out_dir: Path, env: dict, plan: Plan, cmdline: str):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = env.get("device", "cpu").lower().replace(" ", "-").replace("/", "-")
+    prefix = out_dir / f"{env.get('date', time.strftime('%Y-%m-%d'))[:10]}-{dev}-serving"
+    payload = dict(env, command=cmdline, plan={k: v for k, v in vars(plan).items()},
+                   rows=[{k: r.get(k) for k in ROW_KEYS} for r in rows])
+    prefix.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
+    prefix.with_suffix(".md").write_text(f"Command: `{cmdline}`\n\n" + markdown(rows))
+    return [prefix.with_suffix(".json"), prefix.with_suffix(".md"), *plots(rows, prefix)]
+
+
+def _environment():
+    env = {"date": time.strftime("%Y-%m-%d"), "device": "cpu"}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            env["device"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    env["versions"] = {}
+    for pkg in ("sglang", "torch", "triton", "flashinfer-python", "sgl-kernel-sm12x"):
+        try:
+            env["versions"][pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return env
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="sm12x bench-serving", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", nargs="+", required=True, help="model path(s) (a config dir works with dummy weights)")
+    ap.add_argument("--backends", nargs="+", default=["sm12x", "triton", "flashinfer"])
+    ap.add_argument("--kv-dtypes", nargs="+", default=["auto", "fp8_e4m3", "nvfp4"])
+    ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64, 128])
+    ap.add_argument("--input-len", type=int, default=1024)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--long-input-len", type=int, default=8192, help="0 disables the long-context point")
+    ap.add_argument("--long-concurrency", type=int, default=64)
+    ap.add_argument("--no-gsp", action="store_true", help="skip the generated-shared-prefix run")
+    ap.add_argument("--load-format", default="dummy", help="'' to load real weights")
+    ap.add_argument("--mem-fraction-static", type=float, default=0.8)
+    ap.add_argument("--server-args", default="", help="extra server flags, one string")
+    ap.add_argument("--out-dir", default="benchmark/results")
+    ap.add_argument("--port", type=int, default=30124)
+    a = ap.parse_args(argv)
+    plan = Plan(models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
+                input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
+                long_concurrency=a.long_concurrency, gsp=not a.no_gsp, load_format=a.load_format,
+                mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
+    # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    n_points = len(plan.concurrency) + bool(plan.long_input_len) + plan.gsp
+    workdir = Path(a.out_dir) / "serving-logs"
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(plan.configs()) * n_points, desc="bench-serving", unit="run")
+        log = bar.write
+    except ImportError:
+        bar, log = None, print
+    rows = []
+    try:
+        run_matrix(plan, workdir, progress=bar, log=log, rows=rows)
+    except KeyboardInterrupt:
+        print("interrupted: servers stopped; writing what was measured", file=sys.stderr)
+    finally:
+        if bar is not None:
+            bar.close()
+    env = _environment()
+    for p in write_report(rows, Path(a.out_dir), env, plan, " ".join(["sm12x bench-serving", *sys.argv[1:]])):
+        print(p)
+    return 0 if rows and not all(r.get("error") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The serving benchmark's matrix, report and server lifecycle, without a GPU: fake servers and a
+fake client for the matrix, a tiny HTTP process for start/stop/Ctrl-C."""
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sgl_kernel_sm12x import bench_serving as B
+from sgl_kernel_sm12x.serving import Server
+
+
+class FakeServer:
+    started, stopped = [], []
+
+    def __init__(self, model, backend, *args, **kw):
+        self.key = (backend, args[args.index("--kv-cache-dtype") + 1])
+
+    def __enter__(self):
+        if self.key == ("triton", "nvfp4"):
+            raise RuntimeError("ValueError: NVFP4 prefill supports an FP8 E4M3 workspace or native NVFP4, "
+                               "but backend 'triton' provides neither.")
+        FakeServer.started.append(self.key)
+        return self
+
+    def __exit__(self, *exc):
+        FakeServer.stopped.append(self.key)
+        return False
+
+    def kv_capacity(self):
+        return {"auto": 1000, "fp8_e4m3": 2000, "nvfp4": 3556}[self.key[1]]
+
+
+def fake_client(cmd, out_file):
+    c = int(cmd[cmd.index("--max-concurrency") + 1])
+    n = int(cmd[cmd.index("--num-prompts") + 1])
+    il = int(cmd[cmd.index("--random-input-len") + 1]) if "--random-input-len" in cmd else 1024
+    if c == 16 and "flashinfer" in str(out_file):
+        raise RuntimeError("bench_serving exited 1: connection reset")
+    return {"completed": n, "output_throughput": 100.0 * c, "total_throughput": 150.0 * c,
+            "median_ttft_ms": 10.0 + il / 100, "median_tpot_ms": 5.0 + il / 1000, "median_itl_ms": 5.0,
+            "p99_itl_ms": 9.0, "p99_ttft_ms": 30.0}
+
+
+def _plan(**kw):
+    return B.Plan(models=["/m/qwen3-8b-shape"], concurrency=[1, 16, 64], **kw)
+
+
+def test_matrix_records_rejections_and_failures_and_stops_every_server(tmp_path):
+    FakeServer.started, FakeServer.stopped = [], []
+    plan = _plan()
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            Bar.n += k
+
+    rows = B.run_matrix(plan, tmp_path, server_cls=FakeServer, client=fake_client, progress=Bar(), log=lambda m: None)
+    assert Bar.n == len(plan.configs()) * (len(plan.concurrency) + 2)
+    rejected = [r for r in rows if r.get("dataset") is None]
+    assert len(rejected) == 1 and rejected[0]["backend"] == "triton" and rejected[0]["kv_dtype"] == "nvfp4"
+    assert "provides neither" in rejected[0]["error"]
+    failed = [r for r in rows if r.get("dataset") and r.get("error")]
+    assert {(r["backend"], r["concurrency"]) for r in failed} == {("flashinfer", 16)}
+    assert all(r["failures"] == r["num_prompts"] for r in failed)
+    assert sorted(FakeServer.started) == sorted(FakeServer.stopped), "every started server was stopped"
+    ok = [r for r in rows if not r.get("error")]
+    assert {r["dataset"] for r in ok} == {"random-ids", "generated-shared-prefix"}
+    assert any(r["input_len"] == plan.long_input_len for r in ok)
+    assert all(r["kv_capacity_tokens"] for r in ok)
+
+
+def test_report_json_markdown_and_plots(tmp_path):
+    rows = B.run_matrix(_plan(), tmp_path / "w", server_cls=FakeServer, client=fake_client, log=lambda m: None)
+    paths = B.write_report(rows, tmp_path, {"date": "2026-11-26", "device": "NVIDIA H100 80GB HBM3"}, _plan(),
+                           "sm12x bench-serving --model m")
+    names = [p.name for p in paths]
+    assert "2026-11-26-nvidia-h100-80gb-hbm3-serving.json" in names
+    data = json.loads((tmp_path / "2026-11-26-nvidia-h100-80gb-hbm3-serving.json").read_text())
+    need = {"model", "backend", "kv_dtype", "concurrency", "input_len", "output_len", "output_throughput",
+            "median_ttft_ms", "median_tpot_ms", "kv_capacity_tokens", "failures"}
+    assert all(need <= set(r) for r in data["rows"]) and data["device"] == "NVIDIA H100 80GB HBM3"
+    md = (tmp_path / "2026-11-26-nvidia-h100-80gb-hbm3-serving.md").read_text()
+    assert "| sm12x | nvfp4 |" in md.replace("qwen3-8b-shape ", "") or "sm12x | nvfp4" in md
+    assert "rejected / failed to start" in md
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert {p.name.split("serving-")[1] for p in pngs} == {"throughput.png", "capacity.png", "tpot-context.png"}
+    assert all(p.stat().st_size > 5000 for p in pngs)
+
+
+def test_client_command_uses_sglang_bench_serving(tmp_path):
+    cmd = B.client_cmd(30000, "/m", "random-ids", 64, 16, 1024, 256, tmp_path / "o.jsonl")
+    assert cmd[1:3] == ["-m", "sglang.bench_serving"] and "--random-input-len" in cmd and "--max-concurrency" in cmd
+    cmd = B.client_cmd(30000, "/m", "generated-shared-prefix", 64, 16, 1024, 256, tmp_path / "o.jsonl")
+    assert "--gsp-system-prompt-len" in cmd
+
+
+FAKE = '''
+import http.server, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_free(port):
+    """Can a new server listen there (servers set SO_REUSEADDR, as uvicorn does)?"""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def test_server_is_stopped_on_ctrl_c_and_the_port_freed(tmp_path):
+    script = tmp_path / "fake_server.py"
+    script.write_text(FAKE)
+    port = _free_port()
+    pid = None
+    with pytest.raises(KeyboardInterrupt):
+        with Server("/m", "sm12x", port=port, log=tmp_path / "s.log", timeout=60,
+                    launcher=[sys.executable, str(script)]) as s:
+            pid = s.proc.pid
+            assert not _port_free(port)
+            raise KeyboardInterrupt
+    assert pid is not None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    for _ in range(50):
+        if _port_free(port):
+            break
+        time.sleep(0.1)
+    assert _port_free(port)
+
+
+def test_server_that_dies_at_start_is_reported(tmp_path):
+    script = tmp_path / "dies.py"
+    script.write_text("import sys; print('ValueError: --kv-cache-dtype nvfp4 rejected'); sys.exit(3)")
+    with pytest.raises(RuntimeError, match="rejected"):
+        with Server("/m", "triton", port=_free_port(), log=tmp_path / "d.log", timeout=60,
+                    launcher=[sys.executable, str(script)]):
+            pass
