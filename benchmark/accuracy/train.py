@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 
-def corpus(held_out_every: int = 20):
+def corpus(held_out_every: int = 20, max_files: int | None = None):
     """(train_texts, heldout_texts): the stdlib's .py files in sorted order; a file goes to held-out
     when the hash of its relative path falls in 1/held_out_every of the space."""
     root = Path(sysconfig.get_paths()["stdlib"])
     train, held = [], []
-    for f in sorted(root.rglob("*.py")):
+    files = sorted(root.rglob("*.py"))
+    for f in files[:max_files] if max_files else files:
         rel = str(f.relative_to(root))
         if "site-packages" in rel or "test" in rel.split("/")[0]:
             continue
@@ -78,6 +79,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1.5e-3)
     ap.add_argument("--tiny", action="store_true", help="a 2-layer model for smoke tests")
+    ap.add_argument("--max-files", type=int, default=None, help="use only the first N source files (smoke tests)")
     a = ap.parse_args(argv)
     from transformers import AutoModelForCausalLM
 
@@ -85,7 +87,7 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    train_txt, held_txt = corpus()
+    train_txt, held_txt = corpus(max_files=a.max_files)
     tok = train_tokenizer(train_txt, a.vocab, out)
     eos = tok.eos_token_id
     ids = []
