@@ -1,0 +1,79 @@
+"""Offline sweep of fused-MoE tiles on the device, to derive (and check) ``planner.plan_moe``'s rules.
+
+    python benchmark/tune_moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8]
+                                 [--tokens 1 16 64 256 1024 4096] [--arch-limit 101376]
+
+Every candidate (BLOCK_M/N/K, warps, stages) whose modelled shared memory fits ``--arch-limit``
+(101,376 B: what sm_120/121 allow, so an H100 sweep only times tiles that would also load there) is
+timed with CUDA-graph replay; rows record the best candidate and the planner's choice with their
+times, written to ``benchmark/results/<date>-<device>-tune-moe.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from _harness import bench_ms, environment, write_json  # noqa: E402
+from moe import _weights  # noqa: E402
+
+from sgl_kernel_sm12x import planner  # noqa: E402
+from sgl_kernel_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+
+
+def candidates(dtype, limit):
+    for bm, bn, bk, w, st in itertools.product((16, 32, 64, 128), (32, 64, 128, 256), (32, 64, 128, 256), (4, 8),
+                                               (2, 3, 4, 5)):
+        if dtype == "fp8_w8a8_block" and 128 % bk:
+            continue
+        cfg = planner.MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, w, st)
+        if planner.moe_gemm_smem(cfg, dtype) <= limit:
+            yield cfg
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8"])
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
+    ap.add_argument("--arch-limit", type=int, default=101376)
+    ap.add_argument("--max-candidates", type=int, default=400)
+    a = ap.parse_args(argv)
+    arch = planner.current_arch()
+    rows = []
+    for shape in a.shapes:
+        e, k, h, i = planner.MOE_SHAPES[shape]
+        for dtype in a.dtypes:
+            w1, w2, s1, s2, block = _weights(e, h, i, dtype, "cuda")
+            for t in a.tokens:
+                x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
+                tw, ti = torch.topk(torch.randn(t, e, device="cuda").softmax(-1), k)
+                plan = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=2 * i, k=h, tokens=t, top_k=k,
+                                        block_shape=block)
+                timed = []
+                for cfg in list(candidates(dtype, a.arch_limit))[: a.max_candidates]:
+                    try:
+                        ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
+                                                        block_shape=block, config=(cfg, cfg)), warmup=3, rep=10)
+                        timed.append((ms, cfg))
+                    except Exception:  # noqa: BLE001 -- out of resources etc.: not a candidate
+                        continue
+                timed.sort(key=lambda x: x[0])
+                plan_ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
+                                                     block_shape=block), warmup=3, rep=20)
+                best_ms, best = timed[0] if timed else (None, None)
+                rows.append(dict(shape=shape, dtype=dtype, tokens=t, planner=plan.as_dict(), planner_ms=plan_ms,
+                                 best=best.as_dict() if best else None, best_ms=best_ms,
+                                 top5=[(m, c.as_dict()) for m, c in timed[:5]]))
+                print(rows[-1]["shape"], dtype, t, "planner", round(plan_ms, 4), "best", best_ms, flush=True)
+    print(write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, **environment())))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
