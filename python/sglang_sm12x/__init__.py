@@ -38,6 +38,9 @@ def register() -> None:
     _hooks.register_backend_factory()
     _hooks.register_kv_access(rel)
     _hooks.register_argument_hooks(rel)
-    moe_runner.register(rel)
+    try:        # the attention backend must not depend on the MoE extension points
+        moe_runner.register(rel)
+    except Exception:  # noqa: BLE001 -- logged; --moe-runner-backend sm12x is then unavailable
+        logger.exception("sglang-sm12x: MoE runner registration failed; attention backend unaffected")
     _registered = True
     logger.info("sglang-sm12x: attention backend %r registered (SGLang %s)", BACKEND, rel)
