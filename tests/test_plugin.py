@@ -216,10 +216,10 @@ def test_backend_extend_chunked_then_decode(kv, page):
     lay = [_layer(i, hq, hkv, d, kv) for i in range(layers)]
     orig_kv = {}            # (layer, row, pos) -> original bf16 k, v
 
-    def run_extend(prefix, ext):
+    def run_extend(prefix, ext, mode=ForwardMode.EXTEND):
         seq = [p + e for p, e in zip(prefix, ext)]
         loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=ForwardMode.EXTEND, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
+        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
                           device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
                           seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
                           extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
@@ -231,7 +231,7 @@ def test_backend_extend_chunked_then_decode(kv, page):
             k = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16) * 1.5
             v = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
             o = torch.full((sum(ext), hq * d), float("nan"), dtype=torch.bfloat16)
-            o = be.forward_extend(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            o = be.forward(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)       # SGLang's dispatch by mode
             assert o.shape == (sum(ext), hq * d)
             t0 = 0
             for i, (r, p, e) in enumerate(zip(rows.tolist(), prefix, ext)):
@@ -246,7 +246,8 @@ def test_backend_extend_chunked_then_decode(kv, page):
         return seq
 
     seq = run_extend([0] * bs, first)
-    seq = run_extend(first, second)
+    # a mixed batch: request 1 extends by one token (a decode riding in the prefill batch)
+    seq = run_extend(first, second, ForwardMode.MIXED)
     # decode: one token per request, read entirely from the pool
     seq = [s + 1 for s in seq]
     loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
