@@ -281,6 +281,31 @@ def test_backend_rejects_unsupported_page_size():
         Sm12xAttnBackend(runner)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(model_config=SimpleNamespace(context_len=8, head_dim=80)), "head_dim"),
+    (dict(spec_algorithm=SimpleNamespace(is_none=lambda: False)), "speculative"),
+])
+def test_backend_refuses_at_start_what_it_cannot_serve(kw, match):
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    pool = SimpleNamespace(k_buffer=[], v_buffer=[])
+    base = dict(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 1)), token_to_kv_pool=pool,
+                page_size=1, kv_cache_dtype=torch.bfloat16, model_config=SimpleNamespace(context_len=8, head_dim=128))
+    base.update(kw)
+    with pytest.raises(ValueError, match=match):
+        Sm12xAttnBackend(_Runner(**base))
+
+
+def test_backend_refuses_sliding_window_pools():
+    from sglang_sm12x.backend import check_runner
+
+    class SWAKVPool:
+        k_buffer = v_buffer = []
+
+    with pytest.raises(ValueError, match="SWAKVPool"):
+        check_runner(SimpleNamespace(model_config=None), SWAKVPool())
+
+
 def test_backend_rejects_unsupported_kv_dtype():
     from sglang_sm12x.backend import kv_dtype_name
 

@@ -72,6 +72,25 @@ def kv_dtype_name(kv_cache_dtype, pool) -> str:
     return names[kv_cache_dtype]
 
 
+def check_runner(model_runner, pool) -> None:
+    """What this backend cannot serve, refused at start-up with the reason (not mid-request)."""
+    if not all(hasattr(pool, a) for a in ("k_buffer", "v_buffer")) or type(pool).__name__.startswith(("SWA", "Hybrid")):
+        raise ValueError(f"--attention-backend sm12x needs SGLang's MHA token-to-KV pool; this model uses "
+                         f"{type(pool).__name__} (sliding-window or hybrid pools are not supported yet)")
+    spec = getattr(model_runner, "spec_algorithm", None)
+    if spec is not None and hasattr(spec, "is_none") and not spec.is_none():
+        raise ValueError("--attention-backend sm12x does not support speculative decoding yet "
+                         "(remove --speculative-algorithm, or choose another attention backend)")
+    cfg = getattr(model_runner, "model_config", None)
+    d = getattr(cfg, "head_dim", None)
+    if d and d not in planner.HEAD_DIMS:
+        raise ValueError(f"--attention-backend sm12x supports head_dim {list(planner.HEAD_DIMS)}; this model "
+                         f"has head_dim {d}")
+    v = getattr(cfg, "v_head_dim", None)
+    if d and isinstance(v, int) and v not in (0, d):
+        raise ValueError(f"--attention-backend sm12x needs equal q/k and v head dims; this model has {d} and {v}")
+
+
 def _arch(device) -> int:
     if torch.device(device).type == "cuda":
         return planner.current_arch(torch.device(device))
@@ -92,6 +111,7 @@ class Sm12xAttnBackend(AttentionBackend):
         if self.page_size not in planner.PAGE_SIZES:
             raise ValueError(f"--page-size {self.page_size} is not supported by --attention-backend sm12x; "
                              f"supported: {list(planner.PAGE_SIZES)}")
+        check_runner(model_runner, self.pool)
         self.kv_dtype = kv_dtype_name(model_runner.kv_cache_dtype, self.pool)
         self.kv_cache_dtype = model_runner.kv_cache_dtype
         self.data_type = model_runner.dtype if hasattr(model_runner, "dtype") else None
