@@ -26,9 +26,10 @@ KERNELS = {
     "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
+    "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
-CASES = {"decode_reduce": "aot_cases_reduce"}
+CASES = {"decode_reduce": "aot_cases_reduce", "moe_silu_mul": "aot_cases_silu"}
 
 
 @dataclass

@@ -190,3 +190,16 @@ def test_plan_moe_rejects_fp8_before_sm89_and_fits_everywhere():
             assert planner.moe_gemm_smem(cfg, inp["dtype"]) <= planner.arch_limits(arch).smem_per_block
             if inp["dtype"] == "fp8_w8a8_block":
                 assert 128 % cfg.block_k == 0, "one block scale per K step"
+
+
+@pytest.mark.parametrize("rows,inter", [(1, 96), (7, 1100)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_mul_matches_torch(rows, inter, dtype, device):
+    from sgl_kernel_sm12x.moe.fused_moe import silu_mul
+
+    x = torch.randn(rows, 2 * inter, dtype=dtype, device=device) * 3
+    got = silu_mul(x).float().cpu()
+    g, u = x.float().cpu().split(inter, 1)
+    want = (torch.nn.functional.silu(g) * u).to(dtype).float()
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-2, rtol=2 ** -6), (got - want).abs().max()
