@@ -27,9 +27,10 @@ KERNELS = {
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
+    "moe_align": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
-CASES = {"decode_reduce": "aot_cases_reduce", "moe_silu_mul": "aot_cases_silu"}
+CASES = {"decode_reduce": "aot_cases_reduce", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align"}
 
 
 @dataclass

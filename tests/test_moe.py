@@ -6,7 +6,7 @@ import torch
 
 from conftest import HAS_CUDA
 from sgl_kernel_sm12x import planner
-from sgl_kernel_sm12x.moe.fused_moe import moe_align, moe_gemm, fused_moe
+from sgl_kernel_sm12x.moe.fused_moe import moe_align, moe_align_torch, moe_gemm, fused_moe
 
 DEV = "cuda" if HAS_CUDA else "cpu"
 # name: (E, top_k, hidden, intermediate) -- real shapes; the interpreter uses SMALL
@@ -203,3 +203,14 @@ def test_silu_mul_matches_torch(rows, inter, dtype, device):
     want = (torch.nn.functional.silu(g) * u).to(dtype).float()
     assert got.shape == want.shape
     assert torch.allclose(got, want, atol=1e-2, rtol=2 ** -6), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("e,k,t,block_m", [(128, 8, 1, 16), (8, 2, 37, 64), (32, 4, 300, 32), (256, 8, 5, 16)])
+def test_align_kernel_equals_the_torch_path(e, k, t, block_m, device):
+    ti = torch.stack([torch.randperm(e)[:k] for _ in range(t)]).to(device)
+    a = moe_align(ti, e, block_m)
+    b = moe_align_torch(ti, e, block_m)
+    assert int(a[2].item()) == int(b[2].item())
+    n_pad = int(b[2].item())
+    assert torch.equal(a[0].cpu()[:n_pad], b[0].cpu()[:n_pad])
+    assert torch.equal(a[1].cpu()[: n_pad // block_m], b[1].cpu()[: n_pad // block_m])

@@ -142,13 +142,87 @@ def _fail(name, msg):
     raise ValueError(f"{name}: {msg}")
 
 
+@triton.jit
+def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, cap, num_experts,
+                     E_P: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """One program: count pairs per expert, pad each run to BLOCK_M, list the pairs expert by expert
+    (stable: by pair index within an expert) and the expert of every BLOCK_M block. For the small
+    pair counts of decode and short prefill, where launch count matters more than parallelism."""
+    offs_e = tl.arange(0, E_P)
+    lane = tl.arange(0, CHUNK)
+    counts = tl.zeros([E_P], tl.int32)
+    for i0 in range(0, n, CHUNK):
+        ids = tl.load(topk_ids_ptr + i0 + lane, mask=i0 + lane < n, other=-1)
+        counts += tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, 0)
+    tl.store(num_post_pad_ptr, tl.sum(padded, 0))
+    fill = tl.full([CHUNK], 0, tl.int32) + n
+    for j0 in range(0, cap, CHUNK):
+        tl.store(sorted_ids_ptr + j0 + lane, fill, mask=j0 + lane < cap)
+    nblk = cap // BLOCK_M
+    for b0 in range(0, nblk, CHUNK):
+        b = b0 + lane
+        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), 1)
+        tl.store(expert_ids_ptr + b, tl.minimum(e, num_experts - 1), mask=b < nblk)
+    tl.debug_barrier()                    # the padding fill lands before the pair ids
+    cursor = ends - padded
+    before = lane[None, :] < lane[:, None]
+    for i0 in range(0, n, CHUNK):
+        m = i0 + lane < n
+        ids = tl.load(topk_ids_ptr + i0 + lane, mask=m, other=-1)
+        onehot = ids[:, None] == offs_e[None, :]
+        base = tl.sum(tl.where(onehot, cursor[None, :], 0), 1)
+        rank = tl.sum(((ids[:, None] == ids[None, :]) & before).to(tl.int32), 1)
+        tl.store(sorted_ids_ptr + base + rank, (i0 + lane).to(tl.int32), mask=m)
+        cursor += tl.sum(onehot.to(tl.int32), 0)
+
+
+SMALL_ALIGN_PAIRS = 4096
+
+
+def align_chunk(e_p: int) -> int:
+    """Pairs per step of :func:`moe_align_kernel`: its (pairs x experts) masks hold 4,096 lanes
+    (8,192 put E = 128 at 227 registers on sm_120)."""
+    return min(64, max(8, 4096 // e_p))
+
+
+def aot_cases_align(arch: int):
+    for e_p in (16, 32, 64, 128, 256, 512, 1024):
+        for bm in (16, 32, 64, 128):
+            sig = {"topk_ids_ptr": "*i32", "n": "i32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
+                   "num_post_pad_ptr": "*i32", "cap": "i32", "num_experts": "i32"}
+            cx = dict(E_P=e_p, BLOCK_M=bm, CHUNK=align_chunk(e_p))
+            yield dict(experts_pow2=e_p, block_m=bm, chunk=cx["CHUNK"], num_warps=4), sig, cx, \
+                {"num_warps": 4, "num_stages": 1}
+
+
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """Sort the (token, slot) pairs by expert, each expert's run padded to ``block_m`` rows, on the
     device without a host sync (sizes are the worst case; the kernel reads the real count).
+    Up to ``SMALL_ALIGN_PAIRS`` pairs one Triton program does it in one launch; above, torch ops.
 
     Returns ``sorted_ids`` (padding = number of pairs), ``expert_ids`` per BLOCK_M block and
     ``num_post_pad`` (1,) int32.
     """
+    n = topk_ids.numel()
+    if n <= SMALL_ALIGN_PAIRS and num_experts <= 1024:
+        dev = topk_ids.device
+        cap = ((n + num_experts * (block_m - 1)) + block_m - 1) // block_m * block_m
+        sorted_ids = torch.empty(cap, dtype=torch.int32, device=dev)
+        expert_ids = torch.empty(cap // block_m, dtype=torch.int32, device=dev)
+        num_post_pad = torch.empty(1, dtype=torch.int32, device=dev)
+        e_p = max(16, triton.next_power_of_2(num_experts))
+        chunk = align_chunk(e_p)
+        moe_align_kernel[(1,)](topk_ids_ptr=topk_ids.reshape(-1).to(torch.int32), n=n, sorted_ids_ptr=sorted_ids,
+                               expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad, cap=cap,
+                               num_experts=num_experts, E_P=e_p, BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
+        return sorted_ids, expert_ids, num_post_pad
+    return moe_align_torch(topk_ids, num_experts, block_m)
+
+
+def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """:func:`moe_align` in torch ops (any size; stable order)."""
     flat = topk_ids.flatten().to(torch.int64)
     n = flat.numel()
     dev = flat.device
