@@ -226,7 +226,8 @@ def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     flat = topk_ids.flatten().to(torch.int64)
     n = flat.numel()
     dev = flat.device
-    counts = torch.bincount(flat, minlength=num_experts)[:num_experts]
+    # scatter_add, not bincount: bincount sizes its output from the data (a host sync; no CUDA graph)
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev).scatter_add_(0, flat, torch.ones_like(flat))
     padded = (counts + block_m - 1) // block_m * block_m
     ends = torch.cumsum(padded, 0)
     starts = ends - padded
