@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
         for c, h in cmds.items():
-            print(f"  {c:<8} {h}")
+            print(f"  {c:<14} {h}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "budget":
