@@ -367,3 +367,47 @@ def test_gpu_backend_decode_cuda_graph_replay(kv, page):
         torch.cuda.synchronize()
         assert torch.equal(out, want), f"{kv} page {page} lens {lens}: replay differs from eager " \
             f"(max {(out.float() - want.float()).abs().max().item()})"
+
+
+# ------------------------------------------------------------------------------------------------
+# the SGLang 0.5.17 hooks, on stand-ins for the 0.5.17 objects (the device runs real 0.5.17)
+# ------------------------------------------------------------------------------------------------
+
+def test_0517_kv4_gate_lets_sm12x_nvfp4_through_and_only_it():
+    calls = []
+
+    def original(self):
+        calls.append(self)
+        raise RuntimeError("--kv-cache-dtype=nvfp4 requires Blackwell SM100 or SM120")
+
+    def args(backend, kv="nvfp4", mla=False):
+        return SimpleNamespace(kv_cache_dtype=kv, _resolved_attention_backends=lambda: (backend, backend),
+                               use_mla_backend=lambda: mla)
+
+    assert _hooks.kv4_compatibility_0517(original, args("sm12x")) is None and not calls
+    with pytest.raises(RuntimeError, match="Blackwell"):
+        _hooks.kv4_compatibility_0517(original, args("triton"))
+    with pytest.raises(ValueError, match="MLA"):
+        _hooks.kv4_compatibility_0517(original, args("sm12x", mla=True))
+
+
+def test_0517_cell_size_gives_back_the_fp8_workspace(monkeypatch):
+    import sglang.srt.runtime_context as rc
+
+    monkeypatch.setattr(rc, "get_parallel", lambda: SimpleNamespace(attn_tp_size=1))
+    heads, d, layers = 8, 128, 36
+    per_layer = heads * (d // 2 + d // 16) * 2          # nvfp4 data + scales, K and V, bytes
+    workspace = heads * d * 2                           # what 0.5.17 adds: FP8 K and V once per token
+
+    def original(self, kvc, num_layers):
+        return per_layer * num_layers + workspace
+
+    def kvc(backend):
+        return SimpleNamespace(kv_cache_dtype_str="nvfp4", use_mla_backend=False, kv_cache_dtype=torch.uint8,
+                               server_args=SimpleNamespace(get_attention_backends=lambda: (backend, backend)),
+                               model_config=SimpleNamespace(get_num_kv_heads=lambda tp: heads, head_dim=d))
+
+    assert _hooks.cell_size_0517(original, None, kvc("sm12x"), layers) == per_layer * layers
+    assert _hooks.cell_size_0517(original, None, kvc("flashinfer"), layers) == per_layer * layers + workspace
+    bf16 = heads * d * 2 * 2 * layers
+    assert bf16 / (per_layer * layers) >= 3.55

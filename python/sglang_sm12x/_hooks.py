@@ -142,32 +142,36 @@ def _add_resolution_hook(resolution_hooks, name, fn):
     resolution_hooks.register_resolution_hook(name)(fn)
 
 
+def kv4_compatibility_0517(original, self, *args, **kwargs):
+    """AROUND ``ServerArgs._handle_kv4_compatibility`` (0.5.17): sm12x + nvfp4 passes on any CUDA arch."""
+    if self.kv_cache_dtype == "nvfp4" and uses_sm12x(*self._resolved_attention_backends()):
+        check_sm12x_kv(self.kv_cache_dtype, self.use_mla_backend())
+        return None
+    return original(self, *args, **kwargs)
+
+
+def cell_size_0517(original, self, kvc, num_layers, *args, **kwargs):
+    """AROUND ``DefaultPoolConfigurator._compute_cell_size`` (0.5.17): that version sizes every NVFP4
+    pool with one shared FP8 dequant workspace (K and V, one byte per element) per token; sm12x
+    allocates none, so the pool gets that memory back."""
+    size = original(self, kvc, num_layers, *args, **kwargs)
+    if getattr(kvc, "kv_cache_dtype_str", None) == "nvfp4" and not kvc.use_mla_backend \
+            and uses_sm12x(*kvc.server_args.get_attention_backends()):
+        from sglang.srt.runtime_context import get_parallel
+
+        n = kvc.model_config.get_num_kv_heads(get_parallel().attn_tp_size)
+        size -= n * kvc.model_config.head_dim * 2 * torch_element_size(kvc.kv_cache_dtype)
+    return size
+
+
 def _register_0517() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    def kv4_compatibility(original, self, *args, **kwargs):
-        if self.kv_cache_dtype == "nvfp4" and uses_sm12x(*self._resolved_attention_backends()):
-            check_sm12x_kv(self.kv_cache_dtype, self.use_mla_backend())
-            return None
-        return original(self, *args, **kwargs)
-
     _register_once(HookRegistry, HookType, "sglang.srt.server_args.ServerArgs._handle_kv4_compatibility",
-                   kv4_compatibility)
-
-    def cell_size(original, self, kvc, num_layers, *args, **kwargs):
-        """0.5.17 sizes every NVFP4 pool with one shared FP8 dequant workspace (K and V, one byte
-        per element) per token; sm12x allocates none, so the pool gets that memory back."""
-        size = original(self, kvc, num_layers, *args, **kwargs)
-        if getattr(kvc, "kv_cache_dtype_str", None) == "nvfp4" and not kvc.use_mla_backend \
-                and uses_sm12x(*kvc.server_args.get_attention_backends()):
-            from sglang.srt.runtime_context import get_parallel
-
-            n = kvc.model_config.get_num_kv_heads(get_parallel().attn_tp_size)
-            size -= n * kvc.model_config.head_dim * 2 * torch_element_size(kvc.kv_cache_dtype)
-        return size
-
+                   kv4_compatibility_0517)
     _register_once(HookRegistry, HookType,
-                   "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size", cell_size)
+                   "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
+                   cell_size_0517)
 
 
 def torch_element_size(dtype) -> int:
