@@ -467,6 +467,27 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
     return cfg
 
 
+def fit_moe_config(arch: int, cfg: MoeConfig, dtype: str):
+    """A user-supplied tile for this project's MoE kernel, made to fit ``arch``: ``(config, reason)``
+    with ``reason`` None when it already fits. Stages first, then BLOCK_N, then BLOCK_K; BLOCK_M is
+    kept (both GEMMs share one alignment)."""
+    lim = arch_limits(arch).smem_per_block
+    out = cfg
+    while moe_gemm_smem(out, dtype) > lim:
+        if out.num_stages > 2:
+            out = MoeConfig(out.block_m, out.block_n, out.block_k, out.group_m, out.num_warps, out.num_stages - 1)
+        elif out.block_n > 16:
+            out = MoeConfig(out.block_m, out.block_n // 2, out.block_k, out.group_m, out.num_warps, out.num_stages)
+        elif out.block_k > 16:
+            out = MoeConfig(out.block_m, out.block_n, out.block_k // 2, out.group_m, out.num_warps, out.num_stages)
+        else:
+            raise ValueError(f"config: {cfg} cannot fit sm_{arch}'s {lim} B of shared memory")
+    if out == cfg:
+        return cfg, None
+    return out, (f"fused-MoE tile {_moe_str(cfg.as_dict())} needs {moe_gemm_smem(cfg, dtype):,} B of shared memory, "
+                 f"over sm_{arch}'s {lim:,} B; using {_moe_str(out.as_dict())} ({moe_gemm_smem(out, dtype):,} B)")
+
+
 def moe_domain():
     """Every input class :func:`plan_moe` distinguishes (for ``sm12x budget`` and the tests)."""
     for dtype in MOE_DTYPES:

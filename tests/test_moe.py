@@ -239,3 +239,18 @@ def test_gpu_fused_moe_cuda_graph_replay(tokens):
         want = fused_moe(x, w1, w2, tw, ti)
         torch.cuda.synchronize()
         assert torch.equal(out, want)
+
+
+def test_oversized_user_tile_is_fitted_with_a_warning(device, caplog):
+    big = planner.MoeConfig(128, 256, 256, 8, 8, 5)       # 4 x (128*256 + 256*256) * 2 B = 786,432 B
+    fitted, reason = planner.fit_moe_config(120, big, "bf16")
+    assert fitted.block_m == 128 and planner.moe_gemm_smem(fitted, "bf16") <= 101376
+    assert "786,432" in reason and "using" in reason
+    assert planner.fit_moe_config(120, fitted, "bf16") == (fitted, None)
+    x, w1, w2, tw, ti = _inputs((8, 2, 64, 32), 3, torch.bfloat16)
+    with caplog.at_level("WARNING"):
+        out = fused_moe(x.to(device), w1.to(device), w2.to(device), tw.to(device), ti.to(device),
+                        arch=120, config=(big, big))
+    assert "786,432" in caplog.text
+    ref = reference(x, w1.float(), w2.float(), tw, ti, torch.bfloat16)
+    assert (out.float().cpu() - ref).abs().max() <= 0.04 * ref.abs().max()

@@ -13,6 +13,7 @@ them). Tile configurations come from :func:`sgl_kernel_sm12x.planner.plan_moe`.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -371,6 +372,13 @@ def fused_moe(
         c1, c2 = config
         if c1.block_m != c2.block_m:
             _fail("config", "both GEMMs share one alignment: block_m must match")
+        fitted = []
+        for c in (c1, c2):
+            c, reason = planner.fit_moe_config(arch, c, dtype)
+            if reason:
+                logging.getLogger(__name__).warning(reason)
+            fitted.append(c)
+        c1, c2 = fitted
     sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, e, c1.block_m)
     pairs = tokens * top_k
     w1b = w1.view(torch.uint8) if fp8_w else w1
