@@ -66,6 +66,23 @@ def ptxas_compiles(arch: int) -> tuple[bool, str]:
         return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
 
 
+def _smem_check(info) -> Check:
+    """The planner sizes every tile against a per-capability limit table; the card must agree."""
+    from .planner import ARCH_LIMITS
+
+    lim = ARCH_LIMITS.get(info["capability"])
+    if lim is None:
+        return Check("smem limit", "FAIL", f"{_arch_name(info['capability'])} is not in the planner's table "
+                                           f"(known: {sorted(ARCH_LIMITS)}); tiles cannot be sized for it")
+    got = info.get("smem_optin")
+    if got is None:
+        return Check("smem limit", "skip", "torch does not report shared_memory_per_block_optin")
+    if got < lim.smem_per_block:
+        return Check("smem limit", "FAIL", f"the GPU allows {got} B per block, the planner assumes "
+                                           f"{lim.smem_per_block} B for {lim.name}: tiles could fail to load")
+    return Check("smem limit", "ok", f"planner limit {lim.smem_per_block} B <= the GPU's {got} B")
+
+
 def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, probe=ptxas_compiles) -> list[Check]:
     from importlib.metadata import PackageNotFoundError, entry_points, version
 
@@ -81,6 +98,7 @@ def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, p
     else:
         out.append(Check("gpu", "ok", f"{info['name']} x{info.get('count', 1)}: {_arch_name(info['capability'])}, "
                                       f"{info['sms']} SMs, {info['smem_optin']} B shared memory per block"))
+        out.append(_smem_check(info))
     if want is None:
         out.append(Check("image arch", "skip", "not a sm12x image (SM12X_IMAGE_ARCH unset, no --expect-arch)"))
     elif info is None:

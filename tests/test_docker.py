@@ -155,3 +155,15 @@ def test_gpu_doctor_on_a_non_sm12x_gpu_says_so():
     assert "Traceback" not in r.stderr, r.stderr
     if HAS_CUDA and "(12" not in r.stdout:
         assert r.returncode == 1 and "built for SM120" in r.stdout, r.stdout
+
+
+def test_doctor_checks_the_planner_shared_memory_table():
+    ok = dict(name="NVIDIA GeForce RTX 5090", capability=120, sms=170, smem_optin=101376)
+    c = _status(doctor.run_checks(expect_arch=120, gpu=ok, probe=_ok_probe), "smem limit")
+    assert c.status == "ok"
+    small = dict(ok, smem_optin=96 * 1024)
+    c = _status(doctor.run_checks(expect_arch=120, gpu=small, probe=_ok_probe), "smem limit")
+    assert c.status == "FAIL" and "101376" in c.detail
+    unknown = dict(ok, capability=75, name="Tesla T4")
+    c = _status(doctor.run_checks(gpu=unknown, probe=_ok_probe), "smem limit")
+    assert c.status == "FAIL" and "not in the planner" in c.detail
