@@ -158,6 +158,14 @@ def markdown(rows) -> str:
     return "\n".join(out) + "\n"
 
 
+def _save(plt, fig, prefix: Path, name: str) -> Path:
+    fig.tight_layout()
+    p = prefix.with_name(f"{prefix.name}-{name}.png")
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
+
+
 def plots(rows, prefix: Path) -> list[Path]:
     """PNG plots next to ``prefix``: throughput vs concurrency, KV capacity, TPOT vs context."""
     import matplotlib
@@ -180,11 +188,7 @@ def plots(rows, prefix: Path) -> list[Path]:
         ax.set(xscale="log", xlabel="max concurrency", ylabel="output tok/s", title=f"{m}, {main_in} in")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = prefix.with_name(prefix.name + "-throughput.png")
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(plt, fig, prefix, "throughput"))
 
     caps = {}
     for r in rows:
@@ -196,11 +200,7 @@ def plots(rows, prefix: Path) -> list[Path]:
         ax.bar(range(len(caps)), list(caps.values()), color="tab:blue")
         ax.set_xticks(range(len(caps)), labels, fontsize=8)
         ax.set(ylabel="KV pool tokens", title="KV capacity per dtype (same --mem-fraction-static)")
-        fig.tight_layout()
-        p = prefix.with_name(prefix.name + "-capacity.png")
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(plt, fig, prefix, "capacity"))
 
     lc = max((r["concurrency"] for r in ok if r["input_len"] != main_in), default=None)
     if lc is not None:
@@ -213,11 +213,7 @@ def plots(rows, prefix: Path) -> list[Path]:
         ax.set(xscale="log", xlabel="input tokens", ylabel="median TPOT (ms)", title=f"TPOT vs context, concurrency {lc}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = prefix.with_name(prefix.name + "-tpot-context.png")
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(plt, fig, prefix, "tpot-context"))
     return paths
 
 

@@ -20,7 +20,8 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 
-SUPPORTED_SGLANG = ("0.5.23", "0.5.17")
+from .sglang_versions import SUPPORTED, release
+
 ARCH_NAMES = {120: "SM120 (RTX 5090 / RTX PRO 6000)", 121: "SM121 (DGX Spark / GB10)", 90: "SM90 (H100/H200)",
               100: "SM100 (B200)", 89: "SM89 (Ada)", 86: "SM86 (Ampere)", 80: "SM80 (A100)"}
 
@@ -125,11 +126,9 @@ def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, p
         out.append(Check("triton", "FAIL", "Triton is not installed"))
     try:
         sv = version("sglang")
-        rel = ".".join(sv.split("+")[0].split(".")[:3])
-        rel = ".".join("".join(ch for ch in part if ch.isdigit()) or "0" for part in rel.split("."))
-        out.append(Check("sglang", "ok" if rel in SUPPORTED_SGLANG else "FAIL",
-                         f"SGLang {sv}" + ("" if rel in SUPPORTED_SGLANG else
-                                           f"; the plugin supports {', '.join(SUPPORTED_SGLANG)}")))
+        ok = release(sv) in SUPPORTED
+        out.append(Check("sglang", "ok" if ok else "FAIL",
+                         f"SGLang {sv}" + ("" if ok else f"; the plugin supports {', '.join(SUPPORTED)}")))
     except PackageNotFoundError:
         out.append(Check("sglang", "FAIL", "SGLang is not installed"))
     eps = [ep for ep in entry_points(group="sglang.srt.plugins") if ep.name == "sm12x"]

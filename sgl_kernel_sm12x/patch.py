@@ -29,6 +29,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .sglang_versions import release
+
 STATE_DIR = ".sm12x-patches"
 
 
@@ -46,14 +48,6 @@ def patches_root() -> Path:
 
 def available_versions() -> list[str]:
     return sorted(p.name.split("-", 1)[1] for p in patches_root().glob("sglang-*") if (p / "series").exists())
-
-
-def release(v: str) -> str:
-    out = []
-    for part in v.split("+")[0].split(".")[:3]:
-        m = re.match(r"\d*", part)
-        out.append(m.group(0) or "0")
-    return ".".join(out)
 
 
 def find_sglang_dir(sglang_dir: str | None) -> Path:
@@ -204,12 +198,18 @@ def _replace(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def apply(s: Series, dry_run: bool = False, out=print) -> int:
+def _refuse_conflicts(s: Series, out) -> bool:
+    """Report every conflicting patch; True when there is one (apply and revert then change nothing)."""
     bad = [p for p in s.patches if p.state == "conflicting"]
+    for p in bad:
+        out(f"refusing: {p.name} conflicts: " + "; ".join(p.detail))
     if bad:
-        for p in bad:
-            out(f"refusing: {p.name} conflicts: " + "; ".join(p.detail))
         out("nothing was changed")
+    return bool(bad)
+
+
+def apply(s: Series, dry_run: bool = False, out=print) -> int:
+    if _refuse_conflicts(s, out):
         return 1
     pending = [p for p in s.patches if p.state == "not applied"]
     if not pending:
@@ -250,11 +250,7 @@ def apply(s: Series, dry_run: bool = False, out=print) -> int:
 
 
 def revert(s: Series, dry_run: bool = False, out=print) -> int:
-    bad = [p for p in s.patches if p.state == "conflicting"]
-    if bad:
-        for p in bad:
-            out(f"refusing: {p.name} conflicts: " + "; ".join(p.detail))
-        out("nothing was changed")
+    if _refuse_conflicts(s, out):
         return 1
     applied = [p for p in s.patches if p.state == "applied"]
     if not applied:

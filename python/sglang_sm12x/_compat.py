@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-SUPPORTED = ("0.5.23", "0.5.17")
+from sgl_kernel_sm12x.sglang_versions import SUPPORTED, release  # noqa: F401 -- one definition
 
 
 class UnsupportedSGLang(RuntimeError):
@@ -23,19 +23,6 @@ def sglang_version() -> str:
         import sglang
 
         return getattr(sglang, "__version__", "unknown")
-
-
-def release(v: str) -> str:
-    """'0.5.23.post1' / '0.5.23rc0' / '0.5.23+cu130' -> '0.5.23'."""
-    out = []
-    for part in v.split("+")[0].split(".")[:3]:
-        digits = ""
-        for ch in part:
-            if not ch.isdigit():
-                break
-            digits += ch
-        out.append(digits or "0")
-    return ".".join(out)
 
 
 def check(v: str | None = None) -> str:

@@ -26,7 +26,7 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from sgl_kernel_sm12x import planner
-from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
+from sgl_kernel_sm12x.attention.decode import decode_attention
 from sgl_kernel_sm12x.attention.extend import extend_attention
 from sgl_kernel_sm12x.attention.indices import build_kv_indices
 from sgl_kernel_sm12x.kv_append import append_kv
@@ -50,8 +50,7 @@ class Sm12xMetadata:
     kv_indptr: torch.Tensor
     kv_indices: torch.Tensor
     seq_lens: Optional[torch.Tensor] = None          # decode
-    workspace: Optional[tuple] = None                # decode split buffers
-    max_splits: Optional[int] = None                 # decode, fixed per captured batch size
+    in_graph: bool = False                           # decode, built in the CUDA-graph buffers
     qo_indptr: Optional[torch.Tensor] = None         # extend
     prefix_lens: Optional[torch.Tensor] = None       # extend
     max_extend_len: int = 0                          # extend
@@ -206,7 +205,7 @@ class Sm12xAttnBackend(AttentionBackend):
         kv_indptr, kv_indices = build_kv_indices(
             self.req_to_token, fb.req_pool_indices[:bs], seq_lens, page_size=self.page_size,
             kv_indptr=cg["kv_indptr"], kv_indices=cg["kv_indices"])
-        self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens)
+        self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens, in_graph=True)
 
     def init_forward_metadata_in_graph(self, forward_batch):
         return None
@@ -282,7 +281,7 @@ class Sm12xAttnBackend(AttentionBackend):
         out = torch.empty_like(q3)
         ws = None
         cfg = None
-        if self._cg is not None and md.seq_lens is self._cg_seq_view(bs):
+        if md.in_graph:
             cfg = planner.plan_decode(self.arch, head_dim=d, kv_dtype=self.kv_dtype,
                                       q_dtype="bf16" if q3.dtype == torch.bfloat16 else "fp16",
                                       group=hq // hkv, page_size=self.page_size, batch=bs, kv_heads=hkv,
@@ -294,14 +293,3 @@ class Sm12xAttnBackend(AttentionBackend):
             sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
             window_left=self._window(layer), out=out, workspace=ws, arch=self.arch)
         return out.view(bs, hq * d)
-
-    def _cg_seq_view(self, bs):
-        """The graph buffer's seq_lens view, when the current metadata came from it."""
-        md = self.forward_metadata
-        if md is None or self._cg is None:
-            return None
-        base = self._cg["seq_lens"]
-        s = md.seq_lens
-        if s is not None and s.data_ptr() == base.data_ptr():
-            return s
-        return None

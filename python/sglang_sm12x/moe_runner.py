@@ -16,6 +16,8 @@ import logging
 
 import torch
 
+from ._hooks import _register_once
+
 BACKEND = "sm12x"
 logger = logging.getLogger(__name__)
 
@@ -109,11 +111,9 @@ def _register_runner() -> None:
             self.runner = MoeRunner(resolve_moe_runner_backend(BACKEND), moe_runner_config)
         return result
 
-    after_create.__sm12x__ = True
     for target in ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
                    "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner"):
-        if not any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())):
-            HookRegistry.register(target, after_create, HookType.AFTER)
+        _register_once(HookRegistry, HookType, target, after_create, HookType.AFTER)
 
 
 def sm12x_arch() -> int | None:
@@ -157,6 +157,4 @@ def _register_clamp_hook() -> None:
     def around(original, *args, **kwargs):
         return clamp_sglang_config(original(*args, **kwargs), args, kwargs)
 
-    around.__sm12x__ = True
-    if not any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())):
-        HookRegistry.register(target, around, HookType.AROUND)
+    _register_once(HookRegistry, HookType, target, around)

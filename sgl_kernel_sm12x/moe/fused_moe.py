@@ -385,18 +385,12 @@ def fused_moe(
     w2b = w2.view(torch.uint8) if fp8_w else w2
     q = QUANT[dtype]
     gk = block_shape[1] if q == 2 else None
-    if q:
-        a1, a1_s = _quant_fp8(hidden, gk)
-    else:
-        a1, a1_s = hidden, None
+    a1, a1_s = _quant_fp8(hidden, gk) if q else (hidden, None)
     inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(a1, w1b, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
              a_scale=a1_s, w_scale=w1_scale.float() if q else None, block_shape=block_shape)
     act = silu_mul(inter_out)
-    if q:
-        a2, a2_s = _quant_fp8(act, gk)
-    else:
-        a2, a2_s = act, None
+    a2, a2_s = _quant_fp8(act, gk) if q else (act, None)
     down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(a2, w2b, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
              a_scale=a2_s, w_scale=w2_scale.float() if q else None, topk_weights=topk_weights.float().flatten(),
