@@ -29,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgl_kernel_sm12x.serving import Server, bundled_model  # noqa: E402
 
+MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -165,15 +167,19 @@ def phase_nvfp4(args, res):
 
 def phase_serve(args, res):
     out = []
+    extra = args.serve_args.split()
     for model in args.models:
+        log = f"{args.logdir}/serve-{Path(model).name}.log"
         try:
-            with Server(model, "sm12x", "--load-format", "dummy", "--kv-cache-dtype", "nvfp4", port=args.port,
-                        log=f"{args.logdir}/serve-{Path(model).name}.log", mem_fraction=0.8) as s:
+            with Server(model, "sm12x", "--load-format", "dummy", "--kv-cache-dtype", "nvfp4", *extra, port=args.port,
+                        log=log, mem_fraction=0.8) as s:
                 b = bench(s, model, "random-ids", 100, RANDOM, f"{args.logdir}/serve-{Path(model).name}")
-                out.append({"model": Path(model).name, "startup_s": round(s.startup_s, 1), **b})
+                out.append({"model": Path(model).name, "server_args": extra, "startup_s": round(s.startup_s, 1), **b})
         except Exception as e:  # noqa: BLE001
-            out.append({"model": Path(model).name, "error": str(e)[-1500:]})
-    res["serve_nvfp4"] = out
+            out.append({"model": Path(model).name, "server_args": extra, "error": str(e)[-1500:]})
+        if "--moe-runner-backend" in extra and Path(log).exists():
+            out[-1]["sm12x_moe_runner_in_log"] = MOE_RUNNER_LOG_LINE in Path(log).read_text(errors="replace")
+    res["serve_nvfp4" if not extra else "serve_nvfp4_" + "_".join(a.lstrip("-") for a in extra)] = out
     res["failures"] = res.get("failures", 0) + sum(x.get("failed", 1) if "error" not in x else 100 for x in out)
 
 
@@ -213,6 +219,7 @@ def main(argv=None):
     ap.add_argument("--nvfp4-model", default=str(bundled_model()))
     ap.add_argument("--num-requests", type=int, default=500)
     ap.add_argument("--models", nargs="*", default=[])
+    ap.add_argument("--serve-args", default="", help="extra server arguments for --phase serve, one string")
     ap.add_argument("--tp-model", default=str(bundled_model()))
     ap.add_argument("--tp-layers", type=int, default=None)
     ap.add_argument("--tp-configs", nargs="+", type=lambda x: tuple(x.split(":")),

@@ -3,14 +3,17 @@
     python benchmark/tune_moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8]
                                  [--tokens 1 16 64 256 1024 4096] [--arch-limit 101376]
 
-Every candidate (BLOCK_M/N/K, warps, stages) whose modelled shared memory fits ``--arch-limit``
-(101,376 B: what sm_120/121 allow, so an H100 sweep only times tiles that would also load there) is
-timed with CUDA-graph replay; rows record the best candidate and the planner's choice with their
-times, written to ``benchmark/results/<date>-<device>-tune-moe.json``.
+By default the candidates are the planner's choice and its neighbours (each of BLOCK_M/N/K halved
+or doubled, the other warp count, one stage fewer or more): a local search that says whether a rule
+leaves speed behind. ``--full`` times the whole grid instead. Only tiles whose modelled shared
+memory fits ``--arch-limit`` (101,376 B: what sm_120/121 allow, so an H100 sweep only times tiles
+that would also load there) are timed, with CUDA-graph replay; rows record the best candidate and
+the planner's choice with their times, written to ``benchmark/results/<date>-<device>-tune-moe.json``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -24,6 +27,29 @@ from moe import _weights  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.moe.fused_moe import fused_moe  # noqa: E402
+
+
+def neighbours(plan, dtype, limit):
+    """The planner's tile and every tile one step away from it in one dimension."""
+    out = [plan]
+    fields = ("block_m", "block_n", "block_k", "num_warps", "num_stages")
+    steps = {"block_m": (0.5, 2), "block_n": (0.5, 2), "block_k": (0.5, 2), "num_warps": (0.5, 2),
+             "num_stages": (-1, 1)}
+    for f in fields:
+        for st in steps[f]:
+            d = dataclasses.asdict(plan)
+            v = d[f] + st if f == "num_stages" else int(d[f] * st)
+            if (f == "num_stages" and not 2 <= v <= 6) or (f != "num_stages" and not 16 <= v <= 256) or \
+                    (f == "num_warps" and v not in (4, 8)) or (f == "block_k" and dtype == "fp8_w8a8_block" and 128 % v):
+                continue
+            d[f] = v
+            if f == "block_m":
+                d["group_m"] = 8 if v >= 64 else 1
+            cfg = planner.MoeConfig(d["block_m"], d["block_n"], d["block_k"], d["group_m"], d["num_warps"],
+                                    d["num_stages"])
+            if planner.moe_gemm_smem(cfg, dtype) <= limit and cfg not in out:
+                out.append(cfg)
+    return out
 
 
 def candidates(dtype, limit):
@@ -43,8 +69,10 @@ def main(argv=None):
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
     ap.add_argument("--arch-limit", type=int, default=101376)
     ap.add_argument("--max-candidates", type=int, default=400)
+    ap.add_argument("--plan-arch", type=int, default=120, help="whose planner choice is the centre (default sm_120)")
+    ap.add_argument("--full", action="store_true", help="time the whole grid, not the planner's neighbourhood")
     a = ap.parse_args(argv)
-    arch = planner.current_arch()
+    arch = a.plan_arch
     rows = []
     for shape in a.shapes:
         e, k, h, i = planner.MOE_SHAPES[shape]
@@ -55,8 +83,11 @@ def main(argv=None):
                 tw, ti = torch.topk(torch.randn(t, e, device="cuda").softmax(-1), k)
                 plan = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=2 * i, k=h, tokens=t, top_k=k,
                                         block_shape=block)
+                plan_down = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=i, tokens=t, top_k=k,
+                                             block_shape=block)
                 timed = []
-                for cfg in list(candidates(dtype, a.arch_limit))[: a.max_candidates]:
+                cands = list(candidates(dtype, a.arch_limit)) if a.full else neighbours(plan, dtype, a.arch_limit)
+                for cfg in cands[: a.max_candidates]:
                     try:
                         ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
                                                         block_shape=block, config=(cfg, cfg)), warmup=3, rep=10)
@@ -65,13 +96,15 @@ def main(argv=None):
                         continue
                 timed.sort(key=lambda x: x[0])
                 plan_ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
-                                                     block_shape=block), warmup=3, rep=20)
+                                                     block_shape=block, config=(plan, plan_down)), warmup=3, rep=20)
                 best_ms, best = timed[0] if timed else (None, None)
-                rows.append(dict(shape=shape, dtype=dtype, tokens=t, planner=plan.as_dict(), planner_ms=plan_ms,
+                rows.append(dict(shape=shape, dtype=dtype, tokens=t, planner=plan.as_dict(), planner_down=plan_down.as_dict(),
+                                 planner_ms=plan_ms,
                                  best=best.as_dict() if best else None, best_ms=best_ms,
                                  top5=[(m, c.as_dict()) for m, c in timed[:5]]))
                 print(rows[-1]["shape"], dtype, t, "planner", round(plan_ms, 4), "best", best_ms, flush=True)
-    print(write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, **environment())))
+    print(write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, mode="full" if a.full else "neighbours",
+                                      **environment())))
     return 0
 
 

@@ -87,3 +87,78 @@ def test_clamp_hook_wraps_sglang_config_selection():
     from sglang.srt.layers.moe.moe_runner.triton_utils import fused_moe_triton_config as m
 
     assert getattr(m.try_get_optimal_moe_config, "__wrapped__", None) is not None
+
+
+# SGLang 0.5.17 has no runner registry: the flag is mapped to its Triton path and the Triton runner
+# each layer builds gets this project's core. Exercised here on 0.5.23's MoeRunner, whose run() has
+# the same run_from_dispatch contract; the device runs it inside real 0.5.17 (benchmark/e2e.py).
+
+def test_0517_flag_is_recorded_and_sglang_sees_triton(monkeypatch):
+    from types import SimpleNamespace
+
+    seen = []
+    original = lambda sa: seen.append(sa.moe_runner_backend)      # noqa: E731
+    sa = SimpleNamespace(moe_runner_backend="sm12x")
+    moe_runner.initialize_moe_config_0517(original, sa)
+    assert seen == ["triton"] and sa.moe_runner_backend == "sm12x" and moe_runner._selected_0517
+    moe_runner.initialize_moe_config_0517(original, SimpleNamespace(moe_runner_backend="auto"))
+    assert seen == ["triton", "auto"] and not moe_runner._selected_0517
+
+
+@pytest.mark.parametrize("selected", [True, False])
+def test_0517_triton_runner_gets_the_sm12x_core(monkeypatch, selected):
+    from types import SimpleNamespace
+
+    from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+    from sglang.srt.layers.moe.moe_runner.runner import MoeRunner
+    from sglang.srt.layers.moe.moe_runner.triton import TritonMoeQuantInfo
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+    from sglang.srt.layers.moe.utils import MoeRunnerBackend
+
+    x, w1, w2, tw, ti = _inputs((8, 2, 128, 64), 7, torch.bfloat16)
+    e = w1.shape[0]
+    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, hidden_size=x.shape[1],
+                          intermediate_size_per_partition=w2.shape[2], top_k=ti.shape[1])
+    method = SimpleNamespace(runner=MoeRunner(MoeRunnerBackend.TRITON, cfg))
+    before = method.runner.runner_core
+    monkeypatch.setattr(moe_runner, "_selected_0517", selected)
+    assert moe_runner.after_create_0517("result", method, None, cfg) == "result"
+    core = method.runner.runner_core
+    if not selected:
+        assert core is before
+        return
+    assert type(core).__name__ == "Sm12xMoeRunnerCore" and method.runner.fused_func is None
+    assert core.runner_backend == MoeRunnerBackend.TRITON
+    disp = StandardDispatchOutput(x, None, StandardTopKOutput(tw, ti, torch.zeros(x.shape[0], e)))
+    # 0.5.17's MoeRunner.run dispatches on hasattr(core, "run_from_dispatch") (pinned below)
+    out = core.run_from_dispatch(disp, TritonMoeQuantInfo(w13_weight=w1, w2_weight=w2), cfg).hidden_states
+    ref = reference(x, w1.float(), w2.float(), tw, ti, torch.bfloat16)
+    assert (out.float() - ref).abs().max() <= 0.03 * ref.abs().max()
+
+
+def test_0517_runner_contract_in_the_released_wheel():
+    """What the 0.5.17 path relies on, read from the released 0.5.17 sources."""
+    import zipfile
+
+    from test_patch import _wheel
+
+    with zipfile.ZipFile(_wheel("0.5.17")) as z:
+        runner = z.read("sglang/srt/layers/moe/moe_runner/runner.py").decode()
+        utils = z.read("sglang/srt/layers/moe/utils.py").decode()
+        args = z.read("sglang/srt/server_args.py").decode()
+    assert 'hasattr(self.runner_core, "run_from_dispatch")' in runner
+    assert "if self.fused_func is not None" in runner
+    assert "def initialize_moe_config(server_args" in utils
+    assert "moe.runner_backend = MoeRunnerBackend(server_args.moe_runner_backend)" in utils
+    assert "def add_moe_runner_backend_choices(choices)" in args
+
+
+def test_e2e_greps_the_runner_log_line():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("e2e", Path(__file__).resolve().parents[1] / "benchmark" / "e2e.py")
+    e2e = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(e2e)
+    assert e2e.MOE_RUNNER_LOG_LINE == moe_runner.LOG_LINE

@@ -3,7 +3,9 @@ the SM12x shared-memory clamp of SGLang's own Triton MoE configs.
 
 SGLang 0.5.23 lets an extension register a runner core (``register_moe_runner_core``); the
 unquantized and FP8 MoE methods build their runner for the Triton backend, so the plugin swaps in
-``sm12x`` after ``create_moe_runner`` when that backend is selected. Their quant info
+``sm12x`` after ``create_moe_runner`` when that backend is selected. SGLang 0.5.17 has no runner
+registry: the flag is added to the parser's choices, SGLang configures its Triton MoE path, and the
+Triton runner each layer builds gets this project's core. Their quant info
 (``TritonMoeQuantInfo``: w13/w2 weights, fp8 flags, scales, block shape) is what the core reads.
 
 Independently of the flag, on SM120/121 every config SGLang's Triton fused-MoE picks (default,
@@ -19,7 +21,16 @@ import torch
 from ._hooks import _register_once
 
 BACKEND = "sm12x"
+LOG_LINE = "sm12x MoE runner in use"     # logged once per process when a layer gets the sm12x runner
 logger = logging.getLogger(__name__)
+_logged = False
+
+
+def _log_in_use(dtype_note: str) -> None:
+    global _logged
+    if not _logged:
+        _logged = True
+        logger.info("%s (%s): SGLang's MoE layers run this project's fused-MoE kernels", LOG_LINE, dtype_note)
 
 
 def supported(quant_info, runner_config) -> str | None:
@@ -45,17 +56,34 @@ def supported(quant_info, runner_config) -> str | None:
     return None
 
 
-def make_core_class():
-    from sglang.srt.layers.moe.moe_runner.base import DispatchMoeRunnerCore
+def make_core_class(rel: str = "0.5.23"):
+    """The runner core. 0.5.23: a registered ``DispatchMoeRunnerCore``. 0.5.17 has no registry, but its
+    ``MoeRunner.run`` hands the dispatch output to any core with ``run_from_dispatch``; there the core
+    is placed inside a Triton ``MoeRunner`` (see :func:`_register_runner_0517`)."""
     from sglang.srt.layers.moe.token_dispatcher.standard import StandardCombineInput
-    from sglang.srt.layers.moe.utils import resolve_moe_runner_backend
 
     from sgl_kernel_sm12x.moe.fused_moe import fused_moe
 
-    class Sm12xMoeRunnerCore(DispatchMoeRunnerCore):
+    if rel == "0.5.17":
+        from sglang.srt.layers.moe.moe_runner.base import MoeRunnerCore as Base
+        from sglang.srt.layers.moe.utils import MoeRunnerBackend
+
+        def backend_value():
+            return MoeRunnerBackend.TRITON
+    else:
+        from sglang.srt.layers.moe.moe_runner.base import DispatchMoeRunnerCore as Base
+        from sglang.srt.layers.moe.utils import resolve_moe_runner_backend
+
+        def backend_value():
+            return resolve_moe_runner_backend(BACKEND)
+
+    class Sm12xMoeRunnerCore(Base):
         @property
         def runner_backend(self):
-            return resolve_moe_runner_backend(BACKEND)
+            return backend_value()
+
+        def run(self, runner_input, quant_info, running_state, hooks=None):   # 0.5.17's abstract method
+            raise NotImplementedError("the sm12x MoE runner consumes the dispatch output (run_from_dispatch)")
 
         def run_from_dispatch(self, dispatch_output, quant_info, runner_config, hooks=None):
             why = supported(quant_info, runner_config)
@@ -89,6 +117,8 @@ def register(rel: str) -> None:
     """Register the runner (SGLang 0.5.23 has the extension API; 0.5.17 does not) and the clamp."""
     if rel == "0.5.23":
         _register_runner()
+    else:
+        _register_runner_0517()
     _register_clamp_hook()
 
 
@@ -109,11 +139,56 @@ def _register_runner() -> None:
 
         if getattr(get_moe_runner_backend(), "value", None) == BACKEND:
             self.runner = MoeRunner(resolve_moe_runner_backend(BACKEND), moe_runner_config)
+            _log_in_use(type(self).__name__)
         return result
 
     for target in ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
                    "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner"):
         _register_once(HookRegistry, HookType, target, after_create, HookType.AFTER)
+
+
+# 0.5.17: ``--moe-runner-backend sm12x`` is accepted by the parser; SGLang's own MoE flags see
+# ``triton`` (its enum is closed), and this process remembers that the layers' runners are ours.
+_selected_0517 = False
+
+
+def initialize_moe_config_0517(original, server_args, *args, **kwargs):
+    """Around ``initialize_moe_config`` (each scheduler process): record ``sm12x`` and let SGLang
+    configure its Triton MoE path, which the runner hook below then swaps for ours."""
+    global _selected_0517
+    if getattr(server_args, "moe_runner_backend", None) != BACKEND:
+        _selected_0517 = False
+        return original(server_args, *args, **kwargs)
+    _selected_0517 = True
+    server_args.moe_runner_backend = "triton"
+    try:
+        return original(server_args, *args, **kwargs)
+    finally:
+        server_args.moe_runner_backend = BACKEND
+
+
+def after_create_0517(result, self, layer, moe_runner_config, *args, **kwargs):
+    """After ``create_moe_runner``: the Triton runner SGLang built gets this project's core."""
+    runner = getattr(self, "runner", None)
+    if not _selected_0517 or runner is None or not runner.runner_backend.is_triton():
+        return result
+    runner.runner_core = make_core_class("0.5.17")(moe_runner_config)
+    runner.fused_func = None            # MoeRunner.run prefers a fused func over the core
+    _log_in_use(type(self).__name__)
+    return result
+
+
+def _register_runner_0517() -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang.srt.server_args import MOE_RUNNER_BACKEND_CHOICES, add_moe_runner_backend_choices
+
+    if BACKEND not in MOE_RUNNER_BACKEND_CHOICES:
+        add_moe_runner_backend_choices([BACKEND])
+    _register_once(HookRegistry, HookType, "sglang.srt.layers.moe.utils.initialize_moe_config",
+                   initialize_moe_config_0517)
+    for target in ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
+                   "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner"):
+        _register_once(HookRegistry, HookType, target, after_create_0517, HookType.AFTER)
 
 
 def sm12x_arch() -> int | None:
