@@ -46,11 +46,29 @@ def _weights(e, h, i, dtype, dev):
     return out[0][0], out[1][0], out[0][1], out[1][1], [128, 128]
 
 
+_PUBLISHED = False
+
+
+def sglang_context(device: str = "cuda") -> None:
+    """SGLang's fused-MoE reads process config (``get_exec()``) that a server publishes at start; a
+    bare benchmark publishes ServerArgs for the bundled model once, as its own tests do."""
+    global _PUBLISHED
+    if _PUBLISHED:
+        return
+    from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
+
+    from sgl_kernel_sm12x.serving import bundled_model
+
+    set_global_server_args_for_scheduler(ServerArgs(model_path=str(bundled_model()), device=device))
+    _PUBLISHED = True
+
+
 def _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block):
     from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
     from sglang.srt.layers.moe.moe_runner.triton_utils.fused_moe import fused_experts
     from sglang.srt.layers.moe.topk import StandardTopKOutput
 
+    sglang_context(x.device.type)
     e = w1.shape[0]
     cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=ti.shape[1], inplace=False)
     topk = StandardTopKOutput(tw, ti.to(torch.int32), torch.empty(0, device=x.device))
@@ -60,22 +78,20 @@ def _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block):
     return lambda: fused_experts(x, w1, w2, topk, cfg, **kw)
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block"])
-    ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    dev = "cuda"
+def measure(shapes, dtypes, tokens, dev, bench, table=None):
+    """Rows for every shape x dtype x tokens, both providers; ``bench(fn, graph=True)`` returns
+    (p20, p50, p80) ms. ``table`` maps shape names to (E, top_k, hidden, intermediate)."""
+    table = table or planner.MOE_SHAPES
     rows = []
-    for shape in a.shapes:
-        e, k, h, i = planner.MOE_SHAPES[shape]
-        for dtype in a.dtypes:
+    for shape in shapes:
+        e, k, h, i = table[shape]
+        for dtype in dtypes:
             if dtype == "fp8_w8a8_block" and (h % 128 or i % 128):
+                rows.append(dict(provider="sm12x", dtype=dtype, shape=shape, skipped="hidden or intermediate "
+                                 "not a multiple of the 128 x 128 block"))
                 continue
             w1, w2, s1, s2, block = _weights(e, h, i, dtype, dev)
-            for t in a.tokens:
+            for t in tokens:
                 x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
                 tw, ti = torch.topk(torch.randn(t, e, device=dev).softmax(-1), k)
                 flops = 2 * t * k * 3 * h * i
@@ -84,16 +100,32 @@ def main(argv=None):
                 try:
                     fns["sglang_triton"] = _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block)
                 except Exception as ex:  # noqa: BLE001
-                    rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t, error=str(ex)[:300]))
+                    rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t,
+                                     error=f"{type(ex).__name__}: {ex}"[:300]))
                 for prov, fn in fns.items():
                     try:
-                        ms = bench_ms(fn, graph=True)
-                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, ms=ms,
-                                         tflops=flops / ms / 1e9))
+                        p20, p50, p80 = bench(fn, graph=True)
+                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, ms=p50,
+                                         ms_p20_p80=[p20, p80], tflops=flops / p50 / 1e9))
                     except Exception as ex:  # noqa: BLE001
-                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, error=str(ex)[:300]))
-                print(rows[-2:] if len(fns) > 1 else rows[-1], flush=True)
-    print(write_json("moe", dict(rows=rows, **environment()), a.out))
+                        rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t,
+                                         error=f"{type(ex).__name__}: {ex}"[:300]))
+                print(rows[-len(fns):], flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block"])
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    rows, env = [], environment()
+    for shape in a.shapes:          # written after every shape, so a cut-short run keeps what it measured
+        rows += measure([shape], a.dtypes, a.tokens, "cuda", bench_ms)
+        path = write_json("moe", dict(rows=rows, **env), a.out)
+    print(path)
     return 0
 
 

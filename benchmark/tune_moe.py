@@ -90,13 +90,13 @@ def main(argv=None):
                 for cfg in cands[: a.max_candidates]:
                     try:
                         ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
-                                                        block_shape=block, config=(cfg, cfg)), warmup=3, rep=10)
+                                                        block_shape=block, config=(cfg, cfg)), rep=20, graph=True)[1]
                         timed.append((ms, cfg))
                     except Exception:  # noqa: BLE001 -- out of resources etc.: not a candidate
                         continue
                 timed.sort(key=lambda x: x[0])
                 plan_ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
-                                                     block_shape=block, config=(plan, plan_down)), warmup=3, rep=20)
+                                                     block_shape=block, config=(plan, plan_down)), rep=40, graph=True)[1]
                 best_ms, best = timed[0] if timed else (None, None)
                 rows.append(dict(shape=shape, dtype=dtype, tokens=t, planner=plan.as_dict(), planner_down=plan_down.as_dict(),
                                  planner_ms=plan_ms,

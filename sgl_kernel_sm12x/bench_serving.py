@@ -46,11 +46,16 @@ class Plan:
     server_args: list = field(default_factory=list)
     port: int = 30124
     startup_timeout: int = 900
+    pairs: list | None = None          # explicit (backend, kv_dtype) pairs instead of the cross product
+    prompts_per_concurrency: int = 4
+    min_prompts: int = 32
 
     def prompts(self, c):
-        return max(4 * c, 32)
+        return max(self.prompts_per_concurrency * c, self.min_prompts)
 
     def configs(self):
+        if self.pairs:
+            return [(m, b, k) for m in self.models for b, k in self.pairs]
         return [(m, b, k) for m in self.models for b in self.backends for k in self.kv_dtypes]
 
 
@@ -254,7 +259,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", nargs="+", required=True, help="model path(s) (a config dir works with dummy weights)")
     ap.add_argument("--backends", nargs="+", default=["sm12x", "triton", "flashinfer"])
     ap.add_argument("--kv-dtypes", nargs="+", default=["auto", "fp8_e4m3", "nvfp4"])
+    ap.add_argument("--configs", nargs="+", default=None, metavar="BACKEND:KV_DTYPE",
+                    help="explicit configurations instead of --backends x --kv-dtypes, e.g. sm12x:nvfp4 triton:auto")
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64, 128])
+    ap.add_argument("--prompts-per-concurrency", type=int, default=4, help="prompts per point = max(this x concurrency, --min-prompts)")
+    ap.add_argument("--min-prompts", type=int, default=32)
     ap.add_argument("--input-len", type=int, default=1024)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--long-input-len", type=int, default=8192, help="0 disables the long-context point")
@@ -266,7 +275,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default="benchmark/results")
     ap.add_argument("--port", type=int, default=30124)
     a = ap.parse_args(argv)
-    plan = Plan(models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
+    pairs = None
+    if a.configs:
+        try:
+            pairs = [tuple(c.split(":")) for c in a.configs]
+            assert all(len(p) == 2 and all(p) for p in pairs)
+        except AssertionError:
+            ap.error(f"--configs: expected BACKEND:KV_DTYPE pairs such as sm12x:nvfp4, got {a.configs}")
+    plan = Plan(pairs=pairs, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
                 long_concurrency=a.long_concurrency, gsp=not a.no_gsp, load_format=a.load_format,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)

@@ -156,3 +156,19 @@ def test_server_that_dies_at_start_is_reported(tmp_path):
         with Server("/m", "triton", port=_free_port(), log=tmp_path / "d.log", timeout=60,
                     launcher=[sys.executable, str(script)]):
             pass
+
+
+def test_explicit_configs_and_prompt_counts(tmp_path):
+    FakeServer.started, FakeServer.stopped = [], []
+    plan = _plan(pairs=[("sm12x", "nvfp4"), ("triton", "auto")], prompts_per_concurrency=2, min_prompts=8,
+                 gsp=False)
+    assert plan.configs() == [("/m/qwen3-8b-shape", "sm12x", "nvfp4"), ("/m/qwen3-8b-shape", "triton", "auto")]
+    rows = B.run_matrix(plan, tmp_path, server_cls=FakeServer, client=fake_client, log=lambda m: None)
+    assert FakeServer.started == [("sm12x", "nvfp4"), ("triton", "auto")]
+    assert {(r["concurrency"], r["num_prompts"]) for r in rows} == {(1, 8), (16, 32), (64, 128)}
+
+
+def test_configs_argument_is_checked(capsys):
+    with pytest.raises(SystemExit):
+        B.main(["--model", "/m", "--configs", "sm12x"])
+    assert "--configs" in capsys.readouterr().err

@@ -254,3 +254,29 @@ def test_oversized_user_tile_is_fitted_with_a_warning(device, caplog):
     assert "786,432" in caplog.text
     ref = reference(x, w1.float(), w2.float(), tw, ti, torch.bfloat16)
     assert (out.float().cpu() - ref).abs().max() <= 0.04 * ref.abs().max()
+
+
+def test_benchmark_rows_have_the_documented_fields(device):
+    """``benchmark/moe.py``'s measurement loop, with a stand-in timer: rows carry provider, dtype,
+    shape, tokens and a p50 ``ms`` (the timer's percentile tuple unpacked), and a provider that
+    cannot run records its error instead of stopping the sweep."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_moe", Path(__file__).resolve().parents[1] / "benchmark" / "moe.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ran = []
+
+    def timer(fn, graph=False):
+        ran.append(fn())
+        return (0.5, 1.0, 2.0)
+
+    rows = bench.measure(["s"], ["bf16"], [3], device, timer, table={"s": (4, 2, 64, 32)})
+    ours = [r for r in rows if r["provider"] == "sm12x"]
+    assert len(ours) == 1 and ours[0]["ms"] == 1.0 and ours[0]["ms_p20_p80"] == [0.5, 2.0]
+    assert ours[0]["tflops"] == pytest.approx(2 * 3 * 2 * 3 * 64 * 32 / 1.0 / 1e9)
+    theirs = [r for r in rows if r["provider"] == "sglang_triton"]
+    assert len(theirs) == 1 and ("ms" in theirs[0] or "error" in theirs[0])
+    if "ms" in theirs[0]:                    # on a GPU both ran: the same MoE
+        assert (ran[0].float() - ran[1].float()).abs().max() <= 0.03 * ran[1].float().abs().max()

@@ -97,12 +97,20 @@ def test_0517_flag_is_recorded_and_sglang_sees_triton(monkeypatch):
     from types import SimpleNamespace
 
     seen = []
-    original = lambda sa: seen.append(sa.moe_runner_backend)      # noqa: E731
-    sa = SimpleNamespace(moe_runner_backend="sm12x")
+    original = lambda sa: seen.append((sa.moe_runner_backend, sa.moe_a2a_backend))      # noqa: E731
+
+    class Frozen(SimpleNamespace):              # 0.5.17's resolved ServerArgs refuse assignment
+        def __setattr__(self, name, value):
+            if name in self.__dict__:
+                raise AttributeError("server_args is read-only")
+            super().__setattr__(name, value)
+
+    sa = Frozen(moe_runner_backend="sm12x", moe_a2a_backend="none")
     moe_runner.initialize_moe_config_0517(original, sa)
-    assert seen == ["triton"] and sa.moe_runner_backend == "sm12x" and moe_runner._selected_0517
-    moe_runner.initialize_moe_config_0517(original, SimpleNamespace(moe_runner_backend="auto"))
-    assert seen == ["triton", "auto"] and not moe_runner._selected_0517
+    assert seen == [("triton", "none")] and sa.moe_runner_backend == "sm12x" and moe_runner._selected_0517
+    seen.clear()
+    moe_runner.initialize_moe_config_0517(original, Frozen(moe_runner_backend="auto", moe_a2a_backend="none"))
+    assert seen == [("auto", "none")] and not moe_runner._selected_0517
 
 
 @pytest.mark.parametrize("selected", [True, False])

@@ -160,11 +160,23 @@ def initialize_moe_config_0517(original, server_args, *args, **kwargs):
         _selected_0517 = False
         return original(server_args, *args, **kwargs)
     _selected_0517 = True
-    server_args.moe_runner_backend = "triton"
-    try:
-        return original(server_args, *args, **kwargs)
-    finally:
-        server_args.moe_runner_backend = BACKEND
+    return original(_TritonView(server_args), *args, **kwargs)
+
+
+class _TritonView:
+    """Read-only view of resolved ServerArgs (0.5.17 refuses assignment after resolution) that
+    reports ``moe_runner_backend = "triton"``; ``initialize_moe_config`` only reads attributes."""
+
+    def __init__(self, server_args):
+        object.__setattr__(self, "_args", server_args)
+
+    def __getattr__(self, name):
+        if name == "moe_runner_backend":
+            return "triton"
+        return getattr(self._args, name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"read-only view of ServerArgs: cannot set {name}")
 
 
 def after_create_0517(result, self, layer, moe_runner_config, *args, **kwargs):
