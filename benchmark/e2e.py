@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sgl_kernel_sm12x.serving import Server, bundled_model  # noqa: E402
+from sgl_kernel_sm12x.serving import Server, bundled_model, stop_on_sigterm  # noqa: E402
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
 
@@ -225,6 +225,7 @@ def main(argv=None):
     ap.add_argument("--tp-configs", nargs="+", type=lambda x: tuple(x.split(":")),
                     default=[("sm12x", "nvfp4"), ("triton", "auto")], help="backend:kv_cache_dtype pairs")
     args = ap.parse_args(argv)
+    stop_on_sigterm()
     Path(args.logdir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
     res = json.loads(out.read_text()) if out.exists() else {}

@@ -70,7 +70,9 @@ def _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block):
 
     sglang_context(x.device.type)
     e = w1.shape[0]
-    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=ti.shape[1], inplace=False)
+    # in place, as SGLang's MoE layers run it (MoeRunnerConfig's default); the out-of-place path
+    # allocates from the tensor-parallel group's symmetric pool, which a bare process lacks
+    cfg = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=ti.shape[1], inplace=True)
     topk = StandardTopKOutput(tw, ti.to(torch.int32), torch.empty(0, device=x.device))
     kw = {}
     if dtype != "bf16":

@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shlex
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .serving import Server
+from .serving import Server, stop_on_sigterm
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                 long_concurrency=a.long_concurrency, gsp=not a.no_gsp, load_format=a.load_format,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
     # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_sigterm()
     n_points = len(plan.concurrency) + bool(plan.long_input_len) + plan.gsp
     workdir = Path(a.out_dir) / "serving-logs"
     try:
@@ -306,7 +306,10 @@ def main(argv=None) -> int:
         if bar is not None:
             bar.close()
     env = _environment()
-    for p in write_report(rows, Path(a.out_dir), env, plan, " ".join(["sm12x bench-serving", *sys.argv[1:]])):
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["bench-serving"]:          # reached through `python -m sgl_kernel_sm12x.cli bench-serving`
+        given = given[1:]
+    for p in write_report(rows, Path(a.out_dir), env, plan, shlex.join(["sm12x", "bench-serving", *given])):
         print(p)
     return 0 if rows and not all(r.get("error") for r in rows) else 1
 

@@ -420,17 +420,25 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
     """Tile of one grouped GEMM of the fused MoE (``n`` outputs, ``k`` reduction) for ``tokens``
     routed ``top_k`` ways over ``num_experts``.
 
-    Rules, each bounded by the arch's shared memory (checked by ``sm12x budget --kernel moe``):
+    Rules, each bounded by the arch's shared memory (checked by ``sm12x budget --kernel moe``), from
+    the neighbourhood sweep of sm_120's tiles timed on an H100
+    (``benchmark/results/2026-11-26-nvidia-h100-80gb-hbm3-tune-moe.json``):
 
     * BLOCK_M follows the expected rows per expert ``tokens * top_k / E``: 16 up to 16 rows
-      (decode: most of the tile would be padding otherwise), 32 up to 64, 64 up to 512, else 128.
-    * BLOCK_K is 64 for 16-bit and 128 for fp8 operands (128 B of K per row either way); block-fp8
-      keeps BLOCK_K a divisor of the quantization group (128), so one scale per K step.
-    * BLOCK_N 64 for BLOCK_M <= 32 (more programs when there are few rows), else 128; block-fp8
+      (decode: most of the tile would be padding otherwise), 32 below 64, 64 at 64; above that
+      128 for 16-bit operands (the sweep: 128 beat 64 by 4-20% at 128-512 rows) and 64 for
+      per-tensor fp8 (128 was not faster there). Block-fp8, not swept yet, keeps 64 up to 512
+      rows and 128 above.
+    * BLOCK_K is 64 for 16-bit and 128 for fp8 operands (128 B of K per row either way), doubled
+      for BLOCK_M 16 (few rows: a longer K step per load was 3-7% faster); block-fp8 keeps
+      BLOCK_K a divisor of the quantization group (128), so one scale per K step.
+    * BLOCK_N 64 up to 64 rows per expert (more programs when there are few rows; at 64 rows
+      64 x 64 was the sweep's best for bf16 and fp8), else 128; block-fp8
       keeps 64: its per-K-step partial product doubles the accumulator registers (64 x 128 sat at
       255 registers and 128 x 128 spilled on sm_120, AOT).
-    * 4 warps, 8 for 128 x 128 tiles and block-fp8 128 x 64 (254 registers at 4 warps); stages: 4 for small tiles, 3 otherwise, one more where the
-      arch has >= 160 KB of shared memory, then fewer until the tiles fit.
+    * 4 warps, 8 for 128 x 128 tiles and block-fp8 128 x 64 (254 registers at 4 warps); stages: 4
+      (3 for 16-bit 128-row tiles, the sweep's best), one more where the arch has >= 160 KB of
+      shared memory, then fewer until the tiles fit.
     """
     lim = arch_limits(arch)
     _check("dtype", dtype, MOE_DTYPES)
@@ -445,18 +453,27 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
         if not block_shape or len(block_shape) != 2 or block_shape[1] % 16 or block_shape[0] % 16:
             raise ValueError(f"block_shape: fp8_w8a8_block needs [group_n, group_k] multiples of 16, got {block_shape}")
     rows = max(tokens, 1) * top_k / num_experts
-    bm = 16 if rows <= 16 else 32 if rows <= 64 else 64 if rows <= 512 else 128
     fp8 = dtype.startswith("fp8")
+    if rows <= 16:
+        bm = 16
+    elif rows < 64:
+        bm = 32
+    elif rows <= 64 or dtype == "fp8_w8a8" or (dtype == "fp8_w8a8_block" and rows <= 512):
+        bm = 64
+    else:
+        bm = 128
     bk = 128 if fp8 else 64
+    if bm == 16:
+        bk *= 2
     if dtype == "fp8_w8a8_block":
         bk = min(bk, _pow2_floor(block_shape[1]))
     bk = min(bk, max(16, 1 << (int(k) - 1).bit_length()))
-    bn = 64 if bm <= 32 or dtype == "fp8_w8a8_block" else 128
+    bn = 64 if rows <= 64 or dtype == "fp8_w8a8_block" else 128
     if fp8 and arch == 89:      # sm_89's fp8 MMA path: 64 x 128 spilled 12 B at 255 registers (AOT)
         bn = 64
     bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
     warps = 8 if bm >= 128 and (bn >= 128 or dtype == "fp8_w8a8_block" or (fp8 and arch == 89)) else 4
-    stages = 4 if bm <= 32 else 3
+    stages = 3 if bm >= 128 and not fp8 else 4
     if lim.smem_per_block >= 160_000:
         stages += 1
     cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,21 @@ def bundled_model() -> Path:
     return BUNDLED_MODEL
 
 
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex((host, port)) == 0
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``timeout``, a job scheduler) unwind like Ctrl-C, so ``with Server(...)``
+    blocks stop their servers instead of leaving them running."""
+    def raise_interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 class Server:
     """``with Server(model, backend, ...) as s: s.generate(...)`` -- the process dies with the block."""
 
@@ -47,6 +63,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self):
+        if port_in_use(self.port):      # a leftover server there would answer our health checks
+            raise RuntimeError(f"port {self.port} is already in use (a server left running?); refusing to start "
+                               f"{self.backend} there, its health checks would reach the other process")
         cmd = [*self.launcher, "--model-path", self.model, "--attention-backend",
                self.backend, "--port", str(self.port), "--host", "127.0.0.1", "--grammar-backend", "none",
                "--sampling-backend", "pytorch", "--mem-fraction-static", str(self.mem_fraction), *self.args]

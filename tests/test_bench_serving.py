@@ -172,3 +172,19 @@ def test_configs_argument_is_checked(capsys):
     with pytest.raises(SystemExit):
         B.main(["--model", "/m", "--configs", "sm12x"])
     assert "--configs" in capsys.readouterr().err
+
+
+def test_server_refuses_a_port_someone_else_answers_on(tmp_path):
+    """A leftover server on the port would pass our health check: refuse before launching."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(1)
+        port = other.getsockname()[1]
+        launched = tmp_path / "launched"
+        script = tmp_path / "s.py"
+        script.write_text(f"open({str(launched)!r}, 'w').write('x')")
+        with pytest.raises(RuntimeError, match=f"port {port} is already in use"):
+            with Server("/m", "sm12x", port=port, log=tmp_path / "s.log", timeout=10,
+                        launcher=[sys.executable, str(script)]):
+                pass
+        assert not launched.exists()

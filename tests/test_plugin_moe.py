@@ -97,7 +97,8 @@ def test_0517_flag_is_recorded_and_sglang_sees_triton(monkeypatch):
     from types import SimpleNamespace
 
     seen = []
-    original = lambda sa: seen.append((sa.moe_runner_backend, sa.moe_a2a_backend))      # noqa: E731
+    original = lambda sa: seen.append((sa.moe_runner_backend, sa.speculative_moe_runner_backend,  # noqa: E731
+                                       sa.moe_a2a_backend))
 
     class Frozen(SimpleNamespace):              # 0.5.17's resolved ServerArgs refuse assignment
         def __setattr__(self, name, value):
@@ -105,12 +106,15 @@ def test_0517_flag_is_recorded_and_sglang_sees_triton(monkeypatch):
                 raise AttributeError("server_args is read-only")
             super().__setattr__(name, value)
 
-    sa = Frozen(moe_runner_backend="sm12x", moe_a2a_backend="none")
+    # 0.5.17 resolves speculative_moe_runner_backend to --moe-runner-backend when unset
+    sa = Frozen(moe_runner_backend="sm12x", speculative_moe_runner_backend="sm12x", moe_a2a_backend="none")
     moe_runner.initialize_moe_config_0517(original, sa)
-    assert seen == [("triton", "none")] and sa.moe_runner_backend == "sm12x" and moe_runner._selected_0517
+    assert seen == [("triton", "triton", "none")] and sa.moe_runner_backend == "sm12x" and moe_runner._selected_0517
     seen.clear()
-    moe_runner.initialize_moe_config_0517(original, Frozen(moe_runner_backend="auto", moe_a2a_backend="none"))
-    assert seen == [("auto", "none")] and not moe_runner._selected_0517
+    moe_runner.initialize_moe_config_0517(original, Frozen(moe_runner_backend="auto",
+                                                           speculative_moe_runner_backend=None,
+                                                           moe_a2a_backend="none"))
+    assert seen == [("auto", None, "none")] and not moe_runner._selected_0517
 
 
 @pytest.mark.parametrize("selected", [True, False])

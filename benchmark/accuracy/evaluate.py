@@ -101,6 +101,9 @@ def main(argv=None):
     ap.add_argument("--paths", nargs="+", default=["in_process", "e2e", "stress"])
     ap.add_argument("--out", default=str(HERE.parents[0] / "results"))
     a = ap.parse_args(argv)
+    from sgl_kernel_sm12x.serving import stop_on_sigterm
+
+    stop_on_sigterm()          # a killed run stops its servers
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = Path(a.model)
     wins = windows(model_dir, a.windows, a.window) if {"in_process", "e2e"} & set(a.paths) else []

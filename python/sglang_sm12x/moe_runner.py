@@ -165,15 +165,18 @@ def initialize_moe_config_0517(original, server_args, *args, **kwargs):
 
 class _TritonView:
     """Read-only view of resolved ServerArgs (0.5.17 refuses assignment after resolution) that
-    reports ``moe_runner_backend = "triton"``; ``initialize_moe_config`` only reads attributes."""
+    reports ``triton`` where the MoE runner flags say ``sm12x``; ``initialize_moe_config`` only
+    reads attributes."""
 
     def __init__(self, server_args):
         object.__setattr__(self, "_args", server_args)
 
     def __getattr__(self, name):
-        if name == "moe_runner_backend":
+        value = getattr(self._args, name)
+        # 0.5.17 copies --moe-runner-backend into speculative_moe_runner_backend when unset
+        if name in ("moe_runner_backend", "speculative_moe_runner_backend") and value == BACKEND:
             return "triton"
-        return getattr(self._args, name)
+        return value
 
     def __setattr__(self, name, value):
         raise AttributeError(f"read-only view of ServerArgs: cannot set {name}")
