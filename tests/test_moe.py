@@ -25,7 +25,7 @@ def _q_tensor(w):
 def _q_block(w, gn=128, gk=128):
     e, n, k = w.shape
     nb, kb = -(-n // gn), -(-k // gk)
-    wp = torch.zeros(e, nb * gn, kb * gk)
+    wp = torch.zeros(e, nb * gn, kb * gk, device=w.device)
     wp[:, :n, :k] = w.float()
     blocks = wp.view(e, nb, gn, kb, gk)
     s = (blocks.abs().amax(dim=(2, 4)) / FP8_MAX).clamp_min(1e-12)
@@ -56,30 +56,35 @@ def _act_q(x, gk=None):
 
 
 def reference(x, w1, w2, tw, ti, act_dtype, act_q=None):
-    """fp32 math on the (dequantized) weights; the intermediate rounded to the activation dtype as
-    the kernel stores it, and (fp8) quantized as one tensor over all routed pairs, as the kernel does."""
+    """fp32 math on the (dequantized) weights, on whatever device they are; the intermediate rounded
+    to the activation dtype as the kernel stores it, and (fp8) quantized as one tensor over all
+    routed pairs, as the kernel does. Pairs are gathered per expert (one matmul each)."""
     x = x.float()
     xa = act_q(x) if act_q else x
+    t, k = ti.shape
     inter = w2.shape[2]
-    pairs = [(t, j, int(ti[t, j])) for t in range(x.shape[0]) for j in range(ti.shape[1])]
-    acts = []
-    for t, j, e in pairs:
-        g = (w1[e] @ xa[t]).to(act_dtype).float()
-        acts.append((torch.nn.functional.silu(g[:inter]) * g[inter:]).to(act_dtype).float())
-    a = torch.stack(acts)
-    a = act_q(a) if act_q else a
-    out = torch.zeros(x.shape[0], w2.shape[1])
-    for (t, j, e), row in zip(pairs, a):
-        out[t] += float(tw[t, j]) * (w2[e] @ row)
-    return out
+    experts = ti.flatten().to(x.device)
+    token = torch.arange(t, device=x.device).repeat_interleave(k)
+    acts = torch.empty(t * k, inter, device=x.device)
+    for e in experts.unique().tolist():
+        sel = (experts == e).nonzero().flatten()
+        g = (xa[token[sel]] @ w1[e].float().T).to(act_dtype).float()
+        acts[sel] = (torch.nn.functional.silu(g[:, :inter]) * g[:, inter:]).to(act_dtype).float()
+    a = act_q(acts) if act_q else acts
+    out = torch.zeros(t, w2.shape[1], device=x.device)
+    weights = tw.flatten().float().to(x.device)
+    for e in experts.unique().tolist():
+        sel = (experts == e).nonzero().flatten()
+        out.index_add_(0, token[sel], (a[sel] @ w2[e].float().T) * weights[sel, None])
+    return out.cpu()
 
 
-def _inputs(shape, tokens, act_dtype):
+def _inputs(shape, tokens, act_dtype, dev="cpu"):
     e, k, h, i = shape
-    x = torch.randn(tokens, h).to(act_dtype)
-    w1 = (torch.randn(e, 2 * i, h) / h ** 0.5).to(act_dtype)
-    w2 = (torch.randn(e, h, i) / i ** 0.5).to(act_dtype)
-    logits = torch.randn(tokens, e)
+    x = torch.randn(tokens, h, device=dev).to(act_dtype)
+    w1 = (torch.randn(e, 2 * i, h, device=dev) / h ** 0.5).to(act_dtype)
+    w2 = (torch.randn(e, h, i, device=dev) / i ** 0.5).to(act_dtype)
+    logits = torch.randn(tokens, e, device=dev)
     tw, ti = torch.topk(logits.softmax(-1), k)
     return x, w1, w2, tw, ti
 
@@ -99,7 +104,7 @@ CASES = [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8_w8a8", torch.b
 def _run(name, shape, dtype, act_dtype, tokens, dev):
     if dtype == "fp8_w8a8_block" and (shape[2] % 128 or shape[3] % 128):
         pytest.skip(f"{name}: hidden/intermediate {shape[2:]} are not multiples of the 128 quantization group")
-    x, w1, w2, tw, ti = _inputs(shape, tokens, act_dtype)
+    x, w1, w2, tw, ti = _inputs(shape, tokens, act_dtype, dev)
     kw = {}
     if dtype == "bf16" or dtype == "fp16":
         r1, r2, act_q = w1.float(), w2.float(), None
