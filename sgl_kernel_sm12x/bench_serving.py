@@ -16,8 +16,10 @@ import argparse
 import json
 import os
 import shlex
+import queue
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from .serving import Server, stop_on_sigterm
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
-            "p99_itl_ms", "p99_ttft_ms", "kv_capacity_tokens", "failures", "error")
+            "p99_itl_ms", "p99_ttft_ms", "kv_capacity_tokens", "failures", "error", "gpu")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Plan:
     port: int = 30124
     startup_timeout: int = 900
     pairs: list | None = None          # explicit (backend, kv_dtype) pairs instead of the cross product
+    gpus: list | None = None           # several: one server per GPU at a time, configurations in parallel
     prompts_per_concurrency: int = 4
     min_prompts: int = 32
 
@@ -93,26 +96,36 @@ def _row(base, res, num_prompts):
     return r
 
 
-def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, progress=None, log=print,
-               rows=None):
-    """Every configuration of ``plan``; appends to and returns ``rows`` (kept on Ctrl-C).
-    ``server_cls`` / ``client`` are injectable for tests."""
-    rows = [] if rows is None else rows
-    workdir.mkdir(parents=True, exist_ok=True)
+def _points(plan: Plan):
     points = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
     if plan.long_input_len:
         points.append(("random-ids", plan.long_concurrency, plan.long_input_len, plan.long_output_len))
     if plan.gsp:
         points.append(("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len))
-    for model, backend, kv in plan.configs():
-        name = f"{Path(model).name}-{backend}-{kv}"
-        base = dict(model=Path(model).name, backend=backend, kv_dtype=kv)
-        args = ["--kv-cache-dtype", kv, *plan.server_args]
-        if plan.load_format:
-            args += ["--load-format", plan.load_format]
-        try:
-            with server_cls(model, backend, *args, port=plan.port, log=workdir / f"server-{name}.log",
-                            timeout=plan.startup_timeout, mem_fraction=plan.mem_fraction) as srv:
+    return points
+
+
+def _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=None, port=None,
+                live=None):
+    """One server (on ``gpu`` when given) and every measurement point against it."""
+    points = _points(plan)
+    port = plan.port if port is None else port
+    name = f"{Path(model).name}-{backend}-{kv}"
+    base = dict(model=Path(model).name, backend=backend, kv_dtype=kv)
+    if gpu is not None:
+        base["gpu"] = gpu
+    args = ["--kv-cache-dtype", kv, *plan.server_args]
+    if plan.load_format:
+        args += ["--load-format", plan.load_format]
+    kw = dict(port=port, log=workdir / f"server-{name}.log", timeout=plan.startup_timeout,
+              mem_fraction=plan.mem_fraction)
+    if gpu is not None:
+        kw["env"] = {"CUDA_VISIBLE_DEVICES": str(gpu)}
+    try:
+        with server_cls(model, backend, *args, **kw) as srv:
+            if live is not None:
+                live.add(srv)
+            try:
                 cap = srv.kv_capacity()
                 for dataset, c, il, ol in points:
                     n = plan.prompts(c)
@@ -121,21 +134,68 @@ def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, 
                     row = dict(base, dataset=dataset, concurrency=c, input_len=il, output_len=ol,
                                kv_capacity_tokens=cap)
                     try:
-                        res = client(client_cmd(plan.port, model, dataset, n, c, il, ol, out_file), out_file)
+                        res = client(client_cmd(port, model, dataset, n, c, il, ol, out_file), out_file)
                         rows.append(_row(row, res, n))
                     except (RuntimeError, subprocess.TimeoutExpired) as e:
                         rows.append(dict(row, num_prompts=n, failures=n, error=str(e)[-800:]))
                     if progress:
                         progress.update(1)
                     log(_fmt(rows[-1]))
-        except (RuntimeError, TimeoutError) as e:       # rejected by SGLang or failed to start
-            msg = str(e).strip().splitlines()
-            err = next((ln for ln in reversed(msg) if "Error" in ln or "error" in ln), msg[-1] if msg else "")
-            rows.append(dict(base, dataset=None, concurrency=None, input_len=None, output_len=None,
-                             failures=None, error=f"server did not start: {err[-400:]}"))
-            if progress:
-                progress.update(len(points))
-            log(f"{name}: {rows[-1]['error']}")
+            finally:
+                if live is not None:
+                    live.discard(srv)
+    except (RuntimeError, TimeoutError) as e:       # rejected by SGLang or failed to start
+        msg = str(e).strip().splitlines()
+        err = next((ln for ln in reversed(msg) if "Error" in ln or "error" in ln), msg[-1] if msg else "")
+        rows.append(dict(base, dataset=None, concurrency=None, input_len=None, output_len=None,
+                         failures=None, error=f"server did not start: {err[-400:]}"))
+        if progress:
+            progress.update(len(points))
+        log(f"{name}: {rows[-1]['error']}")
+
+
+def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, progress=None, log=print,
+               rows=None):
+    """Every configuration of ``plan``; appends to and returns ``rows`` (kept on Ctrl-C).
+    With ``plan.gpus`` listing several GPUs, one worker per GPU takes the next configuration from a
+    shared queue (its own port, ``CUDA_VISIBLE_DEVICES``), so servers never share a GPU; rows record
+    the GPU. ``server_cls`` / ``client`` are injectable for tests."""
+    rows = [] if rows is None else rows
+    workdir.mkdir(parents=True, exist_ok=True)
+    configs = plan.configs()
+    gpus = list(plan.gpus or [])
+    if len(gpus) <= 1:
+        for model, backend, kv in configs:
+            _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows,
+                        gpu=gpus[0] if gpus else None)
+        return rows
+    todo = queue.Queue()
+    for c in configs:
+        todo.put(c)
+    stop = threading.Event()
+    live = set()
+
+    def worker(i, gpu):
+        while not stop.is_set():
+            try:
+                model, backend, kv = todo.get_nowait()
+            except queue.Empty:
+                return
+            _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=gpu,
+                        port=plan.port + 10 * i, live=live)
+
+    threads = [threading.Thread(target=worker, args=(i, g), daemon=True) for i, g in enumerate(gpus)]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for srv in list(live):          # Ctrl-C reaches this thread only: stop the workers' servers here
+            srv.__exit__(None, None, None)
+        raise
     return rows
 
 
@@ -262,6 +322,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=None, metavar="BACKEND:KV_DTYPE",
                     help="explicit configurations instead of --backends x --kv-dtypes, e.g. sm12x:nvfp4 triton:auto")
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64, 128])
+    ap.add_argument("--gpus", default=None, help="comma-separated GPU indices; with several, configurations run in "
+                    "parallel, one server per GPU (ports --port, --port+10, ...)")
     ap.add_argument("--prompts-per-concurrency", type=int, default=4, help="prompts per point = max(this x concurrency, --min-prompts)")
     ap.add_argument("--min-prompts", type=int, default=32)
     ap.add_argument("--input-len", type=int, default=1024)
@@ -282,13 +344,19 @@ def main(argv=None) -> int:
             assert all(len(p) == 2 and all(p) for p in pairs)
         except AssertionError:
             ap.error(f"--configs: expected BACKEND:KV_DTYPE pairs such as sm12x:nvfp4, got {a.configs}")
-    plan = Plan(pairs=pairs, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
+    gpus = None
+    if a.gpus:
+        try:
+            gpus = [int(g) for g in a.gpus.split(",")]
+        except ValueError:
+            ap.error(f"--gpus: expected comma-separated GPU indices such as 0,1,2,3, got {a.gpus!r}")
+    plan = Plan(pairs=pairs, gpus=gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
                 long_concurrency=a.long_concurrency, gsp=not a.no_gsp, load_format=a.load_format,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
     # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers
     stop_on_sigterm()
-    n_points = len(plan.concurrency) + bool(plan.long_input_len) + plan.gsp
+    n_points = len(_points(plan))
     workdir = Path(a.out_dir) / "serving-logs"
     try:
         from tqdm import tqdm

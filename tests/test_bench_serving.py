@@ -188,3 +188,65 @@ def test_server_refuses_a_port_someone_else_answers_on(tmp_path):
                         launcher=[sys.executable, str(script)]):
                 pass
         assert not launched.exists()
+
+
+def test_configurations_run_in_parallel_one_server_per_gpu(tmp_path):
+    """--gpus 0,1: two workers, each server pinned to its GPU on its own port, never two servers on
+    one GPU at a time, every configuration measured once."""
+    import threading
+
+    lock = threading.Lock()
+    busy, seen, overlap = {}, [], []
+
+    class GpuServer(FakeServer):
+        def __init__(self, model, backend, *args, **kw):
+            super().__init__(model, backend, *args, **kw)
+            self.gpu, self.port = kw["env"]["CUDA_VISIBLE_DEVICES"], kw["port"]
+
+        def __enter__(self):
+            with lock:
+                if busy.get(self.gpu):
+                    overlap.append(self.gpu)
+                busy[self.gpu] = True
+                seen.append((self.key, self.gpu, self.port))
+            time.sleep(0.05)
+            try:
+                return super().__enter__()
+            except RuntimeError:
+                busy[self.gpu] = False
+                raise
+
+        def __exit__(self, *exc):
+            busy[self.gpu] = False
+            return super().__exit__(*exc)
+
+    plan = _plan(gpus=[0, 1], gsp=False)
+    rows = B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=fake_client, log=lambda m: None)
+    assert not overlap
+    assert sorted(k for k, _, _ in seen) == sorted((b, k) for _, b, k in plan.configs())
+    assert {(g, p) for _, g, p in seen} <= {("0", plan.port), ("1", plan.port + 10)}
+    assert len({g for _, g, _ in seen}) == 2, "both GPUs were used"
+    measured = [r for r in rows if r.get("dataset")]
+    assert len(measured) == (len(plan.configs()) - 1) * 4 and all(r["gpu"] in (0, 1) for r in measured)
+
+
+def test_ctrl_c_stops_every_parallel_server(tmp_path):
+    import _thread
+    import threading
+
+    FakeServer.started, FakeServer.stopped = [], []
+
+    class GpuServer(FakeServer):
+        pass
+
+    def slow_client(cmd, out_file):
+        time.sleep(1.5)
+        return fake_client(cmd, out_file)
+
+    plan = B.Plan(models=["/m"], pairs=[("sm12x", "auto"), ("sm12x", "nvfp4")], concurrency=[1], gpus=[0, 1],
+                  gsp=False, long_input_len=0)
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=slow_client, log=lambda m: None)
+    assert sorted(FakeServer.started) == [("sm12x", "auto"), ("sm12x", "nvfp4")]
+    assert set(FakeServer.stopped) == set(FakeServer.started), "both running servers stopped on Ctrl-C"
