@@ -98,6 +98,7 @@ def kv_append_kernel(
     k_gscale_ptr, v_gscale_ptr,                    # (1,) fp32
     num_tokens, num_slots,
     HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
+    DO_K: tl.constexpr = True, DO_V: tl.constexpr = True,
 ):
     """Grid: (heads, cdiv(tokens, BLOCK_ROWS)). Heads vary fastest so the programs writing the
     heads of one slot run together and their partial-sector writes merge in L2. A lane is a whole
@@ -116,13 +117,19 @@ def kv_append_kernel(
     v_dst = v_cache_ptr + head * stride_vc_h
     if KV_MODE == 2:
         blk = lane % LANES_PER_ROW
-        _append_nvfp4_blocks(k_src, stride_k_t, k_dst, stride_kc_s, k_scale_cache_ptr + head * stride_ks_h,
-                             stride_ks_s, k_gscale_ptr, tok, blk, slot, mask)
-        _append_nvfp4_blocks(v_src, stride_v_t, v_dst, stride_vc_s, v_scale_cache_ptr + head * stride_vs_h,
-                             stride_vs_s, v_gscale_ptr, tok, blk, slot, mask)
+        if DO_K:
+            _append_nvfp4_blocks(k_src, stride_k_t, k_dst, stride_kc_s, k_scale_cache_ptr + head * stride_ks_h,
+                                 stride_ks_s, k_gscale_ptr, tok, blk, slot, mask)
+        if DO_V:
+            _append_nvfp4_blocks(v_src, stride_v_t, v_dst, stride_vc_s, v_scale_cache_ptr + head * stride_vs_h,
+                                 stride_vs_s, v_gscale_ptr, tok, blk, slot, mask)
     else:
-        _append_rows(k_src, stride_k_t, k_dst, stride_kc_s, k_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE, HW_FP8)
-        _append_rows(v_src, stride_v_t, v_dst, stride_vc_s, v_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE, HW_FP8)
+        if DO_K:
+            _append_rows(k_src, stride_k_t, k_dst, stride_kc_s, k_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE,
+                         HW_FP8)
+        if DO_V:
+            _append_rows(v_src, stride_v_t, v_dst, stride_vc_s, v_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE,
+                         HW_FP8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,6 +196,7 @@ def append_kv(
     check_slots: bool = True,
     arch: int | None = None,
     config: planner.AppendConfig | None = None,
+    _parts: tuple[bool, bool] = (True, True),
 ) -> None:
     """Quantize new K/V rows and scatter them into one layer of the KV pool, in one launch.
 
@@ -202,15 +210,28 @@ def append_kv(
         ``bf16``/``fp16``: (slots, heads, head_dim) of that dtype;
         ``fp8_e4m3``: (slots, heads, head_dim) uint8 or float8_e4m3fn;
         ``nvfp4``: (slots, heads, head_dim // 2) uint8.
-    kv_dtype : "bf16" | "fp16" | "fp8_e4m3" | "nvfp4" (SGLang's "auto" is resolved by the caller).
+    kv_dtype : "bf16" | "fp16" | "fp8_e4m3" | "nvfp4" (SGLang's "auto" is resolved by the caller), or
+        "fp8k_nvfp4v": K as fp8_e4m3 (``k_cache`` (slots, heads, head_dim) uint8, ``k_scale`` its
+        scale), V as nvfp4 (``v_cache`` / ``v_scale_cache``, ``v_scale`` its global scale).
     k_scale_cache, v_scale_cache : nvfp4 only, (slots, heads, head_dim // 16) uint8/float8_e4m3fn.
     k_scale, v_scale : per-tensor FP32 scale (float or one-element tensor on the device); the NVFP4
         global scale or the FP8 scale. Default 1.0.
     arch : compute capability used to plan the launch (default: the current device, or 120 on CPU).
     config : override of the planner's choice, for offline tuning sweeps only.
     """
+    if kv_dtype == "fp8k_nvfp4v":      # K as fp8_e4m3, V as nvfp4: one launch each
+        _check_tensor("k_cache", k_cache, ndim=3, dtypes=_U8)
+        _check_tensor("v_cache", v_cache, ndim=3, dtypes=(torch.uint8,))
+        if k_cache.shape[0] != v_cache.shape[0]:
+            _fail("v_cache", f"holds {v_cache.shape[0]} slots, k_cache {k_cache.shape[0]}")
+        append_kv(k, v, out_loc, k_cache, k_cache, kv_dtype="fp8_e4m3", k_scale=k_scale, v_scale=k_scale,
+                  check_slots=check_slots, arch=arch, _parts=(True, False))
+        append_kv(k, v, out_loc, v_cache, v_cache, kv_dtype="nvfp4", k_scale_cache=v_scale_cache,
+                  v_scale_cache=v_scale_cache, k_scale=v_scale, v_scale=v_scale, check_slots=False, arch=arch,
+                  _parts=(False, True))
+        return
     if kv_dtype not in KV_MODE:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODE)}")
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODE) + ['fp8k_nvfp4v']}")
     _check_tensor("k", k, ndim=3, dtypes=tuple(_TORCH_ACT))
     dev = k.device
     tokens, heads, head_dim = k.shape
@@ -271,7 +292,7 @@ def append_kv(
         k_gscale_ptr=kg, v_gscale_ptr=vg,
         num_tokens=tokens, num_slots=slots,
         HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=mode,
-        HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+        HW_FP8=cfg.hw_fp8 and not _INTERPRET, DO_K=_parts[0], DO_V=_parts[1],
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
@@ -297,6 +318,12 @@ def aot_cases(arch: int):
                   "stride_vc_s", "stride_vc_h", "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h",
                   "num_tokens", "num_slots"):
             sig[n] = "i32"
-        cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8}
-        label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}
-        yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+        # fp8k_nvfp4v appends K alone with the fp8 plan and V alone with the nvfp4 plan
+        parts = [(True, True)] + ([(True, False)] if mode == 1 else [(False, True)] if mode == 2 else [])
+        for do_k, do_v in parts:
+            cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8,
+                  "DO_K": do_k, "DO_V": do_v}
+            label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}
+            if not (do_k and do_v):
+                label["part"] = "K of fp8k_nvfp4v" if do_k else "V of fp8k_nvfp4v"
+            yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}

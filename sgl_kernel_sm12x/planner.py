@@ -62,7 +62,10 @@ def current_arch(device=None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 HEAD_DIMS = (64, 128, 256)
-KV_DTYPES = ("bf16", "fp16", "fp8_e4m3", "nvfp4")     # storage formats of the KV pool
+KV_DTYPES = ("bf16", "fp16", "fp8_e4m3", "nvfp4", "fp8k_nvfp4v")     # storage formats of the KV pool
+# fp8k_nvfp4v: K in fp8_e4m3, V in nvfp4 (K's outlier channels are what NVFP4 handles worst)
+FP8_K = ("fp8_e4m3", "fp8k_nvfp4v")        # K stored as fp8_e4m3
+FP4_V = ("nvfp4", "fp8k_nvfp4v")           # V stored as nvfp4
 ACT_DTYPES = ("bf16", "fp16")                          # activations (q, new k/v)
 # SGLang's --kv-cache-dtype names -> storage format (auto follows the model dtype)
 KV_DTYPE_ALIASES = {"auto": None, "bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16",
@@ -109,7 +112,7 @@ _APPEND_TILE = {"copy": (4096, 4), "fp8_e4m3": (4096, 4), "nvfp4": (4096, 8)}
 def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf16") -> AppendConfig:
     arch_limits(arch)
     _check("head_dim", head_dim, HEAD_DIMS)
-    _check("kv_dtype", kv_dtype, KV_DTYPES)
+    _check("kv_dtype", kv_dtype, KV_DTYPES[:4])
     _check("act_dtype", act_dtype, ACT_DTYPES)
     elems, warps = _APPEND_TILE.get(kv_dtype, _APPEND_TILE["copy"])
     # sm_80 has no FP8 conversion instruction; there the software encoder (same bits) runs
@@ -118,9 +121,10 @@ def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf
 
 
 def kv_append_domain():
-    """Every input the append planner accepts (besides arch)."""
+    """Every input the append planner accepts (besides arch). fp8k_nvfp4v appends with the
+    fp8_e4m3 (K) and nvfp4 (V) plans."""
     for head_dim in HEAD_DIMS:
-        for kv_dtype in KV_DTYPES:
+        for kv_dtype in KV_DTYPES[:4]:
             for act_dtype in ACT_DTYPES:
                 yield dict(head_dim=head_dim, kv_dtype=kv_dtype, act_dtype=act_dtype)
 
@@ -162,7 +166,7 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
     Shared memory per configuration is checked by `sm12x budget --kernel decode`.
     """
     arch_limits(arch)
-    if kv_dtype == "nvfp4":
+    if kv_dtype in FP4_V:       # fp8k_nvfp4v: the V halves set the tile, as for nvfp4
         block_n, stages = (64 if head_dim == 64 else 32), 2
     elif kv_dtype == "fp8_e4m3":
         block_n, stages = 64, 3
@@ -187,7 +191,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
-                        hw_fp8=kv_dtype == "fp8_e4m3" and lim.cc >= 89)
+                        hw_fp8=kv_dtype in FP8_K and lim.cc >= 89)
 
 
 def _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size) -> ArchLimits:
@@ -256,8 +260,8 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
-    hw_fp8 = kv_dtype == "fp8_e4m3" and lim.cc >= 89
-    fp4 = kv_dtype == "nvfp4"
+    hw_fp8 = kv_dtype in FP8_K and lim.cc >= 89
+    fp4 = kv_dtype in FP4_V
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)

@@ -15,16 +15,21 @@ class Pool:
     def __init__(self, kv_dtype, q_dtype, slots, kv_heads, head_dim, device, k_scale=1.0, v_scale=1.0):
         self.kv_dtype, self.heads, self.d, self.dev = kv_dtype, kv_heads, head_dim, device
         self.k_scale, self.v_scale = k_scale, v_scale
-        width = head_dim // 2 if kv_dtype == "nvfp4" else head_dim
-        if kv_dtype in ("bf16", "fp16"):
-            mk = lambda: torch.full((slots, kv_heads, width), float("nan"), dtype=ACT[kv_dtype], device=device)  # noqa
-        else:
-            mk = lambda: torch.full((slots, kv_heads, width), 0x7F, dtype=torch.uint8, device=device)  # noqa: NaN
-        self.k, self.v = mk(), mk()
-        self.ks = self.vs = None
-        if kv_dtype == "nvfp4":
-            self.ks = torch.full((slots, kv_heads, head_dim // 16), 0x7F, dtype=torch.uint8, device=device)
-            self.vs = self.ks.clone()
+        # K / V storage: fp8k_nvfp4v keeps K in fp8_e4m3 and V in nvfp4
+        k_fmt, v_fmt = ("fp8_e4m3", "nvfp4") if kv_dtype == "fp8k_nvfp4v" else (kv_dtype, kv_dtype)
+        self.k_fmt, self.v_fmt = k_fmt, v_fmt
+
+        def mk(fmt):
+            width = head_dim // 2 if fmt == "nvfp4" else head_dim
+            if fmt in ("bf16", "fp16"):
+                return torch.full((slots, kv_heads, width), float("nan"), dtype=ACT[fmt], device=device)
+            return torch.full((slots, kv_heads, width), 0x7F, dtype=torch.uint8, device=device)   # NaN codes
+
+        self.k, self.v = mk(k_fmt), mk(v_fmt)
+        poison_scales = lambda: torch.full((slots, kv_heads, head_dim // 16), 0x7F, dtype=torch.uint8,  # noqa
+                                           device=device)
+        self.ks = poison_scales() if k_fmt == "nvfp4" else None
+        self.vs = poison_scales() if v_fmt == "nvfp4" else None
         self.q_dtype = ACT[q_dtype]
 
     def write(self, k, v, loc):
@@ -34,13 +39,15 @@ class Pool:
     def dequant(self, loc):
         """(len(loc), heads, head_dim) float32 K and V as stored."""
         loc = loc.long()
-        if self.kv_dtype == "nvfp4":
-            return (nvfp4.dequantize_nvfp4(self.k[loc].cpu(), self.ks[loc].cpu(), self.k_scale),
-                    nvfp4.dequantize_nvfp4(self.v[loc].cpu(), self.vs[loc].cpu(), self.v_scale))
-        if self.kv_dtype == "fp8_e4m3":
-            return (nvfp4.dequantize_fp8(self.k[loc].cpu(), self.k_scale),
-                    nvfp4.dequantize_fp8(self.v[loc].cpu(), self.v_scale))
-        return self.k[loc].cpu().float(), self.v[loc].cpu().float()
+
+        def deq(fmt, data, scales, gscale):
+            if fmt == "nvfp4":
+                return nvfp4.dequantize_nvfp4(data[loc].cpu(), scales[loc].cpu(), gscale)
+            if fmt == "fp8_e4m3":
+                return nvfp4.dequantize_fp8(data[loc].cpu(), gscale)
+            return data[loc].cpu().float()
+
+        return (deq(self.k_fmt, self.k, self.ks, self.k_scale), deq(self.v_fmt, self.v, self.vs, self.v_scale))
 
 
 def attention_ref(q, k, v, *, causal_offset=None, sm_scale=None, logit_cap=0.0, window_left=-1):

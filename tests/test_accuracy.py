@@ -49,7 +49,10 @@ def test_metrics_of_identical_and_quantized_runs(device):
 
 def test_stress_orders_the_formats(device):
     rows = {r["format"]: r for r in kv_eval.stress(device, tokens=64, heads=2, d=64, group=2, factor=50.0)}
-    assert rows["bf16"]["rel_l2_error"] < rows["fp8_e4m3"]["rel_l2_error"] < rows["nvfp4"]["rel_l2_error"]
+    err = {f: r["rel_l2_error"] for f, r in rows.items()}
+    assert err["bf16"] < err["fp8_e4m3"] < err["nvfp4"]
+    # K outliers are what NVFP4 handles worst: FP8 K with NVFP4 V recovers most of the gap
+    assert err["fp8k_nvfp4v"] < err["nvfp4"]
 
 
 def test_train_script_smoke(tmp_path):

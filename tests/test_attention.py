@@ -17,8 +17,9 @@ from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
 from sgl_kernel_sm12x.attention.extend import extend_attention
 
 FORMATS = [("bf16", "bf16"), ("fp16", "fp16"), ("fp8_e4m3", "bf16"), ("fp8_e4m3", "fp16"),
-           ("nvfp4", "bf16"), ("nvfp4", "fp16")]
-SCALES = {"bf16": (1.0, 1.0), "fp16": (1.0, 1.0), "fp8_e4m3": (0.05, 0.02), "nvfp4": (0.5, 2.0)}
+           ("nvfp4", "bf16"), ("nvfp4", "fp16"), ("fp8k_nvfp4v", "bf16")]
+SCALES = {"bf16": (1.0, 1.0), "fp16": (1.0, 1.0), "fp8_e4m3": (0.05, 0.02), "nvfp4": (0.5, 2.0),
+          "fp8k_nvfp4v": (0.05, 2.0)}
 
 
 def lowp_ref(q, k, v, dtype, **kw):

@@ -37,6 +37,8 @@ def test_budget_lists_the_append_kernel(budget_json):
     rows = [r for r in budget_json if r["kernel"] == "kv_append"]
     assert {r["config"]["kv_dtype"] for r in rows} == {"bf16", "fp16", "fp8_e4m3", "nvfp4"}
     assert {r["config"]["head_dim"] for r in rows} == {64, 128, 256}
+    # fp8k_nvfp4v appends K with the fp8 plan and V with the nvfp4 plan, one launch each
+    assert {r["config"].get("part") for r in rows} == {None, "K of fp8k_nvfp4v", "V of fp8k_nvfp4v"}
 
 
 def test_budget_table_and_bad_arguments():
@@ -86,4 +88,4 @@ def test_budget_covers_attention_with_mma_sync(budget_json):
             # SM120/SM121 have no wgmma / tcgen05: the tensor-core path is mma.sync
             assert r["mma"].startswith("mma.sync"), r
     kv = {r["config"]["kv_dtype"] for r in budget_json if r["kernel"] in ("decode", "extend")}
-    assert kv == {"bf16", "fp16", "fp8_e4m3", "nvfp4"}
+    assert kv == {"bf16", "fp16", "fp8_e4m3", "nvfp4", "fp8k_nvfp4v"}

@@ -17,7 +17,13 @@ from sgl_kernel_sm12x.attention.decode import decode_attention
 from sgl_kernel_sm12x.attention.extend import extend_attention
 from sgl_kernel_sm12x.kv_append import append_kv
 
-FORMATS = ("bf16", "fp8_e4m3", "nvfp4")
+FORMATS = ("bf16", "fp8_e4m3", "nvfp4", "fp8k_nvfp4v")     # fp8k_nvfp4v: K fp8_e4m3, V nvfp4
+_PARTS = {"fp8k_nvfp4v": ("fp8_e4m3", "nvfp4")}
+
+
+def parts(kv_dtype):
+    """(K format, V format) of a pool format."""
+    return _PARTS.get(kv_dtype, (kv_dtype, kv_dtype))
 
 
 @dataclass
@@ -32,13 +38,13 @@ class KVSession:
 
     def pool(self, layer, heads, d, device):
         if layer not in self.pools:
-            w = d // 2 if self.kv_dtype == "nvfp4" else d
-            dt = torch.bfloat16 if self.kv_dtype == "bf16" else torch.uint8
-            p = dict(k=torch.zeros(self.slots, heads, w, dtype=dt, device=device),
-                     v=torch.zeros(self.slots, heads, w, dtype=dt, device=device), ks=None, vs=None)
-            if self.kv_dtype == "nvfp4":
-                p["ks"] = torch.zeros(self.slots, heads, d // 16, dtype=torch.uint8, device=device)
-                p["vs"] = torch.zeros_like(p["ks"])
+            p = {}
+            for name, fmt in zip("kv", parts(self.kv_dtype)):
+                w = d // 2 if fmt == "nvfp4" else d
+                dt = torch.bfloat16 if fmt == "bf16" else torch.uint8
+                p[name] = torch.zeros(self.slots, heads, w, dtype=dt, device=device)
+                p[name + "s"] = (torch.zeros(self.slots, heads, d // 16, dtype=torch.uint8, device=device)
+                                 if fmt == "nvfp4" else None)
             self.pools[layer] = p
         return self.pools[layer]
 
@@ -138,12 +144,11 @@ def stress(device, tokens=512, heads=8, d=128, group=4, outlier_channels=4, fact
     s = torch.einsum("hd,nhd->hn", q[0], kk) / math.sqrt(d)
     ref = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), vv)
     rows = []
+    amax = {"fp8_e4m3": 448.0, "nvfp4": 448.0 * 6.0}
     for fmt in FORMATS:
-        ks = vs = 1.0
-        if fmt == "fp8_e4m3":
-            ks, vs = k.abs().max().item() / 448.0, v.abs().max().item() / 448.0
-        elif fmt == "nvfp4":
-            ks, vs = k.abs().max().item() / (448.0 * 6.0), v.abs().max().item() / (448.0 * 6.0)
+        kf, vf = parts(fmt)
+        ks = k.abs().max().item() / amax[kf] if kf in amax else 1.0
+        vs = v.abs().max().item() / amax[vf] if vf in amax else 1.0
         sess = KVSession(fmt, tokens, ks, vs)
         p = sess.pool(0, heads, d, device)
         kw = dict(kv_dtype=fmt, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)

@@ -34,7 +34,7 @@ def decode_split_kernel(
     qk_scale,                                              # sm_scale * k_scale * log2(e)
     logit_cap, window_left, group, page_size, max_splits,
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
-    KV_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
+    K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     FP4_PTX: tl.constexpr,
 ):
@@ -65,20 +65,25 @@ def decode_split_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
-    if KV_MODE == 2:
-        HALF: tl.constexpr = HEAD_DIM // 2
-        offs_p = tl.arange(0, HALF)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    offs_p = tl.arange(0, HALF)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if FP4_PTX:   # fp16 MMAs on the exact fp16 dequantized NVFP4 tiles; q saturates at +-65504
+        dt = tl.float16
+    if K_MODE == 2:
         q_lo = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
         q_hi = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
-        if FP4_PTX:   # fp16 MMAs on the exact fp16 dequantized tile; q saturates at +-65504
-            dt = tl.float16
+        if FP4_PTX:
             q_lo = tl.clamp(q_lo.to(tl.float32), -65504.0, 65504.0).to(dt)
             q_hi = tl.clamp(q_hi.to(tl.float32), -65504.0, 65504.0).to(dt)
+    else:
+        q = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
+        if FP4_PTX:
+            q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dt)
+    if V_MODE == 2:
         acc_lo = tl.zeros([BLOCK_H, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_H, HALF], tl.float32)
     else:
-        offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
         acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
 
     kc = k_cache_ptr + kvh * stride_kc_h
@@ -89,25 +94,25 @@ def decode_split_kernel(
         pos = n0 + offs_n
         n_mask = pos < hi_tok
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-        if KV_MODE == 2:
+        if K_MODE == 2:
             k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, FP4_PTX)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
-            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, K_MODE, HW_FP8)
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
         p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
-        if KV_MODE == 2:
+        if V_MODE == 2:
             v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, FP4_PTX)
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
-            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, V_MODE, HW_FP8)
             acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
     o_row = part_o_ptr + out_row[:, None] * HEAD_DIM
     inv_l = 1.0 / l_i
-    if KV_MODE == 2:
+    if V_MODE == 2:
         tl.store(o_row + 2 * offs_p[None, :], acc_lo * inv_l[:, None], mask=h_mask[:, None])
         tl.store(o_row + 2 * offs_p[None, :] + 1, acc_hi * inv_l[:, None], mask=h_mask[:, None])
     else:
@@ -188,12 +193,14 @@ def decode_attention(
     ----------
     q : (batch, q_heads, head_dim) bf16/fp16.
     k_cache, v_cache : one layer of the pool; (slots, kv_heads, head_dim) bf16/fp16/fp8 (uint8 or
-        float8_e4m3fn) or (slots, kv_heads, head_dim // 2) uint8 for nvfp4.
+        float8_e4m3fn) or (slots, kv_heads, head_dim // 2) uint8 for nvfp4. ``kv_dtype="fp8k_nvfp4v"``
+        keeps K in fp8_e4m3 and V in nvfp4 (K carries the outlier channels that cost NVFP4 most).
     kv_indptr : (batch + 1,) int32 offsets into ``kv_indices`` (token units for page_size 1, page
         units otherwise).
     kv_indices : token slots (page_size 1) or page ids (page_size > 1), int32/int64.
     seq_lens : (batch,) int32 tokens per request (may be 0).
-    k_scale_cache, v_scale_cache : nvfp4 block scales (slots, kv_heads, head_dim // 16).
+    k_scale_cache, v_scale_cache : nvfp4 block scales (slots, kv_heads, head_dim // 16), for the
+        parts held in nvfp4.
     k_scale, v_scale : per-tensor scales (FP8 scale / NVFP4 global scale); floats (read once).
     sm_scale : softmax scale, default 1/sqrt(head_dim). ``logit_cap`` > 0 applies cap*tanh(s/cap).
     window_left : sliding window; keys with ``pos >= seq_len - 1 - window_left`` are visible (-1: off).
@@ -220,14 +227,12 @@ def decode_attention(
     part_o, part_lse = workspace
     if part_o.shape[0] < batch or part_o.shape[2] != cfg.max_splits:
         _fail("workspace", f"needs at least ({batch}, {hq}, {cfg.max_splits}, {d}) for this call")
-    mode = meta["mode"]
+    k_mode, v_mode = meta["modes"]
     kc, vc = meta["k_cache"], meta["v_cache"]
-    ks = k_scale_cache if mode == 2 else kc
-    vs = v_scale_cache if mode == 2 else vc
-    if mode == 2:
-        ks, vs = ks.view(torch.uint8), vs.view(torch.uint8)
+    ks = k_scale_cache.view(torch.uint8) if k_mode == 2 else kc
+    vs = v_scale_cache.view(torch.uint8) if v_mode == 2 else vc
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-    if mode == 0:      # per-tensor scales belong to quantized pools only
+    if k_mode == 0:      # per-tensor scales belong to quantized pools only
         k_scale = v_scale = 1.0
     qk_scale = sm * _scalar(k_scale, "k_scale") * LOG2E
     decode_split_kernel[(batch, hkv, cfg.max_splits)](
@@ -241,9 +246,9 @@ def decode_attention(
         qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
         group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
         BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
-        KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+        K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
         HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, FP4_PTX=mode == 2 and not _INTERPRET,
+        DOT_FP32=_INTERPRET, FP4_PTX=2 in (k_mode, v_mode) and not _INTERPRET,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     write_lse = lse is not None
@@ -262,7 +267,9 @@ def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, d
 
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
+# kv_dtype -> (K format, V format): 0 bf16/fp16, 1 fp8_e4m3, 2 nvfp4
+_MODE = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
+_CACHE_DTYPES = {0: (torch.bfloat16, torch.float16), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}
 
 
 def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv_dtype, page_size,
@@ -277,28 +284,28 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     if q.stride(2) != 1:
         _fail("q", "head_dim must be contiguous")
     batch, hq, d = q.shape
-    mode = _MODE[kv_dtype]
+    modes = _MODE[kv_dtype]
     if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 3:
         _fail("k_cache", "expected a (slots, kv_heads, width) tensor")
     hkv = k_cache.shape[1]
     if hq % hkv:
         _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
-    width = d // 2 if mode == 2 else d
-    want = {0: (torch.bfloat16, torch.float16), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype not in want:
-            _fail(name, f"dtype {t.dtype} does not hold kv_dtype={kv_dtype!r}; expected {[str(w) for w in want]}")
+    for name, t, mode in (("k_cache", k_cache, modes[0]), ("v_cache", v_cache, modes[1])):
+        width = d // 2 if mode == 2 else d
+        want = _CACHE_DTYPES[mode]
+        if not isinstance(t, torch.Tensor) or t.dtype not in want:
+            _fail(name, f"dtype {getattr(t, 'dtype', None)} does not hold kv_dtype={kv_dtype!r}; "
+                        f"expected {[str(w) for w in want]}")
         if t.dim() != 3 or t.shape[1:] != (hkv, width) or t.stride(2) != 1:
             _fail(name, f"expected (slots, {hkv}, {width}) with contiguous last dim, got {tuple(t.shape)}")
         if t.device != q.device:
             _fail(name, f"is on {t.device}, q is on {q.device}")
-    if mode == 0 and k_cache.dtype != q.dtype:
+    if modes[0] == 0 and k_cache.dtype != q.dtype:
         _fail("k_cache", f"bf16/fp16 pools must match q's dtype {q.dtype}")
-    if mode == 2:
-        for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
-            if not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16) \
-                    or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1:
-                _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) uint8/float8_e4m3fn scale tensor")
+    for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
+        if mode == 2 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
+                          or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1):
+            _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) uint8/float8_e4m3fn scale tensor")
     for name, t, n in (("kv_indptr", kv_indptr, batch + 1), ("seq_lens", seq_lens, batch)):
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int32:
             _fail(name, f"expected an int32 tensor of {n} entries")
@@ -312,9 +319,9 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
     cfg = planner.plan_decode(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
-    kc = k_cache.view(torch.uint8) if mode == 1 else k_cache
-    vc = v_cache.view(torch.uint8) if mode == 1 else v_cache
-    return cfg, dict(mode=mode, kv_heads=hkv, k_cache=kc, v_cache=vc)
+    kc = k_cache.view(torch.uint8) if modes[0] == 1 else k_cache
+    vc = v_cache.view(torch.uint8) if modes[1] == 1 else v_cache
+    return cfg, dict(modes=modes, kv_heads=hkv, k_cache=kc, v_cache=vc)
 
 
 def aot_cases(arch: int):
@@ -322,12 +329,12 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.decode_domain():
         cfg = planner.plan_decode(arch, **inp)
-        mode = _MODE[inp["kv_dtype"]]
+        k_mode, v_mode = _MODE[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
-        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[mode]
+        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
-                  KV_MODE=mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False,
-                  HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=mode == 2)
+                  K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
+                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=2 in (k_mode, v_mode))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

@@ -38,8 +38,8 @@ def extend_kernel(
     qk_scale_prefix, qk_scale_ext, v_scale_prefix,       # log2-domain softmax scales; V scale of the pool
     logit_cap, window_left, group, page_size,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
-    KV_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     mb = tl.program_id(0)
     h = tl.program_id(1)
@@ -60,16 +60,17 @@ def extend_kernel(
     q_rows = q_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_q_t + h * stride_q_h
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    if KV_MODE == 2:
-        HALF: tl.constexpr = HEAD_DIM // 2
-        offs_p = tl.arange(0, HALF)
-        offs_d = tl.arange(0, HEAD_DIM)
+    HALF: tl.constexpr = HEAD_DIM // 2
+    offs_p = tl.arange(0, HALF)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if K_MODE == 2:
         q_lo, q_hi = _halves(tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0))
+    else:
+        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+    if V_MODE == 2:
         acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
     else:
-        offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
     # ---- phase 1: cached prefix, read from the pool --------------------------------------------
@@ -84,24 +85,24 @@ def extend_kernel(
         pos = n0 + offs_n
         n_mask = pos < prefix_len
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-        if KV_MODE == 2:
+        if K_MODE == 2:
             k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, False)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
-            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, K_MODE, HW_FP8)
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
         vis = n_mask[None, :]
         if HAS_WINDOW:
             vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
         p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
         pv = (p * v_scale_prefix).to(dt)
-        if KV_MODE == 2:
+        if V_MODE == 2:
             v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, False)
             acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
-            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, KV_MODE, HW_FP8)
+            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, V_MODE, HW_FP8)
             acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
 
     # ---- phase 2: the chunk's own keys, causal ----------------------------------------------------
@@ -115,7 +116,7 @@ def extend_kernel(
         j = n0 + offs_n
         n_mask = j < ext_len
         rows = (q0 + j).to(tl.int64)
-        if KV_MODE == 2:
+        if K_MODE == 2:
             k_lo, k_hi = _halves(tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None],
                                          other=0.0))
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
@@ -127,7 +128,7 @@ def extend_kernel(
         if HAS_WINDOW:
             vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
         p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
-        if KV_MODE == 2:
+        if V_MODE == 2:
             v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
                                          other=0.0))
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
@@ -138,7 +139,7 @@ def extend_kernel(
 
     inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h * stride_o_h
-    if KV_MODE == 2:
+    if V_MODE == 2:
         tl.store(o_rows + 2 * offs_p[None, :], (acc_lo * inv_l[:, None]).to(dt), mask=m_mask[:, None])
         tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_hi * inv_l[:, None]).to(dt), mask=m_mask[:, None])
     else:
@@ -150,7 +151,8 @@ def extend_kernel(
 # --------------------------------------------------------------------------------------------------
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
+# kv_dtype -> (K format, V format): 0 bf16/fp16, 1 fp8_e4m3, 2 nvfp4
+_MODE = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
 
 
 def _fail(name, msg):
@@ -197,7 +199,7 @@ def extend_attention(
     """
     if kv_dtype not in _MODE:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(_MODE)}")
-    mode = _MODE[kv_dtype]
+    modes = _MODE[kv_dtype]
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.dtype not in _ACT or t.stride(2) != 1:
             _fail(name, "expected a (tokens, heads, head_dim) bf16/fp16 tensor with contiguous head_dim")
@@ -207,17 +209,16 @@ def extend_attention(
         _fail("k", f"k and v must be ({tokens}, kv_heads, {d}) in {q.dtype}")
     if hq % hkv:
         _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
-    width = d // 2 if mode == 2 else d
-    want = {0: (q.dtype,), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+    for name, t, mode in (("k_cache", k_cache, modes[0]), ("v_cache", v_cache, modes[1])):
+        width = d // 2 if mode == 2 else d
+        want = {0: (q.dtype,), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[1:] != (hkv, width) or t.dtype not in want \
                 or t.stride(2) != 1:
             _fail(name, f"kv_dtype={kv_dtype!r} needs (slots, {hkv}, {width}) {[str(w) for w in want]}")
-    if mode == 2:
-        for name, t in (("k_scale_cache", k_scale_cache), ("v_scale_cache", v_scale_cache)):
-            if not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16) \
-                    or t.dtype not in (torch.uint8, torch.float8_e4m3fn):
-                _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) scale tensor")
+    for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
+        if mode == 2 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
+                          or t.dtype not in (torch.uint8, torch.float8_e4m3fn)):
+            _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) scale tensor")
     batch = prefix_lens.shape[0] if isinstance(prefix_lens, torch.Tensor) else -1
     for name, t, n in (("qo_indptr", qo_indptr, batch + 1), ("kv_indptr", kv_indptr, batch + 1),
                        ("prefix_lens", prefix_lens, batch)):
@@ -234,12 +235,13 @@ def extend_attention(
         out = torch.empty_like(q)
     if tokens == 0 or batch == 0 or max_extend_len <= 0:
         return out
-    if mode == 0:
+    k_mode, v_mode = modes
+    if k_mode == 0:
         k_scale = v_scale = 1.0
-    kc = k_cache.view(torch.uint8) if mode == 1 else k_cache
-    vc = v_cache.view(torch.uint8) if mode == 1 else v_cache
-    ks = k_scale_cache.view(torch.uint8) if mode == 2 else kc
-    vs = v_scale_cache.view(torch.uint8) if mode == 2 else vc
+    kc = k_cache.view(torch.uint8) if k_mode == 1 else k_cache
+    vc = v_cache.view(torch.uint8) if v_mode == 1 else v_cache
+    ks = k_scale_cache.view(torch.uint8) if k_mode == 2 else kc
+    vs = v_scale_cache.view(torch.uint8) if v_mode == 2 else vc
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
@@ -256,8 +258,8 @@ def extend_attention(
         qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
         qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, KV_MODE=mode,
-        HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
+        V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
         DOT_FP32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
@@ -267,11 +269,11 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.extend_domain():
         cfg = planner.plan_extend(arch, **inp)
-        mode = _MODE[inp["kv_dtype"]]
+        k_mode, v_mode = _MODE[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
-        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[mode]
+        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
-                  KV_MODE=mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False)
+                  K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False)
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
