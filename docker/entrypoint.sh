@@ -8,4 +8,4 @@ fi
 if [ "${1:-}" = "sglang" ] || [ "${1:-}" = "bash" ] || [ "${1:-}" = "sm12x" ] || [ "${1:-}" = "python3" ]; then
   exec "$@"
 fi
-exec python3 -m sglang.launch_server --host 0.0.0.0 --port "${PORT:-30000}" --attention-backend sm12x "$@"
+exec sglang serve --host 0.0.0.0 --port "${PORT:-30000}" --attention-backend sm12x "$@"

@@ -167,3 +167,26 @@ def test_doctor_checks_the_planner_shared_memory_table():
     unknown = dict(ok, capability=75, name="Tesla T4")
     c = _status(doctor.run_checks(gpu=unknown, probe=_ok_probe), "smem limit")
     assert c.status == "FAIL" and "not in the planner" in c.detail
+
+
+def test_entrypoint_serves_with_sm12x_and_passes_arguments_through(tmp_path):
+    """The image's entry point: doctor first (skippable), then ``sglang serve`` with the sm12x
+    backend and the user's arguments after ours (later flags win)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    for tool in ("sglang", "sm12x"):
+        (fake / tool).write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> {log}\n')
+        (fake / tool).chmod(0o755)
+    env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", PORT="31000")
+    r = subprocess.run(["bash", str(ROOT / "docker" / "entrypoint.sh"), "--model-path", "/models/m",
+                        "--kv-cache-dtype", "nvfp4"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "sm12x doctor"
+    assert calls[1] == ("sglang serve --host 0.0.0.0 --port 31000 --attention-backend sm12x "
+                        "--model-path /models/m --kv-cache-dtype nvfp4")
+    (fake / "sm12x").write_text("#!/usr/bin/env bash\nexit 1\n")
+    r = subprocess.run(["bash", str(ROOT / "docker" / "entrypoint.sh"), "--model-path", "/m"], capture_output=True,
+                       text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "sm12x doctor failed" in r.stderr
