@@ -73,3 +73,29 @@ def test_train_script_smoke(tmp_path):
 
     AutoModelForCausalLM.from_pretrained(out)
     assert len(AutoTokenizer.from_pretrained(out)) == 512
+
+
+def test_evaluate_merges_paths_run_in_separate_calls(tmp_path, monkeypatch):
+    """evaluate.py writes after each path and merges into the day's file, so the in-process and
+    end-to-end paths can run in separate (time-limited) calls without losing each other's rows."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "benchmark" / "accuracy" / "evaluate.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    model = tmp_path / "m"
+    model.mkdir()
+    torch.save(torch.arange(4000), model / "heldout_ids.pt")
+    row = lambda f, p: dict(format=f, path=p, perplexity=2.0, kl=0.0, top1_agreement=1.0, tokens=1)  # noqa: E731
+    monkeypatch.setattr(ev, "in_process", lambda *a: [row("bf16", "in_process"), row("nvfp4", "in_process")])
+    monkeypatch.setattr(ev, "e2e", lambda *a: [row("nvfp4", "e2e")])
+    import sgl_kernel_sm12x.serving as serving
+
+    monkeypatch.setattr(serving, "stop_on_sigterm", lambda: None)     # leave the test process's signals alone
+    out = tmp_path / "out"
+    ev.main(["--model", str(model), "--paths", "in_process", "--out", str(out), "--windows", "2", "--window", "64"])
+    ev.main(["--model", str(model), "--paths", "e2e", "--out", str(out), "--windows", "2", "--window", "64"])
+    ev.main(["--model", str(model), "--paths", "e2e", "--out", str(out), "--windows", "2", "--window", "64"])
+    res = json.loads(next(out.glob("*-accuracy.json")).read_text())
+    assert sorted((r["path"], r["format"]) for r in res["rows"]) == [("e2e", "nvfp4"), ("in_process", "bf16"),
+                                                                     ("in_process", "nvfp4")]

@@ -72,7 +72,8 @@ def e2e(model_dir, wins, logdir):
     runs = {}
     for name, backend, kv in (("reference", "triton", "auto"), ("bf16", "sm12x", "auto"),
                               ("fp8_e4m3", "sm12x", "fp8_e4m3"), ("nvfp4", "sm12x", "nvfp4")):
-        with Server(model_dir, backend, "--kv-cache-dtype", kv, "--disable-radix-cache",
+        # prompt logprobs come from prefill only: no decode CUDA graphs to capture
+        with Server(model_dir, backend, "--kv-cache-dtype", kv, "--disable-radix-cache", "--disable-cuda-graph",
                     log=Path(logdir) / f"acc-{name}.log", mem_fraction=0.4) as s:
             runs[name] = _prompt_logprobs(s, wins)
     ref = runs["reference"]
@@ -107,21 +108,32 @@ def main(argv=None):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     model_dir = Path(a.model)
     wins = windows(model_dir, a.windows, a.window) if {"in_process", "e2e"} & set(a.paths) else []
-    res = dict(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev == "cuda" else "cpu",
-               model=str(model_dir), windows=len(wins), window=a.window, prefill=a.prefill, rows=[], stress=[])
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    path = Path(a.out) / f"{time.strftime('%Y-%m-%d')}-accuracy.json"
+    # merge into the day's file: rows of the paths run now replace that path's earlier rows, so the
+    # in-process and end-to-end paths can run in separate calls
+    res = json.loads(path.read_text()) if path.exists() else {}
+    res.update(date=time.strftime("%Y-%m-%d"), device=torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+               model=str(model_dir), windows=len(wins), window=a.window, prefill=a.prefill)
+    res.setdefault("rows", [])
+    res.setdefault("stress", [])
     log = model_dir / "train_log.json"
     if log.exists():
-        res["train"] = {k: v for k, v in json.loads(log.read_text()).items() if k != "log"}
+        res["train"] = {k: v for k, v in json.loads(log.read_text()).items() if k not in ("log", "valid_log")}
+
+    def save(path_name, rows):
+        res["rows"] = [r for r in res["rows"] if r["path"] != path_name] + rows
+        path.write_text(json.dumps(res, indent=1))
+
     if "in_process" in a.paths:
-        res["rows"] += in_process(model_dir, wins, a.prefill, dev)
+        save("in_process", in_process(model_dir, wins, a.prefill, dev))
     if "e2e" in a.paths:
-        res["rows"] += e2e(model_dir, wins, os.environ.get("OUT", "/tmp"))
+        save("e2e", e2e(model_dir, wins, os.environ.get("OUT", "/tmp")))
     if "stress" in a.paths:
+        res["stress"] = []
         for factor in (1.0, 20.0, 50.0, 100.0):
             res["stress"] += kv_eval.stress(dev, outlier_channels=4, factor=factor)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    path = Path(a.out) / f"{res['date']}-accuracy.json"
-    path.write_text(json.dumps(res, indent=1))
+        path.write_text(json.dumps(res, indent=1))
     for r in res["rows"]:
         print(f"{r['path']:<10} {r['format']:<14} ppl {r['perplexity']:.3f}  KL {r['kl']:.2e}  "
               f"top-1 {r['top1_agreement']:.4f}")
