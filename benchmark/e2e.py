@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sgl_kernel_sm12x.bench_serving import client_base  # noqa: E402
 from sgl_kernel_sm12x.serving import Server, bundled_model, stop_on_sigterm  # noqa: E402
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
@@ -124,9 +125,7 @@ def phase_greedy(args, res):
 
 
 def bench(server, model, dataset, n, extra, log):
-    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1", "--port",
-           str(server.port), "--tokenizer", str(model), "--model", str(model), "--num-prompts", str(n),
-           "--dataset-name", dataset, "--output-file", log + ".jsonl", *extra]
+    cmd = client_base(server.port, model, dataset, n, log + ".jsonl") + list(extra)
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     Path(log + ".txt").write_text(p.stdout + p.stderr)

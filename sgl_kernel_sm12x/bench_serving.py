@@ -62,10 +62,15 @@ class Plan:
         return [(m, b, k) for m in self.models for b in self.backends for k in self.kv_dtypes]
 
 
+def client_base(port, model, dataset, num_prompts, out_file):
+    """SGLang's own ``sglang.bench_serving`` client against a local server (dataset arguments follow)."""
+    return [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1", "--port",
+            str(port), "--tokenizer", str(model), "--model", str(model), "--num-prompts", str(num_prompts),
+            "--output-file", str(out_file), "--dataset-name", dataset]
+
+
 def client_cmd(port, model, dataset, num_prompts, concurrency, input_len, output_len, out_file):
-    cmd = [sys.executable, "-m", "sglang.bench_serving", "--backend", "sglang", "--host", "127.0.0.1", "--port",
-           str(port), "--tokenizer", str(model), "--model", str(model), "--num-prompts", str(num_prompts),
-           "--max-concurrency", str(concurrency), "--output-file", str(out_file), "--dataset-name", dataset]
+    cmd = client_base(port, model, dataset, num_prompts, out_file) + ["--max-concurrency", str(concurrency)]
     if dataset == "random-ids":
         cmd += ["--random-input-len", str(input_len), "--random-output-len", str(output_len),
                 "--random-range-ratio", "1.0"]

@@ -269,6 +269,10 @@ def test_backend_extend_chunked_then_decode(kv, page):
         got_k, _ = _dequant(pool, kv, L, loc.cpu())
         err = (got_k - k.view(bs, hkv, d).float()).abs().max().item()
         assert err < {"bf16": 1e-6, "fp8_e4m3": 0.2, "nvfp4": 1.5}[kv], err
+    # the decode batch's metadata never serves an extend call (it would read the wrong index lists)
+    with pytest.raises(RuntimeError, match="forward_extend called with decode metadata"):
+        be.forward_extend(q.to(DEV), k.to(DEV), v.to(DEV), lay[0], fb)
+    assert be.forward_decode(q[:0].to(DEV), k[:0].to(DEV), v[:0].to(DEV), lay[0], fb).shape == (0, hq * d)
 
 
 def test_backend_rejects_unsupported_page_size():

@@ -251,9 +251,21 @@ class Sm12xAttnBackend(AttentionBackend):
         w = getattr(layer, "sliding_window_size", -1)
         return -1 if w is None or w < 0 else int(w)
 
-    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+    def _metadata(self, decode: bool):
+        """This batch's metadata, planned for the phase that is running (a mismatch would read the
+        wrong index lists: refuse it rather than attend over the wrong tokens)."""
         md = self.forward_metadata
+        if md is None or md.decode != decode:
+            have = "none" if md is None else ("decode" if md.decode else "extend")
+            raise RuntimeError(f"sm12x: forward_{'decode' if decode else 'extend'} called with {have} metadata; "
+                               "init_forward_metadata must run for this batch first")
+        return md
+
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
+        if q3.shape[0] == 0:
+            return q3.new_empty((0, hq * d))
+        md = self._metadata(decode=False)
         if getattr(layer, "is_cross_attention", False):
             raise NotImplementedError("--attention-backend sm12x does not support cross attention")
         pool = self._layer_pool(layer)
@@ -270,8 +282,10 @@ class Sm12xAttnBackend(AttentionBackend):
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
-        md = self.forward_metadata
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
+        if q3.shape[0] == 0:
+            return q3.new_empty((0, hq * d))
+        md = self._metadata(decode=True)
         pool = self._layer_pool(layer)
         if save_kv_cache and k3 is not None:
             self._write_kv(layer, forward_batch, k3, v3, pool)
