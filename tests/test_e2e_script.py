@@ -1,0 +1,60 @@
+"""``benchmark/e2e.py``'s greedy comparison, with stand-in servers (the real one runs on the device):
+every backend sees the same prompt sets, the statistics pool the sets, and a run that drops the
+cached prefix is told apart from two correct backends that split on near-ties."""
+import importlib.util
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _e2e():
+    spec = importlib.util.spec_from_file_location("e2e_script", ROOT / "benchmark" / "e2e.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monkeypatch):
+    e2e = _e2e()
+    seen = {}
+
+    class FakeServer:
+        def __init__(self, ckpt, backend, *args, env=None, **kw):
+            self.name = "sm12x_broken" if (env or {}).get("SGLANG_SM12X_FAULT") else backend
+            self.startup_s = 1.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def generate_ids(self, ps, steps):
+            seen.setdefault(self.name, []).append(len(ps))
+            out = []
+            for p in ps:
+                toks = [(sum(p) + i) % 97 for i in range(steps)]
+                if self.name == "sm12x_broken":
+                    toks = [(t + 1) % 97 for t in toks]          # wrong from the first token
+                elif self.name == "flashinfer" and p[-1] % 4 == 0:
+                    toks[steps // 2] = -1                        # a near-tie split half way
+                out.append((toks, [-0.1] * steps))
+            return out
+
+    monkeypatch.setattr(e2e, "Server", FakeServer)
+    monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: model)
+    model = ROOT / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
+    args = SimpleNamespace(greedy_model=str(model), greedy_layers=None, prompts=8, prompt_sets=3, prefix_len=16,
+                           steps=6, port=0, logdir=str(tmp_path))
+    res = {}
+    e2e.phase_greedy(args, res)
+    g = res["greedy"]
+    assert g["prompts"] == 24 and g["prompt_sets"] == 3
+    assert all(v == [1, 8, 1, 8, 1, 8] for v in seen.values()), seen      # warm-up + set, three times
+    assert res["greedy_agreement"] == 1.0 and res["broken_run_agreement"] == 0.0
+    assert 0.0 < res["reference_agreement"] < 1.0
+    assert len(g["flashinfer_vs_triton_per_set"]) == 3
+    assert g["sm12x_broken_vs_triton"]["mean_first_divergence"] == 0.0
+    json.dumps(res)
