@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import queue
+import shlex
 import subprocess
 import sys
 import threading

@@ -62,8 +62,10 @@ def current_arch(device=None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 HEAD_DIMS = (64, 128, 256)
-KV_DTYPES = ("bf16", "fp16", "fp8_e4m3", "nvfp4", "fp8k_nvfp4v")     # storage formats of the KV pool
-# fp8k_nvfp4v: K in fp8_e4m3, V in nvfp4 (K's outlier channels are what NVFP4 handles worst)
+POOL_KV_DTYPES = ("bf16", "fp16", "fp8_e4m3", "nvfp4")    # one format for K and V
+# storage formats the attention kernels read; fp8k_nvfp4v: K in fp8_e4m3, V in nvfp4 (K's outlier
+# channels are what NVFP4 handles worst), appended as one fp8 and one nvfp4 half
+KV_DTYPES = POOL_KV_DTYPES + ("fp8k_nvfp4v",)
 FP8_K = ("fp8_e4m3", "fp8k_nvfp4v")        # K stored as fp8_e4m3
 FP4_V = ("nvfp4", "fp8k_nvfp4v")           # V stored as nvfp4
 ACT_DTYPES = ("bf16", "fp16")                          # activations (q, new k/v)
@@ -112,7 +114,7 @@ _APPEND_TILE = {"copy": (4096, 4), "fp8_e4m3": (4096, 4), "nvfp4": (4096, 8)}
 def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf16") -> AppendConfig:
     arch_limits(arch)
     _check("head_dim", head_dim, HEAD_DIMS)
-    _check("kv_dtype", kv_dtype, KV_DTYPES[:4])
+    _check("kv_dtype", kv_dtype, POOL_KV_DTYPES)
     _check("act_dtype", act_dtype, ACT_DTYPES)
     elems, warps = _APPEND_TILE.get(kv_dtype, _APPEND_TILE["copy"])
     # sm_80 has no FP8 conversion instruction; there the software encoder (same bits) runs
@@ -124,7 +126,7 @@ def kv_append_domain():
     """Every input the append planner accepts (besides arch). fp8k_nvfp4v appends with the
     fp8_e4m3 (K) and nvfp4 (V) plans."""
     for head_dim in HEAD_DIMS:
-        for kv_dtype in KV_DTYPES[:4]:
+        for kv_dtype in POOL_KV_DTYPES:
             for act_dtype in ACT_DTYPES:
                 yield dict(head_dim=head_dim, kv_dtype=kv_dtype, act_dtype=act_dtype)
 

@@ -113,6 +113,11 @@ def make_core_class(rel: str = "0.5.23"):
     return Sm12xMoeRunnerCore
 
 
+# the MoE methods whose create_moe_runner builds SGLang's Triton runner (both versions)
+_RUNNER_TARGETS = ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
+                   "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner")
+
+
 def register(rel: str) -> None:
     """Register the runner (SGLang 0.5.23 has the extension API; 0.5.17 does not) and the clamp."""
     if rel == "0.5.23":
@@ -142,8 +147,7 @@ def _register_runner() -> None:
             _log_in_use(type(self).__name__)
         return result
 
-    for target in ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
-                   "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner"):
+    for target in _RUNNER_TARGETS:
         _register_once(HookRegistry, HookType, target, after_create, HookType.AFTER)
 
 
@@ -201,8 +205,7 @@ def _register_runner_0517() -> None:
         add_moe_runner_backend_choices([BACKEND])
     _register_once(HookRegistry, HookType, "sglang.srt.layers.moe.utils.initialize_moe_config",
                    initialize_moe_config_0517)
-    for target in ("sglang.srt.layers.quantization.unquant.UnquantizedFusedMoEMethod.create_moe_runner",
-                   "sglang.srt.layers.quantization.fp8.Fp8MoEMethod.create_moe_runner"):
+    for target in _RUNNER_TARGETS:
         _register_once(HookRegistry, HookType, target, after_create_0517, HookType.AFTER)
 
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
+from .kv_tile import KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -267,16 +267,14 @@ def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, d
 
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-# kv_dtype -> (K format, V format): 0 bf16/fp16, 1 fp8_e4m3, 2 nvfp4
-_MODE = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
 _CACHE_DTYPES = {0: (torch.bfloat16, torch.float16), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}
 
 
 def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv_dtype, page_size,
                      k_scale_cache, v_scale_cache, max_splits, arch):
     """Validate the arguments of :func:`decode_attention` and ask the planner for the launch."""
-    if kv_dtype not in _MODE:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(_MODE)}")
+    if kv_dtype not in KV_MODES:
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         _fail("q", "expected a (batch, q_heads, head_dim) tensor")
     if q.dtype not in _ACT:
@@ -284,7 +282,7 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     if q.stride(2) != 1:
         _fail("q", "head_dim must be contiguous")
     batch, hq, d = q.shape
-    modes = _MODE[kv_dtype]
+    modes = KV_MODES[kv_dtype]
     if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 3:
         _fail("k_cache", "expected a (slots, kv_heads, width) tensor")
     hkv = k_cache.shape[1]
@@ -329,7 +327,7 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.decode_domain():
         cfg = planner.plan_decode(arch, **inp)
-        k_mode, v_mode = _MODE[inp["kv_dtype"]]
+        k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,

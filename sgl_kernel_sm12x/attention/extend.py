@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
+from .kv_tile import KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -151,8 +151,6 @@ def extend_kernel(
 # --------------------------------------------------------------------------------------------------
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-# kv_dtype -> (K format, V format): 0 bf16/fp16, 1 fp8_e4m3, 2 nvfp4
-_MODE = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
 
 
 def _fail(name, msg):
@@ -197,9 +195,9 @@ def extend_attention(
     prefix_lens : (batch,) int32 cached tokens per request (0 for a fresh prefill).
     max_extend_len : the longest chunk in the batch (sizes the grid; the host knows it).
     """
-    if kv_dtype not in _MODE:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(_MODE)}")
-    modes = _MODE[kv_dtype]
+    if kv_dtype not in KV_MODES:
+        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
+    modes = KV_MODES[kv_dtype]
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.dtype not in _ACT or t.stride(2) != 1:
             _fail(name, "expected a (tokens, heads, head_dim) bf16/fp16 tensor with contiguous head_dim")
@@ -269,7 +267,7 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.extend_domain():
         cfg = planner.plan_extend(arch, **inp)
-        k_mode, v_mode = _MODE[inp["kv_dtype"]]
+        k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,

@@ -18,6 +18,10 @@ import triton.language as tl
 
 from ..fp_codes import e4m3_decode
 
+# kv_dtype -> (K format, V format) as the kernels' K_MODE / V_MODE: 0 bf16/fp16 as stored,
+# 1 fp8_e4m3, 2 nvfp4; fp8k_nvfp4v keeps K in fp8 and V in nvfp4
+KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
+
 
 @triton.jit
 def slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED: tl.constexpr):
