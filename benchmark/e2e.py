@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgl_kernel_sm12x.bench_serving import client_base  # noqa: E402
-from sgl_kernel_sm12x.serving import Server, bundled_model, stop_on_sigterm  # noqa: E402
+from sgl_kernel_sm12x.serving import Server, bundled_model, run_on_gpus, stop_on_sigterm  # noqa: E402
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
 
@@ -99,20 +99,29 @@ def phase_greedy(args, res):
     # cost little beyond the server start-ups and tighten the agreement fractions.
     sets = [prompts(args.prompts, args.prefix_len, vocab, seed=1 + i) for i in range(args.prompt_sets)]
     runs, starts = {}, {}
-    plan = [("triton", {}), ("sm12x", {}), ("sm12x_broken", {"SGLANG_SM12X_FAULT": "drop_prefix"}),
-            ("flashinfer", {})]
-    for name, env in plan:
+    # longest start-ups first (flashinfer JIT-compiles), so with several --gpus the queue balances
+    plan = [("flashinfer", {}), ("triton", {}), ("sm12x", {}), ("sm12x_broken", {"SGLANG_SM12X_FAULT": "drop_prefix"})]
+
+    def work(item, gpu, slot, live):
+        name, env = item
         backend = "sm12x" if name.startswith("sm12x") else name
+        if gpu is not None:
+            env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
         try:
-            with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port, env=env,
+            with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port + 10 * slot, env=env,
                         log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s:
+                live.add(s)
                 starts[name] = round(s.startup_s, 1)
-                runs[name] = []
+                out = []
                 for ps in sets:
                     s.generate_ids(ps[:1], 4)          # warm the radix cache with the shared prefix
-                    runs[name].append(s.generate_ids(ps, args.steps))
+                    out.append(s.generate_ids(ps, args.steps))
+                runs[name] = out
+                live.discard(s)
         except Exception as e:  # noqa: BLE001 -- report and go on with the other backends
             res.setdefault("failures_detail", []).append(f"greedy {name}: {str(e)[-1500:]}")
+
+    run_on_gpus(plan, args.gpus, work)
     g = {"model": f"{Path(args.greedy_model).name} ({args.greedy_layers or 'all'} layers, random init)",
          "prompts": args.prompts * len(sets), "prompt_sets": len(sets), "steps": args.steps,
          "shared_prefix_tokens": args.prefix_len, "startup_s": starts}
@@ -212,12 +221,21 @@ def phase_tp2(args, res):
             res["tp2_ok"] = False
 
 
+def gpu_list(text):
+    try:
+        return [int(g) for g in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated GPU indices such as 0,1, got {text!r}") from None
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve", "tp2"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp") + "/e2e-logs")
     ap.add_argument("--port", type=int, default=30123)
+    ap.add_argument("--gpus", type=gpu_list, default=None,
+                    help="greedy phase: comma-separated GPU indices; one server per GPU at a time, start-ups overlap")
     ap.add_argument("--greedy-model", default=str(bundled_model()))
     ap.add_argument("--greedy-layers", type=int, default=None)
     ap.add_argument("--prompts", type=int, default=64, help="prompts per set")

@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .serving import Server, stop_on_sigterm
+from .serving import Server, run_on_gpus, stop_on_sigterm
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
@@ -167,40 +165,12 @@ def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, 
     the GPU. ``server_cls`` / ``client`` are injectable for tests."""
     rows = [] if rows is None else rows
     workdir.mkdir(parents=True, exist_ok=True)
-    configs = plan.configs()
-    gpus = list(plan.gpus or [])
-    if len(gpus) <= 1:
-        for model, backend, kv in configs:
-            _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows,
-                        gpu=gpus[0] if gpus else None)
-        return rows
-    todo = queue.Queue()
-    for c in configs:
-        todo.put(c)
-    stop = threading.Event()
-    live = set()
+    def work(config, gpu, slot, live):
+        model, backend, kv = config
+        _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=gpu,
+                    port=plan.port + 10 * slot, live=live)
 
-    def worker(i, gpu):
-        while not stop.is_set():
-            try:
-                model, backend, kv = todo.get_nowait()
-            except queue.Empty:
-                return
-            _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=gpu,
-                        port=plan.port + 10 * i, live=live)
-
-    threads = [threading.Thread(target=worker, args=(i, g), daemon=True) for i, g in enumerate(gpus)]
-    for t in threads:
-        t.start()
-    try:
-        while any(t.is_alive() for t in threads):
-            for t in threads:
-                t.join(0.5)
-    except KeyboardInterrupt:
-        stop.set()
-        for srv in list(live):          # Ctrl-C reaches this thread only: stop the workers' servers here
-            srv.__exit__(None, None, None)
-        raise
+    run_on_gpus(plan.configs(), plan.gpus, work)
     return rows
 
 

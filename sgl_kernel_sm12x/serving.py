@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +45,45 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def run_on_gpus(items, gpus, work) -> None:
+    """``work(item, gpu, slot, live)`` for every item, in order. With several ``gpus``, one worker
+    thread per GPU takes the next item from a shared queue (``slot`` is the worker's index, for ports
+    apart), so server start-ups overlap and servers never share a GPU; otherwise the items run here
+    with ``gpu`` the single index given, or None. Servers a worker adds to ``live`` are stopped here
+    on Ctrl-C, which reaches the main thread only."""
+    gpus = list(gpus or [])
+    live: set = set()
+    if len(gpus) <= 1:
+        for item in items:
+            work(item, gpus[0] if gpus else None, 0, live)
+        return
+    todo: queue.Queue = queue.Queue()
+    for item in items:
+        todo.put(item)
+    stop = threading.Event()
+
+    def worker(slot, gpu):
+        while not stop.is_set():
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            work(item, gpu, slot, live)
+
+    threads = [threading.Thread(target=worker, args=(i, g), daemon=True) for i, g in enumerate(gpus)]
+    for t in threads:
+        t.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        for srv in list(live):
+            srv.__exit__(None, None, None)
+        raise
 
 
 class Server:

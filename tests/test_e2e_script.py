@@ -3,8 +3,11 @@ every backend sees the same prompt sets, the statistics pool the sets, and a run
 cached prefix is told apart from two correct backends that split on near-ties."""
 import importlib.util
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,14 +19,17 @@ def _e2e():
     return mod
 
 
-def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpus", [None, [0, 1]])
+def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monkeypatch, gpus):
     e2e = _e2e()
-    seen = {}
+    seen, placed, lock = {}, {}, threading.Lock()
 
     class FakeServer:
-        def __init__(self, ckpt, backend, *args, env=None, **kw):
+        def __init__(self, ckpt, backend, *args, env=None, port=None, **kw):
             self.name = "sm12x_broken" if (env or {}).get("SGLANG_SM12X_FAULT") else backend
             self.startup_s = 1.0
+            with lock:
+                placed[self.name] = ((env or {}).get("CUDA_VISIBLE_DEVICES"), port)
 
         def __enter__(self):
             return self
@@ -32,7 +38,8 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
             return False
 
         def generate_ids(self, ps, steps):
-            seen.setdefault(self.name, []).append(len(ps))
+            with lock:
+                seen.setdefault(self.name, []).append(len(ps))
             out = []
             for p in ps:
                 toks = [(sum(p) + i) % 97 for i in range(steps)]
@@ -47,7 +54,7 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
     monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: model)
     model = ROOT / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
     args = SimpleNamespace(greedy_model=str(model), greedy_layers=None, prompts=8, prompt_sets=3, prefix_len=16,
-                           steps=6, port=0, logdir=str(tmp_path))
+                           steps=6, port=30000, logdir=str(tmp_path), gpus=gpus)
     res = {}
     e2e.phase_greedy(args, res)
     g = res["greedy"]
@@ -57,4 +64,9 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
     assert 0.0 < res["reference_agreement"] < 1.0
     assert len(g["flashinfer_vs_triton_per_set"]) == 3
     assert g["sm12x_broken_vs_triton"]["mean_first_divergence"] == 0.0
+    assert set(placed) == {"triton", "flashinfer", "sm12x", "sm12x_broken"}
+    if gpus is None:
+        assert all(p == (None, 30000) for p in placed.values()), placed
+    else:           # each server on one of the GPUs, on its worker's own port
+        assert all((g, port) in {("0", 30000), ("1", 30010)} for g, port in placed.values()), placed
     json.dumps(res)

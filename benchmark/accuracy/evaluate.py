@@ -66,7 +66,7 @@ def _prompt_logprobs(srv, wins, top=20):
     return res
 
 
-def e2e(model_dir, wins, logdir):
+def e2e(model_dir, wins, logdir, port=30123):
     from sgl_kernel_sm12x.serving import Server
 
     runs = {}
@@ -74,7 +74,7 @@ def e2e(model_dir, wins, logdir):
                               ("fp8_e4m3", "sm12x", "fp8_e4m3"), ("nvfp4", "sm12x", "nvfp4")):
         # prompt logprobs come from prefill only: no decode CUDA graphs to capture
         with Server(model_dir, backend, "--kv-cache-dtype", kv, "--disable-radix-cache", "--disable-cuda-graph",
-                    log=Path(logdir) / f"acc-{name}.log", mem_fraction=0.4) as s:
+                    port=port, log=Path(logdir) / f"acc-{name}.log", mem_fraction=0.4) as s:
             runs[name] = _prompt_logprobs(s, wins)
     ref = runs["reference"]
     rows = []
@@ -101,6 +101,8 @@ def main(argv=None):
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--paths", nargs="+", default=["in_process", "e2e", "stress"])
     ap.add_argument("--out", default=str(HERE.parents[0] / "results"))
+    ap.add_argument("--port", type=int, default=30123, help="e2e servers' port")
+    ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp"), help="e2e server logs")
     a = ap.parse_args(argv)
     from sgl_kernel_sm12x.serving import stop_on_sigterm
 
@@ -128,7 +130,7 @@ def main(argv=None):
     if "in_process" in a.paths:
         save("in_process", in_process(model_dir, wins, a.prefill, dev))
     if "e2e" in a.paths:
-        save("e2e", e2e(model_dir, wins, os.environ.get("OUT", "/tmp")))
+        save("e2e", e2e(model_dir, wins, a.logdir, a.port))
     if "stress" in a.paths:
         res["stress"] = []
         for factor in (1.0, 20.0, 50.0, 100.0):
