@@ -2,6 +2,7 @@
 own attention, the metrics behave, and the training script produces a checkpoint SGLang-style
 loaders read (safetensors shards <= 15 MB, tokenizer, held-out ids, loss curve)."""
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmark" / "accuracy"))
 import kv_eval  # noqa: E402
+
+from sgl_kernel_sm12x.attention.decode import decode_attention  # noqa: E402
+from sgl_kernel_sm12x.kv_append import append_kv  # noqa: E402
 
 
 def _tiny(vocab=256):
@@ -35,6 +39,91 @@ def test_bf16_kernel_path_matches_the_models_own_attention(device):
     # the whole sequence as one prefill chunk agrees as well
     whole = kv_eval.run_sequence(model, ids, "bf16", prefill=len(ids))
     assert (whole.cpu() - ref).abs().max().item() < 0.02 * ref.abs().max().item()
+
+
+def test_chunked_prefill_matches_the_models_own_attention(device):
+    model = _tiny().to(device)
+    ids = torch.randint(0, 256, (19,))
+    with torch.no_grad():
+        model.config._attn_implementation = "eager"
+        ref = model(input_ids=ids[None].to(device)).logits[0].float().cpu()
+    got = kv_eval.run_sequence(model, ids, "bf16", prefill=11, chunk=4).cpu()     # chunks 4 + 4 + 3, then decode
+    assert (got - ref).abs().max().item() < 0.02 * ref.abs().max().item()
+
+
+def test_only_positions_that_read_the_cache_can_differ(device):
+    """The first prefill chunk reads no cached K/V, so every format gives the same logits there; the
+    scored span starts after it, and chunked-prefill positions do read the quantized prefix."""
+    model = _tiny().to(device)
+    ids = torch.randint(0, 256, (16,))
+    first = kv_eval.first_cached_position(prefill=10, chunk=5)
+    assert first == 5 and kv_eval.first_cached_position(10, None) == 10
+    lg = {f: kv_eval.run_sequence(model, ids, f, prefill=10, chunk=5) for f in ("bf16", "nvfp4")}
+    assert torch.equal(lg["bf16"][:first], lg["nvfp4"][:first])
+    assert not torch.allclose(lg["bf16"][first:10], lg["nvfp4"][first:10])          # second chunk: FP4 prefix
+    head = {r["format"]: r for r in kv_eval.compare(lg, ids, start=0, end=first)}
+    assert head["nvfp4"]["kl"] == 0.0 and head["nvfp4"]["top1_agreement"] == 1.0
+    rest = {r["format"]: r for r in kv_eval.compare(lg, ids, start=first)}
+    assert rest["nvfp4"]["kl"] > 0 and rest["nvfp4"]["tokens"] == len(ids) - 1 - first
+
+
+def test_calibrated_scales_rescue_small_values(device):
+    """A unit per-tensor scale puts the UE4M3 block scales of small-magnitude K/V into the subnormal
+    range (coarse) or below it (zero); per-layer scales from the tensor's amax keep them normal."""
+    g = torch.Generator().manual_seed(1)
+    tokens, heads, d = 32, 2, 64
+    k = torch.randn(tokens, heads, d, generator=g) * 2e-3
+    v = torch.randn(tokens, heads, d, generator=g) * 2e-3
+    q = torch.randn(1, heads, d, generator=g) * 300
+    s = torch.einsum("hd,nhd->hn", q[0], k) / d ** 0.5
+    ref = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), v)
+    amax = {0: (k.abs().max().item(), v.abs().max().item())}
+    err = {}
+    for name, scales in (("unit", (1.0, 1.0)), ("calibrated", kv_eval.layer_scales(amax, "nvfp4")[0])):
+        sess = kv_eval.KVSession("nvfp4", tokens, layer_scales={0: scales})
+        p = sess.pool(0, heads, d, device)
+        ks, vs = sess.scales(0)
+        kw = dict(kv_dtype="nvfp4", k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)
+        loc = torch.arange(tokens, dtype=torch.int32, device=device)
+        append_kv(k.to(device, torch.bfloat16), v.to(device, torch.bfloat16), loc, p["k"], p["v"], **kw)
+        out = decode_attention(q.to(device, torch.bfloat16), p["k"], p["v"],
+                               torch.tensor([0, tokens], dtype=torch.int32, device=device), loc,
+                               torch.tensor([tokens], dtype=torch.int32, device=device), **kw)
+        err[name] = ((out[0].float().cpu() - ref).norm() / ref.norm()).item()
+    assert err["calibrated"] < 0.2 and err["calibrated"] * 3 < err["unit"], err
+
+
+def test_calibrate_records_per_layer_amax(device):
+    model = _tiny().to(device)
+    ids = torch.randint(0, 256, (12,))
+    amax = kv_eval.calibrate(model, [ids], prefill=8, chunk=4)
+    assert sorted(amax) == [0, 1] and all(ka > 0 and va > 0 for ka, va in amax.values())
+    sc = kv_eval.layer_scales(amax, "fp8k_nvfp4v")
+    assert sc[0] == (amax[0][0] / 448.0, amax[0][1] / (448.0 * 6))
+
+
+def _evaluate_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate", ROOT / "benchmark" / "accuracy" / "evaluate.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    return ev
+
+
+def test_in_process_rows_score_cache_reading_positions(device, tmp_path):
+    ev = _evaluate_module()
+    _tiny().save_pretrained(tmp_path, safe_serialization=True)
+    wins = [torch.randint(0, 256, (16,))]
+    rows = {r["format"]: r for r in ev.in_process(tmp_path, wins, prefill=8, device=device, chunk=4,
+                                                  calib_wins=[torch.randint(0, 256, (16,))])}
+    assert set(rows) == set(kv_eval.FORMATS) | {f"{f} (calibrated scales)" for f in ev.CALIBRATED}
+    b = rows["bf16"]
+    assert b["kl"] == 0.0 and b["top1_agreement"] == 1.0 and b["scored_positions"] == "4..14"
+    assert b["tokens"] == 11 and b["prefill_chunks"]["tokens"] == 4 and b["decode"]["tokens"] == 7
+    for f, r in rows.items():
+        assert math.isfinite(r["perplexity"]) and r["kl"] >= 0, (f, r)
+    assert rows["nvfp4"]["kl"] > 0 and rows["nvfp4 (calibrated scales)"]["kl"] > 0
 
 
 def test_metrics_of_identical_and_quantized_runs(device):
@@ -87,8 +176,8 @@ def test_evaluate_merges_paths_run_in_separate_calls(tmp_path, monkeypatch):
     model.mkdir()
     torch.save(torch.arange(4000), model / "heldout_ids.pt")
     row = lambda f, p: dict(format=f, path=p, perplexity=2.0, kl=0.0, top1_agreement=1.0, tokens=1)  # noqa: E731
-    monkeypatch.setattr(ev, "in_process", lambda *a: [row("bf16", "in_process"), row("nvfp4", "in_process")])
-    monkeypatch.setattr(ev, "e2e", lambda *a: [row("nvfp4", "e2e")])
+    monkeypatch.setattr(ev, "in_process", lambda *a, **k: [row("bf16", "in_process"), row("nvfp4", "in_process")])
+    monkeypatch.setattr(ev, "e2e", lambda *a, **k: [row("nvfp4", "e2e")])
     import sgl_kernel_sm12x.serving as serving
 
     monkeypatch.setattr(serving, "stop_on_sigterm", lambda: None)     # leave the test process's signals alone

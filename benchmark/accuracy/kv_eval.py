@@ -28,13 +28,22 @@ def parts(kv_dtype):
 
 @dataclass
 class KVSession:
-    """Cache of one sequence: per layer a pool of ``slots`` tokens in ``kv_dtype``."""
+    """Cache of one sequence: per layer a pool of ``slots`` tokens in ``kv_dtype``. The per-tensor
+    scales are ``k_scale`` / ``v_scale`` for every layer unless ``layer_scales`` maps a layer index to
+    its own ``(k_scale, v_scale)`` (calibrated, as a checkpoint's per-layer KV scales are)."""
     kv_dtype: str
     slots: int
     k_scale: float = 1.0
     v_scale: float = 1.0
     pools: dict = field(default_factory=dict)
     length: int = 0            # tokens cached so far (same for every layer once a step finishes)
+    layer_scales: dict | None = None
+    record: dict | None = None     # when a dict: per-layer running amax of K and V (calibration)
+
+    def scales(self, layer):
+        if self.layer_scales and layer in self.layer_scales:
+            return self.layer_scales[layer]
+        return self.k_scale, self.v_scale
 
     def pool(self, layer, heads, d, device):
         if layer not in self.pools:
@@ -66,8 +75,11 @@ def sm12x_attention(module, query, key, value, attention_mask, scaling, dropout=
     v = value[0].transpose(0, 1).contiguous().to(torch.bfloat16)
     start = s.length
     loc = torch.arange(start, start + n, device=dev, dtype=torch.int32)
-    kw = dict(kv_dtype=s.kv_dtype, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=s.k_scale,
-              v_scale=s.v_scale)
+    if s.record is not None:
+        ka, va = s.record.get(module.layer_idx, (0.0, 0.0))
+        s.record[module.layer_idx] = (max(ka, k.abs().max().item()), max(va, v.abs().max().item()))
+    ks, vs = s.scales(module.layer_idx)
+    kw = dict(kv_dtype=s.kv_dtype, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)
     append_kv(k, v, loc, p["k"], p["v"], **kw)
     if n == 1 and start > 0:       # decode: everything, the new token included, from the pool
         idx = torch.arange(0, start + 1, device=dev, dtype=torch.int32)
@@ -89,20 +101,27 @@ def register():
 
 
 @torch.no_grad()
-def run_sequence(model, ids: torch.Tensor, kv_dtype: str, prefill: int, k_scale=1.0, v_scale=1.0):
-    """Logits (len(ids), vocab) in fp32: ``ids[:prefill]`` in one prefill chunk, the rest decoded
-    one token at a time (teacher forcing), attention over a ``kv_dtype`` pool."""
+def run_sequence(model, ids: torch.Tensor, kv_dtype: str, prefill: int, chunk: int | None = None, k_scale=1.0,
+                 v_scale=1.0, layer_scales=None, record=None):
+    """Logits (len(ids), vocab) in fp32: ``ids[:prefill]`` prefilled in chunks of ``chunk`` tokens
+    (one chunk when None; a later chunk reads the earlier ones from the pool, as a server's chunked
+    prefill does), the rest decoded one token at a time (teacher forcing), attention over a
+    ``kv_dtype`` pool. Positions of the first chunk read no cached K/V: only later positions can
+    differ between formats (``first_cached_position``)."""
     register()
     model.config._attn_implementation = "sm12x_kv"
     dev = next(model.parameters()).device
-    sess = KVSession(kv_dtype, slots=len(ids) + 16, k_scale=k_scale, v_scale=v_scale)
+    sess = KVSession(kv_dtype, slots=len(ids) + 16, k_scale=k_scale, v_scale=v_scale, layer_scales=layer_scales,
+                     record=record)
     _ACTIVE.append(sess)
+    step = chunk or max(prefill, 1)
+    chunks = [ids[i:min(i + step, prefill)] for i in range(0, prefill, step)]
     try:
         outs = []
         pos = 0
-        for chunk in [ids[:prefill]] + [ids[i:i + 1] for i in range(prefill, len(ids))]:
-            n = len(chunk)
-            o = model(input_ids=chunk[None].to(dev), position_ids=torch.arange(pos, pos + n, device=dev)[None],
+        for piece in chunks + [ids[i:i + 1] for i in range(prefill, len(ids))]:
+            n = len(piece)
+            o = model(input_ids=piece[None].to(dev), position_ids=torch.arange(pos, pos + n, device=dev)[None],
                       use_cache=False)
             outs.append(o.logits[0].float())
             pos += n
@@ -112,14 +131,39 @@ def run_sequence(model, ids: torch.Tensor, kv_dtype: str, prefill: int, k_scale=
         _ACTIVE.pop()
 
 
-def compare(logits: dict, ids: torch.Tensor, ref: str = "bf16", skip: int = 1) -> list[dict]:
-    """Per format: perplexity of ``ids[1:]``, mean KL(ref || format) and top-1 agreement with ``ref``
-    over next-token distributions (positions ``skip - 1`` on)."""
-    tgt = ids[skip:].to(logits[ref].device)
+def first_cached_position(prefill: int, chunk: int | None) -> int:
+    """The first position whose attention reads K/V back from the pool (where formats can differ)."""
+    return min(chunk or prefill, prefill) if prefill > 0 else 1
+
+
+AMAX = {"fp8_e4m3": 448.0, "nvfp4": 448.0 * 6.0}      # largest |value| a unit per-tensor scale represents
+
+
+def calibrate(model, windows, prefill: int, chunk: int | None = None) -> dict:
+    """Per-layer amax of K and V over bf16 runs of ``windows``: {layer: (k_amax, v_amax)}."""
+    record: dict = {}
+    for ids in windows:
+        run_sequence(model, ids, "bf16", prefill, chunk, record=record)
+    return record
+
+
+def layer_scales(amax: dict, kv_dtype: str) -> dict:
+    """Per-tensor scales per layer that map each layer's K / V amax onto its format's largest value."""
+    kf, vf = parts(kv_dtype)
+    return {layer: (ka / AMAX[kf] if kf in AMAX and ka > 0 else 1.0, va / AMAX[vf] if vf in AMAX and va > 0 else 1.0)
+            for layer, (ka, va) in amax.items()}
+
+
+def compare(logits: dict, ids: torch.Tensor, ref: str = "bf16", start: int = 0, end: int | None = None) -> list[dict]:
+    """Per format: perplexity, mean KL(ref || format) and top-1 agreement with ``ref`` of the
+    next-token distributions at positions ``start .. end-1`` (``end`` defaults to the last position
+    that has a next token)."""
+    end = len(ids) - 1 if end is None else min(end, len(ids) - 1)
+    tgt = ids[start + 1:end + 1].to(logits[ref].device)
     rows = []
-    lp_ref = torch.log_softmax(logits[ref][skip - 1:-1], -1)
+    lp_ref = torch.log_softmax(logits[ref][start:end], -1)
     for fmt, lg in logits.items():
-        lp = torch.log_softmax(lg[skip - 1:-1], -1)
+        lp = torch.log_softmax(lg[start:end], -1)
         nll = -lp.gather(1, tgt[:, None]).mean().item()
         kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1).mean().item()
         top1 = (lp.argmax(-1) == lp_ref.argmax(-1)).float().mean().item()
@@ -144,11 +188,10 @@ def stress(device, tokens=512, heads=8, d=128, group=4, outlier_channels=4, fact
     s = torch.einsum("hd,nhd->hn", q[0], kk) / math.sqrt(d)
     ref = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), vv)
     rows = []
-    amax = {"fp8_e4m3": 448.0, "nvfp4": 448.0 * 6.0}
     for fmt in FORMATS:
         kf, vf = parts(fmt)
-        ks = k.abs().max().item() / amax[kf] if kf in amax else 1.0
-        vs = v.abs().max().item() / amax[vf] if vf in amax else 1.0
+        ks = k.abs().max().item() / AMAX[kf] if kf in AMAX else 1.0
+        vs = v.abs().max().item() / AMAX[vf] if vf in AMAX else 1.0
         sess = KVSession(fmt, tokens, ks, vs)
         p = sess.pool(0, heads, d, device)
         kw = dict(kv_dtype=fmt, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)
