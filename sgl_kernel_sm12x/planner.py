@@ -445,6 +445,10 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
     * 4 warps, 8 for 128 x 128 tiles and block-fp8 128 x 64 (254 registers at 4 warps); stages: 4
       (3 for 16-bit 128-row tiles, the sweep's best), one more where the arch has >= 160 KB of
       shared memory, then fewer until the tiles fit.
+    * wgmma archs (sm_90: 227 KB of shared memory, accumulators of warpgroup MMAs): above 64 rows per
+      expert a 128 x 256 tile, 8 warps, 4 stages (BLOCK_K 64 for 16-bit, 128 for fp8: 192 / 176 KB),
+      and block-fp8 64 x 128 -- the tiles SGLang's tuned H100 / H200 tables settle on at these row
+      counts, no spills there (AOT: 195 / 248 / 238 registers); sm_120/121 cannot hold them.
     """
     lim = arch_limits(arch)
     _check("dtype", dtype, MOE_DTYPES)
@@ -482,6 +486,12 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
     stages = 3 if bm >= 128 and not fp8 else 4
     if lim.smem_per_block >= 160_000:
         stages += 1
+    if lim.mma == "wgmma" and rows > 64:
+        if dtype == "fp8_w8a8_block":
+            bn, warps, stages = 128, (8 if bm >= 128 else 4), 4
+        else:
+            bm, bn, warps, stages = 128, 256, 8, 4
+        bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
     cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)
     while moe_gemm_smem(cfg, dtype) > lim.smem_per_block and cfg.num_stages > 2:
         cfg = MoeConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1)

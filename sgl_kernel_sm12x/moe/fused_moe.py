@@ -2,13 +2,14 @@
 and the down projection, SiLU-and-mul between them, and the routed-weight sum.
 
 Weights follow SGLang's layout: ``w1`` (E, 2 * I, H) holding [gate; up] rows, ``w2`` (E, H, I).
-Formats: bf16/fp16 weights and activations; fp8 w8a8 with per-tensor scales (a scale per
-activation tensor, one per expert for the weights) or with block scales (activations per token and
+Formats: bf16/fp16 weights and activations; fp8 w8a8 with per-tensor weight scales (one per
+expert) and dynamic activation scales per row; or with block scales (activations per row and
 128-element K group, weights per [group_n, group_k] block, as DeepSeek-style checkpoints store
 them). Tile configurations come from :func:`sgl_kernel_sm12x.planner.plan_moe`.
 
     tokens x top_k pairs --align--> sorted rows, padded per expert to BLOCK_M
-    GEMM 1: rows x w1[e]^T -> (pairs, 2I) --silu(gate) * up--> (pairs, I)
+    (fp8: hidden --quantize--> codes + row / group scales)
+    GEMM 1: rows x w1[e]^T -> (pairs, 2I) --silu(gate) * up (fp8: and quantize, one pass)--> (pairs, I)
     GEMM 2: (pairs, I) x w2[e]^T * routed weight -> (pairs, H) --sum over top_k--> (tokens, H)
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import triton.language as tl
 
 from .. import planner
 from ..attention.kv_tile import fp8_to
+from ..fp_codes import e4m3_encode, e4m3_encode_hw
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2}
@@ -33,7 +35,7 @@ def moe_gemm_kernel(
     a_ptr, stride_am, stride_ak,                 # (rows_a, K) activations: bf16/fp16, or fp8 bits (uint8)
     b_ptr, stride_be, stride_bn, stride_bk,      # (E, N, K) weights, same formats
     c_ptr, stride_cm, stride_cn,                 # (pairs, N) output, row = token * TOP_K + slot
-    a_scale_ptr, stride_asm, stride_ask,         # fp8: (1,) per-tensor, or (rows_a, K // GROUP_K) block
+    a_scale_ptr, stride_asm, stride_ask,         # fp8: (rows_a, 1) per row, or (rows_a, K // GROUP_K) per group
     b_scale_ptr, stride_bse, stride_bsn, stride_bsk,  # fp8: (E,) per-tensor, or (E, N // GROUP_N, K // GROUP_K)
     topk_weights_ptr,                            # (pairs,) routed weights
     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
@@ -41,10 +43,13 @@ def moe_gemm_kernel(
     TOP_K: tl.constexpr, A_PER_PAIR: tl.constexpr, MUL_ROUTED: tl.constexpr, QUANT: tl.constexpr,
     GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
+    EVEN_K: tl.constexpr = False,
 ):
     """One (BLOCK_M sorted rows of one expert) x (BLOCK_N outputs) tile. Padding rows hold
     ``num_pairs`` and are neither read nor written. ``A_PER_PAIR``: A is indexed by pair (GEMM 2)
-    instead of by token (GEMM 1)."""
+    instead of by token (GEMM 1). ``EVEN_K``: K is a multiple of BLOCK_K (no K mask).
+    QUANT 1 (fp8, one scale per weight tensor and per activation row) accumulates in the MMA and
+    scales once at the end; QUANT 2 (128 x 128 blocks) scales each K step's partial product."""
     pid = tl.program_id(0)
     num_post_pad = tl.load(num_post_pad_ptr)
     num_pid_m = tl.cdiv(num_post_pad, BLOCK_M)
@@ -72,33 +77,38 @@ def moe_gemm_kernel(
     b_ptrs = b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        k_mask = offs_k < K - k0
-        a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
-        b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_mask[:, None], other=0)
+            b = tl.load(b_ptrs, mask=n_mask[None, :], other=0)
+        else:
+            k_mask = offs_k < K - k0
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
         if QUANT == 0:
             if DOT_FP32:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
             else:
                 acc = tl.dot(a, b, acc)
+        elif QUANT == 1:
+            if HW_FP8:
+                acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), b.to(tl.float8e4nv, bitcast=True), acc)
+            else:
+                acc = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False), acc)
         else:
             if HW_FP8:
-                a = a.to(tl.float8e4nv, bitcast=True)
-                b = b.to(tl.float8e4nv, bitcast=True)
-                part = tl.dot(a, b)
+                part = tl.dot(a.to(tl.float8e4nv, bitcast=True), b.to(tl.float8e4nv, bitcast=True))
             else:
                 part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
-            if QUANT == 2:
-                kg = k0 // GROUP_K
-                a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
-                b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn + kg * stride_bsk,
-                              mask=n_mask, other=0.0)
-                acc += part * a_s[:, None] * b_s[None, :]
-            else:
-                acc += part
+            kg = k0 // GROUP_K
+            a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
+            b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn + kg * stride_bsk,
+                          mask=n_mask, other=0.0)
+            acc += part * a_s[:, None] * b_s[None, :]
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     if QUANT == 1:
-        acc *= tl.load(a_scale_ptr) * tl.load(b_scale_ptr + expert * stride_bse)
+        a_s = tl.load(a_scale_ptr + a_row * stride_asm, mask=row_mask, other=0.0)
+        acc *= a_s[:, None] * tl.load(b_scale_ptr + expert * stride_bse)
     if MUL_ROUTED:
         w = tl.load(topk_weights_ptr + pair, mask=row_mask, other=0.0)
         acc *= w[:, None]
@@ -133,6 +143,108 @@ def aot_cases_silu(arch: int):
     for dt in ("bf16", "fp16"):
         sig = {"x_ptr": f"*{dt}", "stride_x": "i32", "out_ptr": f"*{dt}", "stride_o": "i32", "inter": "i32"}
         yield dict(dtype=dt, block=1024, num_warps=4), sig, {"BLOCK": 1024}, {"num_warps": 4, "num_stages": 1}
+
+
+@triton.jit
+def quant_fp8_kernel(x_ptr, stride_x, q_ptr, stride_q, s_ptr, stride_s, k,
+                     SILU: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr, HW_FP8: tl.constexpr):
+    """Dynamic fp8 e4m3 activations, program (row, column group of GROUP): scale = amax / 448 (at
+    least 1e-12) stored per (row, group), codes = rne(x / scale), saturating. With ``SILU`` the row
+    holds [gate | up] (2k wide) and the value quantized is silu(gate) * up, rounded to x's dtype
+    first as the unfused path stores it -- the activation and its quantization in one pass."""
+    row = tl.program_id(0).to(tl.int64)
+    lane = tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * GROUP + lane
+    m = (lane < GROUP) & (cols < k)
+    if SILU:
+        g = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
+        y = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        y = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(y), 0) / 448.0, 1e-12)
+    v = y / scale
+    if HW_FP8:
+        code = e4m3_encode_hw(v)
+    else:
+        code = e4m3_encode(v).to(tl.uint8)
+    tl.store(q_ptr + row * stride_q + cols, code, mask=m)
+    tl.store(s_ptr + row * stride_s + tl.program_id(1), scale)
+
+
+MAX_ROW = 32768     # widest row one quantization program takes (per-row scales)
+
+
+def quant_fp8(x: torch.Tensor, group: int | None, silu: bool = False):
+    """(rows, k) -> (fp8 codes as uint8 (rows, k), fp32 scales (rows, k // group)); ``group`` None
+    means one scale per row. ``silu``: x is (rows, 2k) [gate | up] and silu(gate) * up is quantized."""
+    rows, width = x.shape
+    k = width // 2 if silu else width
+    group = group or k
+    if group > MAX_ROW:
+        _fail("hidden", f"fp8 activations are quantized one row per program, at most {MAX_ROW} wide; got {group}")
+    q = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
+    s = torch.empty(rows, k // group, dtype=torch.float32, device=x.device)
+    if rows:
+        block = triton.next_power_of_2(group)
+        quant_fp8_kernel[(rows, k // group)](x_ptr=x, stride_x=x.stride(0), q_ptr=q, stride_q=q.stride(0), s_ptr=s,
+                                             stride_s=s.stride(0), k=k, SILU=silu, GROUP=group, BLOCK=block,
+                                             HW_FP8=not _INTERPRET, num_warps=_row_warps(block))
+    return q, s
+
+
+def _row_warps(block: int) -> int:
+    """Warps for a one-row program of ``block`` lanes: about 8 elements a thread, 1 to 16 warps."""
+    return max(1, min(16, block // 256))
+
+
+def aot_cases_quant(arch: int):
+    if arch < 89:
+        return
+    for dt in ("bf16", "fp16"):
+        sig = {"x_ptr": f"*{dt}", "stride_x": "i32", "q_ptr": "*u8", "stride_q": "i32", "s_ptr": "*fp32",
+               "stride_s": "i32", "k": "i32"}
+        # resources depend on the power-of-two BLOCK alone: per 128-group, and per row up to MAX_ROW
+        for block in (2 ** p for p in range(7, MAX_ROW.bit_length())):
+            group = block
+            for silu in (False, True):
+                yield (dict(dtype=dt, group=group, silu=silu, num_warps=_row_warps(block)), sig,
+                       {"SILU": silu, "GROUP": group, "BLOCK": block, "HW_FP8": True},
+                       {"num_warps": _row_warps(block), "num_stages": 1})
+
+
+@triton.jit
+def moe_sum_kernel(x_ptr, stride_xt, stride_xk, out_ptr, stride_o, h, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out[t] = sum over the top_k rows x[t, j] (fp32 sum, stored in out's dtype)."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = cols < h
+    acc = tl.zeros([BLOCK], tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(x_ptr + t * stride_xt + j * stride_xk + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(out_ptr + t * stride_o + cols, acc.to(out_ptr.dtype.element_ty), mask=m)
+
+
+SUM_BLOCK = 1024
+
+
+def moe_sum(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """(tokens, top_k, H) -> ``out`` (tokens, H)."""
+    t, k, h = x.shape
+    if t:
+        moe_sum_kernel[(t, triton.cdiv(h, SUM_BLOCK))](x_ptr=x, stride_xt=x.stride(0), stride_xk=x.stride(1),
+                                                       out_ptr=out, stride_o=out.stride(0), h=h, TOP_K=k,
+                                                       BLOCK=SUM_BLOCK, num_warps=4)
+    return out
+
+
+def aot_cases_sum(arch: int):
+    for dt in ("bf16", "fp16"):
+        sig = {"x_ptr": f"*{dt}", "stride_xt": "i32", "stride_xk": "i32", "out_ptr": f"*{dt}", "stride_o": "i32",
+               "h": "i32"}
+        for top_k in sorted({k for _, k, _, _ in planner.MOE_SHAPES.values()}):
+            yield (dict(dtype=dt, top_k=top_k, block=SUM_BLOCK, num_warps=4), sig, {"TOP_K": top_k, "BLOCK": SUM_BLOCK},
+                   {"num_warps": 4, "num_stages": 1})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,20 +356,6 @@ def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     return sorted_ids, expert_ids, ends[-1:].to(torch.int32)
 
 
-def _quant_fp8(x: torch.Tensor, block_k: int | None):
-    """Dynamic fp8 e4m3 activations: per-tensor, or per token and ``block_k`` group (fp32 scales)."""
-    xf = x.float()
-    if block_k is None:
-        s = (xf.abs().amax() / FP8_MAX).clamp_min(1e-12).reshape(1)
-        q = (xf / s).clamp(-FP8_MAX, FP8_MAX)
-    else:
-        t, k = xf.shape
-        g = xf.view(t, k // block_k, block_k)
-        s = (g.abs().amax(-1) / FP8_MAX).clamp_min(1e-12)
-        q = (g / s[..., None]).clamp(-FP8_MAX, FP8_MAX).view(t, k)
-    return q.to(torch.float8_e4m3fn).view(torch.uint8), s.float().contiguous()
-
-
 def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: planner.MoeConfig, dtype,
              a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True):
     num_pairs = out.shape[0]
@@ -269,9 +367,12 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
     if q == 2:
         sas = (a_s.stride(0), a_s.stride(1))
         sbs = (w_s.stride(0), w_s.stride(1), w_s.stride(2))
+    elif q == 1:
+        sas = (a_s.stride(0), 0)
+        sbs = (1, 0, 0)
     else:
         sas = (0, 0)
-        sbs = (1 if q == 1 else 0, 0, 0)
+        sbs = (0, 0, 0)
     cap = sorted_ids.shape[0]
     grid = (triton.cdiv(cap, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     moe_gemm_kernel[grid](
@@ -286,7 +387,7 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
         TOP_K=top_k, A_PER_PAIR=a_per_pair, MUL_ROUTED=topk_weights is not None, QUANT=q,
         GROUP_N=gn, GROUP_K=gk, HW_FP8=hw_fp8 and not _INTERPRET, DOT_FP32=_INTERPRET,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_SIZE_M=cfg.group_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -354,6 +455,9 @@ def fused_moe(
                               f"w2_scale {want2}")
         if h % gk or inter % gk:
             _fail("block_shape", f"group_k={gk} must divide hidden {h} and intermediate {inter}")
+    if QUANT[dtype] == 1 and max(h, inter) > MAX_ROW:
+        _fail("hidden", f"fp8_w8a8 quantizes activations per row, at most {MAX_ROW} wide; got hidden {h}, "
+                        f"intermediate {inter} (use fp8_w8a8_block)")
     if topk_ids.shape != topk_weights.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != tokens:
         _fail("topk_ids", f"topk_ids and topk_weights must both be ({tokens}, top_k)")
     top_k = topk_ids.shape[1]
@@ -385,17 +489,16 @@ def fused_moe(
     w2b = w2.view(torch.uint8) if fp8_w else w2
     q = QUANT[dtype]
     gk = block_shape[1] if q == 2 else None
-    a1, a1_s = _quant_fp8(hidden, gk) if q else (hidden, None)
+    a1, a1_s = quant_fp8(hidden, gk) if q else (hidden, None)
     inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(a1, w1b, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
              a_scale=a1_s, w_scale=w1_scale.float() if q else None, block_shape=block_shape)
-    act = silu_mul(inter_out)
-    a2, a2_s = _quant_fp8(act, gk) if q else (act, None)
+    a2, a2_s = quant_fp8(inter_out, gk, silu=True) if q else (silu_mul(inter_out), None)
     down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(a2, w2b, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
              a_scale=a2_s, w_scale=w2_scale.float() if q else None, topk_weights=topk_weights.float().flatten(),
              a_per_pair=True, block_shape=block_shape)
-    return down.view(tokens, top_k, h).float().sum(1).to(hidden.dtype)
+    return moe_sum(down.view(tokens, top_k, h), out)
 
 
 def aot_cases(arch: int):
@@ -405,9 +508,9 @@ def aot_cases(arch: int):
         if inp["dtype"].startswith("fp8") and arch < 89:
             continue
         cfg = planner.plan_moe(arch, **inp)
-        for a_per_pair, routed in ((False, False), (True, True)):
+        for (a_per_pair, routed), even_k in ((p, e) for p in ((False, False), (True, True)) for e in (False, True)):
             q = QUANT[inp["dtype"]]
-            key = (inp["dtype"], cfg, a_per_pair)
+            key = (inp["dtype"], cfg, a_per_pair, even_k)
             if key in seen:
                 continue
             seen.add(key)
@@ -422,8 +525,8 @@ def aot_cases(arch: int):
             cx = dict(stride_ak=1, stride_bk=1, stride_cn=1, TOP_K=inp["top_k"], A_PER_PAIR=a_per_pair,
                       MUL_ROUTED=routed, QUANT=q, GROUP_N=128 if q == 2 else 1, GROUP_K=128 if q == 2 else 1,
                       HW_FP8=True, DOT_FP32=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                      GROUP_SIZE_M=cfg.group_m)
+                      GROUP_SIZE_M=cfg.group_m, EVEN_K=even_k)
             label = dict(dtype=inp["dtype"], gemm="down" if a_per_pair else "gate_up", block_m=cfg.block_m,
                          block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps,
-                         num_stages=cfg.num_stages)
+                         num_stages=cfg.num_stages, even_k=even_k)
             yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
