@@ -71,6 +71,7 @@ def main(argv=None):
     ap.add_argument("--max-candidates", type=int, default=400)
     ap.add_argument("--plan-arch", type=int, default=120, help="whose planner choice is the centre (default sm_120)")
     ap.add_argument("--full", action="store_true", help="time the whole grid, not the planner's neighbourhood")
+    ap.add_argument("--out", default=None, help="results folder (default benchmark/results)")
     a = ap.parse_args(argv)
     arch = a.plan_arch
     rows = []
@@ -104,7 +105,7 @@ def main(argv=None):
                                  top5=[(m, c.as_dict()) for m, c in timed[:5]]))
                 print(rows[-1]["shape"], dtype, t, "planner", round(plan_ms, 4), "best", best_ms, flush=True)
     print(write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, mode="full" if a.full else "neighbours",
-                                      **environment())))
+                                      plan_arch=arch, **environment()), a.out))
     return 0
 
 
