@@ -115,15 +115,19 @@ def test_in_process_rows_score_cache_reading_positions(device, tmp_path):
     ev = _evaluate_module()
     _tiny().save_pretrained(tmp_path, safe_serialization=True)
     wins = [torch.randint(0, 256, (16,))]
+    names = set(ev.variants(True))
+    assert {"nvfp4 (mse scales)", "nvfp4 (calibrated scales)", "fp8k_nvfp4v (calibrated + mse scales)"} <= names
+    only = ["nvfp4", "nvfp4 (calibrated scales)", "nvfp4 (mse scales)", "fp8k_nvfp4v (calibrated + mse scales)"]
     rows = {r["format"]: r for r in ev.in_process(tmp_path, wins, prefill=8, device=device, chunk=4,
-                                                  calib_wins=[torch.randint(0, 256, (16,))])}
-    assert set(rows) == set(kv_eval.FORMATS) | {f"{f} (calibrated scales)" for f in ev.CALIBRATED}
+                                                  calib_wins=[torch.randint(0, 256, (16,))], only=only)}
+    assert set(rows) == set(only) | {"bf16"}
     b = rows["bf16"]
     assert b["kl"] == 0.0 and b["top1_agreement"] == 1.0 and b["scored_positions"] == "4..14"
     assert b["tokens"] == 11 and b["prefill_chunks"]["tokens"] == 4 and b["decode"]["tokens"] == 7
     for f, r in rows.items():
         assert math.isfinite(r["perplexity"]) and r["kl"] >= 0, (f, r)
     assert rows["nvfp4"]["kl"] > 0 and rows["nvfp4 (calibrated scales)"]["kl"] > 0
+    assert rows["nvfp4 (mse scales)"]["kl"] > 0
 
 
 def test_metrics_of_identical_and_quantized_runs(device):
@@ -142,6 +146,9 @@ def test_stress_orders_the_formats(device):
     assert err["bf16"] < err["fp8_e4m3"] < err["nvfp4"]
     # K outliers are what NVFP4 handles worst: FP8 K with NVFP4 V recovers most of the gap
     assert err["fp8k_nvfp4v"] < err["nvfp4"]
+    # the block-scale search variants are reported (it lowers the K / V reconstruction error, which
+    # tests/test_kv_append.py checks; the attention output of one small draw can go either way)
+    assert err["nvfp4 (mse scales)"] < 1.0 and err["fp8k_nvfp4v (mse scales)"] < 1.0
 
 
 def test_train_script_smoke(tmp_path):
@@ -188,3 +195,47 @@ def test_evaluate_merges_paths_run_in_separate_calls(tmp_path, monkeypatch):
     res = json.loads(next(out.glob("*-accuracy.json")).read_text())
     assert sorted((r["path"], r["format"]) for r in res["rows"]) == [("e2e", "nvfp4"), ("in_process", "bf16"),
                                                                      ("in_process", "nvfp4")]
+
+
+def test_e2e_path_chunks_the_prefill_and_scores_cache_reading_positions(tmp_path, monkeypatch):
+    """Stand-in servers: every server runs a chunked prefill of --chunk tokens, the nvfp4 block-scale
+    search is switched on through the backend's environment variable, and only positions from the
+    second chunk on are scored (the prompt logprobs are sliced, not re-indexed)."""
+    ev = _evaluate_module()
+    import sgl_kernel_sm12x.serving as serving
+
+    started = []
+
+    class FakeServer:
+        def __init__(self, model, backend, *args, env=None, **kw):
+            started.append((backend, args, dict(env or {})))
+            self.bad = (env or {}).get("SGLANG_SM12X_NVFP4_SCALES") == "mse"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def post(self, path, payload):
+            out = []
+            for ids in payload["input_ids"]:
+                n = len(ids)
+                # position j's top-1 is token j+1 except, for the stand-in "mse" server, position 3
+                tok = [[None]] + [[-0.5 - j * 1e-3] for j in range(n - 1)]
+                top = [None] + [[[-0.1, 7 if (self.bad and j == 3) else 1], [-3.0, 2]] for j in range(n - 1)]
+                out.append({"meta_info": {"input_token_logprobs": tok, "input_top_logprobs": top}})
+            return out
+
+    monkeypatch.setattr(serving, "Server", FakeServer)
+    wins = [torch.arange(12), torch.arange(12)]
+    rows = {r["format"]: r for r in ev.e2e(tmp_path, wins, str(tmp_path), port=1, chunk=4)}
+    assert all("--chunked-prefill-size" in a and a[a.index("--chunked-prefill-size") + 1] == "4"
+               for _, a, _ in started)
+    assert [e for _, _, e in started].count({"SGLANG_SM12X_NVFP4_SCALES": "mse"}) == 1
+    assert rows["nvfp4"]["tokens"] == 2 * (12 - 1 - 4) and rows["nvfp4"]["scored_positions"] == "4..10"
+    assert rows["nvfp4"]["top1_agreement"] == 1.0
+    # position 3 lies in the first chunk: its disagreement is not scored
+    assert rows["nvfp4 (mse scales)"]["top1_agreement"] == 1.0
+    lp = rows["bf16"]["perplexity"]
+    assert abs(math.log(lp) - sum(0.5 + j * 1e-3 for j in range(4, 11)) / 7) < 1e-9

@@ -183,13 +183,17 @@ def _dequant(pool, kv, layer, slots):
     return k.float(), v.float()
 
 
-@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4", "nvfp4-mse"])
 @pytest.mark.parametrize("page", [1, 16])
-def test_backend_extend_chunked_then_decode(kv, page):
+def test_backend_extend_chunked_then_decode(kv, page, monkeypatch):
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
 
-    from sglang_sm12x.backend import Sm12xAttnBackend
+    from sglang_sm12x.backend import NVFP4_SCALES_ENV, Sm12xAttnBackend
+
+    scales = "mse" if kv.endswith("-mse") else "max"
+    kv = kv.removesuffix("-mse")
+    monkeypatch.setenv(NVFP4_SCALES_ENV, scales)
 
     hq, hkv, d, layers = 4, 2, 64, 2
     first = [1, 9, 21]          # first chunk (fresh prefill); odd sizes
@@ -212,7 +216,7 @@ def test_backend_extend_chunked_then_decode(kv, page):
                      model_config=SimpleNamespace(context_len=max_ctx), sliding_window_size=None,
                      dtype=torch.bfloat16)
     be = Sm12xAttnBackend(runner)
-    assert be.kv_dtype == kv
+    assert be.kv_dtype == kv and be.nvfp4_scales == scales
     lay = [_layer(i, hq, hkv, d, kv) for i in range(layers)]
     orig_kv = {}            # (layer, row, pos) -> original bf16 k, v
 
@@ -269,6 +273,10 @@ def test_backend_extend_chunked_then_decode(kv, page):
         got_k, _ = _dequant(pool, kv, L, loc.cpu())
         err = (got_k - k.view(bs, hkv, d).float()).abs().max().item()
         assert err < {"bf16": 1e-6, "fp8_e4m3": 0.2, "nvfp4": 1.5}[kv], err
+        if kv == "nvfp4":       # the chosen block-scale rule reached the append kernel
+            _, want_s = nvfp4.quantize_nvfp4(k.view(bs, hkv, d), GLOBAL[kv][0], scale_rule=scales)
+            got_s = pool.k_scale_buffer[L.layer_id][loc].cpu().view(torch.uint8)
+            assert (got_s == want_s.view(torch.uint8)).float().mean() > 0.9
     # the decode batch's metadata never serves an extend call (it would read the wrong index lists)
     with pytest.raises(RuntimeError, match="forward_extend called with decode metadata"):
         be.forward_extend(q.to(DEV), k.to(DEV), v.to(DEV), lay[0], fb)
@@ -308,6 +316,18 @@ def test_backend_refuses_sliding_window_pools():
 
     with pytest.raises(ValueError, match="SWAKVPool"):
         check_runner(SimpleNamespace(model_config=None), SWAKVPool())
+
+
+def test_backend_rejects_an_unknown_nvfp4_scale_rule(monkeypatch):
+    from sglang_sm12x.backend import NVFP4_SCALES_ENV, Sm12xAttnBackend
+
+    monkeypatch.setenv(NVFP4_SCALES_ENV, "best")
+    pool, dtype = _make_pool("nvfp4", 64, 1, 2, 64, 1)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=dtype,
+                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None)
+    with pytest.raises(ValueError, match="SGLANG_SM12X_NVFP4_SCALES='best'.*supported"):
+        Sm12xAttnBackend(runner)
 
 
 def test_backend_rejects_unsupported_kv_dtype():

@@ -41,6 +41,17 @@ def windows(model_dir: Path, n: int, length: int, shifted: bool = False):
 
 
 CALIBRATED = ("fp8_e4m3", "nvfp4", "fp8k_nvfp4v")     # also run with per-layer calibrated scales
+MSE = ("nvfp4", "fp8k_nvfp4v")                          # also run with the NVFP4 block-scale search
+
+
+def variants(calibrated: bool):
+    """name -> (kv format, calibrate per layer?, NVFP4 block-scale rule)."""
+    out = {f: (f, False, "max") for f in kv_eval.FORMATS}
+    out.update({f"{f} (mse scales)": (f, False, "mse") for f in MSE})
+    if calibrated:
+        out.update({f"{f} (calibrated scales)": (f, True, "max") for f in CALIBRATED})
+        out.update({f"{f} (calibrated + mse scales)": (f, True, "mse") for f in MSE})
+    return out
 
 
 def _aggregate(rs, **extra):
@@ -50,24 +61,24 @@ def _aggregate(rs, **extra):
                 top1_agreement=sum(r["top1_agreement"] * r["tokens"] for r in rs) / tok, tokens=tok, **extra)
 
 
-def in_process(model_dir, wins, prefill, device, chunk=None, calib_wins=()):
+def in_process(model_dir, wins, prefill, device, chunk=None, calib_wins=(), only=None):
     """Rows per format, scored on the positions whose attention reads the cache (from the end of
     the first prefill chunk on), with the chunked-prefill and the decode positions also apart.
-    Formats in ``CALIBRATED`` run a second time with per-layer scales from ``calib_wins``."""
+    Formats in ``CALIBRATED`` run again with per-layer scales from ``calib_wins``, those in ``MSE``
+    with the NVFP4 block-scale search (and both). ``only``: a subset of the variant names."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.bfloat16).to(device).eval()
     first = kv_eval.first_cached_position(prefill, chunk)
-    variants = {f: (f, None) for f in kv_eval.FORMATS}
-    if calib_wins:
-        amax = kv_eval.calibrate(model, calib_wins, prefill, chunk)
-        for f in CALIBRATED:
-            variants[f"{f} (calibrated scales)"] = (f, kv_eval.layer_scales(amax, f))
+    chosen = {n: v for n, v in variants(bool(calib_wins)).items() if only is None or n in only or n == "bf16"}
+    amax = kv_eval.calibrate(model, calib_wins, prefill, chunk) if calib_wins else None
+    runs = {n: (f, kv_eval.layer_scales(amax, f) if cal else None, rule) for n, (f, cal, rule) in chosen.items()}
     spans = {"all": (first, None), "prefill_chunks": (first, prefill), "decode": (prefill, None)}
-    per = {name: {sp: [] for sp in spans} for name in variants}
+    per = {name: {sp: [] for sp in spans} for name in runs}
     for ids in wins:
-        lg = {name: kv_eval.run_sequence(model, ids, f, prefill=prefill, chunk=chunk, layer_scales=sc)
-              for name, (f, sc) in variants.items()}
+        lg = {name: kv_eval.run_sequence(model, ids, f, prefill=prefill, chunk=chunk, layer_scales=sc,
+                                         nvfp4_scales=rule)
+              for name, (f, sc, rule) in runs.items()}
         for sp, (a, b) in spans.items():
             if b is not None and b <= a:
                 continue
@@ -106,12 +117,14 @@ def e2e(model_dir, wins, logdir, port=30123, chunk=128):
     from sgl_kernel_sm12x.serving import Server
 
     runs = {}
-    for name, backend, kv in (("reference", "triton", "auto"), ("bf16", "sm12x", "auto"),
-                              ("fp8_e4m3", "sm12x", "fp8_e4m3"), ("nvfp4", "sm12x", "nvfp4")):
+    mse = {"SGLANG_SM12X_NVFP4_SCALES": "mse"}        # sglang_sm12x.backend.NVFP4_SCALES_ENV
+    for name, backend, kv, env in (("reference", "triton", "auto", {}), ("bf16", "sm12x", "auto", {}),
+                                   ("fp8_e4m3", "sm12x", "fp8_e4m3", {}), ("nvfp4", "sm12x", "nvfp4", {}),
+                                   ("nvfp4 (mse scales)", "sm12x", "nvfp4", mse)):
         # prompt logprobs come from prefill only: no decode CUDA graphs to capture
         with Server(model_dir, backend, "--kv-cache-dtype", kv, "--disable-radix-cache", "--disable-cuda-graph",
-                    "--chunked-prefill-size", str(chunk), port=port, log=Path(logdir) / f"acc-{name}.log",
-                    mem_fraction=0.4) as s:
+                    "--chunked-prefill-size", str(chunk), port=port, log=Path(logdir) / f"acc-{name.split()[0]}"
+                    f"{'-mse' if env else ''}.log", mem_fraction=0.4, env=env) as s:
             runs[name] = _prompt_logprobs(s, wins, first=chunk)
         got = [len(lp) for lp, _ in runs[name]]
         if got != [len(w) - 1 - chunk for w in wins]:
@@ -119,7 +132,7 @@ def e2e(model_dir, wins, logdir, port=30123, chunk=128):
                                f"{[len(w) - 1 - chunk for w in wins]} (positions {chunk} on)")
     ref = runs["reference"]
     rows = []
-    for name in ("bf16", "fp8_e4m3", "nvfp4", "reference"):
+    for name in ("bf16", "fp8_e4m3", "nvfp4", "nvfp4 (mse scales)", "reference"):
         nll, n, kl, agree = 0.0, 0, 0.0, 0
         for (lp, tops), (_, rtops) in zip(runs[name], ref):
             nll -= sum(lp)

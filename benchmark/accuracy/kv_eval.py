@@ -39,6 +39,7 @@ class KVSession:
     length: int = 0            # tokens cached so far (same for every layer once a step finishes)
     layer_scales: dict | None = None
     record: dict | None = None     # when a dict: per-layer running amax of K and V (calibration)
+    nvfp4_scales: str = "max"      # append_kv's NVFP4 block-scale rule: "max" or "mse"
 
     def scales(self, layer):
         if self.layer_scales and layer in self.layer_scales:
@@ -80,7 +81,7 @@ def sm12x_attention(module, query, key, value, attention_mask, scaling, dropout=
         s.record[module.layer_idx] = (max(ka, k.abs().max().item()), max(va, v.abs().max().item()))
     ks, vs = s.scales(module.layer_idx)
     kw = dict(kv_dtype=s.kv_dtype, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)
-    append_kv(k, v, loc, p["k"], p["v"], **kw)
+    append_kv(k, v, loc, p["k"], p["v"], nvfp4_scales=s.nvfp4_scales, **kw)
     if n == 1 and start > 0:       # decode: everything, the new token included, from the pool
         idx = torch.arange(0, start + 1, device=dev, dtype=torch.int32)
         out = decode_attention(q, p["k"], p["v"], torch.tensor([0, start + 1], dtype=torch.int32, device=dev), idx,
@@ -102,7 +103,7 @@ def register():
 
 @torch.no_grad()
 def run_sequence(model, ids: torch.Tensor, kv_dtype: str, prefill: int, chunk: int | None = None, k_scale=1.0,
-                 v_scale=1.0, layer_scales=None, record=None):
+                 v_scale=1.0, layer_scales=None, record=None, nvfp4_scales="max"):
     """Logits (len(ids), vocab) in fp32: ``ids[:prefill]`` prefilled in chunks of ``chunk`` tokens
     (one chunk when None; a later chunk reads the earlier ones from the pool, as a server's chunked
     prefill does), the rest decoded one token at a time (teacher forcing), attention over a
@@ -112,7 +113,7 @@ def run_sequence(model, ids: torch.Tensor, kv_dtype: str, prefill: int, chunk: i
     model.config._attn_implementation = "sm12x_kv"
     dev = next(model.parameters()).device
     sess = KVSession(kv_dtype, slots=len(ids) + 16, k_scale=k_scale, v_scale=v_scale, layer_scales=layer_scales,
-                     record=record)
+                     record=record, nvfp4_scales=nvfp4_scales)
     _ACTIVE.append(sess)
     step = chunk or max(prefill, 1)
     chunks = [ids[i:min(i + step, prefill)] for i in range(0, prefill, step)]
@@ -188,7 +189,7 @@ def stress(device, tokens=512, heads=8, d=128, group=4, outlier_channels=4, fact
     s = torch.einsum("hd,nhd->hn", q[0], kk) / math.sqrt(d)
     ref = torch.einsum("hn,nhd->hd", torch.softmax(s, -1), vv)
     rows = []
-    for fmt in FORMATS:
+    for fmt, rule in [(f, "max") for f in FORMATS] + [(f, "mse") for f in FORMATS if "nvfp4" in f]:
         kf, vf = parts(fmt)
         ks = k.abs().max().item() / AMAX[kf] if kf in AMAX else 1.0
         vs = v.abs().max().item() / AMAX[vf] if vf in AMAX else 1.0
@@ -196,11 +197,12 @@ def stress(device, tokens=512, heads=8, d=128, group=4, outlier_channels=4, fact
         p = sess.pool(0, heads, d, device)
         kw = dict(kv_dtype=fmt, k_scale_cache=p["ks"], v_scale_cache=p["vs"], k_scale=ks, v_scale=vs)
         loc = torch.arange(tokens, dtype=torch.int32, device=device)
-        append_kv(k.to(device, torch.bfloat16), v.to(device, torch.bfloat16), loc, p["k"], p["v"], **kw)
+        append_kv(k.to(device, torch.bfloat16), v.to(device, torch.bfloat16), loc, p["k"], p["v"],
+                  nvfp4_scales=rule, **kw)
         out = decode_attention(q.to(device, torch.bfloat16), p["k"], p["v"],
                                torch.tensor([0, tokens], dtype=torch.int32, device=device), loc,
                                torch.tensor([tokens], dtype=torch.int32, device=device), **kw)
         err = ((out[0].float().cpu() - ref).norm() / ref.norm()).item()
-        rows.append(dict(format=fmt, outlier_channels=outlier_channels, outlier_factor=factor,
+        rows.append(dict(format=fmt if rule == "max" else f"{fmt} (mse scales)", outlier_channels=outlier_channels, outlier_factor=factor,
                          rel_l2_error=err))
     return rows

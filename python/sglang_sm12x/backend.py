@@ -29,13 +29,16 @@ from sgl_kernel_sm12x import planner
 from sgl_kernel_sm12x.attention.decode import decode_attention
 from sgl_kernel_sm12x.attention.extend import extend_attention
 from sgl_kernel_sm12x.attention.indices import build_kv_indices
-from sgl_kernel_sm12x.kv_append import append_kv
+from sgl_kernel_sm12x.kv_append import NVFP4_SCALES, append_kv
 
 logger = logging.getLogger(__name__)
 
 # Fault injection for end-to-end checks that must be able to fail: "drop_prefix" makes extend
 # ignore the cached prefix (as a backend with broken prefix indexing would). Never set in serving.
 _FAULT = os.environ.get("SGLANG_SM12X_FAULT", "")
+# NVFP4 block-scale rule of the append kernel: "max" (amax / 6, as SGLang quantizes) or "mse"
+# (least squared error of three scale codes; the same format, readable by any NVFP4 reader)
+NVFP4_SCALES_ENV = "SGLANG_SM12X_NVFP4_SCALES"
 
 
 @dataclass
@@ -112,6 +115,10 @@ class Sm12xAttnBackend(AttentionBackend):
                              f"supported: {list(planner.PAGE_SIZES)}")
         check_runner(model_runner, self.pool)
         self.kv_dtype = kv_dtype_name(model_runner.kv_cache_dtype, self.pool)
+        self.nvfp4_scales = os.environ.get(NVFP4_SCALES_ENV, "max") or "max"
+        if self.nvfp4_scales not in NVFP4_SCALES:
+            raise ValueError(f"{NVFP4_SCALES_ENV}={self.nvfp4_scales!r} is not supported; supported: "
+                             f"{list(NVFP4_SCALES)}")
         self.kv_cache_dtype = model_runner.kv_cache_dtype
         self.data_type = model_runner.dtype if hasattr(model_runner, "dtype") else None
         cfg = model_runner.model_config
@@ -234,7 +241,7 @@ class Sm12xAttnBackend(AttentionBackend):
         if not isinstance(loc, torch.Tensor):       # 0.5.23 KVWriteLoc
             loc = loc.loc
         append_kv(k, v, loc, kc, vc, kv_dtype=self.kv_dtype, k_scale_cache=ksc, v_scale_cache=vsc,
-                  k_scale=k_scale, v_scale=v_scale, check_slots=False, arch=self.arch)
+                  k_scale=k_scale, v_scale=v_scale, check_slots=False, nvfp4_scales=self.nvfp4_scales, arch=self.arch)
 
     @staticmethod
     def _heads(layer, q, k, v):
