@@ -4,8 +4,9 @@
                                  [--tokens 1 16 64 256 1024 4096] [--arch-limit 101376]
 
 By default the candidates are the planner's choice and its neighbours (each of BLOCK_M/N/K halved
-or doubled, the other warp count, one stage fewer or more): a local search that says whether a rule
-leaves speed behind. ``--full`` times the whole grid instead. Only tiles whose modelled shared
+or doubled, the other warp count, one stage fewer or more, and BLOCK_M or BLOCK_N doubled together
+with the other warp count): a local search that says whether a rule leaves speed behind.
+``--full`` times the whole grid instead. Only tiles whose modelled shared
 memory fits ``--arch-limit`` (101,376 B: what sm_120/121 allow, so an H100 sweep only times tiles
 that would also load there) are timed, with CUDA-graph replay; rows record the best candidate and
 the planner's choice with their times, written to ``benchmark/results/<date>-<device>-tune-moe.json``.
@@ -39,7 +40,7 @@ def neighbours(plan, dtype, limit):
         for st in steps[f]:
             d = dataclasses.asdict(plan)
             v = d[f] + st if f == "num_stages" else int(d[f] * st)
-            if (f == "num_stages" and not 2 <= v <= 6) or (f != "num_stages" and not 16 <= v <= 256) or \
+            if (f == "num_stages" and not 2 <= v <= 6) or (f.startswith("block") and not 16 <= v <= 256) or \
                     (f == "num_warps" and v not in (4, 8)) or (f == "block_k" and dtype == "fp8_w8a8_block" and 128 % v):
                 continue
             d[f] = v
@@ -49,6 +50,12 @@ def neighbours(plan, dtype, limit):
                                     d["num_stages"])
             if planner.moe_gemm_smem(cfg, dtype) <= limit and cfg not in out:
                 out.append(cfg)
+    # a doubled tile often needs the other warp count to stay out of spills (sm_120 block-fp8 64 x 128:
+    # spills at 4 warps, fits at 8, AOT), so that pair of moves is a neighbour too
+    for bm, bn in ((plan.block_m, plan.block_n * 2), (plan.block_m * 2, plan.block_n)):
+        cfg = planner.MoeConfig(bm, bn, plan.block_k, 8 if bm >= 64 else 1, 12 - plan.num_warps, plan.num_stages)
+        if bm <= 256 and bn <= 256 and planner.moe_gemm_smem(cfg, dtype) <= limit and cfg not in out:
+            out.append(cfg)
     return out
 
 

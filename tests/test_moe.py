@@ -325,3 +325,21 @@ def test_benchmark_rows_have_the_documented_fields(device):
     assert len(theirs) == 1 and ("ms" in theirs[0] or "error" in theirs[0])
     if "ms" in theirs[0]:                    # on a GPU both ran: the same MoE
         assert (ran[0].float() - ran[1].float()).abs().max() <= 0.03 * ran[1].float().abs().max()
+
+
+def test_tune_neighbourhood_has_every_single_step_and_fits():
+    """The sweep's local search: each dimension one step away (warp count included), the paired
+    wider-tile + other-warp-count moves, nothing over the shared-memory limit."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
+    import tune_moe
+
+    plan = planner.MoeConfig(64, 64, 64, 8, 4, 4)
+    got = tune_moe.neighbours(plan, "bf16", 101376)
+    assert got[0] == plan and len(set(got)) == len(got)
+    assert planner.MoeConfig(64, 64, 64, 8, 8, 4) in got                     # the other warp count
+    assert planner.MoeConfig(64, 128, 64, 8, 8, 4) in got                    # wider N with 8 warps
+    assert {c.block_m for c in got} >= {32, 64, 128} and {c.num_stages for c in got} >= {3, 4, 5}
+    assert all(planner.moe_gemm_smem(c, "bf16") <= 101376 for c in got)
