@@ -81,7 +81,7 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="results folder (default benchmark/results)")
     a = ap.parse_args(argv)
     arch = a.plan_arch
-    rows = []
+    rows, env = [], environment()
     for shape in a.shapes:
         e, k, h, i = planner.MOE_SHAPES[shape]
         for dtype in a.dtypes:
@@ -111,8 +111,10 @@ def main(argv=None):
                                  best=best.as_dict() if best else None, best_ms=best_ms,
                                  top5=[(m, c.as_dict()) for m, c in timed[:5]]))
                 print(rows[-1]["shape"], dtype, t, "planner", round(plan_ms, 4), "best", best_ms, flush=True)
-    print(write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, mode="full" if a.full else "neighbours",
-                                      plan_arch=arch, **environment()), a.out))
+        # written after every shape, so a cut-short sweep keeps what it timed
+        path = write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, mode="full" if a.full else "neighbours",
+                                           plan_arch=arch, **env), a.out)
+    print(path)
     return 0
 
 
