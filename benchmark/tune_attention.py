@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
+                    help="extend: query heads of a KV group packed into one program's rows")
     a = ap.parse_args()
     env = environment()
     arch = planner.current_arch()
@@ -49,9 +51,14 @@ def main():
                 pl = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
                 pool = make_pool(kv, max(1, batch * prefix), hkv, d)
                 plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv)
-                for bm, bn, nw, ns in ((128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
-                                       (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)):
-                    cfg = planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8)
+                tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
+                         (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
+                         (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
+                cands = dict.fromkeys(planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk)
+                                      for bm, bn, nw, ns in tiles for pk in a.pack
+                                      if (hq // hkv) % pk == 0 and bm // pk >= 8)
+                for cfg in cands:
+                    bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
                     fn = lambda: extend_attention(  # noqa: E731
                         q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
                         max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
@@ -64,7 +71,7 @@ def main():
                         continue
                     rows.append(dict(phase="extend", kv_dtype=kv, batch=batch, prefix=prefix, chunk=chunk,
                                      config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9))
-                    print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} "
+                    print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "rows": rows})
         return

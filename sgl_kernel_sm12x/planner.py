@@ -238,6 +238,7 @@ class ExtendConfig:
     num_warps: int
     num_stages: int
     hw_fp8: bool = False
+    pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
 
     def as_dict(self):
         return asdict(self)

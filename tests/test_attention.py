@@ -98,7 +98,7 @@ def test_extend_matrix(fmt, d, group, page, device):
     _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device)
 
 
-def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, **kw):
+def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, config=None, **kw):
     pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, prefix, page, hkv, d, device)
     T = sum(ext)
     dt = ACT[q_dtype]
@@ -108,7 +108,7 @@ def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, **k
     extend_attention(q.to(device), k.to(device), v.to(device), pool.k, pool.v, qo.to(device), indptr, indices,
                      torch.tensor(prefix, dtype=torch.int32, device=device), kv_dtype=kv_dtype,
                      max_extend_len=max(ext), page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs,
-                     k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, **kw)
+                     k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, config=config, **kw)
     for i, (P, E) in enumerate(zip(prefix, ext)):
         kp, vp = pool.dequant(tok[i]) if P else (torch.zeros(0, hkv, d),) * 2
         a, b = int(qo[i]), int(qo[i + 1])
@@ -117,6 +117,31 @@ def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, **k
         ref = attention_ref(q[a:b].float(), kk, vv, **kw)
         tol = tolerance(ref, lowp_ref(q[a:b].float(), kk, vv, dt, **kw))
         assert_attn(out[a:b], ref, f"request {i} (prefix {P}, chunk {E})", atol=tol)
+
+
+@pytest.mark.parametrize("pack", [2, 4, 8])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "fp16"), ("nvfp4", "bf16"), ("fp8k_nvfp4v", "bf16")],
+                         ids=lambda f: f"{f[0]}-{f[1]}")
+def test_extend_gqa_packed_rows(fmt, pack, device):
+    """Rows of one program packed as (token, head) pairs of a KV group: every query head of the
+    group, chunks not a multiple of the tokens per program, prefix reads from a paged pool."""
+    kv_dtype, q_dtype = fmt
+    group = 8
+    cfg = planner.plan_extend(120, head_dim=64, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, page_size=16)
+    cfg = planner.ExtendConfig(max(cfg.block_m, pack * 4), cfg.block_n, cfg.num_warps, cfg.num_stages, cfg.hw_fp8,
+                               pack=pack)
+    _run_extend(kv_dtype, q_dtype, 64, 2, group, 16, [0, 37, 1], [23, 1, 9], device, config=cfg)
+
+
+@pytest.mark.parametrize("kv_dtype", ["bf16", "nvfp4"])
+def test_extend_gqa_packed_soft_cap_and_window(kv_dtype, device):
+    cfg = planner.ExtendConfig(32, 32, 4, 2, pack=4)
+    _run_extend(kv_dtype, "bf16", 64, 1, 4, 1, [0, 130], [50, 33], device, config=cfg, logit_cap=8.0, window_left=50)
+
+
+def test_extend_pack_must_divide_the_group(device):
+    with pytest.raises(ValueError, match="pack=4 must divide the GQA group"):
+        _run_extend("bf16", "bf16", 64, 2, 2, 1, [0], [5], device, config=planner.ExtendConfig(32, 32, 4, 2, pack=4))
 
 
 @pytest.mark.parametrize("kv_dtype", ["bf16", "nvfp4"])

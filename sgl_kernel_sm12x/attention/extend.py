@@ -1,9 +1,12 @@
 """Extend / prefill attention: each request's new tokens attend causally to its cached prefix, read
 from the paged pool in any KV format, and to the chunk's own K/V (bf16/fp16 tensors).
 
-Grid: ``(cdiv(max_extend_len, BLOCK_M), q_heads, batch)``. Phase 1 streams the prefix tiles from
-the pool (dequantized in registers, NVFP4 as even/odd halves), phase 2 the chunk's own keys up to
-the diagonal. One online softmax runs across both phases.
+Grid: ``(cdiv(max_extend_len, BLOCK_M // PACK), q_heads // PACK, batch)``. A program's BLOCK_M rows
+are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group (row r: token
+r // PACK, head r % PACK), so each K/V tile it loads -- and dequantizes -- serves PACK heads.
+Phase 1 streams the prefix tiles from the pool (dequantized in registers, NVFP4 as even/odd
+halves), phase 2 the chunk's own keys up to the diagonal. One online softmax runs across both
+phases.
 """
 from __future__ import annotations
 
@@ -39,25 +42,28 @@ def extend_kernel(
     logit_cap, window_left, group, page_size,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
+    HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
 ):
+    BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     mb = tl.program_id(0)
-    h = tl.program_id(1)
+    hb = tl.program_id(1)
     b = tl.program_id(2)
     q0 = tl.load(qo_indptr_ptr + b)
     ext_len = tl.load(qo_indptr_ptr + b + 1) - q0
-    if mb * BLOCK_M >= ext_len:
+    if mb * BT >= ext_len:
         return
     prefix_len = tl.load(prefix_lens_ptr + b)
     base = tl.load(kv_indptr_ptr + b)
-    kvh = h // group
+    kvh = hb * PACK // group
     dt = q_ptr.dtype.element_ty
 
-    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)          # query index inside the chunk
+    r = tl.arange(0, BLOCK_M)
+    offs_m = mb * BT + r // PACK                            # query index inside the chunk, per row
+    h = hb * PACK + r % PACK                                # query head, per row
     m_mask = offs_m < ext_len
     qpos = prefix_len + offs_m                              # absolute positions
     offs_n = tl.arange(0, BLOCK_N)
-    q_rows = q_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_q_t + h * stride_q_h
+    q_rows = q_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_q_t + h[:, None] * stride_q_h
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     HALF: tl.constexpr = HEAD_DIM // 2
@@ -76,7 +82,7 @@ def extend_kernel(
     # ---- phase 1: cached prefix, read from the pool --------------------------------------------
     lo = 0
     if HAS_WINDOW:   # the earliest key any query of this tile can see
-        lo = tl.maximum(prefix_len + mb * BLOCK_M - window_left, 0) // BLOCK_N * BLOCK_N
+        lo = tl.maximum(prefix_len + mb * BT - window_left, 0) // BLOCK_N * BLOCK_N
     kc = k_cache_ptr + kvh * stride_kc_h
     vc = v_cache_ptr + kvh * stride_vc_h
     ksc = k_scale_ptr + kvh * stride_ks_h
@@ -110,8 +116,8 @@ def extend_kernel(
     v_rows = v_ptr + kvh * stride_v_h
     lo2 = 0
     if HAS_WINDOW:
-        lo2 = tl.maximum(mb * BLOCK_M - window_left, 0) // BLOCK_N * BLOCK_N
-    hi2 = tl.minimum(ext_len, (mb + 1) * BLOCK_M)
+        lo2 = tl.maximum(mb * BT - window_left, 0) // BLOCK_N * BLOCK_N
+    hi2 = tl.minimum(ext_len, (mb + 1) * BT)
     for n0 in range(lo2, hi2, BLOCK_N):
         j = n0 + offs_n
         n_mask = j < ext_len
@@ -138,7 +144,7 @@ def extend_kernel(
             acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
     inv_l = 1.0 / l_i
-    o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h * stride_o_h
+    o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h
     if V_MODE == 2:
         tl.store(o_rows + 2 * offs_p[None, :], (acc_lo * inv_l[:, None]).to(dt), mask=m_mask[:, None])
         tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_hi * inv_l[:, None]).to(dt), mask=m_mask[:, None])
@@ -229,6 +235,9 @@ def extend_attention(
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size)
     cfg = config or cfg
+    group = hq // hkv
+    if cfg.pack < 1 or group % cfg.pack or cfg.block_m % cfg.pack or cfg.block_m // cfg.pack < 1:
+        _fail("config", f"pack={cfg.pack} must divide the GQA group ({group}) and block_m ({cfg.block_m})")
     if out is None:
         out = torch.empty_like(q)
     if tokens == 0 or batch == 0 or max_extend_len <= 0:
@@ -243,7 +252,7 @@ def extend_attention(
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
-    grid = (triton.cdiv(max_extend_len, cfg.block_m), hq, batch)
+    grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
     extend_kernel[grid](
         q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
         k_ptr=k, v_ptr=v, stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0),
@@ -258,7 +267,7 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -271,7 +280,8 @@ def aot_cases(arch: int):
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
-                  K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False)
+                  K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
+                  PACK=cfg.pack)
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
