@@ -26,7 +26,7 @@ from .serving import Server, run_on_gpus, stop_on_sigterm
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
-            "p99_itl_ms", "p99_ttft_ms", "kv_capacity_tokens", "failures", "error", "gpu")
+            "p99_itl_ms", "p99_ttft_ms", "kv_capacity_tokens", "mem_fraction_static", "failures", "error", "gpu")
 
 
 @dataclass
@@ -50,6 +50,9 @@ class Plan:
     gpus: list | None = None           # several: one server per GPU at a time, configurations in parallel
     prompts_per_concurrency: int = 4
     min_prompts: int = 32
+    # the long-context point in a second server per configuration at this --mem-fraction-static
+    # (e.g. a 32 GB card's memory on a larger GPU, so the point is KV-bound for bf16); None: same server
+    long_mem_fraction: float | None = None
 
     def prompts(self, c):
         return max(self.prompts_per_concurrency * c, self.min_prompts)
@@ -99,29 +102,44 @@ def _row(base, res, num_prompts):
     return r
 
 
-def _points(plan: Plan):
-    points = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
-    if plan.long_input_len:
-        points.append(("random-ids", plan.long_concurrency, plan.long_input_len, plan.long_output_len))
+def _points(plan: Plan, phase: str | None = None):
+    """Measurement points ``(dataset, concurrency, input_len, output_len)``; ``phase`` "main" or
+    "long" splits them between the two servers when ``plan.long_mem_fraction`` is set."""
+    main = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
     if plan.gsp:
-        points.append(("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len))
-    return points
+        main.append(("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len))
+    long = [("random-ids", plan.long_concurrency, plan.long_input_len, plan.long_output_len)] \
+        if plan.long_input_len else []
+    if phase == "main":
+        return main if plan.long_mem_fraction else main[:len(plan.concurrency)] + long + main[len(plan.concurrency):]
+    if phase == "long":
+        return long if plan.long_mem_fraction else []
+    return main[:len(plan.concurrency)] + long + main[len(plan.concurrency):]
 
 
 def _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=None, port=None,
                 live=None):
-    """One server (on ``gpu`` when given) and every measurement point against it."""
-    points = _points(plan)
+    """One server (on ``gpu`` when given) and every measurement point against it; with
+    ``plan.long_mem_fraction`` the long-context point gets a second server at that fraction."""
+    for phase, frac in (("main", plan.mem_fraction), ("long", plan.long_mem_fraction)):
+        points = _points(plan, phase)
+        if points:
+            _serve_points(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, points, frac,
+                          gpu=gpu, port=port, live=live, tag="" if phase == "main" else f"-mem{frac}")
+
+
+def _serve_points(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, points, mem_fraction,
+                  gpu=None, port=None, live=None, tag=""):
     port = plan.port if port is None else port
-    name = f"{Path(model).name}-{backend}-{kv}"
-    base = dict(model=Path(model).name, backend=backend, kv_dtype=kv)
+    name = f"{Path(model).name}-{backend}-{kv}{tag}"
+    base = dict(model=Path(model).name, backend=backend, kv_dtype=kv, mem_fraction_static=mem_fraction)
     if gpu is not None:
         base["gpu"] = gpu
     args = ["--kv-cache-dtype", kv, *plan.server_args]
     if plan.load_format:
         args += ["--load-format", plan.load_format]
     kw = dict(port=port, log=workdir / f"server-{name}.log", timeout=plan.startup_timeout,
-              mem_fraction=plan.mem_fraction)
+              mem_fraction=mem_fraction)
     if gpu is not None:
         kw["env"] = {"CUDA_VISIBLE_DEVICES": str(gpu)}
     try:
@@ -184,6 +202,8 @@ def _fmt(r):
 def markdown(rows) -> str:
     cols = ["model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_throughput",
             "median_ttft_ms", "median_tpot_ms", "kv_capacity_tokens", "failures"]
+    if len({r.get("mem_fraction_static") for r in rows if r.get("dataset")}) > 1:
+        cols.insert(-2, "mem_fraction_static")
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         if r.get("error") and r.get("dataset") is None:
@@ -231,8 +251,9 @@ def plots(rows, prefix: Path) -> list[Path]:
     paths.append(_save(plt, fig, prefix, "throughput"))
 
     caps = {}
+    main_frac = max((r.get("mem_fraction_static") or 0 for r in rows), default=0)
     for r in rows:
-        if r.get("kv_capacity_tokens"):
+        if r.get("kv_capacity_tokens") and (r.get("mem_fraction_static") or 0) == main_frac:
             caps[(r["model"], r["kv_dtype"])] = max(caps.get((r["model"], r["kv_dtype"]), 0), r["kv_capacity_tokens"])
     if caps:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -305,6 +326,9 @@ def main(argv=None) -> int:
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--long-input-len", type=int, default=8192, help="0 disables the long-context point")
     ap.add_argument("--long-concurrency", type=int, default=64)
+    ap.add_argument("--long-mem-fraction-static", type=float, default=None,
+                    help="run the long-context point in a second server at this fraction (e.g. 0.4 of an 80 GB "
+                    "card = a 32 GB card's memory, where bf16 KV runs out); default: the same server")
     ap.add_argument("--no-gsp", action="store_true", help="skip the generated-shared-prefix run")
     ap.add_argument("--load-format", default="dummy", help="'' to load real weights")
     ap.add_argument("--mem-fraction-static", type=float, default=0.8)
@@ -327,7 +351,8 @@ def main(argv=None) -> int:
             ap.error(f"--gpus: expected comma-separated GPU indices such as 0,1,2,3, got {a.gpus!r}")
     plan = Plan(pairs=pairs, gpus=gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
-                long_concurrency=a.long_concurrency, gsp=not a.no_gsp, load_format=a.load_format,
+                long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,
+                gsp=not a.no_gsp, load_format=a.load_format,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
     # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers
     stop_on_sigterm()

@@ -250,3 +250,33 @@ def test_ctrl_c_stops_every_parallel_server(tmp_path):
         B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=slow_client, log=lambda m: None)
     assert sorted(FakeServer.started) == [("sm12x", "auto"), ("sm12x", "nvfp4")]
     assert set(FakeServer.stopped) == set(FakeServer.started), "both running servers stopped on Ctrl-C"
+
+
+def test_long_point_in_a_second_server_at_its_own_memory_fraction(tmp_path):
+    """--long-mem-fraction-static: each configuration serves the concurrency sweep at the main fraction
+    and the long-context point in a second server at the smaller one (a KV-bound budget); rows and
+    the markdown say which fraction each point ran at, and both servers are stopped."""
+    seen = []
+
+    class FracServer(FakeServer):
+        def __init__(self, model, backend, *args, mem_fraction=None, **kw):
+            super().__init__(model, backend, *args, **kw)
+            self.frac = mem_fraction
+            seen.append((self.key, mem_fraction))
+
+        def kv_capacity(self):
+            return int(super().kv_capacity() * self.frac * 10)
+
+    FakeServer.started, FakeServer.stopped = [], []
+    plan = _plan(pairs=[("sm12x", "auto"), ("sm12x", "nvfp4")], long_mem_fraction=0.4, gsp=False)
+    rows = B.run_matrix(plan, tmp_path, server_cls=FracServer, client=fake_client, log=lambda m: None)
+    assert seen == [(("sm12x", "auto"), 0.8), (("sm12x", "auto"), 0.4), (("sm12x", "nvfp4"), 0.8),
+                    (("sm12x", "nvfp4"), 0.4)]
+    assert sorted(FakeServer.started) == sorted(FakeServer.stopped)
+    long = [r for r in rows if r["input_len"] == plan.long_input_len]
+    assert len(long) == 2 and all(r["mem_fraction_static"] == 0.4 for r in long)
+    assert {r["kv_capacity_tokens"] for r in long} == {4000, 14224}
+    sweep = [r for r in rows if r["input_len"] == plan.input_len]
+    assert len(sweep) == 6 and all(r["mem_fraction_static"] == 0.8 for r in sweep)
+    assert "mem_fraction_static" in B.markdown(rows).splitlines()[0]
+    assert "mem_fraction_static" not in B.markdown(sweep).splitlines()[0]
