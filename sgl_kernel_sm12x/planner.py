@@ -8,7 +8,7 @@ budget checker compiles is exactly the planner's image (tests assert that).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
 # --------------------------------------------------------------------------------------------------
@@ -249,6 +249,12 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
     limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
 
+    GQA packing (``pack``): with a quantized cache (FP8 / NVFP4 prefix), up to 4 query heads of a KV
+    group share a program's rows (at least 16 tokens a program), so each prefix tile is dequantized
+    once for all of them instead of once per query head -- that dequantization costs about as much
+    as the tile's MMAs. 16-bit caches keep one head a program (packed bf16 D128 tiles spill 24 B on
+    sm_120, AOT, and there is no dequantization to share).
+
     * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
       bf16/fp16 64 x 64 on 4 warps (one warpgroup), 3 stages: 287-326 TFLOP/s, best of 7 shapes;
       fp8 128 x 128 on 8 warps, 2 stages (215-287; 3 stages is 4% faster but sits at 229,376 B and
@@ -263,6 +269,16 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
+    cfg = _extend_tile(lim, head_dim, kv_dtype)
+    pack = 1
+    if kv_dtype not in ("bf16", "fp16"):
+        pack = min(group, 4)
+        while pack > 1 and (group % pack or cfg.block_m // pack < 16):
+            pack //= 2
+    return replace(cfg, pack=pack)
+
+
+def _extend_tile(lim, head_dim: int, kv_dtype: str) -> ExtendConfig:
     hw_fp8 = kv_dtype in FP8_K and lim.cc >= 89
     fp4 = kv_dtype in FP4_V
     if lim.smem_per_block >= 200_000:
@@ -275,6 +291,8 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         return ExtendConfig(64, 64, 4, 3, hw_fp8)
     if lim.cc < 89 and kv_dtype == "fp8_e4m3" and head_dim == 256:
         return ExtendConfig(32, 16, 4, 2, hw_fp8)   # software FP8 decode on sm_80/86 spills at 32 x 32
+    if lim.cc < 89 and kv_dtype == "fp8k_nvfp4v" and head_dim == 128:
+        return ExtendConfig(32, 32, 4, 2, hw_fp8)   # software FP8 K + NVFP4 V: 64 x 32 spills 4-176 B there
     if lim.cc < 90:
         # sm_80/86/89: 64-token tiles spill 4-64 B there (and sm_80 decodes FP8 in software), so
         # 32-token tiles; D256 32 x 32 on 4 warps (8 warps cap ptxas at 128 registers and spill).
@@ -294,7 +312,10 @@ def extend_domain():
                 if kv_dtype in ("bf16", "fp16") and kv_dtype != q_dtype:
                     continue
                 for page_size in (1, 16):     # the kernel specializes on paged or not; 16 stands for > 1
-                    yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=1, page_size=page_size)
+                    # the group matters through the GQA packing (1, 2 or 4 heads a program) alone
+                    for group in (1, 2, 4) if kv_dtype not in ("bf16", "fp16") else (1,):
+                        yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
+                                   page_size=page_size)
 
 
 # --------------------------------------------------------------------------------------------------
