@@ -278,14 +278,57 @@ def plots(rows, prefix: Path) -> list[Path]:
     return paths
 
 
+def summary(rows, plan: Plan) -> list[dict]:
+    """The comparisons the report is read for, per model: at every concurrency of the sweep, sm12x
+    with bf16 KV against the best of the other backends with bf16 KV; at the long-context point, the
+    best nvfp4 configuration against the best bf16 one. Ratios of output tok/s (> 1: ahead)."""
+    ok = [r for r in rows if not r.get("error") and r.get("dataset") == "random-ids" and r.get("output_throughput")]
+    out = []
+    for m in sorted({r["model"] for r in ok}):
+        at = [r for r in ok if r["model"] == m]
+        for c in plan.concurrency:
+            pts = [r for r in at if r["concurrency"] == c and r["input_len"] == plan.input_len and r["kv_dtype"] == "auto"]
+            ours = [r["output_throughput"] for r in pts if r["backend"] == "sm12x"]
+            other = {r["backend"]: r["output_throughput"] for r in pts if r["backend"] != "sm12x"}
+            if ours and other:
+                best = max(other, key=other.get)
+                out.append(dict(model=m, check="sm12x bf16 vs best other bf16", concurrency=c, input_len=plan.input_len,
+                                ours=ours[0], best_other=other[best], best_other_backend=best,
+                                ratio=ours[0] / other[best]))
+        if plan.long_input_len:
+            lp = [r for r in at if r["input_len"] == plan.long_input_len and r["concurrency"] == plan.long_concurrency]
+            fp4 = [r for r in lp if r["kv_dtype"] == "nvfp4"]
+            bf = [r for r in lp if r["kv_dtype"] == "auto"]
+            if fp4 and bf:
+                a = max(fp4, key=lambda r: r["output_throughput"])
+                b = max(bf, key=lambda r: r["output_throughput"])
+                out.append(dict(model=m, check="best nvfp4 vs best bf16, long context",
+                                concurrency=plan.long_concurrency, input_len=plan.long_input_len,
+                                ours=a["output_throughput"], ours_backend=a["backend"], best_other=b["output_throughput"],
+                                best_other_backend=b["backend"], mem_fraction_static=a.get("mem_fraction_static"),
+                                ratio=a["output_throughput"] / b["output_throughput"]))
+    return out
+
+
+def _summary_md(items) -> str:
+    if not items:
+        return ""
+    lines = ["| model | check | concurrency | input | ours | best other | ratio |", "|---|---|---|---|---|---|---|"]
+    for it in items:
+        lines.append(f"| {it['model']} | {it['check']} | {it['concurrency']} | {it['input_len']} | {it['ours']:,.1f} | "
+                     f"{it['best_other']:,.1f} ({it['best_other_backend']}) | {it['ratio']:.2f} |")
+    return "\n".join(lines) + "\n\n"
+
+
 def write_report(rows, out_dir: Path, env: dict, plan: Plan, cmdline: str):
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = env.get("device", "cpu").lower().replace(" ", "-").replace("/", "-")
     prefix = out_dir / f"{env.get('date', time.strftime('%Y-%m-%d'))[:10]}-{dev}-serving"
-    payload = dict(env, command=cmdline, plan={k: v for k, v in vars(plan).items()},
+    items = summary(rows, plan)
+    payload = dict(env, command=cmdline, plan={k: v for k, v in vars(plan).items()}, summary=items,
                    rows=[{k: r.get(k) for k in ROW_KEYS} for r in rows])
     prefix.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str))
-    prefix.with_suffix(".md").write_text(f"Command: `{cmdline}`\n\n" + markdown(rows))
+    prefix.with_suffix(".md").write_text(f"Command: `{cmdline}`\n\n" + _summary_md(items) + markdown(rows))
     return [prefix.with_suffix(".json"), prefix.with_suffix(".md"), *plots(rows, prefix)]
 
 

@@ -280,3 +280,28 @@ def test_long_point_in_a_second_server_at_its_own_memory_fraction(tmp_path):
     assert len(sweep) == 6 and all(r["mem_fraction_static"] == 0.8 for r in sweep)
     assert "mem_fraction_static" in B.markdown(rows).splitlines()[0]
     assert "mem_fraction_static" not in B.markdown(sweep).splitlines()[0]
+
+
+def test_summary_states_the_targets_as_ratios(tmp_path):
+    """sm12x bf16 against the best other bf16 backend at every concurrency, and the best nvfp4
+    against the best bf16 configuration at the long-context point, in the JSON and the table."""
+    rows = []
+    for be, kv, base in (("sm12x", "auto", 110.0), ("triton", "auto", 100.0), ("flashinfer", "auto", 120.0),
+                         ("sm12x", "nvfp4", 90.0)):
+        for c in (1, 16):
+            rows.append(dict(model="m", backend=be, kv_dtype=kv, dataset="random-ids", concurrency=c, input_len=1024,
+                             output_throughput=base * c, median_tpot_ms=5.0))
+        rows.append(dict(model="m", backend=be, kv_dtype=kv, dataset="random-ids", concurrency=64, input_len=8192,
+                         output_throughput=300.0 if kv == "nvfp4" else base, mem_fraction_static=0.4,
+                         median_tpot_ms=9.0))
+    plan = B.Plan(models=["m"], concurrency=[1, 16])
+    items = B.summary(rows, plan)
+    sweep = [i for i in items if i["check"].startswith("sm12x bf16")]
+    assert [round(i["ratio"], 4) for i in sweep] == [round(110 / 120, 4)] * 2
+    assert all(i["best_other_backend"] == "flashinfer" for i in sweep)
+    (long,) = [i for i in items if "long" in i["check"]]
+    assert long["ratio"] == 300.0 / 120.0 and long["ours_backend"] == "sm12x" and long["mem_fraction_static"] == 0.4
+    B.write_report(rows, tmp_path, {"date": "2026-11-26", "device": "X"}, plan, "cmd")
+    md = (tmp_path / "2026-11-26-x-serving.md").read_text()
+    assert "| m | best nvfp4 vs best bf16, long context | 64 | 8192 | 300.0 | 120.0 (flashinfer) | 2.50 |" in md
+    assert json.loads((tmp_path / "2026-11-26-x-serving.json").read_text())["summary"] == items
