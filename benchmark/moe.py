@@ -4,9 +4,12 @@ SGLang picks on this GPU) in the same run.
     python benchmark/moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8 fp8_w8a8_block]
                             [--tokens 1 16 64 256 1024 4096]
 
-Rows: ``provider`` (sm12x | sglang_triton), ``dtype``, ``shape``, ``tokens``, ``ms`` (CUDA-graph replay
-of the whole MoE: both GEMMs, activation, routing sum) and ``tflops`` (2 * tokens * top_k * 3 * H * I
-multiply-adds counted as FLOPs). A provider that fails records ``error``.
+Rows: ``provider`` (sm12x | sglang_triton | copy), ``dtype``, ``shape``, ``tokens``, ``ms`` (CUDA-graph
+replay of the whole MoE: both GEMMs, activation, routing sum) and ``tflops`` (2 * tokens * top_k * 3 * H
+* I multiply-adds counted as FLOPs). ``copy`` is the memory floor of the same point: the weights of
+the experts the routing touches plus the input and output, moved at the device's copy bandwidth
+(measured in the same run); the kernels' rows carry ``fraction_of_copy`` = copy ms / their ms.
+A provider that fails records ``error``.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _harness import bench_ms, environment, write_json  # noqa: E402
+from _harness import bench_ms, copy_ceiling_gbps, environment, write_json  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.moe.fused_moe import fused_moe  # noqa: E402
@@ -80,9 +83,18 @@ def _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block):
     return lambda: fused_experts(x, w1, w2, topk, cfg, **kw)
 
 
-def measure(shapes, dtypes, tokens, dev, bench, table=None):
-    """Rows for every shape x dtype x tokens, both providers; ``bench(fn, graph=True)`` returns
-    (p20, p50, p80) ms. ``table`` maps shape names to (E, top_k, hidden, intermediate)."""
+def floor_bytes(w1, w2, s1, s2, ti, h):
+    """Bytes a MoE step must move at least: the touched experts' weights (and scales), the bf16
+    input and output."""
+    per_expert = sum(t[0].numel() * t.element_size() for t in (w1, w2)) + \
+        sum(t[0].numel() * t.element_size() for t in (s1, s2) if t is not None and t.dim() > 1)
+    return int(ti.unique().numel()) * per_expert + 2 * ti.shape[0] * h * 2
+
+
+def measure(shapes, dtypes, tokens, dev, bench, table=None, copy_gbps=None):
+    """Rows for every shape x dtype x tokens, both providers (and the copy floor when
+    ``copy_gbps`` is given); ``bench(fn, graph=True)`` returns (p20, p50, p80) ms. ``table`` maps
+    shape names to (E, top_k, hidden, intermediate)."""
     table = table or planner.MOE_SHAPES
     rows = []
     for shape in shapes:
@@ -104,11 +116,17 @@ def measure(shapes, dtypes, tokens, dev, bench, table=None):
                 except Exception as ex:  # noqa: BLE001
                     rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t,
                                      error=f"{type(ex).__name__}: {ex}"[:300]))
+                floor_ms = floor_bytes(w1, w2, s1, s2, ti, h) / copy_gbps / 1e6 if copy_gbps else None
+                if floor_ms is not None:
+                    rows.append(dict(provider="copy", dtype=dtype, shape=shape, tokens=t, ms=floor_ms,
+                                     tflops=flops / floor_ms / 1e9))
                 for prov, fn in fns.items():
                     try:
                         p20, p50, p80 = bench(fn, graph=True)
                         rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t, ms=p50,
                                          ms_p20_p80=[p20, p80], tflops=flops / p50 / 1e9))
+                        if floor_ms is not None:
+                            rows[-1]["fraction_of_copy"] = floor_ms / p50
                     except Exception as ex:  # noqa: BLE001
                         rows.append(dict(provider=prov, dtype=dtype, shape=shape, tokens=t,
                                          error=f"{type(ex).__name__}: {ex}"[:300]))
@@ -124,9 +142,10 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     rows, env = [], environment()
+    copy = copy_ceiling_gbps()
     for shape in a.shapes:          # written after every shape, so a cut-short run keeps what it measured
-        rows += measure([shape], a.dtypes, a.tokens, "cuda", bench_ms)
-        path = write_json("moe", dict(rows=rows, **env), a.out)
+        rows += measure([shape], a.dtypes, a.tokens, "cuda", bench_ms, copy_gbps=copy)
+        path = write_json("moe", dict(rows=rows, copy_gbps=copy, **env), a.out)
     print(path)
     return 0
 

@@ -317,9 +317,14 @@ def test_benchmark_rows_have_the_documented_fields(device):
         ran.append(fn())
         return (0.5, 1.0, 2.0)
 
-    rows = bench.measure(["s"], ["bf16"], [3], device, timer, table={"s": (4, 2, 64, 32)})
+    rows = bench.measure(["s"], ["bf16"], [3], device, timer, table={"s": (4, 2, 64, 32)}, copy_gbps=1000.0)
     ours = [r for r in rows if r["provider"] == "sm12x"]
     assert len(ours) == 1 and ours[0]["ms"] == 1.0 and ours[0]["ms_p20_p80"] == [0.5, 2.0]
+    (floor,) = [r for r in rows if r["provider"] == "copy"]
+    # 3 tokens x top-2 of 4 experts touch 2..4 experts of (2*32*64 + 64*32) bf16 weights, + input and output
+    per_expert = 3 * 32 * 64 * 2
+    assert 2 * per_expert + 2 * 3 * 64 * 2 <= floor["ms"] * 1e9 <= 4 * per_expert + 2 * 3 * 64 * 2
+    assert ours[0]["fraction_of_copy"] == pytest.approx(floor["ms"] / 1.0)
     assert ours[0]["tflops"] == pytest.approx(2 * 3 * 2 * 3 * 64 * 32 / 1.0 / 1e9)
     theirs = [r for r in rows if r["provider"] == "sglang_triton"]
     assert len(theirs) == 1 and ("ms" in theirs[0] or "error" in theirs[0])
