@@ -108,6 +108,7 @@ def measure(shapes, dtypes, tokens, dev, bench, table=None, copy_gbps=None):
             for t in tokens:
                 x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
                 tw, ti = torch.topk(torch.randn(t, e, device=dev).softmax(-1), k)
+                ti = ti.to(torch.int32)     # as SGLang's top-k hands them over (no conversion inside the timing)
                 flops = 2 * t * k * 3 * h * i
                 fns = {"sm12x": lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
                                                   block_shape=block)}

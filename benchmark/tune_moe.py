@@ -91,6 +91,7 @@ def main(argv=None):
             for t in a.tokens:
                 x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16)
                 tw, ti = torch.topk(torch.randn(t, e, device="cuda").softmax(-1), k)
+                ti = ti.to(torch.int32)     # as SGLang's top-k hands them over (no conversion inside the timing)
                 plan = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=2 * i, k=h, tokens=t, top_k=k,
                                         block_shape=block)
                 plan_down = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=i, tokens=t, top_k=k,
