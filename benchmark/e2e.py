@@ -109,15 +109,13 @@ def phase_greedy(args, res):
             env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
         try:
             with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port + 10 * slot, env=env,
-                        log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s:
-                live.add(s)
+                        log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s, live.holding(s):
                 starts[name] = round(s.startup_s, 1)
                 out = []
                 for ps in sets:
                     s.generate_ids(ps[:1], 4)          # warm the radix cache with the shared prefix
                     out.append(s.generate_ids(ps, args.steps))
                 runs[name] = out
-                live.discard(s)
         except Exception as e:  # noqa: BLE001 -- report and go on with the other backends
             res.setdefault("failures_detail", []).append(f"greedy {name}: {str(e)[-1500:]}")
 

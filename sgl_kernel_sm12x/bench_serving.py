@@ -13,6 +13,7 @@ PNG plots: output tok/s vs concurrency, KV capacity per dtype, TPOT vs context l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -103,18 +104,16 @@ def _row(base, res, num_prompts):
 
 
 def _points(plan: Plan, phase: str | None = None):
-    """Measurement points ``(dataset, concurrency, input_len, output_len)``; ``phase`` "main" or
-    "long" splits them between the two servers when ``plan.long_mem_fraction`` is set."""
-    main = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
-    if plan.gsp:
-        main.append(("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len))
+    """Measurement points ``(dataset, concurrency, input_len, output_len)``: the concurrency sweep,
+    the long-context point, the shared-prefix run. With ``plan.long_mem_fraction`` the long point
+    belongs to its own server: ``phase`` "main" / "long" select the two servers' points."""
+    sweep = [("random-ids", c, plan.input_len, plan.output_len) for c in plan.concurrency]
     long = [("random-ids", plan.long_concurrency, plan.long_input_len, plan.long_output_len)] \
         if plan.long_input_len else []
-    if phase == "main":
-        return main if plan.long_mem_fraction else main[:len(plan.concurrency)] + long + main[len(plan.concurrency):]
-    if phase == "long":
-        return long if plan.long_mem_fraction else []
-    return main[:len(plan.concurrency)] + long + main[len(plan.concurrency):]
+    gsp = [("generated-shared-prefix", max(plan.concurrency), plan.input_len, plan.output_len)] if plan.gsp else []
+    if plan.long_mem_fraction and phase:
+        return sweep + gsp if phase == "main" else long
+    return [] if phase == "long" else sweep + long + gsp
 
 
 def _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=None, port=None,
@@ -143,28 +142,23 @@ def _serve_points(plan, model, backend, kv, workdir, server_cls, client, progres
     if gpu is not None:
         kw["env"] = {"CUDA_VISIBLE_DEVICES": str(gpu)}
     try:
-        with server_cls(model, backend, *args, **kw) as srv:
-            if live is not None:
-                live.add(srv)
-            try:
-                cap = srv.kv_capacity()
-                for dataset, c, il, ol in points:
-                    n = plan.prompts(c)
-                    out_file = workdir / f"{name}-{dataset}-c{c}-i{il}.jsonl"
-                    out_file.unlink(missing_ok=True)
-                    row = dict(base, dataset=dataset, concurrency=c, input_len=il, output_len=ol,
-                               kv_capacity_tokens=cap)
-                    try:
-                        res = client(client_cmd(port, model, dataset, n, c, il, ol, out_file), out_file)
-                        rows.append(_row(row, res, n))
-                    except (RuntimeError, subprocess.TimeoutExpired) as e:
-                        rows.append(dict(row, num_prompts=n, failures=n, error=str(e)[-800:]))
-                    if progress:
-                        progress.update(1)
-                    log(_fmt(rows[-1]))
-            finally:
-                if live is not None:
-                    live.discard(srv)
+        with server_cls(model, backend, *args, **kw) as srv, \
+                (live.holding(srv) if live is not None else contextlib.nullcontext()):
+            cap = srv.kv_capacity()
+            for dataset, c, il, ol in points:
+                n = plan.prompts(c)
+                out_file = workdir / f"{name}-{dataset}-c{c}-i{il}.jsonl"
+                out_file.unlink(missing_ok=True)
+                row = dict(base, dataset=dataset, concurrency=c, input_len=il, output_len=ol,
+                           kv_capacity_tokens=cap)
+                try:
+                    res = client(client_cmd(port, model, dataset, n, c, il, ol, out_file), out_file)
+                    rows.append(_row(row, res, n))
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    rows.append(dict(row, num_prompts=n, failures=n, error=str(e)[-800:]))
+                if progress:
+                    progress.update(1)
+                log(_fmt(rows[-1]))
     except (RuntimeError, TimeoutError) as e:       # rejected by SGLang or failed to start
         msg = str(e).strip().splitlines()
         err = next((ln for ln in reversed(msg) if "Error" in ln or "error" in ln), msg[-1] if msg else "")
@@ -183,6 +177,7 @@ def run_matrix(plan: Plan, workdir: Path, server_cls=Server, client=run_client, 
     the GPU. ``server_cls`` / ``client`` are injectable for tests."""
     rows = [] if rows is None else rows
     workdir.mkdir(parents=True, exist_ok=True)
+
     def work(config, gpu, slot, live):
         model, backend, kv = config
         _run_config(plan, model, backend, kv, workdir, server_cls, client, progress, log, rows, gpu=gpu,

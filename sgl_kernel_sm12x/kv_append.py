@@ -70,6 +70,14 @@ def _block_sq_err(xa, xb, code, g):
 
 
 @triton.jit
+def _keep_better(xa, xb, g, best, best_err, cand):
+    """(code, error) of the better of ``best`` and ``cand`` per block; ``best`` on ties."""
+    err = _block_sq_err(xa, xb, cand, g)
+    take = err < best_err
+    return tl.where(take, cand, best), tl.where(take, err, best_err)
+
+
+@triton.jit
 def _append_nvfp4_blocks(
     src_ptr, stride_src_t,                        # (tokens, HEAD_DIM) activations of one head
     dst_ptr, stride_dst_s,                        # (slots, HEAD_DIM // 2) packed e2m1 of one head
@@ -102,15 +110,8 @@ def _append_nvfp4_blocks(
         xb0 = tl.where(bad[:, None], 0.0, xb)
         best = tl.where(bad, 0, s_code)
         best_err = _block_sq_err(xa0, xb0, best, g)
-        for j in tl.static_range(2):
-            if j == 0:
-                cand = tl.minimum(best + 1, 0x7E)
-            else:
-                cand = c4
-            err = _block_sq_err(xa0, xb0, cand, g)
-            take = err < best_err
-            best = tl.where(take, cand, best)
-            best_err = tl.where(take, err, best_err)
+        best, best_err = _keep_better(xa0, xb0, g, best, best_err, tl.minimum(best + 1, 0x7E))
+        best, best_err = _keep_better(xa0, xb0, g, best, best_err, c4)
         s_code = tl.where(bad, 0x7F, best)
     rcp, denom, ok = _rcp(s_code, g)
     ok = ok & (bad == 0)

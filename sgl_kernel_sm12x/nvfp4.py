@@ -148,9 +148,7 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
         x0 = torch.where(finite[..., None], xf, torch.zeros_like(xf))
         best = torch.where(finite, s_code, torch.zeros_like(s_code))
         best_err = ((x0 - _block_codes(x0, best, g)[2]) ** 2).sum(-1)
-        c = best.to(torch.int32)
-        for cand in ((c + 1).clamp(max=0x7E), e4m3_encode(amax / (g * 4.0)).to(torch.int32)):
-            cand = cand.to(torch.uint8)
+        for cand in ((best.to(torch.int32) + 1).clamp(max=0x7E).to(torch.uint8), e4m3_encode(amax / (g * 4.0))):
             err = ((x0 - _block_codes(x0, cand, g)[2]) ** 2).sum(-1)
             take = err < best_err
             best = torch.where(take, cand, best)
@@ -159,11 +157,8 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
     elif scale_rule != "max":
         raise ValueError(f"scale_rule: {scale_rule!r} is not supported; supported: ['max', 'mse']")
     s_code = torch.where(finite, s_code, torch.full_like(s_code, E4M3_NAN))
-    denom = e4m3_decode(s_code) * g
-    ok = (denom > 0) & finite
-    rcp = torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
-    q = xf * rcp[..., None]
-    codes = torch.where(ok[..., None], e2m1_encode(q), torch.zeros((), dtype=torch.uint8))
+    codes, ok, _ = _block_codes(xf, s_code, g)
+    codes = torch.where((ok & finite)[..., None], codes, torch.zeros((), dtype=torch.uint8))
     codes = codes.reshape(*x.shape[:-1], d)
     data = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return data.contiguous(), s_code.view(torch.float8_e4m3fn)

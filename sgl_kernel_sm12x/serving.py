@@ -2,6 +2,7 @@
 not imported here). Used by ``sm12x demo`` on a GPU machine and by ``benchmark/e2e.py``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -47,14 +48,27 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
+class LiveServers(set):
+    """Servers running in worker threads, for :func:`run_on_gpus` to stop on Ctrl-C."""
+
+    @contextlib.contextmanager
+    def holding(self, srv):
+        self.add(srv)
+        try:
+            yield srv
+        finally:
+            self.discard(srv)
+
+
 def run_on_gpus(items, gpus, work) -> None:
     """``work(item, gpu, slot, live)`` for every item, in order. With several ``gpus``, one worker
     thread per GPU takes the next item from a shared queue (``slot`` is the worker's index, for ports
     apart), so server start-ups overlap and servers never share a GPU; otherwise the items run here
-    with ``gpu`` the single index given, or None. Servers a worker adds to ``live`` are stopped here
+    with ``gpu`` the single index given, or None. Servers a worker holds in ``live``
+    (``with live.holding(server):``) are stopped here
     on Ctrl-C, which reaches the main thread only."""
     gpus = list(gpus or [])
-    live: set = set()
+    live = LiveServers()
     if len(gpus) <= 1:
         for item in items:
             work(item, gpus[0] if gpus else None, 0, live)

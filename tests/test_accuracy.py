@@ -26,12 +26,17 @@ def _tiny(vocab=256):
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
+def _eager_logits(model, ids, device):
+    """The model's own (eager) attention over the whole sequence: the reference logits."""
+    with torch.no_grad():
+        model.config._attn_implementation = "eager"
+        return model(input_ids=ids[None].to(device)).logits[0].float().cpu()
+
+
 def test_bf16_kernel_path_matches_the_models_own_attention(device):
     model = _tiny().to(device)
     ids = torch.randint(0, 256, (21,))
-    with torch.no_grad():
-        model.config._attn_implementation = "eager"
-        ref = model(input_ids=ids[None].to(device)).logits[0].float().cpu()
+    ref = _eager_logits(model, ids, device)
     got = kv_eval.run_sequence(model, ids, "bf16", prefill=13).cpu()
     assert got.shape == ref.shape
     err = (got - ref).abs().max().item()
@@ -44,9 +49,7 @@ def test_bf16_kernel_path_matches_the_models_own_attention(device):
 def test_chunked_prefill_matches_the_models_own_attention(device):
     model = _tiny().to(device)
     ids = torch.randint(0, 256, (19,))
-    with torch.no_grad():
-        model.config._attn_implementation = "eager"
-        ref = model(input_ids=ids[None].to(device)).logits[0].float().cpu()
+    ref = _eager_logits(model, ids, device)
     got = kv_eval.run_sequence(model, ids, "bf16", prefill=11, chunk=4).cpu()     # chunks 4 + 4 + 3, then decode
     assert (got - ref).abs().max().item() < 0.02 * ref.abs().max().item()
 

@@ -118,13 +118,15 @@ def e2e(model_dir, wins, logdir, port=30123, chunk=128):
 
     runs = {}
     mse = {"SGLANG_SM12X_NVFP4_SCALES": "mse"}        # sglang_sm12x.backend.NVFP4_SCALES_ENV
-    for name, backend, kv, env in (("reference", "triton", "auto", {}), ("bf16", "sm12x", "auto", {}),
-                                   ("fp8_e4m3", "sm12x", "fp8_e4m3", {}), ("nvfp4", "sm12x", "nvfp4", {}),
-                                   ("nvfp4 (mse scales)", "sm12x", "nvfp4", mse)):
+    for name, tag, backend, kv, env in (("reference", "reference", "triton", "auto", {}),
+                                        ("bf16", "bf16", "sm12x", "auto", {}),
+                                        ("fp8_e4m3", "fp8_e4m3", "sm12x", "fp8_e4m3", {}),
+                                        ("nvfp4", "nvfp4", "sm12x", "nvfp4", {}),
+                                        ("nvfp4 (mse scales)", "nvfp4-mse", "sm12x", "nvfp4", mse)):
         # prompt logprobs come from prefill only: no decode CUDA graphs to capture
         with Server(model_dir, backend, "--kv-cache-dtype", kv, "--disable-radix-cache", "--disable-cuda-graph",
-                    "--chunked-prefill-size", str(chunk), port=port, log=Path(logdir) / f"acc-{name.split()[0]}"
-                    f"{'-mse' if env else ''}.log", mem_fraction=0.4, env=env) as s:
+                    "--chunked-prefill-size", str(chunk), port=port, log=Path(logdir) / f"acc-{tag}.log",
+                    mem_fraction=0.4, env=env) as s:
             runs[name] = _prompt_logprobs(s, wins, first=chunk)
         got = [len(lp) for lp, _ in runs[name]]
         if got != [len(w) - 1 - chunk for w in wins]:

@@ -117,6 +117,12 @@ def moe_gemm_kernel(
 
 
 @triton.jit
+def _silu_mul(g, u):
+    """silu(g) * u in fp32."""
+    return g / (1.0 + tl.exp(-g)) * u
+
+
+@triton.jit
 def silu_mul_kernel(x_ptr, stride_x, out_ptr, stride_o, inter, BLOCK: tl.constexpr):
     """``out = silu(x[:, :I]) * x[:, I:]`` in fp32, stored in the output dtype (one row, BLOCK cols)."""
     row = tl.program_id(0).to(tl.int64)
@@ -124,7 +130,7 @@ def silu_mul_kernel(x_ptr, stride_x, out_ptr, stride_o, inter, BLOCK: tl.constex
     m = cols < inter
     g = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
     u = tl.load(x_ptr + row * stride_x + inter + cols, mask=m, other=0.0).to(tl.float32)
-    y = g / (1.0 + tl.exp(-g)) * u
+    y = _silu_mul(g, u)
     tl.store(out_ptr + row * stride_o + cols, y.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -159,7 +165,7 @@ def quant_fp8_kernel(x_ptr, stride_x, q_ptr, stride_q, s_ptr, stride_s, k,
     if SILU:
         g = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
         u = tl.load(x_ptr + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
-        y = (g / (1.0 + tl.exp(-g)) * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+        y = _silu_mul(g, u).to(x_ptr.dtype.element_ty).to(tl.float32)
     else:
         y = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
     scale = tl.maximum(tl.max(tl.abs(y), 0) / 448.0, 1e-12)
