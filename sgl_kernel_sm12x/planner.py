@@ -193,7 +193,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
-                        hw_fp8=kv_dtype in FP8_K and lim.cc >= 89)
+                        hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89)
 
 
 def _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size) -> ArchLimits:
@@ -279,7 +279,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
 
 
 def _extend_tile(lim, head_dim: int, kv_dtype: str) -> ExtendConfig:
-    hw_fp8 = kv_dtype in FP8_K and lim.cc >= 89
+    hw_fp8 = kv_dtype in FP8_K + FP4_V and lim.cc >= 89
     fp4 = kv_dtype in FP4_V
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:

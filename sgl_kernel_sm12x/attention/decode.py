@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
+from .kv_tile import (FP4_PTX_UNIT, KV_MODES, dot, f16_mma, load_nvfp4_tile, load_tile, online_softmax_step,
+                      slot_ids)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -36,7 +37,7 @@ def decode_split_kernel(
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
-    FP4_PTX: tl.constexpr,
+    FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -68,17 +69,17 @@ def decode_split_kernel(
     HALF: tl.constexpr = HEAD_DIM // 2
     offs_p = tl.arange(0, HALF)
     offs_d = tl.arange(0, HEAD_DIM)
-    if FP4_PTX:   # fp16 MMAs on the exact fp16 dequantized NVFP4 tiles; q saturates at +-65504
+    if F16_MMA:   # fp16 MMAs on the exact fp16 dequantized FP8/NVFP4 tiles; q saturates at +-65504
         dt = tl.float16
     if K_MODE == 2:
         q_lo = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
         q_hi = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
-        if FP4_PTX:
+        if F16_MMA:
             q_lo = tl.clamp(q_lo.to(tl.float32), -65504.0, 65504.0).to(dt)
             q_hi = tl.clamp(q_hi.to(tl.float32), -65504.0, 65504.0).to(dt)
     else:
         q = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
-        if FP4_PTX:
+        if F16_MMA:
             q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dt)
     if V_MODE == 2:
         acc_lo = tl.zeros([BLOCK_H, HALF], tl.float32)
@@ -95,7 +96,7 @@ def decode_split_kernel(
         n_mask = pos < hi_tok
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
         if K_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, FP4_PTX)
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, FP4_PTX, HW_FP8)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
@@ -103,7 +104,7 @@ def decode_split_kernel(
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
         p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
         if V_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, FP4_PTX)
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, FP4_PTX, HW_FP8)
             acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
@@ -235,6 +236,12 @@ def decode_attention(
     if k_mode == 0:      # per-tensor scales belong to quantized pools only
         k_scale = v_scale = 1.0
     qk_scale = sm * _scalar(k_scale, "k_scale") * LOG2E
+    v_scale = _scalar(v_scale, "v_scale")
+    fp4_ptx = 2 in (k_mode, v_mode) and not _INTERPRET
+    if fp4_ptx and k_mode == 2:     # the PTX tile decode yields values times FP4_PTX_UNIT
+        qk_scale /= FP4_PTX_UNIT
+    if fp4_ptx and v_mode == 2:
+        v_scale /= FP4_PTX_UNIT
     decode_split_kernel[(batch, hkv, cfg.max_splits)](
         q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
         k_cache_ptr=kc, v_cache_ptr=vc,
@@ -248,13 +255,14 @@ def decode_attention(
         BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
         K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
         HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, FP4_PTX=2 in (k_mode, v_mode) and not _INTERPRET,
+        DOT_FP32=_INTERPRET, FP4_PTX=fp4_ptx,
+        F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8) and not _INTERPRET,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
         part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
-        lse_ptr=lse if write_lse else part_lse, v_scale=_scalar(v_scale, "v_scale"),
+        lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
         HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
     )
     return out
@@ -332,7 +340,8 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
-                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=2 in (k_mode, v_mode))
+                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=2 in (k_mode, v_mode),
+                  F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

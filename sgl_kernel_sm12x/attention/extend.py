@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids
+from .kv_tile import (FP4_PTX_UNIT, KV_MODES, dot, f16_mma, load_nvfp4_tile, load_tile, online_softmax_step,
+                      slot_ids)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -43,6 +44,7 @@ def extend_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
+    FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     mb = tl.program_id(0)
@@ -69,10 +71,16 @@ def extend_kernel(
     HALF: tl.constexpr = HEAD_DIM // 2
     offs_p = tl.arange(0, HALF)
     offs_d = tl.arange(0, HEAD_DIM)
+    # the prefix phase runs its MMAs in dtp: fp16 for quantized pools on CUDA devices (e4m3 and
+    # e2m1 x ue4m3 are exact in fp16, q saturates at +-65504), the chunk phase in q's dtype
+    dtp = dt
+    if F16_MMA:
+        dtp = tl.float16
+    q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+    if F16_MMA:
+        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dtp)
     if K_MODE == 2:
-        q_lo, q_hi = _halves(tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0))
-    else:
-        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+        q_lo, q_hi = _halves(q)
     if V_MODE == 2:
         acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
@@ -92,24 +100,39 @@ def extend_kernel(
         n_mask = pos < prefix_len
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
         if K_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, False)
+            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dtp, FP4_PTX,
+                                         HW_FP8)
             s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
         else:
-            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, K_MODE, HW_FP8)
+            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dtp, K_MODE, HW_FP8)
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
         vis = n_mask[None, :]
         if HAS_WINDOW:
             vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
         p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
-        pv = (p * v_scale_prefix).to(dt)
+        if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
+            pv = (p * v_scale_prefix).to(dtp)
+        else:
+            pv = p.to(dtp)
         if V_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, False)
+            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dtp, FP4_PTX,
+                                         HW_FP8)
             acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
             acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
         else:
-            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, V_MODE, HW_FP8)
+            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dtp, V_MODE, HW_FP8)
             acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+    # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32)
+    if V_MODE == 2:
+        acc_lo = acc_lo * v_scale_prefix
+        acc_hi = acc_hi * v_scale_prefix
+    elif V_MODE == 1:
+        acc = acc * v_scale_prefix
+    if F16_MMA:   # the chunk's own K/V are in q's dtype
+        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+        if K_MODE == 2:
+            q_lo, q_hi = _halves(q)
 
     # ---- phase 2: the chunk's own keys, causal ----------------------------------------------------
     k_rows = k_ptr + kvh * stride_k_h
@@ -252,6 +275,11 @@ def extend_attention(
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
+    fp4_ptx = 2 in (k_mode, v_mode) and not _INTERPRET
+    if fp4_ptx and k_mode == 2:     # the PTX tile decode yields values times FP4_PTX_UNIT
+        ksf /= FP4_PTX_UNIT
+    if fp4_ptx and v_mode == 2:
+        vsf /= FP4_PTX_UNIT
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
     extend_kernel[grid](
         q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
@@ -267,7 +295,9 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, FP4_PTX=fp4_ptx,
+        F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8) and not _INTERPRET,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -281,7 +311,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack)
+                  PACK=cfg.pack, FP4_PTX=2 in (k_mode, v_mode), F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

@@ -23,6 +23,13 @@ from ..fp_codes import e4m3_decode
 KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
 
 
+def f16_mma(k_mode: int, v_mode: int, hw_fp8: bool) -> bool:
+    """Whether kernels run the MMAs on quantized pool tiles in fp16 (CUDA devices): e4m3 and
+    e2m1 x ue4m3 are exact in fp16, the hardware converts e4m3x2 -> f16x2 in one instruction (to
+    bf16 it goes through fp32), and the NVFP4 PTX decode produces fp16."""
+    return 2 in (k_mode, v_mode) or (1 in (k_mode, v_mode) and hw_fp8)
+
+
 @triton.jit
 def slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED: tl.constexpr):
     """Pool slots of logical positions ``pos`` of one request.
@@ -68,14 +75,18 @@ def _e2m1_scaled(c, s3, NB: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit
 def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr,
-                    PTX: tl.constexpr):
+                    PTX: tl.constexpr, HW_FP8: tl.constexpr):
     """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))``:
     ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``.
 
     PTX (CUDA devices): two codes per instruction sequence (:func:`e2m1_pairs_f16`) and packed fp16
-    scale multiplies; the result is fp16 whatever ``dtype`` -- ``e2m1 * ue4m3`` is exact in fp16
-    (at most 6 significant bits, magnitudes 2^-10 .. 2688). Otherwise (the interpreter) plain
-    Triton arithmetic in fp32, returned in ``dtype``.
+    scale multiplies; the result is fp16 whatever ``dtype`` and **2^-14 times the value**: the
+    e2m1 bit pattern read as fp16 is ``e2m1 * 2^-14``, and the caller folds 2^14 into its
+    per-tensor scales (:data:`FP4_PTX_UNIT`). ``e2m1 * ue4m3 * 2^-14`` is exact in fp16: at most 6
+    significant bits, magnitudes 2^-24 .. 0.164, the lowest set bit never below 2^-24 (fp16's
+    smallest subnormal). HW_FP8 (sm_89+): the block scales are converted by the hardware
+    (e4m3x2 -> f16x2). Otherwise (the interpreter) plain Triton arithmetic in fp32, returned in
+    ``dtype`` at the true value.
     """
     HALF: tl.constexpr = offs_p.shape[0]
     NB: tl.constexpr = HALF // 8
@@ -83,13 +94,17 @@ def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, m
     b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0)
     offs_b = tl.arange(0, NB)
     sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
-    s = e4m3_decode(sc.to(tl.int32))                                  # once per block
     if PTX:
-        s3 = tl.reshape(s.to(tl.float16), (n, NB, 1))
+        if HW_FP8:
+            s = sc.to(tl.float8e4nv, bitcast=True).to(tl.float16)   # once per block
+        else:
+            s = e4m3_decode(sc.to(tl.int32)).to(tl.float16)
+        s3 = tl.reshape(s, (n, NB, 1))
         lo, hi = e2m1_pairs_f16(b)
         lo = tl.reshape(tl.reshape(lo, (n, NB, 8)) * s3, (n, HALF))
         hi = tl.reshape(tl.reshape(hi, (n, NB, 8)) * s3, (n, HALF))
         return lo, hi
+    s = e4m3_decode(sc.to(tl.int32))
     s3 = tl.reshape(s * 16384.0, (n, NB, 1))
     b = b.to(tl.int32)
     return _e2m1_scaled(b & 15, s3, NB, dtype), _e2m1_scaled(b >> 4, s3, NB, dtype)
@@ -126,27 +141,27 @@ def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
+# the PTX tile decode returns values times this; kernels divide their per-tensor scales by it
+FP4_PTX_UNIT = 2.0 ** -14
+
 # PTX for two e2m1 nibbles -> fp16 at once: the bytes are spread into 16-bit lanes (prmt), the
-# code's exponent/mantissa bits placed at fp16 bits 9..11 and the sign at bit 15 (exactly
-# e2m1 * 2^-14 as an fp16 pattern), then one packed multiply by 2^14 (fp16 0x7400).
+# code's exponent/mantissa bits placed at fp16 bits 9..11 and the sign at bit 15: exactly
+# e2m1 * 2^-14 as an fp16 pattern, subnormal 0.5 included (the 2^14 goes into the caller's scales).
 _E2M1_LO_ASM = """
 {
-.reg .b32 t<2>, a<2>, s<2>, c;
-mov.b32 c, 0x74007400;
+.reg .b32 t<2>, a<2>, s<2>;
 prmt.b32 t0, $2, 0, 0x4140;
 prmt.b32 t1, $2, 0, 0x4342;
 and.b32 a0, t0, 0x00070007;
 and.b32 s0, t0, 0x00080008;
 shl.b32 a0, a0, 9;
 shl.b32 s0, s0, 12;
-or.b32 a0, a0, s0;
-mul.rn.f16x2 $0, a0, c;
+or.b32 $0, a0, s0;
 and.b32 a1, t1, 0x00070007;
 and.b32 s1, t1, 0x00080008;
 shl.b32 a1, a1, 9;
 shl.b32 s1, s1, 12;
-or.b32 a1, a1, s1;
-mul.rn.f16x2 $1, a1, c;
+or.b32 $1, a1, s1;
 }
 """
 _E2M1_HI_ASM = tl.constexpr(
@@ -157,7 +172,7 @@ _E2M1_LO_ASM = tl.constexpr(_E2M1_LO_ASM)
 
 @triton.jit
 def e2m1_pairs_f16(b):
-    """uint8 tile of packed codes -> (low-nibble values, high-nibble values) in fp16, exact."""
+    """uint8 tile of packed codes -> (low-nibble, high-nibble) values times 2^-14, in fp16, exact."""
     lo = tl.inline_asm_elementwise(_E2M1_LO_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
     hi = tl.inline_asm_elementwise(_E2M1_HI_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
     return lo, hi
