@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgl_kernel_sm12x.bench_serving import client_base  # noqa: E402
-from sgl_kernel_sm12x.serving import Server, bundled_model, run_on_gpus, stop_on_sigterm  # noqa: E402
+from sgl_kernel_sm12x.serving import (Server, bundled_model, run_on_gpus, stop_on_sigterm,  # noqa: E402
+                                      visible_device)
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
 
@@ -106,7 +107,7 @@ def phase_greedy(args, res):
         name, env = item
         backend = "sm12x" if name.startswith("sm12x") else name
         if gpu is not None:
-            env = dict(env, CUDA_VISIBLE_DEVICES=str(gpu))
+            env = dict(env, CUDA_VISIBLE_DEVICES=visible_device(gpu))
         try:
             with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port + 10 * slot, env=env,
                         log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s, live.holding(s):

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .serving import Server, run_on_gpus, stop_on_sigterm
+from .serving import Server, run_on_gpus, stop_on_sigterm, visible_device
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
@@ -140,7 +140,7 @@ def _serve_points(plan, model, backend, kv, workdir, server_cls, client, progres
     kw = dict(port=port, log=workdir / f"server-{name}.log", timeout=plan.startup_timeout,
               mem_fraction=mem_fraction)
     if gpu is not None:
-        kw["env"] = {"CUDA_VISIBLE_DEVICES": str(gpu)}
+        kw["env"] = {"CUDA_VISIBLE_DEVICES": visible_device(gpu)}
     try:
         with server_cls(model, backend, *args, **kw) as srv, \
                 (live.holding(srv) if live is not None else contextlib.nullcontext()):
@@ -387,6 +387,10 @@ def main(argv=None) -> int:
             gpus = [int(g) for g in a.gpus.split(",")]
         except ValueError:
             ap.error(f"--gpus: expected comma-separated GPU indices such as 0,1,2,3, got {a.gpus!r}")
+        try:
+            [visible_device(g) for g in gpus]
+        except ValueError as e:
+            ap.error(f"--{e}")
     plan = Plan(pairs=pairs, gpus=gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
                 long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,

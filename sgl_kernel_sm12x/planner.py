@@ -261,7 +261,8 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
       255 registers); nvfp4 128 x 64 on 8 warps, 3 stages (149-213; the faster 4-warp tile spills
       ~830 B). D256: 64 x 32 on 8 warps.
     * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
-      - D64: 64 x 64 on 4 warps (24 KB, ~180 registers).
+      - D64: 64 x 64 on 4 warps (24 KB, ~180 registers); fp8k_nvfp4v 32-key tiles (see
+        ``_extend_tile``).
       - D128: 64 x 64 on 8 warps (56 KB, 140-190 registers). 4 warps reach 255 registers and spill
         72-104 B: the accumulator (64 x 128 fp32) alone is 64 registers a thread there.
       - D128 nvfp4: 64 x 32 on 8 warps -- the even/odd halves double the live Q and accumulator
@@ -281,6 +282,12 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
 def _extend_tile(lim, head_dim: int, kv_dtype: str) -> ExtendConfig:
     hw_fp8 = kv_dtype in FP8_K + FP4_V and lim.cc >= 89
     fp4 = kv_dtype in FP4_V
+    if kv_dtype == "fp8k_nvfp4v" and head_dim == 64:
+        # measured wrong on an H100 (Triton 3.6) at 64-key tiles in the fp16 MMA path: 64 x 64 on 4
+        # warps and 128 x 64 on 4 or 8 (every other format at these tiles, and this one at 32-key
+        # tiles or on 8 warps at 64 x 64, right); 32-key tiles everywhere for this format
+        return ExtendConfig(128, 32, 8, 3, hw_fp8) if lim.smem_per_block >= 200_000 else \
+            ExtendConfig(64, 32, 4, 2, hw_fp8)
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)

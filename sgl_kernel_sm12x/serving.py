@@ -60,6 +60,20 @@ class LiveServers(set):
             self.discard(srv)
 
 
+def visible_device(gpu: int) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a server on GPU index ``gpu`` of this process's view: an index
+    into the caller's own ``CUDA_VISIBLE_DEVICES`` when that is set (``--gpus 0`` under
+    ``CUDA_VISIBLE_DEVICES=2`` is physical GPU 2, as torch would number it), else the index."""
+    parent = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if parent is None or not parent.strip():
+        return str(gpu)
+    ids = [x.strip() for x in parent.split(",") if x.strip()]
+    if not 0 <= gpu < len(ids):
+        raise ValueError(f"gpus: index {gpu} is not visible; CUDA_VISIBLE_DEVICES={parent!r} "
+                         f"allows indices 0..{len(ids) - 1}")
+    return ids[gpu]
+
+
 def run_on_gpus(items, gpus, work) -> None:
     """``work(item, gpu, slot, live)`` for every item, in order. With several ``gpus``, one worker
     thread per GPU takes the next item from a shared queue (``slot`` is the worker's index, for ports

@@ -252,7 +252,7 @@ def test_extend_rejects_wrong_pool(device):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
-@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_decode_large(fmt, d):
     kv_dtype, q_dtype = fmt
     lens = [1, 4097, 2048, 777] + [int(x) for x in torch.randint(1, 3000, (12,))]
@@ -270,7 +270,7 @@ def test_gpu_decode_large(fmt, d):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
-@pytest.mark.parametrize("d", [128, 256])
+@pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_extend_large(fmt, d):
     _run_extend(fmt[0], fmt[1], d, 8, 4, 16, [0, 2000, 513], [1500, 700, 1], "cuda")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sgl_kernel_sm12x import bench_serving as B
-from sgl_kernel_sm12x.serving import Server
+from sgl_kernel_sm12x.serving import Server, visible_device
 
 
 class FakeServer:
@@ -190,10 +190,17 @@ def test_server_refuses_a_port_someone_else_answers_on(tmp_path):
         assert not launched.exists()
 
 
-def test_configurations_run_in_parallel_one_server_per_gpu(tmp_path):
+@pytest.mark.parametrize("parent,want", [(None, ("0", "1")), ("5,7", ("5", "7"))])
+def test_configurations_run_in_parallel_one_server_per_gpu(tmp_path, monkeypatch, parent, want):
     """--gpus 0,1: two workers, each server pinned to its GPU on its own port, never two servers on
-    one GPU at a time, every configuration measured once."""
+    one GPU at a time, every configuration measured once. The indices number the GPUs this process
+    sees: under CUDA_VISIBLE_DEVICES=5,7 the servers get 5 and 7, not 0 and 1."""
     import threading
+
+    if parent is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", parent)
 
     lock = threading.Lock()
     busy, seen, overlap = {}, [], []
@@ -224,7 +231,7 @@ def test_configurations_run_in_parallel_one_server_per_gpu(tmp_path):
     rows = B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=fake_client, log=lambda m: None)
     assert not overlap
     assert sorted(k for k, _, _ in seen) == sorted((b, k) for _, b, k in plan.configs())
-    assert {(g, p) for _, g, p in seen} <= {("0", plan.port), ("1", plan.port + 10)}
+    assert {(g, p) for _, g, p in seen} <= {(want[0], plan.port), (want[1], plan.port + 10)}
     assert len({g for _, g, _ in seen}) == 2, "both GPUs were used"
     measured = [r for r in rows if r.get("dataset")]
     assert len(measured) == (len(plan.configs()) - 1) * 4 and all(r["gpu"] in (0, 1) for r in measured)
@@ -305,3 +312,12 @@ def test_summary_states_the_targets_as_ratios(tmp_path):
     md = (tmp_path / "2026-11-26-x-serving.md").read_text()
     assert "| m | best nvfp4 vs best bf16, long context | 64 | 8192 | 300.0 | 120.0 (flashinfer) | 2.50 |" in md
     assert json.loads((tmp_path / "2026-11-26-x-serving.json").read_text())["summary"] == items
+
+
+def test_gpu_index_outside_the_visible_devices_is_refused(monkeypatch, capsys):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES='3' allows indices 0..0"):
+        visible_device(1)
+    with pytest.raises(SystemExit):
+        B.main(["--model", "m", "--gpus", "0,1", "--configs", "sm12x:auto"])
+    assert "--gpus: index 1 is not visible" in capsys.readouterr().err
