@@ -1,5 +1,8 @@
 """Offline sweep of decode / extend tile configurations on the device (the planner's rules are
-derived from these runs; serving never autotunes).
+derived from these runs; serving never autotunes). Every configuration's output is compared with
+the planned configuration's on the same inputs (``max_diff_vs_plan``; rows above ``--tolerance``
+are marked ``mismatch`` and printed as such): a fast tile that computes something else must not
+become a rule.
 
     python benchmark/tune_attention.py [--kv-dtype nvfp4 fp8_e4m3 bf16]
 """
@@ -21,6 +24,16 @@ from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
 from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
 
 
+def _compare(out, anchor):
+    """(anchor, max |out - anchor|): the first output (the planned configuration's) is the anchor.
+    Non-finite differences count as infinitely far."""
+    out = out.float()
+    if anchor is None:
+        return out, 0.0
+    diff = (out - anchor).abs().max().item()
+    return anchor, diff if diff == diff else float("inf")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--kv-dtype", nargs="+", default=["nvfp4", "fp8_e4m3", "bf16"])
@@ -31,6 +44,8 @@ def main():
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
+    ap.add_argument("--tolerance", type=float, default=3e-2,
+                    help="largest |output - planned configuration's output| accepted")
     a = ap.parse_args()
     env = environment()
     arch = planner.current_arch()
@@ -54,9 +69,10 @@ def main():
                 tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
                          (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
-                cands = dict.fromkeys(planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk)
-                                      for bm, bn, nw, ns in tiles for pk in a.pack
-                                      if (hq // hkv) % pk == 0 and bm // pk >= 8)
+                cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk)
+                                                for bm, bn, nw, ns in tiles for pk in a.pack
+                                                if (hq // hkv) % pk == 0 and bm // pk >= 8])
+                anchor = None
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
                     fn = lambda: extend_attention(  # noqa: E731
@@ -65,14 +81,17 @@ def main():
                         v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
                         v_scale=pool.get("v_scale", 1.0), config=cfg)
                     try:
+                        anchor, diff = _compare(fn(), anchor)
                         _, ms, _ = bench_ms(fn, warmup=5, rep=30)
                     except Exception as e:
                         print(f"extend {kv} {cfg} ERROR {str(e)[:100]}")
                         continue
                     rows.append(dict(phase="extend", kv_dtype=kv, batch=batch, prefix=prefix, chunk=chunk,
-                                     config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9))
+                                     config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
+                                     max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
-                          f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}")
+                          f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
+                          f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "rows": rows})
         return
     for kv in a.kv_dtype:
@@ -86,9 +105,13 @@ def main():
             plan = planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
-            for bn, nw, ns in itertools.product(a.block_n, a.warps, a.stages):
-                cfg = planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits, plan.min_split_tokens,
-                                           plan.hw_fp8)
+            anchor = None
+            for bn, nw, ns in [None] + list(itertools.product(a.block_n, a.warps, a.stages)):
+                cfg = plan if bn is None else planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
+                                                                   plan.min_split_tokens, plan.hw_fp8)
+                if bn is not None and cfg == plan:
+                    continue
+                bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
                 ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
                 fn = lambda: decode_attention(  # noqa: E731
                     q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
@@ -96,14 +119,17 @@ def main():
                     k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
                     config=cfg)
                 try:
+                    anchor, diff = _compare(fn().clone(), anchor)
                     _, ms, _ = bench_ms(fn, graph=True)
                 except Exception as e:
                     print(f"{kv} b={batch} ctx={ctx} {cfg} ERROR {str(e)[:100]}")
                     continue
                 rows.append(dict(phase="decode", kv_dtype=kv, batch=batch, context=ctx, config=cfg.as_dict(),
-                                 planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6))
+                                 planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
+                                 mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} {ms * 1e3:8.1f} us "
-                      f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}")
+                      f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
+                      f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
     write_json("tune-attention", {**env, "benchmark": "tune_attention", "rows": rows})
 
 

@@ -69,6 +69,13 @@ def candidates(dtype, limit):
             yield cfg
 
 
+def _rel_err(out, ref):
+    """max |out - ref| / max |ref| (inf when non-finite): candidates are checked against the planned
+    configuration's output on the same inputs before they are timed."""
+    err = ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
+    return err if err == err else float("inf")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
@@ -79,6 +86,8 @@ def main(argv=None):
     ap.add_argument("--plan-arch", type=int, default=120, help="whose planner choice is the centre (default sm_120)")
     ap.add_argument("--full", action="store_true", help="time the whole grid, not the planner's neighbourhood")
     ap.add_argument("--out", default=None, help="results folder (default benchmark/results)")
+    ap.add_argument("--tolerance", type=float, default=2e-2,
+                    help="largest max|out - planned output| / max|planned output| a candidate may show")
     a = ap.parse_args(argv)
     arch = a.plan_arch
     rows, env = [], environment()
@@ -96,12 +105,20 @@ def main(argv=None):
                                         block_shape=block)
                 plan_down = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=i, tokens=t, top_k=k,
                                              block_shape=block)
-                timed = []
+                timed, mismatched = [], []
+                ref = fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2, block_shape=block,
+                                config=(plan, plan_down)).float()
                 cands = list(candidates(dtype, a.arch_limit)) if a.full else neighbours(plan, dtype, a.arch_limit)
                 for cfg in cands[: a.max_candidates]:
+                    run = lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,  # noqa: E731
+                                            block_shape=block, config=(cfg, cfg))
                     try:
-                        ms = bench_ms(lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
-                                                        block_shape=block, config=(cfg, cfg)), rep=20, graph=True)[1]
+                        err = _rel_err(run(), ref)
+                        if err > a.tolerance:      # computes something else: never a rule
+                            mismatched.append((err, cfg))
+                            print(shape, dtype, t, "MISMATCH", round(err, 4), cfg.as_dict(), flush=True)
+                            continue
+                        ms = bench_ms(run, rep=20, graph=True)[1]
                         timed.append((ms, cfg))
                     except Exception:  # noqa: BLE001 -- out of resources etc.: not a candidate
                         continue
@@ -112,7 +129,8 @@ def main(argv=None):
                 rows.append(dict(shape=shape, dtype=dtype, tokens=t, planner=plan.as_dict(), planner_down=plan_down.as_dict(),
                                  planner_ms=plan_ms,
                                  best=best.as_dict() if best else None, best_ms=best_ms,
-                                 top5=[(m, c.as_dict()) for m, c in timed[:5]]))
+                                 top5=[(m, c.as_dict()) for m, c in timed[:5]],
+                                 mismatched=[(e_, c.as_dict()) for e_, c in mismatched]))
                 print(rows[-1]["shape"], dtype, t, "planner", round(plan_ms, 4), "best", best_ms, flush=True)
         # written after every shape, so a cut-short sweep keeps what it timed
         path = write_json("tune-moe", dict(rows=rows, arch_limit=a.arch_limit, mode="full" if a.full else "neighbours",

@@ -348,3 +348,28 @@ def test_tune_neighbourhood_has_every_single_step_and_fits():
     assert planner.MoeConfig(64, 128, 64, 8, 8, 4) in got                    # wider N with 8 warps
     assert {c.block_m for c in got} >= {32, 64, 128} and {c.num_stages for c in got} >= {3, 4, 5}
     assert all(planner.moe_gemm_smem(c, "bf16") <= 101376 for c in got)
+
+
+def test_tune_sweeps_refuse_configurations_that_compute_something_else():
+    """Both sweeps check a candidate's output against the planned configuration's before timing it:
+    equal -> 0, a wrong result or a NaN -> beyond any tolerance."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
+    import tune_attention
+    import tune_moe
+
+    ref = torch.randn(64, 32)
+    assert tune_moe._rel_err(ref.clone(), ref) == 0.0
+    bad = ref.clone()
+    bad[3, 4] += 0.5 * ref.abs().max()
+    assert tune_moe._rel_err(bad, ref) > 0.4
+    nan = ref.clone()
+    nan[0, 0] = float("nan")
+    assert tune_moe._rel_err(nan, ref) == float("inf")
+    anchor, d0 = tune_attention._compare(ref.to(torch.bfloat16), None)
+    assert d0 == 0.0
+    assert tune_attention._compare(ref.to(torch.bfloat16), anchor)[1] == 0.0
+    assert tune_attention._compare(bad.to(torch.bfloat16), anchor)[1] > 0.1
+    assert tune_attention._compare(nan, anchor)[1] == float("inf")
