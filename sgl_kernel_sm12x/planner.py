@@ -163,13 +163,15 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
       tiles measured faster (2333 GB/s) but spill 8 B at 255 registers on sm_90: not taken.
     * nvfp4: 32-token tiles, 4 warps, 2 stages (612 GB/s vs 550 for 64): the e2m1 decode is
       instruction-bound and smaller tiles keep more programs resident. At head_dim 64 the
-      32-token tile spills 8 B on sm_120, so 64 tokens there.
+      32-token tile spills 8 B on sm_120, so 64 tokens there (32 on sm_86/89, where 64 spills).
     * head_dim 256 halves the token tile (registers).
     Shared memory per configuration is checked by `sm12x budget --kernel decode`.
     """
-    arch_limits(arch)
+    cc = arch_limits(arch).cc
     if kv_dtype in FP4_V:       # fp8k_nvfp4v: the V halves set the tile, as for nvfp4
         block_n, stages = (64 if head_dim == 64 else 32), 2
+        if kv_dtype == "nvfp4" and head_dim == 64 and cc in (86, 89):
+            block_n = 32        # 64-token tiles spill 4 B there (AOT)
     elif kv_dtype == "fp8_e4m3":
         block_n, stages = 64, 3
     else:
@@ -268,9 +270,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
       - D128 nvfp4: 64 x 32 on 8 warps -- the even/odd halves double the live Q and accumulator
         fragments; 64-token tiles spill 24 B.
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
+      - sm_80 nvfp4 (UE4M3 scales decoded in software): D128 64 x 32 on 8 warps only with 4 heads
+        packed, else 32 x 32; D256 32 x 32 on 8 warps.
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
-    cfg = _extend_tile(lim, head_dim, kv_dtype)
+    cfg = _extend_tile(lim, head_dim, kv_dtype, group)
     pack = 1
     if kv_dtype not in ("bf16", "fp16"):
         pack = min(group, 4)
@@ -279,9 +283,15 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     return replace(cfg, pack=pack)
 
 
-def _extend_tile(lim, head_dim: int, kv_dtype: str) -> ExtendConfig:
+def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendConfig:
     hw_fp8 = kv_dtype in FP8_K + FP4_V and lim.cc >= 89
     fp4 = kv_dtype in FP4_V
+    if lim.cc == 80 and kv_dtype == "nvfp4" and head_dim >= 128:
+        # sm_80 decodes the UE4M3 block scales in software: 64 x 32 on 8 warps spills 4 B at D128
+        # unless 4 heads share it (pack 4), 32 x 32 on 4 warps 36-48 B at D256 (AOT)
+        if head_dim == 128 and group % 4 == 0:
+            return ExtendConfig(64, 32, 8, 2, hw_fp8)
+        return ExtendConfig(32, 32, 8, 2, hw_fp8)
     if kv_dtype == "fp8k_nvfp4v" and head_dim == 64:
         # measured wrong on an H100 (Triton 3.6) at 64-key tiles in the fp16 MMA path: 64 x 64 on 4
         # warps and 128 x 64 on 4 or 8 (every other format at these tiles, and this one at 32-key
