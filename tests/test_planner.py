@@ -90,3 +90,15 @@ def test_attention_budget_cases_cover_planner(arch):
         c = planner.plan_extend(arch, **inp)
         assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                 c.num_warps, c.num_stages) in ext
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
+def test_fp8k_nvfp4v_head_dim_64_extend_avoids_the_tiles_measured_wrong(arch):
+    """On an H100 (Triton 3.6) fp8k_nvfp4v extend at head_dim 64 computed wrong results with 64-key
+    tiles in the fp16 MMA path (64 x 64 on 4 warps, 128 x 64 on 4 or 8 warps) and right ones with
+    32-key tiles: the planner must not hand out a 64-key tile for that format there, whatever the
+    GQA ratio or page size."""
+    for group in planner.GQA_GROUPS:
+        for page in planner.PAGE_SIZES:
+            cfg = planner.plan_extend(arch, head_dim=64, kv_dtype="fp8k_nvfp4v", group=group, page_size=page)
+            assert cfg.block_n <= 32, (arch, group, page, cfg)
