@@ -105,12 +105,11 @@ def main():
             plan = planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
+            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
+                                                                 plan.min_split_tokens, plan.hw_fp8)
+                                            for bn, nw, ns in itertools.product(a.block_n, a.warps, a.stages)])
             anchor = None
-            for bn, nw, ns in [None] + list(itertools.product(a.block_n, a.warps, a.stages)):
-                cfg = plan if bn is None else planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
-                                                                   plan.min_split_tokens, plan.hw_fp8)
-                if bn is not None and cfg == plan:
-                    continue
+            for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
                 ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
                 fn = lambda: decode_attention(  # noqa: E731
