@@ -303,3 +303,19 @@ def test_gpu_decode_cuda_graph_replay():
             ref = attention_ref(q[i:i + 1].float().cpu(), k, v)
             assert_close_attn(out[i:i + 1], ref, f"replay request {i}",
                               atol=tolerance(ref, lowp_ref(q[i:i + 1].float().cpu(), k, v, torch.bfloat16)))
+
+
+def test_quantized_tile_flags_and_the_ptx_unit():
+    """The launchers' shared rule: PTX NVFP4 decode and fp16 MMAs on CUDA devices only; fp16 MMAs
+    for FP8 tiles only with the hardware conversion; the per-tensor scale of every PTX-decoded
+    NVFP4 part divided by the unit its tiles carry, the others untouched."""
+    from sgl_kernel_sm12x.attention.kv_tile import FP4_PTX_UNIT, tile_flags, unit_scales
+
+    assert tile_flags(2, 2, True, on_device=False) == dict(FP4_PTX=False, F16_MMA=False)
+    assert tile_flags(0, 0, True) == dict(FP4_PTX=False, F16_MMA=False)
+    assert tile_flags(1, 1, False) == dict(FP4_PTX=False, F16_MMA=False)
+    assert tile_flags(1, 1, True) == dict(FP4_PTX=False, F16_MMA=True)
+    assert tile_flags(1, 2, False) == dict(FP4_PTX=True, F16_MMA=True)
+    assert unit_scales(tile_flags(2, 2, True), 2, 2, 0.5, 2.0) == (0.5 / FP4_PTX_UNIT, 2.0 / FP4_PTX_UNIT)
+    assert unit_scales(tile_flags(1, 2, True), 1, 2, 0.5, 2.0) == (0.5, 2.0 / FP4_PTX_UNIT)
+    assert unit_scales(tile_flags(2, 2, True, on_device=False), 2, 2, 0.5, 2.0) == (0.5, 2.0)

@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (FP4_PTX_UNIT, KV_MODES, dot, f16_mma, load_nvfp4_tile, load_tile, online_softmax_step,
-                      slot_ids)
+from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids, tile_flags,
+                      unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -235,13 +235,9 @@ def decode_attention(
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     if k_mode == 0:      # per-tensor scales belong to quantized pools only
         k_scale = v_scale = 1.0
-    qk_scale = sm * _scalar(k_scale, "k_scale") * LOG2E
-    v_scale = _scalar(v_scale, "v_scale")
-    fp4_ptx = 2 in (k_mode, v_mode) and not _INTERPRET
-    if fp4_ptx and k_mode == 2:     # the PTX tile decode yields values times FP4_PTX_UNIT
-        qk_scale /= FP4_PTX_UNIT
-    if fp4_ptx and v_mode == 2:
-        v_scale /= FP4_PTX_UNIT
+    flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
+    k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
+    qk_scale = sm * k_scale * LOG2E
     decode_split_kernel[(batch, hkv, cfg.max_splits)](
         q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
         k_cache_ptr=kc, v_cache_ptr=vc,
@@ -255,9 +251,7 @@ def decode_attention(
         BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
         K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
         HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, FP4_PTX=fp4_ptx,
-        F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8) and not _INTERPRET,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
@@ -340,8 +334,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
-                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, FP4_PTX=2 in (k_mode, v_mode),
-                  F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8))
+                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (FP4_PTX_UNIT, KV_MODES, dot, f16_mma, load_nvfp4_tile, load_tile, online_softmax_step,
-                      slot_ids)
+from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids, tile_flags,
+                      unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -275,11 +275,8 @@ def extend_attention(
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
-    fp4_ptx = 2 in (k_mode, v_mode) and not _INTERPRET
-    if fp4_ptx and k_mode == 2:     # the PTX tile decode yields values times FP4_PTX_UNIT
-        ksf /= FP4_PTX_UNIT
-    if fp4_ptx and v_mode == 2:
-        vsf /= FP4_PTX_UNIT
+    flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
+    ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
     extend_kernel[grid](
         q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
@@ -295,9 +292,7 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, FP4_PTX=fp4_ptx,
-        F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8) and not _INTERPRET,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -311,7 +306,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack, FP4_PTX=2 in (k_mode, v_mode), F16_MMA=f16_mma(k_mode, v_mode, cfg.hw_fp8))
+                  PACK=cfg.pack, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

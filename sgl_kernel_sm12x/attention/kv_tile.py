@@ -21,13 +21,31 @@ from ..fp_codes import e4m3_decode
 # kv_dtype -> (K format, V format) as the kernels' K_MODE / V_MODE: 0 bf16/fp16 as stored,
 # 1 fp8_e4m3, 2 nvfp4; fp8k_nvfp4v keeps K in fp8 and V in nvfp4
 KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
+# the PTX tile decode returns values times this; launchers divide their per-tensor scales by it
+FP4_PTX_UNIT = 2.0 ** -14
 
 
-def f16_mma(k_mode: int, v_mode: int, hw_fp8: bool) -> bool:
-    """Whether kernels run the MMAs on quantized pool tiles in fp16 (CUDA devices): e4m3 and
-    e2m1 x ue4m3 are exact in fp16, the hardware converts e4m3x2 -> f16x2 in one instruction (to
-    bf16 it goes through fp32), and the NVFP4 PTX decode produces fp16."""
-    return 2 in (k_mode, v_mode) or (1 in (k_mode, v_mode) and hw_fp8)
+def tile_flags(k_mode: int, v_mode: int, hw_fp8: bool, on_device: bool = True) -> dict:
+    """The kernels' quantized-tile constexprs, both off under the interpreter (``on_device`` False):
+
+    * ``FP4_PTX``: NVFP4 tiles are decoded by PTX (:func:`e2m1_pairs_f16`), in fp16 and times
+      :data:`FP4_PTX_UNIT` (see :func:`unit_scales`);
+    * ``F16_MMA``: the MMAs on quantized pool tiles run in fp16: e4m3 and e2m1 x ue4m3 are exact in
+      fp16, the hardware converts e4m3x2 -> f16x2 in one instruction (to bf16 it goes through fp32),
+      and the NVFP4 PTX decode produces fp16.
+    """
+    ptx = on_device and 2 in (k_mode, v_mode)
+    return dict(FP4_PTX=ptx, F16_MMA=ptx or (on_device and 1 in (k_mode, v_mode) and hw_fp8))
+
+
+def unit_scales(flags: dict, k_mode: int, v_mode: int, k_scale: float, v_scale: float) -> tuple[float, float]:
+    """Per-tensor K / V scales as the kernels take them: divided by FP4_PTX_UNIT for the parts whose
+    tiles the PTX decode delivers times that unit."""
+    if flags["FP4_PTX"] and k_mode == 2:
+        k_scale /= FP4_PTX_UNIT
+    if flags["FP4_PTX"] and v_mode == 2:
+        v_scale /= FP4_PTX_UNIT
+    return k_scale, v_scale
 
 
 @triton.jit
@@ -140,9 +158,6 @@ def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
     p = tl.exp2(s - m_use[:, None])
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
-
-# the PTX tile decode returns values times this; kernels divide their per-tensor scales by it
-FP4_PTX_UNIT = 2.0 ** -14
 
 # PTX for two e2m1 nibbles -> fp16 at once: the bytes are spread into 16-bit lanes (prmt), the
 # code's exponent/mantissa bits placed at fp16 bits 9..11 and the sign at bit 15: exactly
