@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgl_kernel_sm12x.bench_serving import client_base  # noqa: E402
-from sgl_kernel_sm12x.serving import (Server, bundled_model, run_on_gpus, stop_on_sigterm,  # noqa: E402
+from sgl_kernel_sm12x.serving import (Server, bundled_model, gpu_list, run_on_gpus, stop_on_sigterm,  # noqa: E402
                                       visible_device)
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)
@@ -218,13 +218,6 @@ def phase_tp2(args, res):
             tp2[f"{backend}_{kv}_tp2_vs_tp1"] = compare(runs[2], runs[1])
         elif backend == "sm12x":
             res["tp2_ok"] = False
-
-
-def gpu_list(text):
-    try:
-        return [int(g) for g in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated GPU indices such as 0,1, got {text!r}") from None
 
 
 def main(argv=None):

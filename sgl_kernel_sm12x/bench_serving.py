@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .serving import Server, run_on_gpus, stop_on_sigterm, visible_device
+from .serving import Server, gpu_list, run_on_gpus, stop_on_sigterm, visible_device
 
 ROW_KEYS = ("model", "backend", "kv_dtype", "dataset", "concurrency", "input_len", "output_len", "num_prompts",
             "output_throughput", "total_throughput", "median_ttft_ms", "median_tpot_ms", "median_itl_ms",
@@ -356,7 +356,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=None, metavar="BACKEND:KV_DTYPE",
                     help="explicit configurations instead of --backends x --kv-dtypes, e.g. sm12x:nvfp4 triton:auto")
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16, 64, 128])
-    ap.add_argument("--gpus", default=None, help="comma-separated GPU indices; with several, configurations run in "
+    ap.add_argument("--gpus", type=gpu_list, default=None,
+                    help="comma-separated GPU indices; with several, configurations run in "
                     "parallel, one server per GPU (ports --port, --port+10, ...)")
     ap.add_argument("--prompts-per-concurrency", type=int, default=4, help="prompts per point = max(this x concurrency, --min-prompts)")
     ap.add_argument("--min-prompts", type=int, default=32)
@@ -381,17 +382,7 @@ def main(argv=None) -> int:
             assert all(len(p) == 2 and all(p) for p in pairs)
         except AssertionError:
             ap.error(f"--configs: expected BACKEND:KV_DTYPE pairs such as sm12x:nvfp4, got {a.configs}")
-    gpus = None
-    if a.gpus:
-        try:
-            gpus = [int(g) for g in a.gpus.split(",")]
-        except ValueError:
-            ap.error(f"--gpus: expected comma-separated GPU indices such as 0,1,2,3, got {a.gpus!r}")
-        try:
-            [visible_device(g) for g in gpus]
-        except ValueError as e:
-            ap.error(f"--{e}")
-    plan = Plan(pairs=pairs, gpus=gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
+    plan = Plan(pairs=pairs, gpus=a.gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
                 long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,
                 gsp=not a.no_gsp, load_format=a.load_format,

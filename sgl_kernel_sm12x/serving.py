@@ -2,6 +2,7 @@
 not imported here). Used by ``sm12x demo`` on a GPU machine and by ``benchmark/e2e.py``."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -69,9 +70,24 @@ def visible_device(gpu: int) -> str:
         return str(gpu)
     ids = [x.strip() for x in parent.split(",") if x.strip()]
     if not 0 <= gpu < len(ids):
-        raise ValueError(f"gpus: index {gpu} is not visible; CUDA_VISIBLE_DEVICES={parent!r} "
+        raise ValueError(f"index {gpu} is not visible; CUDA_VISIBLE_DEVICES={parent!r} "
                          f"allows indices 0..{len(ids) - 1}")
     return ids[gpu]
+
+
+def gpu_list(text: str) -> list[int]:
+    """argparse type of ``--gpus``: comma-separated indices, each visible to this process."""
+    try:
+        gpus = [int(g) for g in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated GPU indices such as 0,1,2,3, got {text!r}") \
+            from None
+    try:
+        for g in gpus:
+            visible_device(g)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return gpus
 
 
 def run_on_gpus(items, gpus, work) -> None:
