@@ -13,11 +13,10 @@ import triton.language as tl
 
 from . import planner
 from .fp_codes import e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode, e4m3_encode_hw
-from .nvfp4 import BLOCK_SIZE
+from .nvfp4 import BLOCK_SIZE, SCALE_RULES as NVFP4_SCALES
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 KV_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
-NVFP4_SCALES = ("max", "mse")
 _TORCH_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 
 BLOCK_SIZE = 16
+SCALE_RULES = ("max", "mse")   # block-scale rules: amax / 6, or the least-squared-error search
 E2M1_MAX = 6.0
 E4M3_MAX = 448.0
 E4M3_NAN = 0x7F
@@ -154,8 +155,8 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
             best = torch.where(take, cand, best)
             best_err = torch.where(take, err, best_err)
         s_code = best
-    elif scale_rule != "max":
-        raise ValueError(f"scale_rule: {scale_rule!r} is not supported; supported: ['max', 'mse']")
+    elif scale_rule not in SCALE_RULES:
+        raise ValueError(f"scale_rule: {scale_rule!r} is not supported; supported: {list(SCALE_RULES)}")
     s_code = torch.where(finite, s_code, torch.full_like(s_code, E4M3_NAN))
     codes, ok, _ = _block_codes(xf, s_code, g)
     codes = torch.where((ok & finite)[..., None], codes, torch.zeros((), dtype=torch.uint8))
