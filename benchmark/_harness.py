@@ -29,6 +29,16 @@ def bench_ms(fn, warmup=25, rep=100, graph=False):
     return tuple(p)
 
 
+def max_diff(out, ref, relative=False) -> float:
+    """max |out - ref| (over max |ref| when ``relative``), inf when not finite: how far a tuning
+    candidate's output lies from the planned configuration's on the same inputs."""
+    d = (out.float() - ref.float()).abs().max()
+    if relative:
+        d = d / ref.float().abs().max().clamp_min(1e-12)
+    d = d.item()
+    return d if d == d else float("inf")
+
+
 def copy_ceiling_gbps(nbytes=1 << 30):
     """Device-to-device copy bandwidth (bytes read + written) over a buffer far larger than L2."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 255)

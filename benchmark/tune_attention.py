@@ -16,22 +16,12 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _harness import bench_ms, environment, write_json  # noqa: E402
+from _harness import bench_ms, environment, max_diff, write_json  # noqa: E402
 from attention import DEV, kv_bytes_per_token, make_pool  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
 from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
-
-
-def _compare(out, anchor):
-    """(anchor, max |out - anchor|): the first output (the planned configuration's) is the anchor.
-    Non-finite differences count as infinitely far."""
-    out = out.float()
-    if anchor is None:
-        return out, 0.0
-    diff = (out - anchor).abs().max().item()
-    return anchor, diff if diff == diff else float("inf")
 
 
 def main():
@@ -72,7 +62,7 @@ def main():
                 cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk)
                                                 for bm, bn, nw, ns in tiles for pk in a.pack
                                                 if (hq // hkv) % pk == 0 and bm // pk >= 8])
-                anchor = None
+                anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
                     fn = lambda: extend_attention(  # noqa: E731
@@ -81,7 +71,11 @@ def main():
                         v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
                         v_scale=pool.get("v_scale", 1.0), config=cfg)
                     try:
-                        anchor, diff = _compare(fn(), anchor)
+                        out = fn()
+                        if anchor is None:
+                            anchor, diff = out, 0.0
+                        else:
+                            diff = max_diff(out, anchor)
                         _, ms, _ = bench_ms(fn, warmup=5, rep=30)
                     except Exception as e:
                         print(f"extend {kv} {cfg} ERROR {str(e)[:100]}")
@@ -108,7 +102,7 @@ def main():
             cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
                                                                  plan.min_split_tokens, plan.hw_fp8)
                                             for bn, nw, ns in itertools.product(a.block_n, a.warps, a.stages)])
-            anchor = None
+            anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
                 ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
@@ -118,7 +112,11 @@ def main():
                     k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
                     config=cfg)
                 try:
-                    anchor, diff = _compare(fn().clone(), anchor)
+                    res = fn().clone()
+                    if anchor is None:
+                        anchor, diff = res, 0.0
+                    else:
+                        diff = max_diff(res, anchor)
                     _, ms, _ = bench_ms(fn, graph=True)
                 except Exception as e:
                     print(f"{kv} b={batch} ctx={ctx} {cfg} ERROR {str(e)[:100]}")

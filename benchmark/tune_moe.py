@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _harness import bench_ms, environment, write_json  # noqa: E402
+from _harness import bench_ms, environment, max_diff, write_json  # noqa: E402
 from moe import _weights  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
@@ -69,13 +69,6 @@ def candidates(dtype, limit):
             yield cfg
 
 
-def _rel_err(out, ref):
-    """max |out - ref| / max |ref| (inf when non-finite): candidates are checked against the planned
-    configuration's output on the same inputs before they are timed."""
-    err = ((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12)).item()
-    return err if err == err else float("inf")
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
@@ -113,7 +106,7 @@ def main(argv=None):
                     run = lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,  # noqa: E731
                                             block_shape=block, config=(cfg, cfg))
                     try:
-                        err = _rel_err(run(), ref)
+                        err = max_diff(run(), ref, relative=True)
                         if err > a.tolerance:      # computes something else: never a rule
                             mismatched.append((err, cfg))
                             print(shape, dtype, t, "MISMATCH", round(err, 4), cfg.as_dict(), flush=True)

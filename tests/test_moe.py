@@ -359,17 +359,18 @@ def test_tune_sweeps_refuse_configurations_that_compute_something_else():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark"))
     import tune_attention
     import tune_moe
+    from _harness import max_diff
 
+    assert tune_attention.max_diff is max_diff and tune_moe.max_diff is max_diff
     ref = torch.randn(64, 32)
-    assert tune_moe._rel_err(ref.clone(), ref) == 0.0
+    assert max_diff(ref.clone(), ref, relative=True) == 0.0
     bad = ref.clone()
     bad[3, 4] += 0.5 * ref.abs().max()
-    assert tune_moe._rel_err(bad, ref) > 0.4
+    assert max_diff(bad, ref, relative=True) > 0.4
     nan = ref.clone()
     nan[0, 0] = float("nan")
-    assert tune_moe._rel_err(nan, ref) == float("inf")
-    anchor, d0 = tune_attention._compare(ref.to(torch.bfloat16), None)
-    assert d0 == 0.0
-    assert tune_attention._compare(ref.to(torch.bfloat16), anchor)[1] == 0.0
-    assert tune_attention._compare(bad.to(torch.bfloat16), anchor)[1] > 0.1
-    assert tune_attention._compare(nan, anchor)[1] == float("inf")
+    assert max_diff(nan, ref, relative=True) == float("inf")
+    anchor = ref.to(torch.bfloat16)
+    assert max_diff(ref.to(torch.bfloat16), anchor) == 0.0
+    assert max_diff(bad.to(torch.bfloat16), anchor) > 0.1
+    assert max_diff(nan, anchor) == float("inf")
