@@ -38,12 +38,19 @@ def make_pool(kv_dtype, slots, hkv, d):
         return dict(k_cache=mk(), v_cache=mk(), k_scale=0.05, v_scale=0.05)
     mk = lambda w: torch.randint(0, 256, (slots, hkv, w), device=DEV, dtype=torch.uint8)  # noqa
     sc = lambda: torch.randint(0x28, 0x40, (slots, hkv, d // 16), device=DEV, dtype=torch.uint8)  # noqa
+    if kv_dtype == "fp8k_nvfp4v":
+        k8 = torch.randn(slots, hkv, d, device=DEV).to(torch.float8_e4m3fn).view(torch.uint8)
+        return dict(k_cache=k8, v_cache=mk(d // 2), v_scale_cache=sc(), k_scale=0.05, v_scale=0.5)
     return dict(k_cache=mk(d // 2), v_cache=mk(d // 2), k_scale_cache=sc(), v_scale_cache=sc(),
                 k_scale=0.5, v_scale=0.5)
 
 
 def kv_bytes_per_token(kv_dtype, hkv, d):
-    return {"bf16": 2 * d, "fp8_e4m3": d, "nvfp4": d // 2 + d // 16}[kv_dtype] * hkv * 2  # K and V
+    """Pool bytes one token occupies (K and V, block scales included)."""
+    width = {"bf16": 2 * d, "fp8": d, "nvfp4": d // 2 + d // 16}
+    k_fmt, v_fmt = {"bf16": ("bf16", "bf16"), "fp8_e4m3": ("fp8", "fp8"), "nvfp4": ("nvfp4", "nvfp4"),
+                    "fp8k_nvfp4v": ("fp8", "nvfp4")}[kv_dtype]
+    return (width[k_fmt] + width[v_fmt]) * hkv
 
 
 def decode_rows(shapes, hq, hkv, d, copy):

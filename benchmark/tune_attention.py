@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--block-n", type=int, nargs="+", default=[32, 64, 128])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
+    ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 1],
+                    help="decode: register prefetch of the next raw KV tile off (0) / on (1)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tolerance", type=float, default=3e-2,
@@ -100,8 +102,9 @@ def main():
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
             cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
-                                                                 plan.min_split_tokens, plan.hw_fp8)
-                                            for bn, nw, ns in itertools.product(a.block_n, a.warps, a.stages)])
+                                                                 plan.min_split_tokens, plan.hw_fp8, bool(pf))
+                                            for bn, nw, ns, pf in itertools.product(a.block_n, a.warps, a.stages,
+                                                                                    a.prefetch)])
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -124,7 +127,8 @@ def main():
                 rows.append(dict(phase="decode", kv_dtype=kv, batch=batch, context=ctx, config=cfg.as_dict(),
                                  planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
                                  mismatch=diff > a.tolerance))
-                print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} {ms * 1e3:8.1f} us "
+                print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
+                      f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
     write_json("tune-attention", {**env, "benchmark": "tune_attention", "rows": rows})

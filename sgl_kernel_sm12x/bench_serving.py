@@ -365,6 +365,9 @@ def main(argv=None) -> int:
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--long-input-len", type=int, default=8192, help="0 disables the long-context point")
     ap.add_argument("--long-concurrency", type=int, default=64)
+    ap.add_argument("--long-output-len", type=int, default=128,
+                    help="output tokens of the long-context point (longer outputs make it decode-, i.e. "
+                    "KV-bound rather than prefill-bound)")
     ap.add_argument("--long-mem-fraction-static", type=float, default=None,
                     help="run the long-context point in a second server at this fraction (e.g. 0.4 of an 80 GB "
                     "card = a 32 GB card's memory, where bf16 KV runs out); default: the same server")
@@ -384,7 +387,7 @@ def main(argv=None) -> int:
             ap.error(f"--configs: expected BACKEND:KV_DTYPE pairs such as sm12x:nvfp4, got {a.configs}")
     plan = Plan(pairs=pairs, gpus=a.gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
-                long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,
+                long_output_len=a.long_output_len, long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,
                 gsp=not a.no_gsp, load_format=a.load_format,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
     # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers

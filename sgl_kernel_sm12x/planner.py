@@ -149,36 +149,42 @@ class DecodeConfig:
     max_splits: int       # split-KV programs per (request, kv head); a power of two
     min_split_tokens: int  # a request gets at most cdiv(len, this) splits
     hw_fp8: bool = False
+    prefetch: bool = False  # the raw bytes of the next tile are loaded while this one is decoded
 
     def as_dict(self):
         return asdict(self)
 
 
 def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
-    """(block_n, num_warps, num_stages) for the split stage, from the sweep in
-    benchmark/results/*tune-attention.json (H200, 32/8 heads, D128, 128 x 4k and 1 x 32k):
+    """(block_n, num_warps, num_stages) for the split stage, from the sweeps in
+    benchmark/results/*tune-attention*.json (32/8 heads, D128, 128 x 4k and 1 x 32k):
 
-    * bf16/fp16: 64-token tiles, 4 warps, 2 stages (4218 GB/s; 128-token tiles within 3%).
-    * fp8_e4m3: 64-token tiles, 4 warps, 3 stages (1841 GB/s vs 1335 with 2 stages). 128-token
-      tiles measured faster (2333 GB/s) but spill 8 B at 255 registers on sm_90: not taken.
-    * nvfp4: 32-token tiles, 4 warps, 2 stages (612 GB/s vs 550 for 64): the e2m1 decode is
-      instruction-bound and smaller tiles keep more programs resident. At head_dim 64 the
-      32-token tile spills 8 B on sm_120, so 64 tokens there (32 on sm_86/89, where 64 spills).
+    * bf16/fp16: 64-token tiles, 4 warps, 2 stages (H200 4218 GB/s; H100 3005 GB/s, the copy
+      ceiling; 128-token tiles within 3%).
+    * fp8_e4m3: 64-token tiles, 4 warps, 3 stages (H200 1841 GB/s vs 1335 with 2 stages; H100
+      2216 GB/s). 128-token tiles measured faster on the H200 but spill 8 B at 255 registers on
+      sm_90: not taken. The register prefetch of the NVFP4 formats is slower here (H100 1873 vs
+      2216 GB/s): the loop pipeliner already stages these tiles through shared memory.
+    * NVFP4 V (nvfp4, fp8k_nvfp4v): 2 warps, register prefetch of the next raw tile (the inline-PTX
+      decode keeps the pipeliner away), stages irrelevant (1). H100, after the 32-bit-word tile
+      decode: nvfp4 64-token tiles 600 us / 45.6 us (1006 / 827 GB/s) against 746 / 52.5 us for 32
+      tokens on 4 warps; fp8k_nvfp4v 32-token tiles 592 / 44.7 us against 684 / 61.1 us (64 tokens
+      on 2 warps: 906 us). One warp or 128-token tiles on 2 warps spill. 32 tokens at head_dim 64
+      (no sweep there; keeps the programs small); 4 warps at head_dim 256 before sm_89.
     * head_dim 256 halves the token tile (registers).
-    Shared memory per configuration is checked by `sm12x budget --kernel decode`.
+    Shared memory and registers per configuration are checked by `sm12x budget --kernel decode`.
     """
-    cc = arch_limits(arch).cc
-    if kv_dtype in FP4_V:       # fp8k_nvfp4v: the V halves set the tile, as for nvfp4
-        block_n, stages = (64 if head_dim == 64 else 32), 2
-        if kv_dtype == "nvfp4" and head_dim == 64 and cc in (86, 89):
-            block_n = 32        # 64-token tiles spill 4 B there (AOT)
+    if kv_dtype in FP4_V:
+        block_n, warps, stages = (64 if kv_dtype == "nvfp4" and head_dim >= 128 else 32), 2, 1
     elif kv_dtype == "fp8_e4m3":
-        block_n, stages = 64, 3
+        block_n, warps, stages = 64, 4, 3
     else:
-        block_n, stages = 64, 2
+        block_n, warps, stages = 64, 4, 2
     if head_dim == 256:
         block_n = max(16, block_n // 2)
-    return block_n, 4, stages
+        if kv_dtype in FP4_V and arch_limits(arch).cc < 89:
+            warps = 4       # UE4M3 scales decoded in software: 2 warps spill 4 B on sm_86 (paged)
+    return block_n, warps, stages
 
 
 def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
@@ -195,7 +201,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
-                        hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89)
+                        hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
 
 
 def _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size) -> ArchLimits:
@@ -260,8 +266,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
       bf16/fp16 64 x 64 on 4 warps (one warpgroup), 3 stages: 287-326 TFLOP/s, best of 7 shapes;
       fp8 128 x 128 on 8 warps, 2 stages (215-287; 3 stages is 4% faster but sits at 229,376 B and
-      255 registers); nvfp4 128 x 64 on 8 warps, 3 stages (149-213; the faster 4-warp tile spills
-      ~830 B). D256: 64 x 32 on 8 warps.
+      255 registers); nvfp4 D128 with 4 heads packed 128 x 128 on 8 warps, 3 stages (H100, after
+      the word decode: 199-247 TFLOP/s, 0.68-0.69x of bf16 with a 4k prefix; the faster 4-warp
+      128 x 64 tile spills ~1 KB), else 128 x 64 on 8 warps. D256: 64 x 32 on 8 warps.
     * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
       - D64: 64 x 64 on 4 warps (24 KB, ~180 registers); fp8k_nvfp4v 32-key tiles (see
         ``_extend_tile``).
@@ -301,6 +308,11 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)
+        if kv_dtype == "nvfp4" and head_dim == 128 and group % 4 == 0:
+            # H100 sweep after the 32-bit-word tile decode: 128 x 128 (pack 4) 10-19% faster than
+            # 128 x 64; 255 registers, no spills with 4 heads packed (8 B with 2; the 4-warp
+            # 128 x 64, faster still, spills ~1 KB)
+            return ExtendConfig(128, 128, 8, 3, hw_fp8)
         if fp4:
             return ExtendConfig(128, 64, 8, 3, hw_fp8)
         if kv_dtype == "fp8_e4m3":
@@ -310,6 +322,8 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
         return ExtendConfig(32, 16, 4, 2, hw_fp8)   # software FP8 decode on sm_80/86 spills at 32 x 32
     if lim.cc < 89 and kv_dtype == "fp8k_nvfp4v" and head_dim == 128:
         return ExtendConfig(32, 32, 4, 2, hw_fp8)   # software FP8 K + NVFP4 V: 64 x 32 spills 4-176 B there
+    if lim.cc < 90 and kv_dtype == "nvfp4" and head_dim == 256 and group % 2:
+        return ExtendConfig(16, 32, 4, 2, hw_fp8)   # one head a program: 32 x 32 spills 4-12 B on sm_89
     if lim.cc < 90:
         # sm_80/86/89: 64-token tiles spill 4-64 B there (and sm_80 decodes FP8 in software), so
         # 32-token tiles; D256 32 x 32 on 4 warps (8 warps cap ptxas at 128 registers and spill).

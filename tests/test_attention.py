@@ -5,6 +5,7 @@ Every supported KV format x head_dim x GQA ratio x page size, with random length
 plain torch implementation at the same activation dtype (bf16/fp16 operands, fp32 accumulation)
 plus a small floor.
 """
+import dataclasses
 import math
 
 import pytest
@@ -179,6 +180,43 @@ def test_decode_splits_agree(device):
         assert_close_attn(o, outs[0], "splits", atol=2e-2)
 
 
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "bf16"), ("nvfp4", "bf16"), ("fp8k_nvfp4v", "bf16")],
+                         ids=lambda f: f[0])
+def test_decode_register_prefetch_on_and_off(fmt, prefetch, page, device):
+    """Both loop forms of the split stage (the raw bytes of tile i + 1 and the slot ids of tile i + 2
+    loaded while tile i is computed, or each tile loaded where it is used), for every format, over
+    lengths that end inside a tile, span several tiles and several splits."""
+    kv_dtype, q_dtype = fmt
+    lens = [1, 31, 97, 700]
+    hkv, group, d = 2, 4, 64
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    plan = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, page_size=page,
+                               batch=len(lens), kv_heads=hkv, max_splits=4)
+    cfg = dataclasses.replace(plan, block_n=32, prefetch=prefetch)
+    out = torch.full_like(q, float("nan")).to(device)
+    decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     max_splits=4, out=out, config=cfg)
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
+        assert_attn(out[i:i + 1], ref, f"request {i} (len {L}, prefetch {prefetch})", atol=tol)
+
+
+def test_decode_prefetch_is_planned_for_nvfp4_values_only():
+    """The register prefetch pays where the loop pipeliner cannot stage the tiles (the NVFP4 V
+    formats); for bf16 / fp8 the pipeliner does better (H100 sweep): the planner says so per format."""
+    for kv in planner.KV_DTYPES:
+        q_dtype = kv if kv in ("bf16", "fp16") else "bf16"
+        cfg = planner.plan_decode(120, head_dim=128, kv_dtype=kv, q_dtype=q_dtype, group=4)
+        assert cfg.prefetch == (kv in planner.FP4_V), kv
+
+
 def test_decode_empty_and_lse(device):
     lens = [0, 5]
     pool, indptr, indices, tok, _ = _fill_pool("bf16", "bf16", lens, 1, 1, 64, device)
@@ -246,6 +284,29 @@ def test_extend_rejects_wrong_pool(device):
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
     with pytest.raises(ValueError, match="k_cache"):
         extend_attention(q, q, q, kc, kc, i32(0, 3), i32(0, 0), i32(0), i32(0), kv_dtype="nvfp4", max_extend_len=3)
+
+
+def test_nvfp4_pool_rows_must_be_word_aligned(device):
+    """The NVFP4 tiles are loaded as 32-bit words: a pool view whose rows start off a 4-byte
+    boundary is refused by name at launch, in decode and in extend, not read misaligned."""
+    slots, hkv, d = 16, 1, 64
+    raw = torch.zeros(slots * hkv * d // 2 + 1, dtype=torch.uint8, device=device)
+    bad = raw[1:].view(slots, hkv, d // 2)
+    good = torch.zeros(slots, hkv, d // 2, dtype=torch.uint8, device=device)
+    sc = torch.full((slots, hkv, d // 16), 0x38, dtype=torch.uint8, device=device)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    q = torch.randn(1, 2, d, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match="k_cache: nvfp4 rows must start on 4-byte boundaries"):
+        decode_attention(q, bad, good, i32(0, 1), i32(0), i32(1), kv_dtype="nvfp4", k_scale_cache=sc,
+                         v_scale_cache=sc)
+    qe = torch.randn(3, 2, d, dtype=torch.bfloat16, device=device)
+    ke = torch.randn(3, 1, d, dtype=torch.bfloat16, device=device)
+    with pytest.raises(ValueError, match="v_cache: nvfp4 rows must start on 4-byte boundaries"):
+        extend_attention(qe, ke, ke, good, bad, i32(0, 3), i32(0, 0), i32(0), i32(0), kv_dtype="nvfp4",
+                         max_extend_len=3, k_scale_cache=sc, v_scale_cache=sc)
+    out = decode_attention(q, good, good, i32(0, 1), i32(0), i32(1), kv_dtype="nvfp4", k_scale_cache=sc,
+                           v_scale_cache=sc)
+    assert out.isfinite().all()
 
 
 # ---------------------------------------------------------------------------------------------- GPU

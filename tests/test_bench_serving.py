@@ -321,3 +321,18 @@ def test_gpu_index_outside_the_visible_devices_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         B.main(["--model", "m", "--gpus", "0,1", "--configs", "sm12x:auto"])
     assert "--gpus: index 1 is not visible" in capsys.readouterr().err
+
+
+def test_long_output_len_reaches_the_long_point(tmp_path, monkeypatch):
+    """--long-output-len sets the long-context point's output tokens (decode-bound at long outputs),
+    and only that point's."""
+    seen = {}
+
+    def fake_run(plan, workdir, progress=None, log=None, rows=None):
+        seen["points"] = B._points(plan)
+
+    monkeypatch.setattr(B, "run_matrix", fake_run)
+    monkeypatch.setattr(B, "write_report", lambda *a, **k: [])
+    B.main(["--model", "m", "--configs", "sm12x:auto", "--concurrency", "4", "--no-gsp", "--long-input-len", "8192",
+            "--long-output-len", "1024", "--out-dir", str(tmp_path)])
+    assert seen["points"] == [("random-ids", 4, 1024, 256), ("random-ids", 64, 8192, 1024)]

@@ -16,11 +16,36 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids, tile_flags,
-                      unit_scales)
+from .kv_tile import (KV_MODES, decode_tile, dot, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+                      online_softmax_step, slot_ids, tile_flags, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b, qk_scale, logit_cap,
+                 dt: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, K_MODE: tl.constexpr,
+                 V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
+                 FP4_PTX: tl.constexpr):
+    """One KV tile, given as loaded by :func:`load_raw`: decode K, scores, online softmax, decode V,
+    accumulate. Returns the new ``(m_i, l_i, acc_a, acc_b)``."""
+    if K_MODE == 2:
+        k_lo, k_hi = nvfp4_decode(kr, ksr, dt, FP4_PTX, HW_FP8)
+        s = dot(q_a, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
+        s = dot(q_b, tl.trans(k_hi), s, DOT_FP32)
+    else:
+        k = decode_tile(kr, dt, K_MODE, HW_FP8)
+        s = dot(q_a, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
+    p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
+    if V_MODE == 2:
+        v_lo, v_hi = nvfp4_decode(vr, vsr, dt, FP4_PTX, HW_FP8)
+        acc_a = dot(p.to(dt), v_lo, acc_a * alpha[:, None], DOT_FP32)
+        acc_b = dot(p.to(dt), v_hi, acc_b * alpha[:, None], DOT_FP32)
+    else:
+        v = decode_tile(vr, dt, V_MODE, HW_FP8)
+        acc_a = dot(p.to(dt), v, acc_a * alpha[:, None], DOT_FP32)
+    return m_i, l_i, acc_a, acc_b
 
 
 @triton.jit
@@ -37,7 +62,7 @@ def decode_split_kernel(
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
-    FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr,
+    FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr, PREFETCH: tl.constexpr = False,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -71,53 +96,77 @@ def decode_split_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     if F16_MMA:   # fp16 MMAs on the exact fp16 dequantized FP8/NVFP4 tiles; q saturates at +-65504
         dt = tl.float16
+    # q_a / q_b: even / odd elements of q for an NVFP4 K (q_b unused otherwise); acc_a / acc_b the
+    # accumulators of the even / odd output elements for an NVFP4 V (acc_b unused otherwise)
     if K_MODE == 2:
-        q_lo = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
-        q_hi = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
+        q_a = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
+        q_b = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
         if F16_MMA:
-            q_lo = tl.clamp(q_lo.to(tl.float32), -65504.0, 65504.0).to(dt)
-            q_hi = tl.clamp(q_hi.to(tl.float32), -65504.0, 65504.0).to(dt)
+            q_a = tl.clamp(q_a.to(tl.float32), -65504.0, 65504.0).to(dt)
+            q_b = tl.clamp(q_b.to(tl.float32), -65504.0, 65504.0).to(dt)
     else:
-        q = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
+        q_a = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
         if F16_MMA:
-            q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dt)
+            q_a = tl.clamp(q_a.to(tl.float32), -65504.0, 65504.0).to(dt)
+        q_b = q_a
     if V_MODE == 2:
-        acc_lo = tl.zeros([BLOCK_H, HALF], tl.float32)
-        acc_hi = tl.zeros([BLOCK_H, HALF], tl.float32)
+        acc_a = tl.zeros([BLOCK_H, HALF], tl.float32)
+        acc_b = tl.zeros([BLOCK_H, HALF], tl.float32)
     else:
-        acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+        acc_a = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
+        acc_b = tl.zeros([BLOCK_H, 1], tl.float32)
 
     kc = k_cache_ptr + kvh * stride_kc_h
     vc = v_cache_ptr + kvh * stride_vc_h
     ksc = k_scale_ptr + kvh * stride_ks_h
     vsc = v_scale_ptr + kvh * stride_vs_h
-    for n0 in range(lo_tok, hi_tok, BLOCK_N):
-        pos = n0 + offs_n
+    offs_wk = offs_d
+    if K_MODE == 2:
+        offs_wk = offs_p
+    offs_wv = offs_d
+    if V_MODE == 2:
+        offs_wv = offs_p
+    if PREFETCH:
+        # register prefetch: the undecoded bytes of tile i + 1 and the slot ids of tile i + 2 are
+        # in flight while tile i is decoded and multiplied (the quantized tiles go through inline
+        # PTX, which the loop pipeliner does not stage through shared memory)
+        pos = lo_tok + offs_n
         n_mask = pos < hi_tok
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-        if K_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dt, FP4_PTX, HW_FP8)
-            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
-            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-        else:
-            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dt, K_MODE, HW_FP8)
-            s = dot(q, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
-        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
-        if V_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dt, FP4_PTX, HW_FP8)
-            acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
-            acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
-        else:
-            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dt, V_MODE, HW_FP8)
-            acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
+        kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+        vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+        pos_nx = pos + BLOCK_N
+        mask_nx = pos_nx < hi_tok
+        slot_nx = slot_ids(kv_indices_ptr, base, pos_nx, mask_nx, page_size, PAGED)
+        for n0 in range(lo_tok, hi_tok, BLOCK_N):
+            kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
+            vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
+            pos_nx2 = pos_nx + BLOCK_N
+            mask_nx2 = pos_nx2 < hi_tok
+            slot_nx2 = slot_ids(kv_indices_ptr, base, pos_nx2, mask_nx2, page_size, PAGED)
+            m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
+                                                  qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
+                                                  HAS_CAP, HW_FP8, DOT_FP32, FP4_PTX)
+            kr, ksr, vr, vsr, n_mask = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx
+            pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
+    else:
+        for n0 in range(lo_tok, hi_tok, BLOCK_N):
+            pos = n0 + offs_n
+            n_mask = pos < hi_tok
+            slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+            m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
+                                                  qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
+                                                  HAS_CAP, HW_FP8, DOT_FP32, FP4_PTX)
 
     o_row = part_o_ptr + out_row[:, None] * HEAD_DIM
     inv_l = 1.0 / l_i
     if V_MODE == 2:
-        tl.store(o_row + 2 * offs_p[None, :], acc_lo * inv_l[:, None], mask=h_mask[:, None])
-        tl.store(o_row + 2 * offs_p[None, :] + 1, acc_hi * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + 2 * offs_p[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + 2 * offs_p[None, :] + 1, acc_b * inv_l[:, None], mask=h_mask[:, None])
     else:
-        tl.store(o_row + offs_d[None, :], acc * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + offs_d[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
     tl.store(part_lse_ptr + out_row, m_i + tl.log2(l_i), mask=h_mask)
 
 
@@ -251,7 +300,7 @@ def decode_attention(
         BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
         K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
         HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
@@ -298,6 +347,8 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
                         f"expected {[str(w) for w in want]}")
         if t.dim() != 3 or t.shape[1:] != (hkv, width) or t.stride(2) != 1:
             _fail(name, f"expected (slots, {hkv}, {width}) with contiguous last dim, got {tuple(t.shape)}")
+        if mode == 2 and not nvfp4_rows_aligned(t):
+            _fail(name, "nvfp4 rows must start on 4-byte boundaries (data pointer and strides multiples of 4)")
         if t.device != q.device:
             _fail(name, f"is on {t.device}, q is on {q.device}")
     if modes[0] == 0 and k_cache.dtype != q.dtype:
@@ -334,7 +385,8 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
-                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, PREFETCH=cfg.prefetch,
+                  **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
@@ -349,7 +401,7 @@ def aot_cases(arch: int):
             sig[n] = "i32"
         label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                      paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
-                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8)
+                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8, prefetch=cfg.prefetch)
         yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 

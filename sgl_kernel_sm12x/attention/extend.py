@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, online_softmax_step, slot_ids, tile_flags,
-                      unit_scales)
+from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, nvfp4_rows_aligned, online_softmax_step,
+                      slot_ids, tile_flags, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -242,6 +242,8 @@ def extend_attention(
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[1:] != (hkv, width) or t.dtype not in want \
                 or t.stride(2) != 1:
             _fail(name, f"kv_dtype={kv_dtype!r} needs (slots, {hkv}, {width}) {[str(w) for w in want]}")
+        if mode == 2 and not nvfp4_rows_aligned(t):
+            _fail(name, "nvfp4 rows must start on 4-byte boundaries (data pointer and strides multiples of 4)")
     for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
         if mode == 2 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
                           or t.dtype not in (torch.uint8, torch.float8_e4m3fn)):

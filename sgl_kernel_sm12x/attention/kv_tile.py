@@ -5,7 +5,8 @@ One set of helpers serves every kernel of the package and every KV format (``KV_
 * 0 -- bf16 / fp16 pool: loaded as is;
 * 1 -- fp8_e4m3 (per-tensor scale): e4m3 -> bf16/fp16 is exact (3 mantissa bits, exponents
   2^-9..448), by the sm_89+ conversion or in integer arithmetic elsewhere;
-* 2 -- nvfp4: packed bytes ``(tile, D // 2)`` and UE4M3 scales. ``e2m1 * ue4m3`` has at most
+* 2 -- nvfp4: packed codes, loaded as 32-bit words ``(tile, D // 8)`` (8 codes a word), and UE4M3
+  block scales. ``e2m1 * ue4m3`` has at most
   6 significant bits and stays inside bf16/fp16 range, so the dequantized tile is exact in the
   compute dtype. The low nibbles hold the even elements and the high nibbles the odd ones, so the
   kernels keep the two halves apart (``q_even . k_lo + q_odd . k_hi``) and never interleave them.
@@ -28,7 +29,7 @@ FP4_PTX_UNIT = 2.0 ** -14
 def tile_flags(k_mode: int, v_mode: int, hw_fp8: bool, on_device: bool = True) -> dict:
     """The kernels' quantized-tile constexprs, both off under the interpreter (``on_device`` False):
 
-    * ``FP4_PTX``: NVFP4 tiles are decoded by PTX (:func:`e2m1_pairs_f16`), in fp16 and times
+    * ``FP4_PTX``: NVFP4 tiles are decoded by PTX (:func:`e2m1_words_f16`), in fp16 and times
       :data:`FP4_PTX_UNIT` (see :func:`unit_scales`);
     * ``F16_MMA``: the MMAs on quantized pool tiles run in fp16: e4m3 and e2m1 x ue4m3 are exact in
       fp16, the hardware converts e4m3x2 -> f16x2 in one instruction (to bf16 it goes through fp32),
@@ -46,6 +47,12 @@ def unit_scales(flags: dict, k_mode: int, v_mode: int, k_scale: float, v_scale: 
     if flags["FP4_PTX"] and v_mode == 2:
         v_scale /= FP4_PTX_UNIT
     return k_scale, v_scale
+
+
+def nvfp4_rows_aligned(cache) -> bool:
+    """Whether every (slot, head) row of an NVFP4 pool starts on a 4-byte boundary, as the kernels'
+    32-bit word loads need (SGLang's pools always do; a byte-offset view would not)."""
+    return cache.data_ptr() % 4 == 0 and cache.stride(0) % 4 == 0 and cache.stride(1) % 4 == 0
 
 
 @triton.jit
@@ -69,13 +76,45 @@ def fp8_to(x_u8, dtype: tl.constexpr, HW_FP8: tl.constexpr):
 
 
 @triton.jit
+def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV_MODE: tl.constexpr):
+    """One tile of the pool as stored, not yet decoded: ``(data, scales)``.
+
+    ``data`` is ``(len(slot), len(offs_w))`` in the pool's dtype (uint8 for fp8) or, for nvfp4,
+    whose ``offs_w`` runs over the HEAD_DIM // 2 packed bytes, ``(len(slot), len(offs_w) // 4)``
+    int32 words (rows must be 4-byte aligned: the launchers check); ``scales`` the NVFP4 block
+    scales ``(len(slot), len(offs_w) // 8)`` as uint8, or ``data`` again for the other formats.
+    Masked rows are 0. Kept apart from the decode so a kernel can issue the loads of one tile
+    while it decodes the previous one (register prefetch)."""
+    if KV_MODE == 2:
+        # the packed codes as 32-bit words (4 bytes, 8 codes each): a tile carried across loop
+        # iterations stays in whole registers (bytes would be split and re-packed)
+        W: tl.constexpr = offs_w.shape[0] // 4
+        row = (cache_ptr + slot * stride_s).to(tl.pointer_type(tl.int32))
+        x = tl.load(row[:, None] + tl.arange(0, W)[None, :], mask=mask[:, None], other=0)
+    else:
+        x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_w[None, :], mask=mask[:, None], other=0)
+    sc = x
+    if KV_MODE == 2:
+        NB: tl.constexpr = offs_w.shape[0] // 8
+        sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + tl.arange(0, NB)[None, :], mask=mask[:, None],
+                     other=0)
+    return x, sc
+
+
+@triton.jit
+def decode_tile(x, dtype: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr):
+    """A bf16/fp16/fp8 tile as loaded by :func:`load_raw` -> ``dtype``."""
+    if KV_MODE == 1:
+        return fp8_to(x, dtype, HW_FP8)
+    return x.to(dtype)
+
+
+@triton.jit
 def load_tile(cache_ptr, slot, stride_s, offs_d, mask, dtype: tl.constexpr, KV_MODE: tl.constexpr,
               HW_FP8: tl.constexpr):
     """bf16/fp16/fp8 tile ``(len(slot), len(offs_d))`` in ``dtype``; masked rows are 0."""
     x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_d[None, :], mask=mask[:, None], other=0)
-    if KV_MODE == 1:
-        return fp8_to(x, dtype, HW_FP8)
-    return x.to(dtype)
+    return decode_tile(x, dtype, KV_MODE, HW_FP8)
 
 
 @triton.jit
@@ -92,12 +131,12 @@ def _e2m1_scaled(c, s3, NB: tl.constexpr, dtype: tl.constexpr):
 
 
 @triton.jit
-def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr,
-                    PTX: tl.constexpr, HW_FP8: tl.constexpr):
-    """NVFP4 tile as two halves ``(lo, hi)``, each ``(len(slot), len(offs_p))``:
-    ``lo[:, i]`` is element ``2 * offs_p[i]`` and ``hi[:, i]`` element ``2 * offs_p[i] + 1``.
+def nvfp4_decode(b, sc, dtype: tl.constexpr, PTX: tl.constexpr, HW_FP8: tl.constexpr):
+    """Packed NVFP4 bytes ``b`` ``(n, HALF)`` and their UE4M3 block scales ``sc`` ``(n, HALF // 8)``
+    (as from :func:`load_raw`) -> two halves ``(lo, hi)``, each ``(n, HALF)``: ``lo[:, i]`` is
+    element ``2 * i`` and ``hi[:, i]`` element ``2 * i + 1``.
 
-    PTX (CUDA devices): two codes per instruction sequence (:func:`e2m1_pairs_f16`) and packed fp16
+    PTX (CUDA devices): two codes per instruction sequence (:func:`e2m1_words_f16`) and packed fp16
     scale multiplies; the result is fp16 whatever ``dtype`` and **2^-14 times the value**: the
     e2m1 bit pattern read as fp16 is ``e2m1 * 2^-14``, and the caller folds 2^14 into its
     per-tensor scales (:data:`FP4_PTX_UNIT`). ``e2m1 * ue4m3 * 2^-14`` is exact in fp16: at most 6
@@ -106,26 +145,32 @@ def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, m
     (e4m3x2 -> f16x2). Otherwise (the interpreter) plain Triton arithmetic in fp32, returned in
     ``dtype`` at the true value.
     """
-    HALF: tl.constexpr = offs_p.shape[0]
+    n: tl.constexpr = b.shape[0]
+    HALF: tl.constexpr = b.shape[1] * 4       # b: 32-bit words of 4 packed bytes (little-endian)
     NB: tl.constexpr = HALF // 8
-    n: tl.constexpr = slot.shape[0]
-    b = tl.load(cache_ptr + slot[:, None] * stride_s + offs_p[None, :], mask=mask[:, None], other=0)
-    offs_b = tl.arange(0, NB)
-    sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + offs_b[None, :], mask=mask[:, None], other=0)
     if PTX:
         if HW_FP8:
             s = sc.to(tl.float8e4nv, bitcast=True).to(tl.float16)   # once per block
         else:
             s = e4m3_decode(sc.to(tl.int32)).to(tl.float16)
         s3 = tl.reshape(s, (n, NB, 1))
-        lo, hi = e2m1_pairs_f16(b)
+        lo, hi = e2m1_words_f16(b)
         lo = tl.reshape(tl.reshape(lo, (n, NB, 8)) * s3, (n, HALF))
         hi = tl.reshape(tl.reshape(hi, (n, NB, 8)) * s3, (n, HALF))
         return lo, hi
     s = e4m3_decode(sc.to(tl.int32))
     s3 = tl.reshape(s * 16384.0, (n, NB, 1))
-    b = b.to(tl.int32)
+    b = _four(b & 0xFF, (b >> 8) & 0xFF, (b >> 16) & 0xFF, (b >> 24) & 0xFF)
     return _e2m1_scaled(b & 15, s3, NB, dtype), _e2m1_scaled(b >> 4, s3, NB, dtype)
+
+
+@triton.jit
+def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr,
+                    PTX: tl.constexpr, HW_FP8: tl.constexpr):
+    """NVFP4 tile as two halves ``(lo, hi)`` (see :func:`nvfp4_decode`), each
+    ``(len(slot), len(offs_p))``."""
+    b, sc = load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, 2)
+    return nvfp4_decode(b, sc, dtype, PTX, HW_FP8)
 
 
 @triton.jit
@@ -159,35 +204,60 @@ def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
-# PTX for two e2m1 nibbles -> fp16 at once: the bytes are spread into 16-bit lanes (prmt), the
-# code's exponent/mantissa bits placed at fp16 bits 9..11 and the sign at bit 15: exactly
-# e2m1 * 2^-14 as an fp16 pattern, subnormal 0.5 included (the 2^14 goes into the caller's scales).
-_E2M1_LO_ASM = """
+# PTX for one 32-bit word of packed codes (4 bytes, 8 codes) -> 8 fp16 values: the bytes are
+# spread into 16-bit lanes (prmt), the high nibbles shifted down, and each code's exponent/mantissa
+# bits placed at fp16 bits 9..11 and its sign at bit 15: exactly e2m1 * 2^-14 as an fp16 pattern,
+# subnormal 0.5 included (the 2^14 goes into the caller's scales). Outputs: the low nibbles of
+# bytes 0..3, then the high nibbles of bytes 0..3.
+_E2M1_WORD_ASM = tl.constexpr("""
 {
-.reg .b32 t<2>, a<2>, s<2>;
-prmt.b32 t0, $2, 0, 0x4140;
-prmt.b32 t1, $2, 0, 0x4342;
-and.b32 a0, t0, 0x00070007;
-and.b32 s0, t0, 0x00080008;
-shl.b32 a0, a0, 9;
-shl.b32 s0, s0, 12;
-or.b32 $0, a0, s0;
-and.b32 a1, t1, 0x00070007;
-and.b32 s1, t1, 0x00080008;
-shl.b32 a1, a1, 9;
-shl.b32 s1, s1, 12;
-or.b32 $1, a1, s1;
+.reg .b32 t<4>, a, s;
+prmt.b32 t0, $8, 0, 0x4140;
+prmt.b32 t1, $8, 0, 0x4342;
+shr.b32 t2, t0, 4;
+shr.b32 t3, t1, 4;
+and.b32 a, t0, 0x00070007;
+and.b32 s, t0, 0x00080008;
+shl.b32 a, a, 9;
+shl.b32 s, s, 12;
+or.b32 t0, a, s;
+and.b32 a, t1, 0x00070007;
+and.b32 s, t1, 0x00080008;
+shl.b32 a, a, 9;
+shl.b32 s, s, 12;
+or.b32 t1, a, s;
+and.b32 a, t2, 0x00070007;
+and.b32 s, t2, 0x00080008;
+shl.b32 a, a, 9;
+shl.b32 s, s, 12;
+or.b32 t2, a, s;
+and.b32 a, t3, 0x00070007;
+and.b32 s, t3, 0x00080008;
+shl.b32 a, a, 9;
+shl.b32 s, s, 12;
+or.b32 t3, a, s;
+mov.b32 {$0, $1}, t0;
+mov.b32 {$2, $3}, t1;
+mov.b32 {$4, $5}, t2;
+mov.b32 {$6, $7}, t3;
 }
-"""
-_E2M1_HI_ASM = tl.constexpr(
-    _E2M1_LO_ASM.replace("prmt.b32 t0, $2, 0, 0x4140;", "prmt.b32 t0, $2, 0, 0x4140;\nshr.b32 t0, t0, 4;")
-    .replace("prmt.b32 t1, $2, 0, 0x4342;", "prmt.b32 t1, $2, 0, 0x4342;\nshr.b32 t1, t1, 4;"))
-_E2M1_LO_ASM = tl.constexpr(_E2M1_LO_ASM)
+""")
 
 
 @triton.jit
-def e2m1_pairs_f16(b):
-    """uint8 tile of packed codes -> (low-nibble, high-nibble) values times 2^-14, in fp16, exact."""
-    lo = tl.inline_asm_elementwise(_E2M1_LO_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
-    hi = tl.inline_asm_elementwise(_E2M1_HI_ASM, "=r,=r,r", [b], dtype=tl.float16, is_pure=True, pack=4)
-    return lo, hi
+def _four(x0, x1, x2, x3):
+    """Four ``(n, W)`` tensors -> ``(n, 4 W)`` with ``out[:, 4 w + k] = xk[:, w]``."""
+    # join appends a minor dimension: [w, j, i] of this is x(2 j + i), at flat index 4 w + 2 j + i
+    y = tl.join(tl.join(x0, x2), tl.join(x1, x3))
+    return tl.reshape(y, (x0.shape[0], x0.shape[1] * 4))
+
+
+@triton.jit
+def e2m1_words_f16(w):
+    """int32 tile ``(n, W)`` of packed codes (4 bytes a word, little-endian) -> (low-nibble,
+    high-nibble) values ``(n, 4 W)`` times 2^-14, in fp16, exact: ``lo[:, i]`` is the low nibble of
+    byte ``i``. The words stay whole in registers from the load to the decode (a uint8 tile
+    carried across loop iterations is split into one register a byte and packed again)."""
+    f = tl.inline_asm_elementwise(_E2M1_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [w],
+                                  dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+    return _four(f[0], f[1], f[2], f[3]), _four(f[4], f[5], f[6], f[7])
