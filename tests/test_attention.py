@@ -6,6 +6,7 @@ plain torch implementation at the same activation dtype (bf16/fp16 operands, fp3
 plus a small floor.
 """
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -284,6 +285,41 @@ def test_extend_rejects_wrong_pool(device):
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
     with pytest.raises(ValueError, match="k_cache"):
         extend_attention(q, q, q, kc, kc, i32(0, 3), i32(0, 0), i32(0), i32(0), kv_dtype="nvfp4", max_extend_len=3)
+
+
+@pytest.mark.parametrize("kv_dtype", ["fp8_e4m3", "nvfp4", "fp8k_nvfp4v"])
+def test_extend_without_prefix_runs_the_16_bit_launch(kv_dtype, device, monkeypatch):
+    """Fresh prefills (max_prefix_len=0) never read the pool: a quantized pool's call takes the
+    16-bit kernel and tile, with the same result as the quantized launch and the reference."""
+    from sgl_kernel_sm12x.attention import extend as ext_mod
+
+    lens = [1, 37, 70]
+    hkv, group, d = 2, 4, 64
+    pool, _, _, _, _ = _fill_pool(kv_dtype, "bf16", [4], 1, hkv, d, device)    # unread pool
+    T = sum(lens)
+    q = torch.randn(T, hkv * group, d).to(torch.bfloat16).to(device)
+    k = (torch.randn(T, hkv, d) * 1.5).to(torch.bfloat16).to(device)
+    v = torch.randn(T, hkv, d).to(torch.bfloat16).to(device)
+    i32 = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    qo = i32([0] + list(itertools.accumulate(lens)))
+    args = (q, k, v, pool.k, pool.v, qo, i32([0] * (len(lens) + 1)), i32([0]), i32([0] * len(lens)))
+    kw = dict(kv_dtype=kv_dtype, max_extend_len=max(lens), k_scale_cache=pool.ks, v_scale_cache=pool.vs,
+              k_scale=pool.k_scale, v_scale=pool.v_scale)
+    seen = []
+    real_plan = ext_mod.planner.plan_extend
+    monkeypatch.setattr(ext_mod.planner, "plan_extend",
+                        lambda *a, **k: seen.append(k["kv_dtype"]) or real_plan(*a, **k))
+    base = extend_attention(*args, **kw)
+    fast = extend_attention(*args, **kw, max_prefix_len=0)
+    assert seen == [kv_dtype, "bf16"]
+    t0 = 0
+    for i, L in enumerate(lens):
+        ref = attention_ref(q[t0:t0 + L].float().cpu(), k[t0:t0 + L].float().cpu(), v[t0:t0 + L].float().cpu())
+        assert_attn(fast[t0:t0 + L], ref, f"request {i}", atol=2e-2)
+        assert_attn(base[t0:t0 + L], ref, f"request {i}", atol=2e-2)
+        t0 += L
+    with pytest.raises(ValueError, match="max_prefix_len"):
+        extend_attention(*args, **kw, max_prefix_len=-1)
 
 
 def test_nvfp4_pool_rows_must_be_word_aligned(device):

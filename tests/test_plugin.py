@@ -230,6 +230,8 @@ def test_backend_extend_chunked_then_decode(kv, page, monkeypatch):
                           extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
                           extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
         be.init_forward_metadata(fb)
+        # the host-side longest prefix reaches the kernel (0: fresh prefills run the 16-bit launch)
+        assert be.forward_metadata.max_prefix_len == max(prefix)
         for L in lay:
             q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
             k = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16) * 1.5

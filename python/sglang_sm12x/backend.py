@@ -57,6 +57,7 @@ class Sm12xMetadata:
     qo_indptr: Optional[torch.Tensor] = None         # extend
     prefix_lens: Optional[torch.Tensor] = None       # extend
     max_extend_len: int = 0                          # extend
+    max_prefix_len: Optional[int] = None             # extend, when the host knows it exactly
 
 
 def kv_dtype_name(kv_cache_dtype, pool) -> str:
@@ -161,9 +162,11 @@ class Sm12xAttnBackend(AttentionBackend):
         prefix = fb.extend_prefix_lens
         if _FAULT == "drop_prefix":
             prefix = torch.zeros_like(prefix)
+        max_prefix = None
         if fb.extend_prefix_lens_cpu is not None and not _FAULT:
             psum = sum(fb.extend_prefix_lens_cpu)
             total = psum if self.page_size == 1 else psum // self.page_size + bs
+            max_prefix = int(max(fb.extend_prefix_lens_cpu, default=0))
         else:
             total = None
         kv_indptr, kv_indices = build_kv_indices(
@@ -175,7 +178,8 @@ class Sm12xAttnBackend(AttentionBackend):
         else:
             max_ext = int(fb.extend_seq_lens.max().item())
         self.forward_metadata = Sm12xMetadata(False, kv_indptr, kv_indices, qo_indptr=qo_indptr,
-                                              prefix_lens=prefix.to(torch.int32), max_extend_len=int(max_ext))
+                                              prefix_lens=prefix.to(torch.int32), max_extend_len=int(max_ext),
+                                              max_prefix_len=max_prefix)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         """Max-size buffers for decode graphs; every captured batch size views into them."""
@@ -285,7 +289,7 @@ class Sm12xAttnBackend(AttentionBackend):
             kv_dtype=self.kv_dtype, max_extend_len=md.max_extend_len, page_size=self.page_size,
             k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
             sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-            window_left=self._window(layer), out=out, arch=self.arch)
+            window_left=self._window(layer), out=out, arch=self.arch, max_prefix_len=md.max_prefix_len)
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):

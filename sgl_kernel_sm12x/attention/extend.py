@@ -210,6 +210,7 @@ def extend_attention(
     out: torch.Tensor | None = None,
     arch: int | None = None,
     config: planner.ExtendConfig | None = None,
+    max_prefix_len: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its cached prefix plus themselves.
 
@@ -223,6 +224,11 @@ def extend_attention(
     kv_indptr, kv_indices : the prefix of each request in the pool (tokens or pages).
     prefix_lens : (batch,) int32 cached tokens per request (0 for a fresh prefill).
     max_extend_len : the longest chunk in the batch (sizes the grid; the host knows it).
+    max_prefix_len : the longest cached prefix in the batch, when the host knows it (SGLang's
+        ``extend_prefix_lens_cpu``); it must be exact. At 0 (fresh prefills) the pool is not read,
+        so a quantized pool's call runs the 16-bit kernel and tile, with the chunk's own K/V
+        standing in for the pool (H100: the NVFP4 configuration's tile ran the chunk phase at
+        0.55-0.75x of the bf16 one).
     """
     if kv_dtype not in KV_MODES:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
@@ -257,6 +263,12 @@ def extend_attention(
         _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
     if arch is None:
         arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
+    if max_prefix_len is not None and (not isinstance(max_prefix_len, int) or max_prefix_len < 0):
+        _fail("max_prefix_len", f"must be a non-negative int or None, got {max_prefix_len!r}")
+    if max_prefix_len == 0 and modes != (0, 0) and config is None:
+        # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
+        kv_dtype, modes = _ACT[q.dtype], (0, 0)
+        k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size)
     cfg = config or cfg
