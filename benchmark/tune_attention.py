@@ -33,7 +33,12 @@ def main():
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 1],
-                    help="decode: register prefetch of the next raw KV tile off (0) / on (1)")
+                    help="register prefetch of the next raw pool tile off (0) / on (1): decode, and the "
+                    "extend prefix loop")
+    ap.add_argument("--min-split-tokens", type=int, nargs="+", default=None,
+                    help="decode: split lengths to sweep (default: the planner's)")
+    ap.add_argument("--decode-shapes", nargs="+", default=["128x4096", "1x32768"],
+                    help="decode: BATCHxCONTEXT points")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tolerance", type=float, default=3e-2,
@@ -61,8 +66,9 @@ def main():
                 tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
                          (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
-                cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk)
-                                                for bm, bn, nw, ns in tiles for pk in a.pack
+                cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk,
+                                                                     prefetch=bool(pf))
+                                                for bm, bn, nw, ns in tiles for pk in a.pack for pf in a.prefetch
                                                 if (hq // hkv) % pk == 0 and bm // pk >= 8])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
@@ -86,12 +92,13 @@ def main():
                                      config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
                                      max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
+                          f"pf={int(cfg.prefetch)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "rows": rows})
         return
     for kv in a.kv_dtype:
-        for batch, ctx in ((128, 4096), (1, 32768)):
+        for batch, ctx in (tuple(int(x) for x in sh.split("x")) for sh in a.decode_shapes):
             pool = make_pool(kv, batch * ctx, hkv, d)
             seq = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
             indptr = torch.arange(batch + 1, dtype=torch.int32, device=DEV) * ctx
@@ -101,10 +108,11 @@ def main():
             plan = planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
-            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits,
-                                                                 plan.min_split_tokens, plan.hw_fp8, bool(pf))
-                                            for bn, nw, ns, pf in itertools.product(a.block_n, a.warps, a.stages,
-                                                                                    a.prefetch)])
+            splits = a.min_split_tokens or [plan.min_split_tokens]
+            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits, mst,
+                                                                 plan.hw_fp8, bool(pf))
+                                            for bn, nw, ns, pf, mst in itertools.product(a.block_n, a.warps, a.stages,
+                                                                                         a.prefetch, splits)])
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -128,6 +136,7 @@ def main():
                                  planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
+                      f"split={cfg.min_split_tokens} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")

@@ -247,6 +247,7 @@ class ExtendConfig:
     num_stages: int
     hw_fp8: bool = False
     pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
+    prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
 
     def as_dict(self):
         return asdict(self)

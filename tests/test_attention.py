@@ -141,6 +141,20 @@ def test_extend_gqa_packed_soft_cap_and_window(kv_dtype, device):
     _run_extend(kv_dtype, "bf16", 64, 1, 4, 1, [0, 130], [50, 33], device, config=cfg, logit_cap=8.0, window_left=50)
 
 
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "bf16"), ("nvfp4", "bf16"), ("fp8k_nvfp4v", "bf16")],
+                         ids=lambda f: f[0])
+def test_extend_prefix_register_prefetch(fmt, page, device):
+    """The prefix loop's register-prefetch form (tile i + 1's raw bytes in flight while tile i is
+    used; offered to the sweeps): prefixes that end inside a tile, span several, a window that
+    starts the loop mid-prefix, a soft cap, packed heads."""
+    kv_dtype, q_dtype = fmt
+    cfg = planner.ExtendConfig(32, 32, 4, 2, pack=2, prefetch=True)
+    _run_extend(kv_dtype, q_dtype, 64, 2, 4, page, [0, 1, 45, 130], [7, 3, 20, 33], device, config=cfg)
+    _run_extend(kv_dtype, q_dtype, 64, 1, 4, page, [0, 130], [50, 33], device, config=cfg, logit_cap=8.0,
+                window_left=50)
+
+
 def test_extend_pack_must_divide_the_group(device):
     with pytest.raises(ValueError, match="pack=4 must divide the GQA group"):
         _run_extend("bf16", "bf16", 64, 2, 2, 1, [0], [5], device, config=planner.ExtendConfig(32, 32, 4, 2, pack=4))

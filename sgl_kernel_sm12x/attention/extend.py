@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, dot, load_nvfp4_tile, load_tile, nvfp4_rows_aligned, online_softmax_step,
-                      slot_ids, tile_flags, unit_scales)
+from .kv_tile import (KV_MODES, decode_tile, dot, load_nvfp4_tile, load_raw, load_tile, nvfp4_decode,
+                      nvfp4_rows_aligned, online_softmax_step, slot_ids, tile_flags, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -44,7 +44,7 @@ def extend_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
-    FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False,
+    FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     mb = tl.program_id(0)
@@ -95,34 +95,83 @@ def extend_kernel(
     vc = v_cache_ptr + kvh * stride_vc_h
     ksc = k_scale_ptr + kvh * stride_ks_h
     vsc = v_scale_ptr + kvh * stride_vs_h
-    for n0 in range(lo, prefix_len, BLOCK_N):
-        pos = n0 + offs_n
+    if PREFETCH:
+        # register prefetch, as in decode: the raw words of prefix tile i + 1 and the slot ids of
+        # tile i + 2 are in flight while tile i is computed (the NVFP4 tiles go through inline PTX,
+        # which the loop pipeliner does not stage). Offered to the sweeps; not planned yet.
+        offs_wk = offs_d
+        if K_MODE == 2:
+            offs_wk = offs_p
+        offs_wv = offs_d
+        if V_MODE == 2:
+            offs_wv = offs_p
+        pos = lo + offs_n
         n_mask = pos < prefix_len
         slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-        if K_MODE == 2:
-            k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dtp, FP4_PTX,
-                                         HW_FP8)
-            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-        else:
-            k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dtp, K_MODE, HW_FP8)
-            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-        vis = n_mask[None, :]
-        if HAS_WINDOW:
-            vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
-        if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
-            pv = (p * v_scale_prefix).to(dtp)
-        else:
-            pv = p.to(dtp)
-        if V_MODE == 2:
-            v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dtp, FP4_PTX,
-                                         HW_FP8)
-            acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
-            acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
-        else:
-            v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dtp, V_MODE, HW_FP8)
-            acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+        kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+        vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+        pos_nx = pos + BLOCK_N
+        mask_nx = pos_nx < prefix_len
+        slot_nx = slot_ids(kv_indices_ptr, base, pos_nx, mask_nx, page_size, PAGED)
+        for n0 in range(lo, prefix_len, BLOCK_N):
+            kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
+            vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
+            pos_nx2 = pos_nx + BLOCK_N
+            mask_nx2 = pos_nx2 < prefix_len
+            slot_nx2 = slot_ids(kv_indices_ptr, base, pos_nx2, mask_nx2, page_size, PAGED)
+            if K_MODE == 2:
+                k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
+                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+            else:
+                k = decode_tile(kr, dtp, K_MODE, HW_FP8)
+                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            vis = n_mask[None, :]
+            if HAS_WINDOW:
+                vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
+            p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
+            if V_MODE == 0:
+                pv = (p * v_scale_prefix).to(dtp)
+            else:
+                pv = p.to(dtp)
+            if V_MODE == 2:
+                v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
+                acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
+                acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
+            else:
+                v = decode_tile(vr, dtp, V_MODE, HW_FP8)
+                acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+            kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
+            pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
+    else:
+        for n0 in range(lo, prefix_len, BLOCK_N):
+            pos = n0 + offs_n
+            n_mask = pos < prefix_len
+            slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+            if K_MODE == 2:
+                k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dtp, FP4_PTX,
+                                             HW_FP8)
+                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+            else:
+                k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dtp, K_MODE, HW_FP8)
+                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            vis = n_mask[None, :]
+            if HAS_WINDOW:
+                vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
+            p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
+            if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
+                pv = (p * v_scale_prefix).to(dtp)
+            else:
+                pv = p.to(dtp)
+            if V_MODE == 2:
+                v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dtp, FP4_PTX,
+                                             HW_FP8)
+                acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
+                acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
+            else:
+                v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dtp, V_MODE, HW_FP8)
+                acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
     # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32)
     if V_MODE == 2:
         acc_lo = acc_lo * v_scale_prefix
@@ -306,7 +355,8 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out
 
@@ -320,7 +370,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  PACK=cfg.pack, PREFETCH=cfg.prefetch, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue

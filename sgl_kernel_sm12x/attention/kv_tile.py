@@ -132,11 +132,12 @@ def _e2m1_scaled(c, s3, NB: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit
 def nvfp4_decode(b, sc, dtype: tl.constexpr, PTX: tl.constexpr, HW_FP8: tl.constexpr):
-    """Packed NVFP4 bytes ``b`` ``(n, HALF)`` and their UE4M3 block scales ``sc`` ``(n, HALF // 8)``
-    (as from :func:`load_raw`) -> two halves ``(lo, hi)``, each ``(n, HALF)``: ``lo[:, i]`` is
-    element ``2 * i`` and ``hi[:, i]`` element ``2 * i + 1``.
+    """Packed NVFP4 codes ``b`` as int32 words ``(n, HALF // 4)`` (4 bytes, 8 codes a word) and
+    their UE4M3 block scales ``sc`` ``(n, HALF // 8)`` (as from :func:`load_raw`) -> two halves
+    ``(lo, hi)``, each ``(n, HALF)``: ``lo[:, i]`` is element ``2 * i`` and ``hi[:, i]`` element
+    ``2 * i + 1``.
 
-    PTX (CUDA devices): two codes per instruction sequence (:func:`e2m1_words_f16`) and packed fp16
+    PTX (CUDA devices): one instruction sequence per word (:func:`e2m1_words_f16`) and packed fp16
     scale multiplies; the result is fp16 whatever ``dtype`` and **2^-14 times the value**: the
     e2m1 bit pattern read as fp16 is ``e2m1 * 2^-14``, and the caller folds 2^14 into its
     per-tensor scales (:data:`FP4_PTX_UNIT`). ``e2m1 * ue4m3 * 2^-14`` is exact in fp16: at most 6
