@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, decode_tile, dot, load_nvfp4_tile, load_raw, load_tile, nvfp4_decode,
-                      nvfp4_rows_aligned, online_softmax_step, slot_ids, tile_flags, unit_scales)
+from .kv_tile import (KV_MODES, decode_tile, dot, load_kv_raw, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+                      online_softmax_step, raw_cols, tile_flags, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -95,83 +95,56 @@ def extend_kernel(
     vc = v_cache_ptr + kvh * stride_vc_h
     ksc = k_scale_ptr + kvh * stride_ks_h
     vsc = v_scale_ptr + kvh * stride_vs_h
+    offs_wk = raw_cols(HEAD_DIM, K_MODE)
+    offs_wv = raw_cols(HEAD_DIM, V_MODE)
     if PREFETCH:
         # register prefetch, as in decode: the raw words of prefix tile i + 1 and the slot ids of
         # tile i + 2 are in flight while tile i is computed (the NVFP4 tiles go through inline PTX,
         # which the loop pipeliner does not stage). Offered to the sweeps; not planned yet.
-        offs_wk = offs_d
-        if K_MODE == 2:
-            offs_wk = offs_p
-        offs_wv = offs_d
-        if V_MODE == 2:
-            offs_wv = offs_p
         pos = lo + offs_n
-        n_mask = pos < prefix_len
-        slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-        kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
-        vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
+        kr, ksr, vr, vsr = load_kv_raw(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
+                                       offs_wk, offs_wv, n_mask, K_MODE, V_MODE)
         pos_nx = pos + BLOCK_N
-        mask_nx = pos_nx < prefix_len
-        slot_nx = slot_ids(kv_indices_ptr, base, pos_nx, mask_nx, page_size, PAGED)
-        for n0 in range(lo, prefix_len, BLOCK_N):
-            kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
-            vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
+        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, PAGED)
+    for n0 in range(lo, prefix_len, BLOCK_N):
+        if PREFETCH:
+            kr_nx, ksr_nx, vr_nx, vsr_nx = load_kv_raw(kc, ksc, vc, vsc, slot_nx, stride_kc_s, stride_ks_s,
+                                                       stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
+                                                       K_MODE, V_MODE)
             pos_nx2 = pos_nx + BLOCK_N
-            mask_nx2 = pos_nx2 < prefix_len
-            slot_nx2 = slot_ids(kv_indices_ptr, base, pos_nx2, mask_nx2, page_size, PAGED)
-            if K_MODE == 2:
-                k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
-                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-            else:
-                k = decode_tile(kr, dtp, K_MODE, HW_FP8)
-                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-            vis = n_mask[None, :]
-            if HAS_WINDOW:
-                vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-            p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
-            if V_MODE == 0:
-                pv = (p * v_scale_prefix).to(dtp)
-            else:
-                pv = p.to(dtp)
-            if V_MODE == 2:
-                v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
-                acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
-                acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
-            else:
-                v = decode_tile(vr, dtp, V_MODE, HW_FP8)
-                acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, PAGED)
+        else:
+            pos = n0 + offs_n
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
+            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+        if K_MODE == 2:
+            k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
+            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+        else:
+            k = decode_tile(kr, dtp, K_MODE, HW_FP8)
+            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+        vis = n_mask[None, :]
+        if HAS_WINDOW:
+            vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
+        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
+        if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
+            pv = (p * v_scale_prefix).to(dtp)
+        else:
+            pv = p.to(dtp)
+        if not PREFETCH:   # V loaded after the scores, as the planned (pipelined) configurations were tuned
+            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+        if V_MODE == 2:
+            v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
+            acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
+            acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
+        else:
+            v = decode_tile(vr, dtp, V_MODE, HW_FP8)
+            acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+        if PREFETCH:
             kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
             pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
-    else:
-        for n0 in range(lo, prefix_len, BLOCK_N):
-            pos = n0 + offs_n
-            n_mask = pos < prefix_len
-            slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
-            if K_MODE == 2:
-                k_lo, k_hi = load_nvfp4_tile(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_p, n_mask, dtp, FP4_PTX,
-                                             HW_FP8)
-                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-            else:
-                k = load_tile(kc, slot, stride_kc_s, offs_d, n_mask, dtp, K_MODE, HW_FP8)
-                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-            vis = n_mask[None, :]
-            if HAS_WINDOW:
-                vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-            p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
-            if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
-                pv = (p * v_scale_prefix).to(dtp)
-            else:
-                pv = p.to(dtp)
-            if V_MODE == 2:
-                v_lo, v_hi = load_nvfp4_tile(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_p, n_mask, dtp, FP4_PTX,
-                                             HW_FP8)
-                acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
-                acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
-            else:
-                v = load_tile(vc, slot, stride_vc_s, offs_d, n_mask, dtp, V_MODE, HW_FP8)
-                acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
     # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32)
     if V_MODE == 2:
         acc_lo = acc_lo * v_scale_prefix

@@ -56,6 +56,14 @@ def nvfp4_rows_aligned(cache) -> bool:
 
 
 @triton.jit
+def tile_slots(kv_indices_ptr, base, pos, end, page_size, PAGED: tl.constexpr):
+    """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end``, and their
+    pool slots (:func:`slot_ids`)."""
+    mask = pos < end
+    return mask, slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED)
+
+
+@triton.jit
 def slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED: tl.constexpr):
     """Pool slots of logical positions ``pos`` of one request.
 
@@ -102,19 +110,28 @@ def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV
 
 
 @triton.jit
+def raw_cols(HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr):
+    """Column offsets of one stored row for :func:`load_raw`: the HEAD_DIM // 2 packed bytes for
+    nvfp4, the HEAD_DIM elements otherwise."""
+    W: tl.constexpr = HEAD_DIM // 2 if KV_MODE == 2 else HEAD_DIM
+    return tl.arange(0, W)
+
+
+@triton.jit
+def load_kv_raw(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, offs_wk, offs_wv,
+                mask, K_MODE: tl.constexpr, V_MODE: tl.constexpr):
+    """The K and V tiles of the same slots as stored: ``(kr, ksr, vr, vsr)`` (see :func:`load_raw`)."""
+    kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, mask, K_MODE)
+    vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, mask, V_MODE)
+    return kr, ksr, vr, vsr
+
+
+@triton.jit
 def decode_tile(x, dtype: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr):
     """A bf16/fp16/fp8 tile as loaded by :func:`load_raw` -> ``dtype``."""
     if KV_MODE == 1:
         return fp8_to(x, dtype, HW_FP8)
     return x.to(dtype)
-
-
-@triton.jit
-def load_tile(cache_ptr, slot, stride_s, offs_d, mask, dtype: tl.constexpr, KV_MODE: tl.constexpr,
-              HW_FP8: tl.constexpr):
-    """bf16/fp16/fp8 tile ``(len(slot), len(offs_d))`` in ``dtype``; masked rows are 0."""
-    x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_d[None, :], mask=mask[:, None], other=0)
-    return decode_tile(x, dtype, KV_MODE, HW_FP8)
 
 
 @triton.jit
@@ -166,15 +183,6 @@ def nvfp4_decode(b, sc, dtype: tl.constexpr, PTX: tl.constexpr, HW_FP8: tl.const
 
 
 @triton.jit
-def load_nvfp4_tile(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, dtype: tl.constexpr,
-                    PTX: tl.constexpr, HW_FP8: tl.constexpr):
-    """NVFP4 tile as two halves ``(lo, hi)`` (see :func:`nvfp4_decode`), each
-    ``(len(slot), len(offs_p))``."""
-    b, sc = load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_p, mask, 2)
-    return nvfp4_decode(b, sc, dtype, PTX, HW_FP8)
-
-
-@triton.jit
 def dot(a, b, acc, DOT_FP32: tl.constexpr):
     """``acc + a @ b``; under the Triton interpreter bf16 dots are computed wrongly, so tests upcast."""
     if DOT_FP32:
@@ -210,6 +218,12 @@ def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
 # bits placed at fp16 bits 9..11 and its sign at bit 15: exactly e2m1 * 2^-14 as an fp16 pattern,
 # subnormal 0.5 included (the 2^14 goes into the caller's scales). Outputs: the low nibbles of
 # bytes 0..3, then the high nibbles of bytes 0..3.
+_E2M1_PLACE = """and.b32 a, {t}, 0x00070007;
+and.b32 s, {t}, 0x00080008;
+shl.b32 a, a, 9;
+shl.b32 s, s, 12;
+or.b32 {t}, a, s;
+"""
 _E2M1_WORD_ASM = tl.constexpr("""
 {
 .reg .b32 t<4>, a, s;
@@ -217,27 +231,7 @@ prmt.b32 t0, $8, 0, 0x4140;
 prmt.b32 t1, $8, 0, 0x4342;
 shr.b32 t2, t0, 4;
 shr.b32 t3, t1, 4;
-and.b32 a, t0, 0x00070007;
-and.b32 s, t0, 0x00080008;
-shl.b32 a, a, 9;
-shl.b32 s, s, 12;
-or.b32 t0, a, s;
-and.b32 a, t1, 0x00070007;
-and.b32 s, t1, 0x00080008;
-shl.b32 a, a, 9;
-shl.b32 s, s, 12;
-or.b32 t1, a, s;
-and.b32 a, t2, 0x00070007;
-and.b32 s, t2, 0x00080008;
-shl.b32 a, a, 9;
-shl.b32 s, s, 12;
-or.b32 t2, a, s;
-and.b32 a, t3, 0x00070007;
-and.b32 s, t3, 0x00080008;
-shl.b32 a, a, 9;
-shl.b32 s, s, 12;
-or.b32 t3, a, s;
-mov.b32 {$0, $1}, t0;
+""" + "".join(_E2M1_PLACE.format(t=f"t{i}") for i in range(4)) + """mov.b32 {$0, $1}, t0;
 mov.b32 {$2, $3}, t1;
 mov.b32 {$4, $5}, t2;
 mov.b32 {$6, $7}, t3;
