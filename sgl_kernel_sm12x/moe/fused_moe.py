@@ -32,7 +32,7 @@ FP8_MAX = 448.0
 
 @triton.jit
 def moe_gemm_kernel(
-    a_ptr, stride_am, stride_ak,                 # (rows_a, K) activations: bf16/fp16, or fp8 bits (uint8)
+    a_ptr, stride_am, stride_ak,                 # (rows_a, K) activations: bf16/fp16, or fp8 (HW_FP8: float8e4nv; else uint8 bits)
     b_ptr, stride_be, stride_bn, stride_bk,      # (E, N, K) weights, same formats
     c_ptr, stride_cm, stride_cn,                 # (pairs, N) output, row = token * TOP_K + slot
     a_scale_ptr, stride_asm, stride_ask,         # fp8: (rows_a, 1) per row, or (rows_a, K // GROUP_K) per group
@@ -78,25 +78,25 @@ def moe_gemm_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_mask[:, None], other=0)
-            b = tl.load(b_ptrs, mask=n_mask[None, :], other=0)
+            a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
         else:
             k_mask = offs_k < K - k0
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0)
-            b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0)
+            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
         if QUANT == 0:
             if DOT_FP32:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
             else:
                 acc = tl.dot(a, b, acc)
         elif QUANT == 1:
-            if HW_FP8:
-                acc = tl.dot(a.to(tl.float8e4nv, bitcast=True), b.to(tl.float8e4nv, bitcast=True), acc)
+            if HW_FP8:   # operands typed fp8 at the pointer: a bitcast here would keep B out of the wgmma's shared tile
+                acc = tl.dot(a, b, acc)
             else:
                 acc = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False), acc)
         else:
             if HW_FP8:
-                part = tl.dot(a.to(tl.float8e4nv, bitcast=True), b.to(tl.float8e4nv, bitcast=True))
+                part = tl.dot(a, b)
             else:
                 part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
             kg = k0 // GROUP_K
@@ -379,6 +379,9 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
     else:
         sas = (0, 0)
         sbs = (0, 0, 0)
+    hw = hw_fp8 and not _INTERPRET
+    if q:   # fp8 operands: typed float8_e4m3fn for the MMA path, raw bits for the software one
+        a, w = (t.view(torch.float8_e4m3fn if hw else torch.uint8) for t in (a, w))
     cap = sorted_ids.shape[0]
     grid = (triton.cdiv(cap, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
     moe_gemm_kernel[grid](
@@ -391,7 +394,7 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
         sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad,
         N=n, K=k, num_pairs=num_pairs,
         TOP_K=top_k, A_PER_PAIR=a_per_pair, MUL_ROUTED=topk_weights is not None, QUANT=q,
-        GROUP_N=gn, GROUP_K=gk, HW_FP8=hw_fp8 and not _INTERPRET, DOT_FP32=_INTERPRET,
+        GROUP_N=gn, GROUP_K=gk, HW_FP8=hw, DOT_FP32=_INTERPRET,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_SIZE_M=cfg.group_m,
         EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -521,7 +524,7 @@ def aot_cases(arch: int):
                 continue
             seen.add(key)
             act = "*fp16" if inp["dtype"] == "fp16" else "*bf16"
-            op = "*u8" if q else act
+            op = "*fp8e4nv" if q else act
             sig = {"a_ptr": op, "b_ptr": op, "c_ptr": act, "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
                    "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
                    "num_post_pad_ptr": "*i32"}
