@@ -14,10 +14,12 @@ A provider that fails records ``error``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,14 +137,87 @@ def measure(shapes, dtypes, tokens, dev, bench, table=None, copy_gbps=None):
     return rows
 
 
+def breakdown(shapes, dtypes, tokens, dev, bench):
+    """Each stage of this project's MoE timed alone (CUDA-graph replay, the planned tiles): the
+    alignment (single-program, many-program and torch forms), the activation quantization, both
+    GEMMs, the activation between them and the top-k sum. Rows: ``provider`` ``sm12x_stage``,
+    ``stage``, ``ms``."""
+    from sgl_kernel_sm12x.moe import fused_moe as fm
+    rows = []
+    for shape in shapes:
+        e, k, h, i = planner.MOE_SHAPES[shape]
+        arch = planner.current_arch(torch.device(dev))
+        for dtype in dtypes:
+            w1, w2, s1, s2, block = _weights(e, h, i, dtype, dev)
+            q = fm.QUANT[dtype]
+            gk = block[1] if q == 2 else None
+            for t in tokens:
+                x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
+                tw, ti = torch.topk(torch.randn(t, e, device=dev).softmax(-1), k)
+                ti = ti.to(torch.int32)
+                c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=2 * i, k=h, tokens=t, top_k=k,
+                                      block_shape=block)
+                c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=i, tokens=t, top_k=k, block_shape=block)
+                c2 = planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
+                ids, experts, npad = fm.moe_align(ti, e, c1.block_m)
+                pairs = t * k
+                w1b = w1.view(torch.uint8) if q else w1
+                w2b = w2.view(torch.uint8) if q else w2
+                a1, a1_s = fm.quant_fp8(x, gk) if q else (x, None)
+                mid = torch.empty(pairs, 2 * i, dtype=x.dtype, device=dev)
+                a2, a2_s = fm.quant_fp8(mid, gk, silu=True) if q else (fm.silu_mul(mid), None)
+                down = torch.empty(pairs, h, dtype=x.dtype, device=dev)
+                out = torch.empty_like(x)
+                twf = tw.float().flatten()
+                stages = {
+                    "align_single": lambda: fm.moe_align_kernel[(1,)](
+                        topk_ids_ptr=ti.reshape(-1), n=pairs, sorted_ids_ptr=ids, expert_ids_ptr=experts,
+                        num_post_pad_ptr=npad, cap=ids.numel(), num_experts=e,
+                        E_P=max(16, triton.next_power_of_2(e)), BLOCK_M=c1.block_m,
+                        CHUNK=fm.align_chunk(max(16, triton.next_power_of_2(e))), num_warps=4),
+                    "align_multi": lambda: fm.moe_align_multi(ti, e, c1.block_m),
+                    "align_torch": lambda: fm.moe_align_torch(ti, e, c1.block_m),
+                    "align_used": lambda: fm.moe_align(ti, e, c1.block_m),
+                    "gemm_gate_up": lambda: fm.moe_gemm(a1, w1b, mid, ids, experts, npad, top_k=k, cfg=c1, dtype=dtype,
+                                                        a_scale=a1_s, w_scale=s1, block_shape=block),
+                    "activation": (lambda: fm.quant_fp8(mid, gk, silu=True)) if q else (lambda: fm.silu_mul(mid)),
+                    "gemm_down": lambda: fm.moe_gemm(a2, w2b, down, ids, experts, npad, top_k=k, cfg=c2, dtype=dtype,
+                                                     a_scale=a2_s, w_scale=s2, topk_weights=twf, a_per_pair=True,
+                                                     block_shape=block),
+                    "sum": lambda: fm.moe_sum(down.view(t, k, h), out),
+                    "total": lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
+                                               block_shape=block),
+                }
+                if q:
+                    stages["quant_input"] = lambda: fm.quant_fp8(x, gk)
+                for name, fn in stages.items():
+                    try:
+                        p20, p50, p80 = bench(fn, graph=True)
+                        rows.append(dict(provider="sm12x_stage", stage=name, dtype=dtype, shape=shape, tokens=t,
+                                         ms=p50, ms_p20_p80=[p20, p80], config=[list(dataclasses.astuple(c1)),
+                                                                                 list(dataclasses.astuple(c2))]))
+                    except Exception as ex:  # noqa: BLE001
+                        rows.append(dict(provider="sm12x_stage", stage=name, dtype=dtype, shape=shape, tokens=t,
+                                         error=f"{type(ex).__name__}: {ex}"[:300]))
+                print(shape, dtype, t, {r["stage"]: round(r.get("ms", -1), 4) for r in rows[-len(stages):]},
+                      flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
     ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block"])
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--breakdown", action="store_true", help="time each stage of this project's MoE alone "
+                    "(file name *moe-breakdown*)")
     a = ap.parse_args(argv)
     rows, env = [], environment()
+    if a.breakdown:
+        rows = breakdown(a.shapes, a.dtypes, a.tokens, "cuda", bench_ms)
+        print(write_json("moe-breakdown", dict(rows=rows, **env), a.out))
+        return 0
     copy = copy_ceiling_gbps()
     for shape in a.shapes:          # written after every shape, so a cut-short run keeps what it measured
         rows += measure([shape], a.dtypes, a.tokens, "cuda", bench_ms, copy_gbps=copy)

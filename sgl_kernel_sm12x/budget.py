@@ -28,11 +28,16 @@ KERNELS = {
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
     "moe_align": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_kernel"),
+    "moe_align_count": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_count_kernel"),
+    "moe_align_offsets": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_offsets_kernel"),
+    "moe_align_scatter": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_scatter_kernel"),
     "moe_quant": ("sgl_kernel_sm12x.moe.fused_moe", "quant_fp8_kernel"),
     "moe_sum": ("sgl_kernel_sm12x.moe.fused_moe", "moe_sum_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
 CASES = {"decode_reduce": "aot_cases_reduce", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align",
+         "moe_align_count": "aot_cases_align_count", "moe_align_offsets": "aot_cases_align_offsets",
+         "moe_align_scatter": "aot_cases_align_scatter",
          "moe_quant": "aot_cases_quant", "moe_sum": "aot_cases_sum"}
 
 

@@ -374,3 +374,19 @@ def test_tune_sweeps_refuse_configurations_that_compute_something_else():
     assert max_diff(ref.to(torch.bfloat16), anchor) == 0.0
     assert max_diff(bad.to(torch.bfloat16), anchor) > 0.1
     assert max_diff(nan, anchor) == float("inf")
+
+
+@pytest.mark.parametrize("e,k,t,block_m", [(128, 8, 1, 16), (8, 2, 37, 64), (32, 4, 300, 32), (256, 8, 70, 16),
+                                           (8, 2, 129, 128), (1000, 1, 300, 16)])
+def test_many_program_align_equals_the_torch_path(e, k, t, block_m, device):
+    """The three-stage alignment (count / offsets / scatter over 256-pair chunks): the same lists as a
+    stable sort, chunk boundaries (256, 512 pairs) and a partial last chunk included; poisoned buffers
+    would show in the padding and block tails."""
+    from sgl_kernel_sm12x.moe.fused_moe import moe_align_multi
+    ti = torch.stack([torch.randperm(e)[:k] for _ in range(t)]).to(device)
+    a = moe_align_multi(ti, e, block_m)
+    b = moe_align_torch(ti, e, block_m)
+    assert int(a[2].item()) == int(b[2].item())
+    n_pad = int(b[2].item())
+    assert torch.equal(a[0].cpu(), b[0].cpu()), "sorted ids (padding included) differ"
+    assert torch.equal(a[1].cpu()[: n_pad // block_m], b[1].cpu()[: n_pad // block_m])

@@ -297,6 +297,136 @@ def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_p
         cursor += tl.sum(onehot.to(tl.int32), 0)
 
 
+@triton.jit
+def moe_align_count_kernel(topk_ids_ptr, n, counts_ptr, sorted_ids_ptr, cap,
+                           E_P: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr):
+    """Stage 1 of the many-program alignment, program p: how many of pairs [p * CHUNK, (p + 1) *
+    CHUNK) go to each expert (``counts[p, :]``), and its share of ``sorted_ids`` filled with the
+    padding id ``n``."""
+    p = tl.program_id(0)
+    offs_e = tl.arange(0, E_P)
+    lane = tl.arange(0, SUB)
+    counts = tl.zeros([E_P], tl.int32)
+    for s0 in range(0, CHUNK, SUB):
+        i = p * CHUNK + s0 + lane
+        ids = tl.load(topk_ids_ptr + i, mask=i < n, other=-1)
+        counts += tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
+    tl.store(counts_ptr + p * E_P + offs_e, counts)
+    share = tl.cdiv(cap, tl.num_programs(0))
+    fill = tl.full([SUB], 0, tl.int32) + n
+    for f0 in range(0, share, SUB):
+        j = p * share + f0 + lane
+        tl.store(sorted_ids_ptr + j, fill, mask=(f0 + lane < share) & (j < cap))
+
+
+@triton.jit
+def moe_align_offsets_kernel(counts_ptr, num_chunks, offsets_ptr, expert_ids_ptr, num_post_pad_ptr, cap,
+                             num_experts, E_P: tl.constexpr, BLOCK_M: tl.constexpr, PB: tl.constexpr,
+                             SUB: tl.constexpr):
+    """Stage 2, one program: each chunk's first sorted position per expert (``offsets[p, e]``: the
+    expert's padded start plus the pairs of earlier chunks routed to it), the padded total, and the
+    expert of every BLOCK_M block."""
+    offs_e = tl.arange(0, E_P)
+    rows = tl.arange(0, PB)
+    total = tl.zeros([E_P], tl.int32)
+    for p0 in range(0, num_chunks, PB):
+        pm = (p0 + rows) < num_chunks
+        c = tl.load(counts_ptr + (p0 + rows)[:, None] * E_P + offs_e[None, :], mask=pm[:, None], other=0)
+        tl.store(offsets_ptr + (p0 + rows)[:, None] * E_P + offs_e[None, :],
+                 tl.cumsum(c, 0) - c + total[None, :], mask=pm[:, None])
+        total += tl.sum(c, 0)
+    padded = (total + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.cumsum(padded, 0)
+    starts = ends - padded
+    tl.store(num_post_pad_ptr, tl.sum(padded, 0))
+    tl.store(offsets_ptr + num_chunks * E_P + offs_e, starts)      # row num_chunks: the experts' starts
+    lane = tl.arange(0, SUB)
+    nblk = cap // BLOCK_M
+    for b0 in range(0, nblk, SUB):
+        b = b0 + lane
+        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), 1)
+        tl.store(expert_ids_ptr + b, tl.minimum(e, num_experts - 1), mask=b < nblk)
+
+
+@triton.jit
+def moe_align_scatter_kernel(topk_ids_ptr, n, offsets_ptr, num_chunks, sorted_ids_ptr,
+                             E_P: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr):
+    """Stage 3, program p: each pair of its chunk goes to its expert's next free position (pairs
+    in order within an expert: the same list as a stable sort by expert)."""
+    p = tl.program_id(0)
+    offs_e = tl.arange(0, E_P)
+    lane = tl.arange(0, SUB)
+    cursor = tl.load(offsets_ptr + p * E_P + offs_e) + tl.load(offsets_ptr + num_chunks * E_P + offs_e)
+    before = lane[None, :] < lane[:, None]
+    for s0 in range(0, CHUNK, SUB):
+        i = p * CHUNK + s0 + lane
+        m = i < n
+        ids = tl.load(topk_ids_ptr + i, mask=m, other=-1)
+        onehot = ids[:, None] == offs_e[None, :]
+        base = tl.sum(tl.where(onehot, cursor[None, :], 0), 1)
+        rank = tl.sum(((ids[:, None] == ids[None, :]) & before).to(tl.int32), 1)
+        tl.store(sorted_ids_ptr + base + rank, i.to(tl.int32), mask=m)
+        cursor += tl.sum(onehot.to(tl.int32), 0)
+
+
+ALIGN_CHUNK = 256           # pairs per program of the many-program alignment
+
+
+def moe_align_multi(topk_ids: torch.Tensor, num_experts: int, block_m: int):
+    """:func:`moe_align` in three launches of many programs (count, offsets, scatter): any size,
+    no host sync, the same lists as :func:`moe_align_torch`."""
+    flat = topk_ids.reshape(-1).to(torch.int32)
+    n = flat.numel()
+    dev = flat.device
+    cap = ((n + num_experts * (block_m - 1)) + block_m - 1) // block_m * block_m
+    e_p = max(16, triton.next_power_of_2(num_experts))
+    sub = align_chunk(e_p)
+    chunks = max(1, triton.cdiv(n, ALIGN_CHUNK))
+    counts = torch.empty(chunks, e_p, dtype=torch.int32, device=dev)
+    offsets = torch.empty(chunks + 1, e_p, dtype=torch.int32, device=dev)
+    sorted_ids = torch.empty(cap, dtype=torch.int32, device=dev)
+    expert_ids = torch.empty(cap // block_m, dtype=torch.int32, device=dev)
+    num_post_pad = torch.empty(1, dtype=torch.int32, device=dev)
+    moe_align_count_kernel[(chunks,)](topk_ids_ptr=flat, n=n, counts_ptr=counts, sorted_ids_ptr=sorted_ids, cap=cap,
+                                      E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub, num_warps=4)
+    moe_align_offsets_kernel[(1,)](counts_ptr=counts, num_chunks=chunks, offsets_ptr=offsets, expert_ids_ptr=expert_ids,
+                                   num_post_pad_ptr=num_post_pad, cap=cap, num_experts=num_experts, E_P=e_p,
+                                   BLOCK_M=block_m, PB=max(1, 4096 // e_p), SUB=sub, num_warps=4)
+    moe_align_scatter_kernel[(chunks,)](topk_ids_ptr=flat, n=n, offsets_ptr=offsets, num_chunks=chunks,
+                                        sorted_ids_ptr=sorted_ids, E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub, num_warps=4)
+    return sorted_ids, expert_ids, num_post_pad
+
+
+def aot_cases_align_count(arch: int):
+    """Stage 1 of :func:`moe_align_multi` for every power-of-two expert count (for ``sm12x budget``)."""
+    for e_p in (16, 32, 64, 128, 256, 512, 1024):
+        sub = align_chunk(e_p)
+        yield (dict(experts_pow2=e_p, chunk=ALIGN_CHUNK, sub=sub, num_warps=4),
+               {"topk_ids_ptr": "*i32", "n": "i32", "counts_ptr": "*i32", "sorted_ids_ptr": "*i32", "cap": "i32"},
+               dict(E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub), {"num_warps": 4, "num_stages": 1})
+
+
+def aot_cases_align_offsets(arch: int):
+    """Stage 2 of :func:`moe_align_multi`: every power-of-two expert count x BLOCK_M."""
+    for e_p in (16, 32, 64, 128, 256, 512, 1024):
+        for bm in (16, 32, 64, 128):
+            yield (dict(experts_pow2=e_p, block_m=bm, num_warps=4),
+                   {"counts_ptr": "*i32", "num_chunks": "i32", "offsets_ptr": "*i32", "expert_ids_ptr": "*i32",
+                    "num_post_pad_ptr": "*i32", "cap": "i32", "num_experts": "i32"},
+                   dict(E_P=e_p, BLOCK_M=bm, PB=max(1, 4096 // e_p), SUB=align_chunk(e_p)),
+                   {"num_warps": 4, "num_stages": 1})
+
+
+def aot_cases_align_scatter(arch: int):
+    """Stage 3 of :func:`moe_align_multi` for every power-of-two expert count."""
+    for e_p in (16, 32, 64, 128, 256, 512, 1024):
+        sub = align_chunk(e_p)
+        yield (dict(experts_pow2=e_p, chunk=ALIGN_CHUNK, sub=sub, num_warps=4),
+               {"topk_ids_ptr": "*i32", "n": "i32", "offsets_ptr": "*i32", "num_chunks": "i32",
+                "sorted_ids_ptr": "*i32"},
+               dict(E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub), {"num_warps": 4, "num_stages": 1})
+
+
 SMALL_ALIGN_PAIRS = 4096
 
 
@@ -319,7 +449,8 @@ def aot_cases_align(arch: int):
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
     """Sort the (token, slot) pairs by expert, each expert's run padded to ``block_m`` rows, on the
     device without a host sync (sizes are the worst case; the kernel reads the real count).
-    Up to ``SMALL_ALIGN_PAIRS`` pairs one Triton program does it in one launch; above, torch ops.
+    Up to ``SMALL_ALIGN_PAIRS`` pairs one Triton program does it in one launch; above,
+    :func:`moe_align_multi` (three launches of many programs); past 1,024 experts, torch ops.
 
     Returns ``sorted_ids`` (padding = number of pairs), ``expert_ids`` per BLOCK_M block and
     ``num_post_pad`` (1,) int32.
@@ -337,6 +468,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int):
                                expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad, cap=cap,
                                num_experts=num_experts, E_P=e_p, BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
         return sorted_ids, expert_ids, num_post_pad
+    if num_experts <= 1024:
+        return moe_align_multi(topk_ids, num_experts, block_m)
     return moe_align_torch(topk_ids, num_experts, block_m)
 
 
