@@ -78,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--max-candidates", type=int, default=400)
     ap.add_argument("--plan-arch", type=int, default=120, help="whose planner choice is the centre (default sm_120)")
     ap.add_argument("--full", action="store_true", help="time the whole grid, not the planner's neighbourhood")
+    ap.add_argument("--tiles", nargs="+", default=[], metavar="BM,BN,BK,W,S[,G]",
+                    help="extra candidate tiles (e.g. another library's tuned choices), timed beside the others")
     ap.add_argument("--out", default=None, help="results folder (default benchmark/results)")
     ap.add_argument("--tolerance", type=float, default=2e-2,
                     help="largest max|out - planned output| / max|planned output| a candidate may show")
@@ -102,6 +104,12 @@ def main(argv=None):
                 ref = fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2, block_shape=block,
                                 config=(plan, plan_down)).float()
                 cands = list(candidates(dtype, a.arch_limit)) if a.full else neighbours(plan, dtype, a.arch_limit)
+                for spec in a.tiles:
+                    v = [int(x) for x in spec.split(",")]
+                    extra = planner.MoeConfig(v[0], v[1], v[2], v[5] if len(v) > 5 else (8 if v[0] >= 64 else 1),
+                                              v[3], v[4])
+                    if extra not in cands and planner.moe_gemm_smem(extra, dtype) <= a.arch_limit:
+                        cands.append(extra)
                 for cfg in cands[: a.max_candidates]:
                     run = lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,  # noqa: E731
                                             block_shape=block, config=(cfg, cfg))

@@ -265,7 +265,8 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     sm_120, AOT, and there is no dequantization to share).
 
     * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
-      bf16/fp16 64 x 64 on 4 warps (one warpgroup), 3 stages: 287-326 TFLOP/s, best of 7 shapes;
+      bf16/fp16 D128 128 x 128 on 8 warps, 3 stages (H100, with whole tiles unmasked: 1.17-1.33x
+      the 64 x 64 one, 323-376 TFLOP/s), other head dims 64 x 64 on 4 warps, 3 stages;
       fp8 128 x 128 on 8 warps, 2 stages (215-287; 3 stages is 4% faster but sits at 229,376 B and
       255 registers); nvfp4 D128 with 4 heads packed 128 x 128 on 8 warps, 3 stages (H100, after
       the word decode: 199-247 TFLOP/s, 0.68-0.69x of bf16 with a 4k prefix; the faster 4-warp
@@ -318,6 +319,10 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
             return ExtendConfig(128, 64, 8, 3, hw_fp8)
         if kv_dtype == "fp8_e4m3":
             return ExtendConfig(128, 128, 8, 2, hw_fp8)
+        if head_dim == 128:
+            # H100 sweep with whole tiles unmasked: 128 x 128 on 8 warps, 3 stages 1.17-1.33x the
+            # 64 x 64 one (322-376 TFLOP/s at 8k chunk)
+            return ExtendConfig(128, 128, 8, 3, hw_fp8)
         return ExtendConfig(64, 64, 4, 3, hw_fp8)
     if lim.cc < 89 and kv_dtype == "fp8_e4m3" and head_dim == 256:
         return ExtendConfig(32, 16, 4, 2, hw_fp8)   # software FP8 decode on sm_80/86 spills at 32 x 32
@@ -500,9 +505,15 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
       (3 for 16-bit 128-row tiles, the sweep's best), one more where the arch has >= 160 KB of
       shared memory, then fewer until the tiles fit.
     * wgmma archs (sm_90: 227 KB of shared memory, accumulators of warpgroup MMAs): above 64 rows per
-      expert a 128 x 256 tile, 8 warps, 4 stages (BLOCK_K 64 for 16-bit, 128 for fp8: 192 / 176 KB),
-      and block-fp8 64 x 128 -- the tiles SGLang's tuned H100 / H200 tables settle on at these row
-      counts, no spills there (AOT: 195 / 248 / 238 registers); sm_120/121 cannot hold them.
+      expert a 128 x 256 tile, 8 warps, 4 stages (BLOCK_K 64 for 16-bit, 128 for fp8: 192 / 196 KB),
+      and block-fp8 64 x 128 on 4 warps (also at 1,024 rows: 10% faster than 128 x 128 on the
+      Mixtral shape) -- the tiles SGLang's tuned H100 / H200 tables settle on at these row counts;
+      sm_120/121 cannot hold them. fp8 at 16-64 rows (H100 sweep,
+      ``2026-11-26-nvidia-h100-80gb-hbm3-tune-moe-sm90-fp8.json``): 64-row tiles, so the MMA is a
+      warpgroup one (mma.sync below 64 rows) -- block 64 x 64 x 128 / 3 stages (0.78-0.98x of the
+      planned tile's time on Mixtral and Qwen3), per-tensor 64 x 128 x 256 / 4 stages where N and
+      K >= 4,096 (0.80x on Mixtral); at 64 rows with N and K >= 4,096 128 x 128 x 128 on 8
+      warps, 3 stages (0.81x).
     """
     lim = arch_limits(arch)
     _check("dtype", dtype, MOE_DTYPES)
@@ -542,9 +553,24 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
         stages += 1
     if lim.mma == "wgmma" and rows > 64:
         if dtype == "fp8_w8a8_block":
-            bn, warps, stages = 128, (8 if bm >= 128 else 4), 4
+            bm, bn, warps, stages = 64, 128, 4, 4
         else:
             bm, bn, warps, stages = 128, 256, 8, 4
+        bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
+    elif lim.mma == "wgmma" and fp8 and rows >= 16 and (dtype == "fp8_w8a8_block" or min(n, k) >= 4096):
+        # fp8 at 16-64 rows an expert: the warpgroup MMA needs 64-row tiles (16- and 32-row tiles run
+        # fp8 on mma.sync); 128 x 128 where the experts are wide, at 64 rows. Per-tensor fp8 only
+        # for wide experts (N and K >= 4,096, measured on Mixtral; Qwen3 / gpt-oss keep the tiles
+        # below, at 0.95-1.16x of SGLang there)
+        if rows >= 64 and min(n, k) >= 4096:
+            bm, bn, bk, warps, stages = 128, 128, 128, 8, 3
+        elif dtype == "fp8_w8a8_block":
+            bm, bn, bk, warps, stages = 64, 64, 128, 4, 3
+        else:
+            bm, bn, bk, warps, stages = 64, 128, 256, 4, 4
+        bk = min(bk, max(16, 1 << (int(k) - 1).bit_length()))
+        if dtype == "fp8_w8a8_block":
+            bk = min(bk, _pow2_floor(block_shape[1]))
         bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
     cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)
     while moe_gemm_smem(cfg, dtype) > lim.smem_per_block and cfg.num_stages > 2:

@@ -214,12 +214,13 @@ def test_silu_mul_matches_torch(rows, inter, dtype, device):
     assert torch.allclose(got, want, atol=1e-2, rtol=2 ** -6), (got - want).abs().max()
 
 
-@pytest.mark.parametrize("group", [None, 128])
+@pytest.mark.parametrize("group", [None, 128, 64])
 @pytest.mark.parametrize("silu", [False, True])
-@pytest.mark.parametrize("rows,k", [(1, 256), (5, 384)])
+@pytest.mark.parametrize("rows,k", [(1, 256), (5, 384), (2, 4224)])
 def test_quant_fp8_matches_the_reference_quantizer(rows, k, group, silu, device):
-    """Codes and scales of the fused activation quantizer against torch: per row or per 128-group,
-    plain or silu(gate) * up; a row holding Inf stays visible (NaN codes) without touching others."""
+    """Codes and scales of the fused activation quantizer against torch: per row or per 64/128-group,
+    plain or silu(gate) * up; a row holding Inf stays visible (NaN codes) without touching others.
+    4,224 = 33 groups of 128: two programs a row, the second holding one group."""
     from sgl_kernel_sm12x.moe.fused_moe import quant_fp8
 
     x = (torch.randn(rows, 2 * k if silu else k) * 5).to(torch.bfloat16)

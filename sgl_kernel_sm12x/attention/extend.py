@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, load_kv_raw, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      online_softmax_step, raw_cols, tile_flags, tile_slots, unit_scales)
+                      raw_cols, softmax_step, tile_flags, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -47,11 +47,11 @@ def extend_kernel(
     FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
-    mb = tl.program_id(0)
     hb = tl.program_id(1)
     b = tl.program_id(2)
     q0 = tl.load(qo_indptr_ptr + b)
     ext_len = tl.load(qo_indptr_ptr + b + 1) - q0
+    mb = tl.program_id(0)
     if mb * BT >= ext_len:
         return
     prefix_len = tl.load(prefix_lens_ptr + b)
@@ -107,44 +107,58 @@ def extend_kernel(
                                        offs_wk, offs_wv, n_mask, K_MODE, V_MODE)
         pos_nx = pos + BLOCK_N
         mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, PAGED)
-    for n0 in range(lo, prefix_len, BLOCK_N):
-        if PREFETCH:
-            kr_nx, ksr_nx, vr_nx, vsr_nx = load_kv_raw(kc, ksc, vc, vsc, slot_nx, stride_kc_s, stride_ks_s,
-                                                       stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
-                                                       K_MODE, V_MODE)
-            pos_nx2 = pos_nx + BLOCK_N
-            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, PAGED)
+    # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles,
+    # the register-prefetch form and quantized pools take the masked loop (a second loop body put
+    # some quantized sm_86-120 configurations 4-24 B into spills, AOT)
+    SPLIT: tl.constexpr = not HAS_WINDOW and not PREFETCH and K_MODE == 0 and V_MODE == 0
+    p_full = lo
+    if SPLIT:
+        p_full = prefix_len // BLOCK_N * BLOCK_N
+    for st in tl.static_range(0 if SPLIT else 1, 2):
+        if st == 0:
+            a0 = lo
+            a1 = p_full
         else:
-            pos = n0 + offs_n
-            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
-            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
-        if K_MODE == 2:
-            k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
-            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-        else:
-            k = decode_tile(kr, dtp, K_MODE, HW_FP8)
-            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-        vis = n_mask[None, :]
-        if HAS_WINDOW:
-            vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_prefix, m_i, l_i, vis, HAS_CAP, logit_cap)
-        if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
-            pv = (p * v_scale_prefix).to(dtp)
-        else:
-            pv = p.to(dtp)
-        if not PREFETCH:   # V loaded after the scores, as the planned (pipelined) configurations were tuned
-            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
-        if V_MODE == 2:
-            v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
-            acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
-            acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
-        else:
-            v = decode_tile(vr, dtp, V_MODE, HW_FP8)
-            acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
-        if PREFETCH:
-            kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
-            pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
+            a0 = p_full
+            a1 = prefix_len
+        for n0 in range(a0, a1, BLOCK_N):
+            if PREFETCH:
+                kr_nx, ksr_nx, vr_nx, vsr_nx = load_kv_raw(kc, ksc, vc, vsc, slot_nx, stride_kc_s, stride_ks_s,
+                                                           stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
+                                                           K_MODE, V_MODE)
+                pos_nx2 = pos_nx + BLOCK_N
+                mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, PAGED)
+            else:
+                pos = n0 + offs_n
+                n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
+                kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+            if K_MODE == 2:
+                k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
+                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+            else:
+                k = decode_tile(kr, dtp, K_MODE, HW_FP8)
+                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            vis = n_mask[None, :]
+            if HAS_WINDOW:
+                vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
+            p, alpha, m_i, l_i = softmax_step(s, qk_scale_prefix, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
+            if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
+                pv = (p * v_scale_prefix).to(dtp)
+            else:
+                pv = p.to(dtp)
+            if not PREFETCH:   # V loaded after the scores, as the planned (pipelined) configurations were tuned
+                vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+            if V_MODE == 2:
+                v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
+                acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
+                acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
+            else:
+                v = decode_tile(vr, dtp, V_MODE, HW_FP8)
+                acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
+            if PREFETCH:
+                kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
+                pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
     # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32)
     if V_MODE == 2:
         acc_lo = acc_lo * v_scale_prefix
@@ -163,30 +177,43 @@ def extend_kernel(
     if HAS_WINDOW:
         lo2 = tl.maximum(mb * BT - window_left, 0) // BLOCK_N * BLOCK_N
     hi2 = tl.minimum(ext_len, (mb + 1) * BT)
-    for n0 in range(lo2, hi2, BLOCK_N):
-        j = n0 + offs_n
-        n_mask = j < ext_len
-        rows = (q0 + j).to(tl.int64)
-        if K_MODE == 2:
-            k_lo, k_hi = _halves(tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None],
-                                         other=0.0))
-            s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-            s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+    # keys [lo2, c_full) lie below every row of this block (whole tiles, no select), the rest is
+    # the diagonal; a window masks everything, and quantized pools keep one loop (as above)
+    SPLIT2: tl.constexpr = not HAS_WINDOW and K_MODE == 0 and V_MODE == 0
+    c_full = lo2
+    if SPLIT2:
+        c_full = (mb * BT) // BLOCK_N * BLOCK_N
+    for st in tl.static_range(0 if SPLIT2 else 1, 2):
+        if st == 0:
+            a0 = lo2
+            a1 = c_full
         else:
-            k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-        vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
-        if HAS_WINDOW:
-            vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
-        p, alpha, m_i, l_i = online_softmax_step(s * qk_scale_ext, m_i, l_i, vis, HAS_CAP, logit_cap)
-        if V_MODE == 2:
-            v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
-                                         other=0.0))
-            acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
-            acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
-        else:
-            v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-            acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
+            a0 = c_full
+            a1 = hi2
+        for n0 in range(a0, a1, BLOCK_N):
+            j = n0 + offs_n
+            n_mask = j < ext_len
+            rows = (q0 + j).to(tl.int64)
+            if K_MODE == 2:
+                k_lo, k_hi = _halves(tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None],
+                                             other=0.0))
+                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+            else:
+                k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
+            if HAS_WINDOW:
+                vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
+            p, alpha, m_i, l_i = softmax_step(s, qk_scale_ext, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
+            if V_MODE == 2:
+                v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
+                                             other=0.0))
+                acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
+                acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
+            else:
+                v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+                acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
     inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h

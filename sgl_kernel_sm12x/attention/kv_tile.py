@@ -213,6 +213,22 @@ def online_softmax_step(s, m_i, l_i, mask, HAS_CAP: tl.constexpr, logit_cap):
     return p, alpha, m_new, l_i * alpha + tl.sum(p, 1)
 
 
+@triton.jit
+def softmax_step(s, scale, m_i, l_i, mask, MASKED: tl.constexpr, HAS_CAP: tl.constexpr, logit_cap):
+    """:func:`online_softmax_step` on raw scores ``s`` and the log2-domain ``scale``. ``MASKED``
+    False, for tiles every row sees whole (and no soft cap): no select, the row maximum is scaled
+    once, and the scale folds into the exponent's subtraction (one FMA an element)."""
+    if MASKED or HAS_CAP:
+        p, alpha, m_new, l_new = online_softmax_step(s * scale, m_i, l_i, mask, HAS_CAP, logit_cap)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s * scale - m_use[:, None])
+        l_new = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
 # PTX for one 32-bit word of packed codes (4 bytes, 8 codes) -> 8 fp16 values: the bytes are
 # spread into 16-bit lanes (prmt), the high nibbles shifted down, and each code's exponent/mantissa
 # bits placed at fp16 bits 9..11 and its sign at bit 15: exactly e2m1 * 2^-14 as an fp16 pattern,

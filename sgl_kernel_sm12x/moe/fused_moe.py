@@ -153,37 +153,43 @@ def aot_cases_silu(arch: int):
 
 @triton.jit
 def quant_fp8_kernel(x_ptr, stride_x, q_ptr, stride_q, s_ptr, stride_s, k,
-                     SILU: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr, HW_FP8: tl.constexpr):
-    """Dynamic fp8 e4m3 activations, program (row, column group of GROUP): scale = amax / 448 (at
-    least 1e-12) stored per (row, group), codes = rne(x / scale), saturating. With ``SILU`` the row
-    holds [gate | up] (2k wide) and the value quantized is silu(gate) * up, rounded to x's dtype
-    first as the unfused path stores it -- the activation and its quantization in one pass."""
+                     SILU: tl.constexpr, GROUP: tl.constexpr, BLOCK: tl.constexpr, GPP: tl.constexpr,
+                     HW_FP8: tl.constexpr):
+    """Dynamic fp8 e4m3 activations, program (row, GPP consecutive column groups of GROUP): per
+    group scale = amax / 448 (at least 1e-12) stored per (row, group), codes = rne(x / scale),
+    saturating. Per-row scales are one group as wide as the row. With ``SILU`` the row holds
+    [gate | up] (2k wide) and the value quantized is silu(gate) * up, rounded to x's dtype first
+    as the unfused path stores it -- the activation and its quantization in one pass."""
     row = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1) * GPP + tl.arange(0, GPP)
     lane = tl.arange(0, BLOCK)
-    cols = tl.program_id(1) * GROUP + lane
-    m = (lane < GROUP) & (cols < k)
+    cols = g[:, None] * GROUP + lane[None, :]
+    m = (lane[None, :] < GROUP) & (cols < k)
     if SILU:
-        g = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
-        y = _silu_mul(g, u).to(x_ptr.dtype.element_ty).to(tl.float32)
+        gate = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
+        up = tl.load(x_ptr + row * stride_x + k + cols, mask=m, other=0.0).to(tl.float32)
+        y = _silu_mul(gate, up).to(x_ptr.dtype.element_ty).to(tl.float32)
     else:
         y = tl.load(x_ptr + row * stride_x + cols, mask=m, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(y), 0) / 448.0, 1e-12)
-    v = y / scale
+    scale = tl.maximum(tl.max(tl.abs(y), 1) / 448.0, 1e-12)
+    v = y / scale[:, None]
     if HW_FP8:
         code = e4m3_encode_hw(v)
     else:
         code = e4m3_encode(v).to(tl.uint8)
     tl.store(q_ptr + row * stride_q + cols, code, mask=m)
-    tl.store(s_ptr + row * stride_s + tl.program_id(1), scale)
+    tl.store(s_ptr + row * stride_s + g, scale, mask=g * GROUP < k)
 
 
 MAX_ROW = 32768     # widest row one quantization program takes (per-row scales)
+GROUP_LANES = 4096  # lanes of one per-group quantization program (GPP groups of BLOCK)
 
 
 def quant_fp8(x: torch.Tensor, group: int | None, silu: bool = False):
     """(rows, k) -> (fp8 codes as uint8 (rows, k), fp32 scales (rows, k // group)); ``group`` None
-    means one scale per row. ``silu``: x is (rows, 2k) [gate | up] and silu(gate) * up is quantized."""
+    means one scale per row. ``silu``: x is (rows, 2k) [gate | up] and silu(gate) * up is quantized.
+    Per-group scales: one program takes ``GROUP_LANES // BLOCK`` groups of a row (one a program put
+    a 1-warp program on every 128 values)."""
     rows, width = x.shape
     k = width // 2 if silu else width
     group = group or k
@@ -192,11 +198,21 @@ def quant_fp8(x: torch.Tensor, group: int | None, silu: bool = False):
     q = torch.empty(rows, k, dtype=torch.uint8, device=x.device)
     s = torch.empty(rows, k // group, dtype=torch.float32, device=x.device)
     if rows:
-        block = triton.next_power_of_2(group)
-        quant_fp8_kernel[(rows, k // group)](x_ptr=x, stride_x=x.stride(0), q_ptr=q, stride_q=q.stride(0), s_ptr=s,
-                                             stride_s=s.stride(0), k=k, SILU=silu, GROUP=group, BLOCK=block,
-                                             HW_FP8=not _INTERPRET, num_warps=_row_warps(block))
+        block, gpp = _quant_tile(group, k)
+        quant_fp8_kernel[(rows, triton.cdiv(k // group, gpp))](
+            x_ptr=x, stride_x=x.stride(0), q_ptr=q, stride_q=q.stride(0), s_ptr=s, stride_s=s.stride(0), k=k,
+            SILU=silu, GROUP=group, BLOCK=block, GPP=gpp, HW_FP8=not _INTERPRET, num_warps=_row_warps(block * gpp))
     return q, s
+
+
+def _quant_tile(group: int, k: int):
+    """(BLOCK lanes a group, groups a program) of :func:`quant_fp8_kernel`: as many of the row's
+    groups as GROUP_LANES holds (a power of two; not more than the row has -- every lane of a
+    masked group still runs the SiLU)."""
+    block = triton.next_power_of_2(group)
+    if group >= k:
+        return block, 1
+    return block, max(1, min(GROUP_LANES // block, triton.next_power_of_2(k // group)))
 
 
 def _row_warps(block: int) -> int:
@@ -210,13 +226,16 @@ def aot_cases_quant(arch: int):
     for dt in ("bf16", "fp16"):
         sig = {"x_ptr": f"*{dt}", "stride_x": "i32", "q_ptr": "*u8", "stride_q": "i32", "s_ptr": "*fp32",
                "stride_s": "i32", "k": "i32"}
-        # resources depend on the power-of-two BLOCK alone: per 128-group, and per row up to MAX_ROW
-        for block in (2 ** p for p in range(7, MAX_ROW.bit_length())):
-            group = block
-            for silu in (False, True):
-                yield (dict(dtype=dt, group=group, silu=silu, num_warps=_row_warps(block)), sig,
-                       {"SILU": silu, "GROUP": group, "BLOCK": block, "HW_FP8": True},
-                       {"num_warps": _row_warps(block), "num_stages": 1})
+        # resources depend on the power-of-two BLOCK and GPP alone: per row up to MAX_ROW (GPP 1),
+        # per group of 16 ... 2048 (GPP a power of two up to GROUP_LANES // BLOCK)
+        for block in (2 ** p for p in range(4, MAX_ROW.bit_length())):
+            gpps = [1 << i for i in range(max(1, GROUP_LANES // block).bit_length())]
+            for gpp in gpps:
+                for silu in (False, True):
+                    yield (dict(dtype=dt, group=block, groups_per_program=gpp, silu=silu,
+                                num_warps=_row_warps(block * gpp)), sig,
+                           {"SILU": silu, "GROUP": block, "BLOCK": block, "GPP": gpp, "HW_FP8": True},
+                           {"num_warps": _row_warps(block * gpp), "num_stages": 1})
 
 
 @triton.jit
@@ -263,10 +282,12 @@ def _fail(name, msg):
 
 @triton.jit
 def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, cap, num_experts,
-                     E_P: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+                     E_P: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, FILL: tl.constexpr = 1024):
     """One program: count pairs per expert, pad each run to BLOCK_M, list the pairs expert by expert
     (stable: by pair index within an expert) and the expert of every BLOCK_M block. For the small
-    pair counts of decode and short prefill, where launch count matters more than parallelism."""
+    pair counts of decode and short prefill, where launch count matters more than parallelism.
+    The padding fill takes FILL lanes a step (the worst-case list is ~E * BLOCK_M long even for one
+    token: 1,936 entries at E = 128, BLOCK_M 16)."""
     offs_e = tl.arange(0, E_P)
     lane = tl.arange(0, CHUNK)
     counts = tl.zeros([E_P], tl.int32)
@@ -276,9 +297,10 @@ def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_p
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, 0)
     tl.store(num_post_pad_ptr, tl.sum(padded, 0))
-    fill = tl.full([CHUNK], 0, tl.int32) + n
-    for j0 in range(0, cap, CHUNK):
-        tl.store(sorted_ids_ptr + j0 + lane, fill, mask=j0 + lane < cap)
+    fl = tl.arange(0, FILL)
+    fill = tl.full([FILL], 0, tl.int32) + n
+    for j0 in range(0, cap, FILL):
+        tl.store(sorted_ids_ptr + j0 + fl, fill, mask=j0 + fl < cap)
     nblk = cap // BLOCK_M
     for b0 in range(0, nblk, CHUNK):
         b = b0 + lane
@@ -299,7 +321,7 @@ def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_p
 
 @triton.jit
 def moe_align_count_kernel(topk_ids_ptr, n, counts_ptr, sorted_ids_ptr, cap,
-                           E_P: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr):
+                           E_P: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, FILL: tl.constexpr = 1024):
     """Stage 1 of the many-program alignment, program p: how many of pairs [p * CHUNK, (p + 1) *
     CHUNK) go to each expert (``counts[p, :]``), and its share of ``sorted_ids`` filled with the
     padding id ``n``."""
@@ -313,10 +335,11 @@ def moe_align_count_kernel(topk_ids_ptr, n, counts_ptr, sorted_ids_ptr, cap,
         counts += tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
     tl.store(counts_ptr + p * E_P + offs_e, counts)
     share = tl.cdiv(cap, tl.num_programs(0))
-    fill = tl.full([SUB], 0, tl.int32) + n
-    for f0 in range(0, share, SUB):
-        j = p * share + f0 + lane
-        tl.store(sorted_ids_ptr + j, fill, mask=(f0 + lane < share) & (j < cap))
+    fl = tl.arange(0, FILL)
+    fill = tl.full([FILL], 0, tl.int32) + n
+    for f0 in range(0, share, FILL):
+        j = p * share + f0 + fl
+        tl.store(sorted_ids_ptr + j, fill, mask=(f0 + fl < share) & (j < cap))
 
 
 @triton.jit
@@ -403,7 +426,7 @@ def aot_cases_align_count(arch: int):
         sub = align_chunk(e_p)
         yield (dict(experts_pow2=e_p, chunk=ALIGN_CHUNK, sub=sub, num_warps=4),
                {"topk_ids_ptr": "*i32", "n": "i32", "counts_ptr": "*i32", "sorted_ids_ptr": "*i32", "cap": "i32"},
-               dict(E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub), {"num_warps": 4, "num_stages": 1})
+               dict(E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub, FILL=1024), {"num_warps": 4, "num_stages": 1})
 
 
 def aot_cases_align_offsets(arch: int):
@@ -427,7 +450,7 @@ def aot_cases_align_scatter(arch: int):
                dict(E_P=e_p, CHUNK=ALIGN_CHUNK, SUB=sub), {"num_warps": 4, "num_stages": 1})
 
 
-SMALL_ALIGN_PAIRS = 4096
+SMALL_ALIGN_PAIRS = 256
 
 
 def align_chunk(e_p: int) -> int:
@@ -441,7 +464,7 @@ def aot_cases_align(arch: int):
         for bm in (16, 32, 64, 128):
             sig = {"topk_ids_ptr": "*i32", "n": "i32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
                    "num_post_pad_ptr": "*i32", "cap": "i32", "num_experts": "i32"}
-            cx = dict(E_P=e_p, BLOCK_M=bm, CHUNK=align_chunk(e_p))
+            cx = dict(E_P=e_p, BLOCK_M=bm, CHUNK=align_chunk(e_p), FILL=1024)
             yield dict(experts_pow2=e_p, block_m=bm, chunk=cx["CHUNK"], num_warps=4), sig, cx, \
                 {"num_warps": 4, "num_stages": 1}
 
