@@ -572,7 +572,10 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
         if dtype == "fp8_w8a8_block":
             bk = min(bk, _pow2_floor(block_shape[1]))
         bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
-    cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)
+    group_m = 8 if bm >= 64 else 1
+    if lim.mma == "wgmma" and dtype == "fp8_w8a8_block" and rows > 64:
+        group_m = 32        # H100 sweep: 64 x 128 with 32-block groups the best tile at 1,024-4,096 tokens
+    cfg = MoeConfig(bm, bn, bk, group_m, warps, stages)
     while moe_gemm_smem(cfg, dtype) > lim.smem_per_block and cfg.num_stages > 2:
         cfg = MoeConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1)
     if moe_gemm_smem(cfg, dtype) > lim.smem_per_block:   # cannot happen with the tiles above; keep the guard

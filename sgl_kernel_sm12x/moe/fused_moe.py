@@ -74,16 +74,19 @@ def moe_gemm_kernel(
     n_mask = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + a_row[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_ptrs = b_ptr + expert * stride_be + offs_n[None, :] * stride_bn + offs_k[:, None] * stride_bk
+    # columns past N read a valid row (wrapped) instead of a masked load; they are never stored
+    b_ptrs = b_ptr + expert * stride_be + (offs_n % N)[None, :] * stride_bn + offs_k[:, None] * stride_bk
+    # block fp8 with BLOCK_N inside one scale group: one weight scale a K step, not a vector
+    B_SCALAR: tl.constexpr = QUANT == 2 and GROUP_N % BLOCK_N == 0
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
-            b = tl.load(b_ptrs, mask=n_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs)
         else:
             k_mask = offs_k < K - k0
             a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
         if QUANT == 0:
             if DOT_FP32:
                 acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
@@ -101,9 +104,14 @@ def moe_gemm_kernel(
                 part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
             kg = k0 // GROUP_K
             a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
-            b_s = tl.load(b_scale_ptr + expert * stride_bse + (offs_n // GROUP_N) * stride_bsn + kg * stride_bsk,
-                          mask=n_mask, other=0.0)
-            acc += part * a_s[:, None] * b_s[None, :]
+            if B_SCALAR:
+                b_s1 = tl.load(b_scale_ptr + expert * stride_bse + (pid_n * BLOCK_N // GROUP_N) * stride_bsn
+                               + kg * stride_bsk)
+                acc += part * (a_s[:, None] * b_s1)
+            else:
+                b_s = tl.load(b_scale_ptr + expert * stride_bse
+                              + ((offs_n % N) // GROUP_N) * stride_bsn + kg * stride_bsk)
+                acc += part * a_s[:, None] * b_s[None, :]
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     if QUANT == 1:
