@@ -172,6 +172,11 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
       on 2 warps: 906 us). One warp or 128-token tiles on 2 warps spill. 32 tokens at head_dim 64
       (no sweep there; keeps the programs small); 4 warps at head_dim 256 before sm_89.
     * head_dim 256 halves the token tile (registers).
+    * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
+      them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
+      length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
+      11.8 / 14.1 / 16.4 against 17.6 / 18.3 / 22.9
+      (``2026-11-26-nvidia-h100-80gb-hbm3-tune-decode-batch1.json``).
     Shared memory and registers per configuration are checked by `sm12x budget --kernel decode`.
     """
     if kv_dtype in FP4_V:
@@ -200,7 +205,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
-                        num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=256,
+                        num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
 
 
