@@ -253,6 +253,7 @@ class ExtendConfig:
     hw_fp8: bool = False
     pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
     prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
+    unmasked: bool = True   # 16-bit pools: tiles every row sees whole run a second, select-free loop
 
     def as_dict(self):
         return asdict(self)
@@ -289,6 +290,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
+    if lim.cc in (86, 89) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
+        # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps there (AOT)
+        cfg = replace(cfg, unmasked=False)
     pack = 1
     if kv_dtype not in ("bf16", "fp16"):
         pack = min(group, 4)

@@ -155,6 +155,17 @@ def test_extend_prefix_register_prefetch(fmt, page, device):
                 window_left=50)
 
 
+@pytest.mark.parametrize("unmasked", [True, False])
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, q_dtype, device):
+    """16-bit pools: whole prefix tiles and chunk keys below the diagonal in a select-free loop, or
+    (``unmasked=False``, as planned on sm_86/89) every tile through the masked one; prefixes and
+    chunks ending inside a tile and spanning several, a soft cap (which keeps the select)."""
+    cfg = planner.ExtendConfig(32, 16, 4, 2, unmasked=unmasked)
+    _run_extend(q_dtype, q_dtype, 64, 2, 2, 1, [0, 16, 45, 96], [40, 16, 20, 33], device, config=cfg)
+    _run_extend(q_dtype, q_dtype, 64, 1, 2, 16, [0, 70], [50, 33], device, config=cfg, logit_cap=8.0)
+
+
 def test_extend_pack_must_divide_the_group(device):
     with pytest.raises(ValueError, match="pack=4 must divide the GQA group"):
         _run_extend("bf16", "bf16", 64, 2, 2, 1, [0], [5], device, config=planner.ExtendConfig(32, 32, 4, 2, pack=4))

@@ -45,6 +45,7 @@ def extend_kernel(
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
     FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    UNMASKED: tl.constexpr = True,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -110,7 +111,7 @@ def extend_kernel(
     # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles,
     # the register-prefetch form and quantized pools take the masked loop (a second loop body put
     # some quantized sm_86-120 configurations 4-24 B into spills, AOT)
-    SPLIT: tl.constexpr = not HAS_WINDOW and not PREFETCH and K_MODE == 0 and V_MODE == 0
+    SPLIT: tl.constexpr = UNMASKED and not HAS_WINDOW and not PREFETCH and K_MODE == 0 and V_MODE == 0
     p_full = lo
     if SPLIT:
         p_full = prefix_len // BLOCK_N * BLOCK_N
@@ -179,7 +180,7 @@ def extend_kernel(
     hi2 = tl.minimum(ext_len, (mb + 1) * BT)
     # keys [lo2, c_full) lie below every row of this block (whole tiles, no select), the rest is
     # the diagonal; a window masks everything, and quantized pools keep one loop (as above)
-    SPLIT2: tl.constexpr = not HAS_WINDOW and K_MODE == 0 and V_MODE == 0
+    SPLIT2: tl.constexpr = UNMASKED and not HAS_WINDOW and K_MODE == 0 and V_MODE == 0
     c_full = lo2
     if SPLIT2:
         c_full = (mb * BT) // BLOCK_N * BLOCK_N
@@ -355,7 +356,7 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
@@ -370,7 +371,7 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack, PREFETCH=cfg.prefetch, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
