@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      online_softmax_step, slot_ids, tile_flags, unit_scales)
+                      online_softmax_step, slot_ids, tile_flags, tile_scores, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -30,13 +30,7 @@ def _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b, qk_
                  FP4_PTX: tl.constexpr):
     """One KV tile, given as loaded by :func:`load_raw`: decode K, scores, online softmax, decode V,
     accumulate. Returns the new ``(m_i, l_i, acc_a, acc_b)``."""
-    if K_MODE == 2:
-        k_lo, k_hi = nvfp4_decode(kr, ksr, dt, FP4_PTX, HW_FP8)
-        s = dot(q_a, tl.trans(k_lo), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
-        s = dot(q_b, tl.trans(k_hi), s, DOT_FP32)
-    else:
-        k = decode_tile(kr, dt, K_MODE, HW_FP8)
-        s = dot(q_a, tl.trans(k), tl.zeros([BLOCK_H, BLOCK_N], tl.float32), DOT_FP32)
+    s = tile_scores(q_a, q_b, kr, ksr, dt, BLOCK_H, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
     p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
     if V_MODE == 2:
         v_lo, v_hi = nvfp4_decode(vr, vsr, dt, FP4_PTX, HW_FP8)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, load_kv_raw, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      raw_cols, softmax_step, tile_flags, tile_slots, unit_scales)
+                      raw_cols, softmax_step, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -134,12 +134,9 @@ def extend_kernel(
                 n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
                 kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             if K_MODE == 2:
-                k_lo, k_hi = nvfp4_decode(kr, ksr, dtp, FP4_PTX, HW_FP8)
-                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
+                s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
             else:
-                k = decode_tile(kr, dtp, K_MODE, HW_FP8)
-                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+                s = tile_scores(q, q, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
             vis = n_mask[None, :]
             if HAS_WINDOW:
                 vis = vis & (pos[None, :] >= qpos[:, None] - window_left)

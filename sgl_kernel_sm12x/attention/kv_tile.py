@@ -183,6 +183,22 @@ def nvfp4_decode(b, sc, dtype: tl.constexpr, PTX: tl.constexpr, HW_FP8: tl.const
 
 
 @triton.jit
+def tile_scores(q_a, q_b, kr, ksr, dt: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+                K_MODE: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, FP4_PTX: tl.constexpr):
+    """fp32 scores ``(ROWS, BLOCK_N)`` of a K tile as loaded by :func:`load_raw`: NVFP4 decoded as
+    even / odd halves against ``q_a`` / ``q_b`` (q's even / odd columns), other formats decoded to
+    ``dt`` against ``q_a`` (``q_b`` unused)."""
+    if K_MODE == 2:
+        k_lo, k_hi = nvfp4_decode(kr, ksr, dt, FP4_PTX, HW_FP8)
+        s = dot(q_a, tl.trans(k_lo), tl.zeros([ROWS, BLOCK_N], tl.float32), DOT_FP32)
+        s = dot(q_b, tl.trans(k_hi), s, DOT_FP32)
+    else:
+        k = decode_tile(kr, dt, K_MODE, HW_FP8)
+        s = dot(q_a, tl.trans(k), tl.zeros([ROWS, BLOCK_N], tl.float32), DOT_FP32)
+    return s
+
+
+@triton.jit
 def dot(a, b, acc, DOT_FP32: tl.constexpr):
     """``acc + a @ b``; under the Triton interpreter bf16 dots are computed wrongly, so tests upcast."""
     if DOT_FP32:
