@@ -39,6 +39,11 @@ def main():
                     help="decode: split lengths to sweep (default: the planner's)")
     ap.add_argument("--decode-shapes", nargs="+", default=["128x4096", "1x32768"],
                     help="decode: BATCHxCONTEXT points")
+    ap.add_argument("--fp4-mma", type=int, nargs="+", default=[0],
+                    help="decode, nvfp4: also sweep the one-warp kernel that decodes tiles into MMA operand "
+                    "registers (1); its --block-n values are taken, warps / stages / prefetch do not apply")
+    ap.add_argument("--max-splits", type=int, nargs="+", default=None,
+                    help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tolerance", type=float, default=3e-2,
@@ -109,10 +114,16 @@ def main():
                                        num_sms=sms)
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
             splits = a.min_split_tokens or [plan.min_split_tokens]
-            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, plan.max_splits, mst,
-                                                                 plan.hw_fp8, bool(pf))
-                                            for bn, nw, ns, pf, mst in itertools.product(a.block_n, a.warps, a.stages,
-                                                                                         a.prefetch, splits)])
+            max_splits = a.max_splits or [plan.max_splits]
+            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, msp, mst, plan.hw_fp8,
+                                                                 bool(pf))
+                                            for bn, nw, ns, pf, mst, msp in itertools.product(
+                                                a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits)
+                                            if 0 in a.fp4_mma or kv != "nvfp4"])
+            if kv == "nvfp4" and 1 in a.fp4_mma:
+                cands.update(dict.fromkeys(planner.DecodeConfig(plan.block_h, bn, 1, 1, msp, mst, plan.hw_fp8,
+                                                                False, fp4_mma=True)
+                                           for bn, mst, msp in itertools.product(a.block_n, splits, max_splits)))
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -136,7 +147,7 @@ def main():
                                  planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
-                      f"split={cfg.min_split_tokens} "
+                      f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")

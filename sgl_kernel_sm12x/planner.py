@@ -150,6 +150,7 @@ class DecodeConfig:
     min_split_tokens: int  # a request gets at most cdiv(len, this) splits
     hw_fp8: bool = False
     prefetch: bool = False  # the raw bytes of the next tile are loaded while this one is decoded
+    fp4_mma: bool = False   # nvfp4: the one-warp kernel that decodes tiles into MMA operand registers
 
     def as_dict(self):
         return asdict(self)

@@ -398,6 +398,61 @@ def test_gpu_extend_large(fmt, d):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("block_n", [16, 32])
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("page", planner.PAGE_SIZES)
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
+def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n):
+    """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
+    every head_dim x GQA x page size x q dtype, lengths that end inside a tile, span several tiles
+    and several splits, against the float reference over the dequantized cache."""
+    lens = [1, 15, 33, 97, 700, 2049]
+    hkv = 2
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", q_dtype, lens, page, hkv, d, "cuda")
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    plan = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", q_dtype=q_dtype, group=group,
+                               page_size=page, batch=len(lens), kv_heads=hkv, max_splits=4)
+    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=False, fp4_mma=True)
+    out = torch.full_like(q, float("nan")).cuda()
+    decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     max_splits=4, out=out, config=cfg)
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
+        assert_attn(out[i:i + 1], ref, f"request {i} (len {L})", atol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [4, 16])
+def test_gpu_decode_nvfp4_register_operands_cap_window_nan(group):
+    """Soft cap and sliding window in the one-warp NVFP4 split stage; a NaN in one request's K
+    stays in that request."""
+    d, hkv = 128, 2
+    lens = [300, 1000]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, 16, hkv, d, "cuda")
+    q = torch.randn(len(lens), hkv * group, d).to(torch.bfloat16)
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    plan = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", group=group, page_size=16,
+                               batch=len(lens), kv_heads=hkv, max_splits=4)
+    cfg = dataclasses.replace(plan, block_n=32, num_warps=1, num_stages=1, prefetch=False, fp4_mma=True)
+    kw = dict(kv_dtype="nvfp4", page_size=16, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+              v_scale=pool.v_scale, max_splits=4, config=cfg)
+    out = decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, logit_cap=5.0, window_left=200, **kw)
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v, logit_cap=5.0, window_left=200)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, torch.bfloat16, logit_cap=5.0, window_left=200))
+        assert_attn(out[i:i + 1], ref, f"request {i} (len {L})", atol=tol)
+    pool.ks[tok[0][7]] = 0x7F        # UE4M3 NaN scale: request 0's K row 7 becomes NaN
+    out = decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, **kw)
+    assert out[0].isnan().all() and out[1].isfinite().all()
+
+
+@pytest.mark.gpu
 def test_gpu_decode_cuda_graph_replay():
     """Captured once at the largest batch; replays with new lengths give the reference answer."""
     d, hkv, group, B = 128, 8, 4, 8

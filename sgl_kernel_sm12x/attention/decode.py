@@ -281,21 +281,25 @@ def decode_attention(
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
     qk_scale = sm * k_scale * LOG2E
-    decode_split_kernel[(batch, hkv, cfg.max_splits)](
-        q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
-        k_cache_ptr=kc, v_cache_ptr=vc,
-        stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
-        k_scale_ptr=ks, v_scale_ptr=vs,
-        stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
-        kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
-        part_o_ptr=part_o, part_lse_ptr=part_lse,
-        qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
-        group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
-        BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
-        K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
-        HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    if cfg.fp4_mma and (k_mode, v_mode) == (2, 2) and not _INTERPRET:
+        _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
+                        logit_cap, window_left, hq // hkv, page_size)
+    else:
+        decode_split_kernel[(batch, hkv, cfg.max_splits)](
+          q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
+          k_cache_ptr=kc, v_cache_ptr=vc,
+          stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+          k_scale_ptr=ks, v_scale_ptr=vs,
+          stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+          kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
+          part_o_ptr=part_o, part_lse_ptr=part_lse,
+          qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
+          group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
+          BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
+          K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+          HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+          DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+      )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
         part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
@@ -303,6 +307,23 @@ def decode_attention(
         HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
     )
     return out
+
+
+def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
+                    logit_cap, window_left, group, page_size):
+    """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program)."""
+    from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
+    batch, _, d = q.shape
+    kwl, vwl = word_layouts(d, cfg.block_n)
+    decode_split_nvfp4_kernel[(batch, kc.shape[1], cfg.max_splits)](
+        q, q.stride(0), q.stride(1),
+        kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
+        ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
+        kv_indptr, kv_indices, seq_lens, part_o, part_lse,
+        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits,
+        HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
+        MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
+        KWL=kwl, VWL=vwl, num_warps=1)
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):

@@ -1,0 +1,347 @@
+"""NVFP4 decode split stage with the dequantized K/V tiles built directly in MMA operand registers.
+
+The Triton split stage (:mod:`.decode`) dequantizes an NVFP4 tile in a load-friendly register layout
+and lets the compiler move it into the ``mma.sync`` operand layout, which goes through shared
+memory (store, barrier, ``ldmatrix``) for every K and V tile. This kernel is written in Gluon,
+Triton's explicit-layout dialect, so that each thread loads exactly the packed words whose codes
+its MMA fragments hold, decodes them in registers and feeds the tensor cores without a shared
+memory round trip.
+
+The trick that makes that possible: the order of the head_dim elements inside a dot product does
+not matter. The kernel works in a permuted head_dim ``j -> perm(j)`` chosen so that a thread's
+fragment elements are the codes of the 32-bit words it loads (16 contiguous bytes of one token for
+K, two words of four tokens for V); q is gathered through the same permutation once per program
+and the output is scattered back through it when the split is stored.
+
+One program is one warp: one request, one KV head, one split of the tokens, all ``group`` query
+heads. Per tile of ``BLOCK_N`` tokens::
+
+    S    (16 x BLOCK_N)  = Q'(16 x D) . K'^T(D x BLOCK_N)        K'^T decoded into B fragments
+    P^T  (BLOCK_N x NH)  = softmax rows of S, transposed in place (the C fragment of S is the B
+                           fragment of P^T: same registers)
+    O^T  (D x NH)       += V'^T(D x BLOCK_N) . P^T                V'^T decoded into A fragments
+
+``NH`` is 8 (GQA up to 8; the padded rows 8..15 of S are dropped) or 16. The results go to the same
+``(part_o, part_lse)`` buffers as the Triton split stage, reduced by the same kernel.
+
+Needs Gluon (Triton >= 3.6) and a device with the fp8 conversion (sm_89+) for the UE4M3 scales.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+import triton.experimental.gluon.language as gl
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8]))
+
+# One 32-bit word (8 codes, little-endian nibbles) times an fp16 block scale -> 8 fp16 values,
+# 2^-14 times the true value (the e2m1 bit pattern placed as fp16, see kv_tile.FP4_PTX_UNIT).
+# Output pair (2i, 2i + 1) is the b32 lane pair built from the nibbles at bits (4i, 4i + 16): the
+# codes of elements (i, i + 4) of the word.
+_WORD_ASM = gl.constexpr("""
+{
+.reg .b32 a, b, x, y, s2;
+mov.b32 s2, {$9, $9};
+and.b32 a, $8, 0x00080008;
+shl.b32 a, a, 12;
+and.b32 b, $8, 0x00070007;
+shl.b32 b, b, 9;
+or.b32 x, a, b;
+mul.rn.f16x2 x, x, s2;
+mov.b32 {$0, $1}, x;
+and.b32 a, $8, 0x00800080;
+shl.b32 a, a, 8;
+and.b32 b, $8, 0x00700070;
+shl.b32 b, b, 5;
+or.b32 x, a, b;
+mul.rn.f16x2 x, x, s2;
+mov.b32 {$2, $3}, x;
+and.b32 a, $8, 0x08000800;
+shl.b32 a, a, 4;
+and.b32 b, $8, 0x07000700;
+shl.b32 b, b, 1;
+or.b32 x, a, b;
+mul.rn.f16x2 x, x, s2;
+mov.b32 {$4, $5}, x;
+and.b32 a, $8, 0x80008000;
+shr.b32 b, $8, 3;
+and.b32 b, b, 0x0E000E00;
+or.b32 x, a, b;
+mul.rn.f16x2 x, x, s2;
+mov.b32 {$6, $7}, x;
+}
+""")
+
+# Two words of the same head_dim range, of an even and an odd token, with their fp16 block scales
+# -> 16 fp16 values: output (2q, 2q + 1) = element q of the word for the (even, odd) token, as one
+# b32 lane pair (the A fragment of V'^T pairs consecutive tokens).
+_PAIR_ASM_BODY = """and.b32 a, {t}, 0x{sm:08X};
+{sh_a}
+and.b32 b, {t}, 0x{mm:08X};
+{sh_b}
+or.b32 x, a, b;
+mul.rn.f16x2 x, x, s2;
+mov.b32 {{${o0}, ${o1}}}, x;
+"""
+
+
+def _shift(reg, n):
+    if n > 0:
+        return f"shl.b32 {reg}, {reg}, {n};"
+    if n < 0:
+        return f"shr.b32 {reg}, {reg}, {-n};"
+    return ""
+
+
+def _pair_asm() -> str:
+    lines = [".reg .b32 a, b, x, s2, ta, tb;",
+             "mov.b32 s2, {$18, $19};",
+             "prmt.b32 ta, $16, $17, 0x5410;",     # bytes 0,1 of even | bytes 0,1 of odd
+             "prmt.b32 tb, $16, $17, 0x7632;"]     # bytes 2,3 of even | bytes 2,3 of odd
+    q = 0
+    for t in ("ta", "tb"):
+        for i in range(4):      # nibble at bit 4i of each 16-bit lane -> fp16 bits 9..11, sign 15
+            p = 4 * i
+            sm = (0x8 << p) | (0x8 << (p + 16))
+            mm = (0x7 << p) | (0x7 << (p + 16))
+            lines.append(_PAIR_ASM_BODY.format(t=t, sm=sm, mm=mm, sh_a=_shift("a", 12 - p), sh_b=_shift("b", 9 - p),
+                                               o0=2 * q, o1=2 * q + 1))
+            q += 1
+    return "{\n" + "\n".join(lines) + "\n}\n"
+
+
+_PAIR_ASM = gl.constexpr(_pair_asm())
+
+
+@gluon.jit
+def _decode_words(w, s):
+    """int32 words -> the 8 fp16 outputs of _WORD_ASM joined as trailing dims (k0, k1, k2): output
+    k = k0 + 2 k1 + 4 k2 is element ``(k >> 1) + 4 (k & 1)`` of the word."""
+    f = gl.inline_asm_elementwise(_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,h", [w, s],
+                                  dtype=(gl.float16,) * 8, is_pure=True, pack=1)
+    x0 = gl.join(gl.join(f[0], f[1]), gl.join(f[2], f[3]))
+    x1 = gl.join(gl.join(f[4], f[5]), gl.join(f[6], f[7]))
+    return gl.join(x0, x1)
+
+
+@gluon.jit
+def _decode_pairs(we, wo, se, so):
+    """Words of even / odd tokens -> 16 fp16 outputs joined as trailing dims (tp, q0, q1, q2):
+    token parity tp, element q = q0 + 2 q1 + 4 q2 of the word."""
+    f = gl.inline_asm_elementwise(_PAIR_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,=h,r,r,h,h",
+                                  [we, wo, se, so], dtype=(gl.float16,) * 16, is_pure=True, pack=1)
+    y0 = gl.join(gl.join(gl.join(f[0], f[1]), gl.join(f[2], f[3])),
+                 gl.join(gl.join(f[4], f[5]), gl.join(f[6], f[7])))
+    y1 = gl.join(gl.join(gl.join(f[8], f[9]), gl.join(f[10], f[11])),
+                 gl.join(gl.join(f[12], f[13]), gl.join(f[14], f[15])))
+    return gl.join(y0, y1)
+
+
+@gluon.jit
+def perm_k(j, R: gl.constexpr):
+    """Physical head_dim element of row ``j`` of K'^T (and column ``j`` of Q'): j = r * 32 + k2 * 16
+    + k1 * 8 + c * 2 + k0, word ``c * R + r``, output ``k0 + 2 k1 + 4 k2`` of _WORD_ASM."""
+    k0 = j & 1
+    c = (j >> 1) & 3
+    k1 = (j >> 3) & 1
+    k2 = (j >> 4) & 1
+    r = j >> 5
+    return 8 * (c * R + r) + (k1 + 2 * k2) + 4 * k0
+
+
+@gluon.jit
+def perm_v(m, RV: gl.constexpr):
+    """Physical head_dim element of row ``m`` of V'^T (and O^T): m = (rv * 8 + q) * 8 + g, word
+    ``g * RV + rv``, element ``q`` of it."""
+    g = m & 7
+    q = (m >> 3) & 7
+    rv = m >> 6
+    return 8 * (g * RV + rv) + q
+
+
+@gluon.jit
+def _slots(kv_indices_ptr, base, pos, mask, PAGE: gl.constexpr):
+    if PAGE > 1:
+        page = gl.load(kv_indices_ptr + base + pos // PAGE, mask=mask, other=0).to(gl.int64)
+        return page * PAGE + (pos % PAGE)
+    return gl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(gl.int64)
+
+
+@gluon.jit
+def _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss,
+            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, KWL: gl.constexpr):
+    """K tile as words ``(NW, BLOCK_N)`` and per-word fp16 scales, in layout KWL."""
+    NW: gl.constexpr = HEAD_DIM // 8
+    t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KWL))
+    w = gl.arange(0, NW, layout=gl.SliceLayout(1, KWL))
+    pos = n0 + t
+    mask = pos < hi_tok
+    slot = _slots(kv_indices_ptr, base, pos, mask, PAGE)
+    row = (kc + slot * stride_s).to(gl.pointer_type(gl.int32))
+    m2 = gl.expand_dims(mask, 0)
+    words = gl.load(gl.expand_dims(row, 0) + gl.expand_dims(w, 1), mask=m2, other=0)
+    sc = gl.load(gl.expand_dims(ksc + slot * stride_ss, 0) + gl.expand_dims(w // 2, 1), mask=m2, other=0)
+    return words, sc, mask
+
+
+@gluon.jit
+def _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
+            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, VWL: gl.constexpr):
+    """Words ``(NW, BLOCK_N // 2)`` of the even (PARITY 0) or odd tokens of a V tile, with scales."""
+    NW: gl.constexpr = HEAD_DIM // 8
+    u = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VWL))
+    w = gl.arange(0, NW, layout=gl.SliceLayout(1, VWL))
+    pos = n0 + 2 * u + PARITY
+    mask = pos < hi_tok
+    slot = _slots(kv_indices_ptr, base, pos, mask, PAGE)
+    row = (vc + slot * stride_s).to(gl.pointer_type(gl.int32))
+    m2 = gl.expand_dims(mask, 0)
+    words = gl.load(gl.expand_dims(row, 0) + gl.expand_dims(w, 1), mask=m2, other=0)
+    sc = gl.load(gl.expand_dims(vsc + slot * stride_ss, 0) + gl.expand_dims(w // 2, 1), mask=m2, other=0)
+    return words, sc
+
+
+@gluon.jit
+def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr):
+    """Decoded K'^T ``(HEAD_DIM, BLOCK_N)`` in the B-operand layout (see :func:`perm_k`)."""
+    R: gl.constexpr = HEAD_DIM // 32
+    x = _decode_words(words, sc.to(gl.float8e4nv, bitcast=True).to(gl.float16))  # [NW, BN, k0, k1, k2]
+    x = gl.reshape(x, [4, R, BLOCK_N, 2, 2, 2])                                   # [c, r, t, k0, k1, k2]
+    x = gl.permute(x, [1, 5, 4, 0, 3, 2])                                         # [r, k2, k1, c, k0, t]
+    x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
+    return gl.convert_layout(x, KB)
+
+
+@gluon.jit
+def _vt_operand(we, se, wo, so, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, VA: gl.constexpr):
+    """Decoded V'^T ``(HEAD_DIM, BLOCK_N)`` in the A-operand layout (see :func:`perm_v`)."""
+    RV: gl.constexpr = HEAD_DIM // 64
+    y = _decode_pairs(we, wo, se.to(gl.float8e4nv, bitcast=True).to(gl.float16),
+                      so.to(gl.float8e4nv, bitcast=True).to(gl.float16))        # [NW, U, tp, q0, q1, q2]
+    y = gl.reshape(y, [8, RV, BLOCK_N // 2, 2, 2, 2, 2])                          # [g, rv, u, tp, q0, q1, q2]
+    y = gl.permute(y, [1, 6, 5, 4, 0, 2, 3])                                      # [rv, q2, q1, q0, g, u, tp]
+    y = gl.reshape(y, [HEAD_DIM, BLOCK_N])
+    return gl.convert_layout(y, VA)
+
+
+@gluon.jit
+def decode_split_nvfp4_kernel(
+    q_ptr, stride_q_b, stride_q_h,
+    k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
+    kv_indptr_ptr, kv_indices_ptr, seq_lens_ptr,
+    part_o_ptr, part_lse_ptr,
+    qk_scale, logit_cap, window_left, group, max_splits,
+    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NH: gl.constexpr, PAGE: gl.constexpr,
+    MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
+    KWL: gl.constexpr, VWL: gl.constexpr,
+):
+    KB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    QA: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    VA: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    PB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    R: gl.constexpr = HEAD_DIM // 32
+    RV: gl.constexpr = HEAD_DIM // 64
+
+    b = gl.program_id(0)
+    kvh = gl.program_id(1)
+    sid = gl.program_id(2)
+    n_kvh = gl.num_programs(1)
+    seq_len = gl.load(seq_lens_ptr + b)
+    base = gl.load(kv_indptr_ptr + b)
+    start = 0
+    if HAS_WINDOW:
+        start = gl.maximum(seq_len - 1 - window_left, 0)
+    n_tok = seq_len - start
+    n_splits = gl.minimum(gl.cdiv(n_tok, MIN_SPLIT_TOKENS), max_splits)
+    per_split = gl.cdiv(gl.cdiv(n_tok, gl.maximum(n_splits, 1)), BLOCK_N) * BLOCK_N
+    lo_tok = start + sid * per_split
+    hi_tok = gl.minimum(lo_tok + per_split, seq_len)
+
+    # the softmax state is kept per head in the column layout of O^T (NH heads)
+    OL: gl.constexpr = gl.SliceLayout(0, MMA)
+    offs_h_o = gl.arange(0, NH, layout=OL)
+    out_row_o = (b * n_kvh * group + kvh * group + offs_h_o) * max_splits + sid
+    if lo_tok >= hi_tok:
+        gl.store(part_lse_ptr + out_row_o, gl.full([NH], float("-inf"), gl.float32, OL), mask=offs_h_o < group)
+        return
+
+    # Q' (16 x D): q's head_dim gathered through perm_k, fp16 (clamped), rows >= group zero
+    qh = gl.arange(0, 16, layout=gl.SliceLayout(1, QA))
+    qj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, QA))
+    q_rows = q_ptr + b * stride_q_b + (kvh * group + qh) * stride_q_h
+    qv = gl.load(gl.expand_dims(q_rows, 1) + gl.expand_dims(perm_k(qj, R), 0),
+                 mask=gl.expand_dims(qh < group, 1), other=0.0)
+    qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+
+    kc = k_cache_ptr + kvh * stride_kc_h
+    vc = v_cache_ptr + kvh * stride_vc_h
+    ksc = k_scale_ptr + kvh * stride_ks_h
+    vsc = v_scale_ptr + kvh * stride_vs_h
+
+    m_i = gl.full([NH], float("-inf"), gl.float32, OL)
+    l_i = gl.zeros([NH], gl.float32, OL)
+    acc = gl.zeros([HEAD_DIM, NH], gl.float32, MMA)
+
+    for n0 in range(lo_tok, hi_tok, BLOCK_N):
+        kw, ks, _ = _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s,
+                            HEAD_DIM, BLOCK_N, PAGE, KWL)
+        we, se = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 0,
+                         HEAD_DIM, BLOCK_N, PAGE, VWL)
+        wo, so = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 1,
+                         HEAD_DIM, BLOCK_N, PAGE, VWL)
+        kt = _kt_operand(kw, ks, HEAD_DIM, BLOCK_N, KB)
+        s = mma_v2(qv, kt, gl.zeros([16, BLOCK_N], gl.float32, MMA))
+        if NH == 8:   # rows 8..15 of S are padding: keep rows 0..7 (row bit 3 is a register bit)
+            s, _pad = gl.split(gl.permute(gl.reshape(s, [2, 8, BLOCK_N]), [1, 2, 0]))
+        s = s * qk_scale
+        pos = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s.type.layout))
+        if HAS_CAP:
+            t = gl.exp2((2.0 / logit_cap) * gl.abs(s))
+            th = 1.0 - 2.0 / (t + 1.0)
+            s = gl.where(s < 0, -logit_cap * th, logit_cap * th) * 1.4426950408889634
+        s = gl.where(gl.expand_dims(pos < hi_tok, 0), s, float("-inf"))
+        m_cur = gl.convert_layout(m_i, gl.SliceLayout(1, s.type.layout))
+        m_new = gl.maximum(m_cur, gl.max(s, 1))
+        m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+        p = gl.exp2(s - gl.expand_dims(m_use, 1))
+        alpha = gl.convert_layout(gl.exp2(m_cur - m_use), OL)
+        l_i = l_i * alpha + gl.convert_layout(gl.sum(p, 1), OL)
+        m_i = gl.convert_layout(m_new, OL)
+        pt = gl.convert_layout(gl.permute(p.to(gl.float16), [1, 0]), PB)
+        vt = _vt_operand(we, se, wo, so, HEAD_DIM, BLOCK_N, VA)
+        acc = mma_v2(vt, pt, acc * gl.expand_dims(alpha, 0))
+
+    l_o = l_i
+    m_o = m_i
+    o = acc / gl.expand_dims(l_o, 0)
+    om = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
+    o_ptrs = part_o_ptr + gl.expand_dims(out_row_o, 0) * HEAD_DIM + gl.expand_dims(perm_v(om, RV), 1)
+    h_ok = offs_h_o < group
+    gl.store(o_ptrs, o, mask=gl.expand_dims(h_ok, 0))
+    gl.store(part_lse_ptr + out_row_o, m_o + gl.log2(l_o), mask=h_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------------
+
+def _bits(n: int) -> int:
+    return n.bit_length() - 1
+
+
+def word_layouts(head_dim: int, block_n: int):
+    """Register layouts of the loaded K words ``(NW, BLOCK_N)`` and V words ``(NW, BLOCK_N // 2)``
+    (one warp): lane ``4 g + c`` holds, for K, words ``c * R .. c * R + R - 1`` (contiguous) of
+    tokens ``g + 8 i``; for V, words ``g * RV ..`` of token pairs ``c + 4 i``."""
+    nw = head_dim // 8
+    r, rv = head_dim // 32, head_dim // 64
+    kwl = gl.DistributedLinearLayout(
+        reg_bases=[[1 << i, 0] for i in range(_bits(r))] + [[0, 8 << i] for i in range(_bits(block_n // 8))],
+        lane_bases=[[r, 0], [2 * r, 0], [0, 1], [0, 2], [0, 4]],
+        warp_bases=[], block_bases=[], shape=[nw, block_n])
+    vwl = gl.DistributedLinearLayout(
+        reg_bases=[[1 << i, 0] for i in range(_bits(rv))] + [[0, 4 << i] for i in range(_bits(block_n // 8))],
+        lane_bases=[[0, 1], [0, 2], [rv, 0], [2 * rv, 0], [4 * rv, 0]],
+        warp_bases=[], block_bases=[], shape=[nw, block_n // 2])
+    return kwl, vwl
