@@ -41,7 +41,7 @@ def main():
                     help="decode: BATCHxCONTEXT points")
     ap.add_argument("--fp4-mma", type=int, nargs="+", default=[0],
                     help="decode, nvfp4: also sweep the one-warp kernel that decodes tiles into MMA operand "
-                    "registers (1); its --block-n values are taken, warps / stages / prefetch do not apply")
+                    "registers (1); its --block-n, --prefetch and split values are taken, warps / stages do not apply")
     ap.add_argument("--max-splits", type=int, nargs="+", default=None,
                     help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
@@ -120,10 +120,14 @@ def main():
                                             for bn, nw, ns, pf, mst, msp in itertools.product(
                                                 a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits)
                                             if 0 in a.fp4_mma or kv != "nvfp4"])
+            if kv == "nvfp4":       # the Triton split stage as planned where the register-operand kernel is not
+                cands[planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
+                                          num_sms=sms, fp4_mma=False)] = None
             if kv == "nvfp4" and 1 in a.fp4_mma:
                 cands.update(dict.fromkeys(planner.DecodeConfig(plan.block_h, bn, 1, 1, msp, mst, plan.hw_fp8,
-                                                                False, fp4_mma=True)
-                                           for bn, mst, msp in itertools.product(a.block_n, splits, max_splits)))
+                                                                bool(pf), fp4_mma=True)
+                                           for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
+                                                                                     a.prefetch)))
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages

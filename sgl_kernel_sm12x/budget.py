@@ -24,6 +24,7 @@ KERNELS = {
     "kv_append": ("sgl_kernel_sm12x.kv_append", "kv_append_kernel"),
     "decode": ("sgl_kernel_sm12x.attention.decode", "decode_split_kernel"),
     "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
+    "decode_nvfp4": ("sgl_kernel_sm12x.attention.decode_nvfp4", "decode_split_nvfp4_kernel"),
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
@@ -114,6 +115,8 @@ def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: 
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
              for n, t in full.items() if t != "constexpr" and (t.startswith("*") or t in ("i32", "i64"))}
     limit = planner.arch_limits(arch).smem_per_block
+    if type(fn).__name__.startswith("Gluon"):     # explicit-layout kernels (triton.experimental.gluon)
+        from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     try:
         k = triton.compile(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs),
                            target=GPUTarget("cuda", arch, 32), options=dict(opts))

@@ -8,6 +8,8 @@ budget checker compiles is exactly the planner's image (tests assert that).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
@@ -195,8 +197,12 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
 
 def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
                 page_size: int = 1, batch: int = 1, kv_heads: int = 8, max_splits: int | None = None,
-                num_sms: int | None = None) -> DecodeConfig:
+                num_sms: int | None = None, fp4_mma: bool = True) -> DecodeConfig:
+    """Split-stage configuration of one decode call (``fp4_mma`` False: never the register-operand
+    NVFP4 kernel, for launchers that cannot run it)."""
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
+    if fp4_mma and kv_dtype == "nvfp4" and lim.cc >= 89 and not (head_dim == 256 and group > 8):
+        return _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms)
     block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype)
     if max_splits is None:
         # enough programs for about two waves of the device's multiprocessors
@@ -208,6 +214,33 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
+
+
+def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms) -> DecodeConfig:
+    """NVFP4 pools on sm_89+ (the UE4M3 scales use the hardware fp8 conversion): the one-warp
+    kernel that decodes each K/V tile straight into ``mma.sync`` operand registers
+    (:mod:`sgl_kernel_sm12x.attention.decode_nvfp4`), 32-token tiles (16 at head_dim 256, where 32
+    reach 255 registers), the raw words of the next tile prefetched into registers, and about 8
+    programs per multiprocessor. H100 sweep (32/8 heads, D128,
+    ``...-tune-decode-fp4-mma.json``), against the Triton kernel as planned before in the same run:
+    128 x 4k 273-279 us (595), 64 x 8k 266 (592), 16 x 4k 43 (84), 1 x 32k 28 (45), 1 x 1k 8.7
+    (11.3) -- 2.2-2.3 TB/s of the bytes read at large batch. Not at head_dim 256 with more than
+    8 query heads a KV head: 16 x 256 fp32 accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
+    sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
+    if max_splits is None:      # the power of two nearest (log scale) to 8 programs per multiprocessor
+        want = 8 * sms / max(1, batch * kv_heads)
+        max_splits = 1 << max(0, min(MAX_SPLITS_CAP.bit_length() - 1, round(math.log2(want)) if want > 1 else 0))
+    if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
+        raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
+    return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=16 if head_dim == 256 else 32,
+                        num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
+                        prefetch=True, fp4_mma=True)
+
+
+def decode_max_splits(arch: int, *, max_batch: int, **kw) -> int:
+    """The largest ``batch * max_splits`` :func:`plan_decode` asks for at any batch up to
+    ``max_batch`` (CUDA-graph workspaces are sized once for every captured batch size)."""
+    return max(b * plan_decode(arch, batch=b, **kw).max_splits for b in range(1, max_batch + 1))
 
 
 def _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size) -> ArchLimits:

@@ -220,7 +220,7 @@ def test_decode_register_prefetch_on_and_off(fmt, prefetch, page, device):
     pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device)
     q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
     seq = torch.tensor(lens, dtype=torch.int32, device=device)
-    plan = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, page_size=page,
+    plan = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, page_size=page, fp4_mma=False,
                                batch=len(lens), kv_heads=hkv, max_splits=4)
     cfg = dataclasses.replace(plan, block_n=32, prefetch=prefetch)
     out = torch.full_like(q, float("nan")).to(device)
@@ -239,7 +239,7 @@ def test_decode_prefetch_is_planned_for_nvfp4_values_only():
     formats); for bf16 / fp8 the pipeliner does better (H100 sweep): the planner says so per format."""
     for kv in planner.KV_DTYPES:
         q_dtype = kv if kv in ("bf16", "fp16") else "bf16"
-        cfg = planner.plan_decode(120, head_dim=128, kv_dtype=kv, q_dtype=q_dtype, group=4)
+        cfg = planner.plan_decode(120, head_dim=128, kv_dtype=kv, q_dtype=q_dtype, group=4, fp4_mma=False)
         assert cfg.prefetch == (kv in planner.FP4_V), kv
 
 
@@ -398,15 +398,19 @@ def test_gpu_extend_large(fmt, d):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_n", [16, 32])
+@pytest.mark.parametrize("block_n,prefetch,off32", [(16, False, True), (32, True, True), (16, True, False)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
-def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n):
+def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, monkeypatch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
-    every head_dim x GQA x page size x q dtype, lengths that end inside a tile, span several tiles
-    and several splits, against the float reference over the dequantized cache."""
+    every head_dim x GQA x page size x q dtype, both token tiles, with and without the register
+    prefetch, 32- and 64-bit row offsets, lengths that end inside a tile, span several tiles and
+    several splits, against the float reference over the dequantized cache."""
+    from sgl_kernel_sm12x.attention import decode
+    if not off32:
+        monkeypatch.setattr(decode, "_OFF32_LIMIT", 0)
     lens = [1, 15, 33, 97, 700, 2049]
     hkv = 2
     pool, indptr, indices, tok, _ = _fill_pool("nvfp4", q_dtype, lens, page, hkv, d, "cuda")
@@ -414,7 +418,7 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n):
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     plan = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", q_dtype=q_dtype, group=group,
                                page_size=page, batch=len(lens), kv_heads=hkv, max_splits=4)
-    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=False, fp4_mma=True)
+    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=prefetch, fp4_mma=True)
     out = torch.full_like(q, float("nan")).cuda()
     decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,

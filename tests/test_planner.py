@@ -72,13 +72,21 @@ def test_decode_split_planning():
 
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
 def test_attention_budget_cases_cover_planner(arch):
-    from sgl_kernel_sm12x.attention import decode, extend
+    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend
     dec = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_h"], lab["block_n"],
             lab["num_warps"], lab["num_stages"]) for lab, *_ in decode.aot_cases(arch)}
+    mma = {(lab["head_dim"], lab["q_dtype"], lab["page_size"], lab["heads_n"], lab["block_n"])
+           for lab, *_ in decode_nvfp4.aot_cases(arch)}
     for inp in planner.decode_domain():
-        c = planner.plan_decode(arch, **inp)
+        c = planner.plan_decode(arch, **inp, fp4_mma=False)      # the Triton split stage (and fallback)
         assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_h, c.block_n,
                 c.num_warps, c.num_stages) in dec
+        for batch in (1, 3, 64, 1024):
+            c = planner.plan_decode(arch, **inp, batch=batch)
+            if c.fp4_mma:
+                assert (inp["head_dim"], inp["q_dtype"], inp["page_size"], 8 if inp["group"] <= 8 else 16,
+                        c.block_n) in mma
+    assert bool(mma) == (planner.arch_limits(arch).cc >= 89)
     red = {(lab["head_dim"], lab["max_splits"]) for lab, *_ in decode.aot_cases_reduce(arch)}
     for inp in planner.decode_domain():
         for batch in (1, 3, 64, 1024):

@@ -258,6 +258,14 @@ def decode_attention(
                                  page_size=page_size, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
                                  max_splits=max_splits, arch=arch)
     cfg = config or cfg
+    if cfg.fp4_mma and not fp4_mma_available():
+        # the interpreter, or a Triton without Gluon: the Triton split stage, same split count
+        fallback = planner.plan_decode(arch or (planner.current_arch(q.device) if q.device.type == "cuda" else 120),
+                                       head_dim=q.shape[2], kv_dtype=kv_dtype,
+                                       q_dtype=_ACT.get(q.dtype, "bf16"), group=q.shape[1] // k_cache.shape[1],
+                                       page_size=page_size, batch=q.shape[0], kv_heads=k_cache.shape[1],
+                                       max_splits=cfg.max_splits, fp4_mma=False)
+        cfg = fallback
     batch, hq, d = q.shape
     hkv = meta["kv_heads"]
     if out is None:
@@ -281,7 +289,7 @@ def decode_attention(
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
     qk_scale = sm * k_scale * LOG2E
-    if cfg.fp4_mma and (k_mode, v_mode) == (2, 2) and not _INTERPRET:
+    if cfg.fp4_mma and (k_mode, v_mode) == (2, 2):
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                         logit_cap, window_left, hq // hkv, page_size)
     else:
@@ -309,12 +317,31 @@ def decode_attention(
     return out
 
 
+def fp4_mma_available() -> bool:
+    """Whether the register-operand NVFP4 split stage can run here: a CUDA device (not the
+    interpreter) and a Triton with Gluon."""
+    global _FP4_MMA
+    if _FP4_MMA is None:
+        try:
+            from . import decode_nvfp4  # noqa: F401
+            _FP4_MMA = not _INTERPRET
+        except ImportError:
+            _FP4_MMA = False
+    return _FP4_MMA
+
+
+_FP4_MMA = None
+_OFF32_LIMIT = 2 ** 31
+
+
 def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                     logit_cap, window_left, group, page_size):
     """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program)."""
     from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
     batch, _, d = q.shape
-    kwl, vwl = word_layouts(d, cfg.block_n)
+    kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
+    # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
+    off32 = all(t.shape[0] * t.stride(0) < _OFF32_LIMIT for t in (kc, vc, ks, vs))
     decode_split_nvfp4_kernel[(batch, kc.shape[1], cfg.max_splits)](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
@@ -323,7 +350,7 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits,
         HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
-        KWL=kwl, VWL=vwl, num_warps=1)
+        KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, num_warps=1)
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
@@ -391,10 +418,11 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
 
 
 def aot_cases(arch: int):
-    """Every configuration the decode planner can choose on ``arch`` (for ``sm12x budget``)."""
+    """Every configuration of this split stage the decode planner can choose on ``arch`` (for
+    ``sm12x budget``), including those it runs where the register-operand NVFP4 kernel cannot."""
     seen = set()
     for inp in planner.decode_domain():
-        cfg = planner.plan_decode(arch, **inp)
+        cfg = planner.plan_decode(arch, **inp, fp4_mma=False)
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]

@@ -160,52 +160,85 @@ def perm_v(m, RV: gl.constexpr):
 
 
 @gluon.jit
-def _slots(kv_indices_ptr, base, pos, mask, PAGE: gl.constexpr):
+def _row_offsets(kv_indices_ptr, base, pos, stride_s, stride_ss, PAGE: gl.constexpr, OFF32: gl.constexpr):
+    """Byte offsets of the data and scale rows of logical positions ``pos`` (all inside the
+    request: the caller clamps). OFF32: the pool fits in 2^31 bytes, offsets in 32-bit arithmetic."""
     if PAGE > 1:
-        page = gl.load(kv_indices_ptr + base + pos // PAGE, mask=mask, other=0).to(gl.int64)
-        return page * PAGE + (pos % PAGE)
-    return gl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(gl.int64)
+        slot = gl.load(kv_indices_ptr + base + pos // PAGE)
+        slot = slot * PAGE + (pos % PAGE)
+    else:
+        slot = gl.load(kv_indices_ptr + base + pos)
+    if OFF32:
+        slot = slot.to(gl.uint32)
+    else:
+        slot = slot.to(gl.int64)
+    return slot * stride_s, slot * stride_ss
 
 
 @gluon.jit
-def _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss,
-            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, KWL: gl.constexpr):
-    """K tile as words ``(NW, BLOCK_N)`` and per-word fp16 scales, in layout KWL."""
+def _f16_scales(x):
+    return x.to(gl.float8e4nv, bitcast=True).to(gl.float16)
+
+
+@gluon.jit
+def _per_word(sb, NW: gl.constexpr, N: gl.constexpr):
+    """Block scales ``(NW // 2, N)`` -> per-word ``(NW, N)`` (word w in block w // 2), registers only."""
+    x = gl.permute(gl.join(sb, sb), [0, 2, 1])
+    return gl.reshape(x, [NW, N])
+
+
+@gluon.jit
+def _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss, HEAD_DIM: gl.constexpr,
+            BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr, KWL: gl.constexpr,
+            KSL: gl.constexpr):
+    """K tile as stored: words ``(NW, BLOCK_N)`` in layout KWL and fp16 block scales ``(NB,
+    BLOCK_N)`` in layout KSL (each thread's words lie in its blocks). Positions past ``hi_tok``
+    read the last token again (their scores are masked)."""
     NW: gl.constexpr = HEAD_DIM // 8
+    NB: gl.constexpr = HEAD_DIM // 16
     t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KWL))
     w = gl.arange(0, NW, layout=gl.SliceLayout(1, KWL))
-    pos = n0 + t
-    mask = pos < hi_tok
-    slot = _slots(kv_indices_ptr, base, pos, mask, PAGE)
-    row = (kc + slot * stride_s).to(gl.pointer_type(gl.int32))
-    m2 = gl.expand_dims(mask, 0)
-    words = gl.load(gl.expand_dims(row, 0) + gl.expand_dims(w, 1), mask=m2, other=0)
-    sc = gl.load(gl.expand_dims(ksc + slot * stride_ss, 0) + gl.expand_dims(w // 2, 1), mask=m2, other=0)
-    return words, sc, mask
-
-
-@gluon.jit
-def _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
-            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, VWL: gl.constexpr):
-    """Words ``(NW, BLOCK_N // 2)`` of the even (PARITY 0) or odd tokens of a V tile, with scales."""
-    NW: gl.constexpr = HEAD_DIM // 8
-    u = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VWL))
-    w = gl.arange(0, NW, layout=gl.SliceLayout(1, VWL))
-    pos = n0 + 2 * u + PARITY
-    mask = pos < hi_tok
-    slot = _slots(kv_indices_ptr, base, pos, mask, PAGE)
-    row = (vc + slot * stride_s).to(gl.pointer_type(gl.int32))
-    m2 = gl.expand_dims(mask, 0)
-    words = gl.load(gl.expand_dims(row, 0) + gl.expand_dims(w, 1), mask=m2, other=0)
-    sc = gl.load(gl.expand_dims(vsc + slot * stride_ss, 0) + gl.expand_dims(w // 2, 1), mask=m2, other=0)
+    off, soff = _row_offsets(kv_indices_ptr, base, gl.minimum(n0 + t, hi_tok - 1), stride_s, stride_ss, PAGE, OFF32)
+    words = gl.load((kc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
+    ts = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KSL))
+    blk = gl.arange(0, NB, layout=gl.SliceLayout(1, KSL))
+    _o, soff = _row_offsets(kv_indices_ptr, base, gl.minimum(n0 + ts, hi_tok - 1), stride_s, stride_ss, PAGE, OFF32)
+    sc = gl.load(ksc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
     return words, sc
 
 
 @gluon.jit
-def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr):
+def _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
+            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr,
+            VWL: gl.constexpr, VSL: gl.constexpr):
+    """Words ``(NW, BLOCK_N // 2)`` of the even (PARITY 0) or odd tokens of a V tile in layout VWL,
+    and their block scales: ``(NB, BLOCK_N // 2)`` in layout VSL, or per word in VWL at head_dim 64
+    (a thread's one word there is half a block)."""
+    NW: gl.constexpr = HEAD_DIM // 8
+    NB: gl.constexpr = HEAD_DIM // 16
+    u = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VWL))
+    w = gl.arange(0, NW, layout=gl.SliceLayout(1, VWL))
+    off, soff = _row_offsets(kv_indices_ptr, base, gl.minimum(n0 + 2 * u + PARITY, hi_tok - 1), stride_s, stride_ss,
+                             PAGE, OFF32)
+    words = gl.load((vc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
+    if HEAD_DIM == 64:
+        sc = gl.load(vsc + gl.expand_dims(soff, 0) + gl.expand_dims(w // 2, 1))
+    else:
+        us = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VSL))
+        blk = gl.arange(0, NB, layout=gl.SliceLayout(1, VSL))
+        _o, soff = _row_offsets(kv_indices_ptr, base, gl.minimum(n0 + 2 * us + PARITY, hi_tok - 1), stride_s,
+                                stride_ss, PAGE, OFF32)
+        sc = gl.load(vsc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
+    return words, sc
+
+
+@gluon.jit
+def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr,
+                KWL: gl.constexpr):
     """Decoded K'^T ``(HEAD_DIM, BLOCK_N)`` in the B-operand layout (see :func:`perm_k`)."""
     R: gl.constexpr = HEAD_DIM // 32
-    x = _decode_words(words, sc.to(gl.float8e4nv, bitcast=True).to(gl.float16))  # [NW, BN, k0, k1, k2]
+    s = gl.convert_layout(_per_word(_f16_scales(sc), HEAD_DIM // 8, BLOCK_N), KWL)
+    x = _decode_words(words, s)                                                   # [NW, BN, k0, k1, k2]
     x = gl.reshape(x, [4, R, BLOCK_N, 2, 2, 2])                                   # [c, r, t, k0, k1, k2]
     x = gl.permute(x, [1, 5, 4, 0, 3, 2])                                         # [r, k2, k1, c, k0, t]
     x = gl.reshape(x, [HEAD_DIM, BLOCK_N])
@@ -213,11 +246,16 @@ def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl
 
 
 @gluon.jit
-def _vt_operand(we, se, wo, so, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, VA: gl.constexpr):
+def _vt_operand(we, se, wo, so, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, VA: gl.constexpr,
+                VWL: gl.constexpr):
     """Decoded V'^T ``(HEAD_DIM, BLOCK_N)`` in the A-operand layout (see :func:`perm_v`)."""
     RV: gl.constexpr = HEAD_DIM // 64
-    y = _decode_pairs(we, wo, se.to(gl.float8e4nv, bitcast=True).to(gl.float16),
-                      so.to(gl.float8e4nv, bitcast=True).to(gl.float16))        # [NW, U, tp, q0, q1, q2]
+    se = _f16_scales(se)
+    so = _f16_scales(so)
+    if HEAD_DIM != 64:
+        se = gl.convert_layout(_per_word(se, HEAD_DIM // 8, BLOCK_N // 2), VWL)
+        so = gl.convert_layout(_per_word(so, HEAD_DIM // 8, BLOCK_N // 2), VWL)
+    y = _decode_pairs(we, wo, se, so)                                             # [NW, U, tp, q0, q1, q2]
     y = gl.reshape(y, [8, RV, BLOCK_N // 2, 2, 2, 2, 2])                          # [g, rv, u, tp, q0, q1, q2]
     y = gl.permute(y, [1, 6, 5, 4, 0, 2, 3])                                      # [rv, q2, q1, q0, g, u, tp]
     y = gl.reshape(y, [HEAD_DIM, BLOCK_N])
@@ -234,7 +272,8 @@ def decode_split_nvfp4_kernel(
     qk_scale, logit_cap, window_left, group, max_splits,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NH: gl.constexpr, PAGE: gl.constexpr,
     MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
-    KWL: gl.constexpr, VWL: gl.constexpr,
+    KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr, OFF32: gl.constexpr,
+    PREFETCH: gl.constexpr,
 ):
     KB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     QA: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
@@ -283,14 +322,31 @@ def decode_split_nvfp4_kernel(
     l_i = gl.zeros([NH], gl.float32, OL)
     acc = gl.zeros([HEAD_DIM, NH], gl.float32, MMA)
 
+    if PREFETCH:    # the raw words and scales of tile i + 1 are in flight while tile i is computed
+        kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, lo_tok, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
+                         BLOCK_N, PAGE, OFF32, KWL, KSL)
+        we, se = _load_v(vc, vsc, kv_indices_ptr, base, lo_tok, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
+                         BLOCK_N, PAGE, OFF32, VWL, VSL)
+        wo, so = _load_v(vc, vsc, kv_indices_ptr, base, lo_tok, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
+                         BLOCK_N, PAGE, OFF32, VWL, VSL)
     for n0 in range(lo_tok, hi_tok, BLOCK_N):
-        kw, ks, _ = _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s,
-                            HEAD_DIM, BLOCK_N, PAGE, KWL)
-        we, se = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 0,
-                         HEAD_DIM, BLOCK_N, PAGE, VWL)
-        wo, so = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 1,
-                         HEAD_DIM, BLOCK_N, PAGE, VWL)
-        kt = _kt_operand(kw, ks, HEAD_DIM, BLOCK_N, KB)
+        if PREFETCH:
+            kw_c, ks_c, we_c, se_c, wo_c, so_c = kw, ks, we, se, wo, so
+            nx = gl.minimum(n0 + BLOCK_N, hi_tok - 1)
+            kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, nx, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
+                             BLOCK_N, PAGE, OFF32, KWL, KSL)
+            we, se = _load_v(vc, vsc, kv_indices_ptr, base, nx, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
+                             BLOCK_N, PAGE, OFF32, VWL, VSL)
+            wo, so = _load_v(vc, vsc, kv_indices_ptr, base, nx, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
+                             BLOCK_N, PAGE, OFF32, VWL, VSL)
+        else:
+            kw_c, ks_c = _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
+                                 BLOCK_N, PAGE, OFF32, KWL, KSL)
+            we_c, se_c = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
+                                 BLOCK_N, PAGE, OFF32, VWL, VSL)
+            wo_c, so_c = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
+                                 BLOCK_N, PAGE, OFF32, VWL, VSL)
+        kt = _kt_operand(kw_c, ks_c, HEAD_DIM, BLOCK_N, KB, KWL)
         s = mma_v2(qv, kt, gl.zeros([16, BLOCK_N], gl.float32, MMA))
         if NH == 8:   # rows 8..15 of S are padding: keep rows 0..7 (row bit 3 is a register bit)
             s, _pad = gl.split(gl.permute(gl.reshape(s, [2, 8, BLOCK_N]), [1, 2, 0]))
@@ -309,7 +365,7 @@ def decode_split_nvfp4_kernel(
         l_i = l_i * alpha + gl.convert_layout(gl.sum(p, 1), OL)
         m_i = gl.convert_layout(m_new, OL)
         pt = gl.convert_layout(gl.permute(p.to(gl.float16), [1, 0]), PB)
-        vt = _vt_operand(we, se, wo, so, HEAD_DIM, BLOCK_N, VA)
+        vt = _vt_operand(we_c, se_c, wo_c, so_c, HEAD_DIM, BLOCK_N, VA, VWL)
         acc = mma_v2(vt, pt, acc * gl.expand_dims(alpha, 0))
 
     l_o = l_i
@@ -331,17 +387,63 @@ def _bits(n: int) -> int:
 
 
 def word_layouts(head_dim: int, block_n: int):
-    """Register layouts of the loaded K words ``(NW, BLOCK_N)`` and V words ``(NW, BLOCK_N // 2)``
-    (one warp): lane ``4 g + c`` holds, for K, words ``c * R .. c * R + R - 1`` (contiguous) of
-    tokens ``g + 8 i``; for V, words ``g * RV ..`` of token pairs ``c + 4 i``."""
+    """Register layouts (one warp) of the loaded K words ``(NW, BLOCK_N)``, V words ``(NW,
+    BLOCK_N // 2)``, K block scales ``(NB, BLOCK_N)`` and V block scales ``(NB, BLOCK_N // 2)``:
+    lane ``4 g + c`` holds, for K, words ``c * R .. c * R + R - 1`` (16 contiguous bytes at head_dim
+    128) of tokens ``g + 8 i`` and their blocks; for V, words ``g * RV ..`` of token pairs ``c + 4 i``
+    and their blocks."""
     nw = head_dim // 8
     r, rv = head_dim // 32, head_dim // 64
-    kwl = gl.DistributedLinearLayout(
-        reg_bases=[[1 << i, 0] for i in range(_bits(r))] + [[0, 8 << i] for i in range(_bits(block_n // 8))],
-        lane_bases=[[r, 0], [2 * r, 0], [0, 1], [0, 2], [0, 4]],
-        warp_bases=[], block_bases=[], shape=[nw, block_n])
-    vwl = gl.DistributedLinearLayout(
-        reg_bases=[[1 << i, 0] for i in range(_bits(rv))] + [[0, 4 << i] for i in range(_bits(block_n // 8))],
-        lane_bases=[[0, 1], [0, 2], [rv, 0], [2 * rv, 0], [4 * rv, 0]],
-        warp_bases=[], block_bases=[], shape=[nw, block_n // 2])
-    return kwl, vwl
+    tok_k = [[0, 8 << i] for i in range(_bits(block_n // 8))]
+    tok_v = [[0, 4 << i] for i in range(_bits(block_n // 8))]
+    lin = lambda regs, lanes, shape: gl.DistributedLinearLayout(  # noqa: E731
+        reg_bases=regs, lane_bases=lanes, warp_bases=[], block_bases=[], shape=shape)
+    kwl = lin([[1 << i, 0] for i in range(_bits(r))] + tok_k, [[r, 0], [2 * r, 0], [0, 1], [0, 2], [0, 4]],
+              [nw, block_n])
+    ksl = lin([[1 << i, 0] for i in range(_bits(r // 2))] + tok_k,
+              [[r // 2, 0], [r, 0], [0, 1], [0, 2], [0, 4]], [nw // 2, block_n])
+    vwl = lin([[1 << i, 0] for i in range(_bits(rv))] + tok_v, [[0, 1], [0, 2], [rv, 0], [2 * rv, 0], [4 * rv, 0]],
+              [nw, block_n // 2])
+    if head_dim == 64:      # unused there (per-word V scales)
+        vsl = vwl
+    else:
+        vsl = lin([[1 << i, 0] for i in range(_bits(rv // 2))] + tok_v,
+                  [[0, 1], [0, 2], [rv // 2, 0], [rv, 0], [2 * rv, 0]], [nw // 2, block_n // 2])
+    return kwl, vwl, ksl, vsl
+
+
+def aot_cases(arch: int):
+    """Every configuration of this kernel the decode planner can choose on ``arch`` (both token
+    tiles: the planner picks by batch), for ``sm12x budget``."""
+    from .. import planner
+    seen = set()
+    for inp in planner.decode_domain():
+        if inp["kv_dtype"] != "nvfp4":
+            continue
+        for batch in (1, 4096):
+            cfg = planner.plan_decode(arch, batch=batch, **inp)
+            if not cfg.fp4_mma:
+                continue
+            nh = 8 if inp["group"] <= 8 else 16
+            key = (inp["head_dim"], inp["q_dtype"], inp["page_size"], nh, cfg.block_n)
+            if key in seen:
+                continue
+            seen.add(key)
+            kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], cfg.block_n)
+            for off32 in (True, False):
+                yield from _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32)
+
+
+def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32):
+    cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, NH=nh, PAGE=inp["page_size"],
+              MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False, KWL=kwl, VWL=vwl,
+              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch)
+    sig = {"q_ptr": f"*{inp['q_dtype']}", "k_cache_ptr": "*u8", "v_cache_ptr": "*u8", "k_scale_ptr": "*u8",
+           "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "seq_lens_ptr": "*i32",
+           "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "qk_scale": "fp32", "logit_cap": "fp32"}
+    for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
+              "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "max_splits"):
+        sig[n] = "i32"
+    label = dict(head_dim=inp["head_dim"], kv_dtype="nvfp4", q_dtype=inp["q_dtype"], page_size=inp["page_size"],
+                 heads_n=nh, block_n=cfg.block_n, num_warps=1, offsets_32bit=off32, prefetch=cfg.prefetch)
+    yield label, sig, cx, {"num_warps": 1, "num_stages": 1}
