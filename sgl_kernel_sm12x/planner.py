@@ -139,7 +139,8 @@ def kv_append_domain():
 
 PAGE_SIZES = (1, 16, 64)
 GQA_GROUPS = (1, 2, 4, 8, 16)          # q heads per kv head
-MAX_SPLITS_CAP = 64
+MAX_SPLITS_CAP = 256      # split-KV programs per (request, kv head) any decode launch accepts
+_TRITON_SPLITS = 64       # the most the Triton split stage is planned with
 
 
 @dataclass(frozen=True)
@@ -208,11 +209,11 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # enough programs for about two waves of the device's multiprocessors
         sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
         want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
-        max_splits = min(1 << (want - 1).bit_length(), MAX_SPLITS_CAP)
+        max_splits = min(1 << (want - 1).bit_length(), _TRITON_SPLITS)
     if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
-                        num_stages=stages, max_splits=min(max_splits, MAX_SPLITS_CAP), min_split_tokens=128,
+                        num_stages=stages, max_splits=max_splits, min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
 
 
@@ -224,7 +225,10 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
     programs per multiprocessor. H100 sweep (32/8 heads, D128,
     ``...-tune-decode-fp4-mma.json``), against the Triton kernel as planned before in the same run:
     128 x 4k 273-279 us (595), 64 x 8k 266 (592), 16 x 4k 43 (84), 1 x 32k 28 (45), 1 x 1k 8.7
-    (11.3) -- 2.2-2.3 TB/s of the bytes read at large batch. Not at head_dim 256 with more than
+    (11.3) -- 2.2-2.3 TB/s of the bytes read at large batch. Splits may go to 256 here (the reduce
+    reads them in chunks of 64): at 1 x 32k, 128 splits 24.5 us against 28.0 at 64 and 34.8 at 256;
+    the price at short contexts, where most of them are empty, is 1 x 8k 15.0 against 12.8 us at 64
+    (``...-tune-decode-fp4-mma-splits.json``). Not at head_dim 256 with more than
     8 query heads a KV head: 16 x 256 fp32 accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
     sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
     if max_splits is None:      # the power of two nearest (log scale) to 8 programs per multiprocessor

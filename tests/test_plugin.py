@@ -16,7 +16,7 @@ import sglang  # noqa: E402,F401 -- the plugin tests need SGLang installed (the 
 
 from attention_ref import assert_close_attn, attention_ref  # noqa: E402
 from conftest import HAS_CUDA  # noqa: E402
-from sgl_kernel_sm12x import nvfp4  # noqa: E402
+from sgl_kernel_sm12x import nvfp4, planner  # noqa: E402
 
 import sglang_sm12x  # noqa: E402
 from sglang_sm12x import _compat, _hooks  # noqa: E402
@@ -337,6 +337,28 @@ def test_backend_rejects_unsupported_kv_dtype():
 
     with pytest.raises(ValueError, match="supported --kv-cache-dtype"):
         kv_dtype_name(torch.float8_e5m2, SimpleNamespace())
+
+
+@pytest.mark.parametrize("kv", ["bf16", "nvfp4"])
+@pytest.mark.parametrize("arch,sms", [(90, 132), (120, 170), (121, 48)])
+def test_graph_workspace_is_allocated_once_for_every_captured_batch(kv, arch, sms):
+    """CUDA graphs keep the addresses they captured: the split-stage buffer is sized at the first
+    capture for the largest batch x split count the planner picks at any batch size, and every
+    later capture (any order of batch sizes) views into it without a reallocation."""
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    max_bs, hq, hkv, d = 160, 32, 8, 128
+    be = SimpleNamespace(_cg=dict(ws_o=None, ws_lse=None, max_bs=max_bs), arch=arch, device="cpu")
+    plan_kw = dict(head_dim=d, kv_dtype=kv, q_dtype="bf16", group=hq // hkv, page_size=1, kv_heads=hkv, num_sms=sms)
+    first = None
+    for bs in [max_bs, 1, 2, 3, 8, 17, 64, 100, 159]:
+        ms = planner.plan_decode(arch, batch=bs, **plan_kw).max_splits
+        o, lse = Sm12xAttnBackend._graph_workspace(be, bs, hq, d, ms, plan_kw)
+        assert o.shape == (bs, hq, ms, d) and lse.shape == (bs, hq, ms)
+        first = first if first is not None else be._cg["ws_o"].data_ptr()
+        assert be._cg["ws_o"].data_ptr() == first, f"reallocated at batch {bs}"
+    # and not the max_bs x 64-split buffer it used to be
+    assert be._cg["ws_o"].numel() < max_bs * hq * d * 64
 
 
 @pytest.mark.gpu

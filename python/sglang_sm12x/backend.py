@@ -191,15 +191,17 @@ class Sm12xAttnBackend(AttentionBackend):
             ws_o=None, ws_lse=None, max_bs=max_bs,
         )
 
-    def _graph_workspace(self, bs, hq, d, max_splits):
+    def _graph_workspace(self, bs, hq, d, max_splits, plan_kw):
+        """Views of one split-stage buffer shared by every captured batch size, sized once for the
+        largest ``batch * max_splits`` the planner picks at any of them (captured graphs keep
+        their buffer addresses, so it is never reallocated after the first capture)."""
         cg = self._cg
-        need_o = cg["max_bs"] * hq * max_splits * d
-        if cg["ws_o"] is None or cg["ws_o"].numel() < need_o:
-            # the largest split count the planner picks for any captured size (small batches)
-            ms_cap = max(max_splits, planner.MAX_SPLITS_CAP)
-            cg["ws_o"] = torch.empty(cg["max_bs"] * hq * ms_cap * d, dtype=torch.float32, device=self.device)
-            cg["ws_lse"] = torch.empty(cg["max_bs"] * hq * ms_cap, dtype=torch.float32, device=self.device)
-        return (cg["ws_o"][: bs * hq * max_splits * d].view(bs, hq, max_splits, d),
+        need = bs * hq * max_splits * d
+        if cg["ws_o"] is None or cg["ws_o"].numel() < need:
+            rows = max(bs * max_splits, planner.decode_max_splits(self.arch, max_batch=cg["max_bs"], **plan_kw))
+            cg["ws_o"] = torch.empty(rows * hq * d, dtype=torch.float32, device=self.device)
+            cg["ws_lse"] = torch.empty(rows * hq, dtype=torch.float32, device=self.device)
+        return (cg["ws_o"][:need].view(bs, hq, max_splits, d),
                 cg["ws_lse"][: bs * hq * max_splits].view(bs, hq, max_splits))
 
     def init_forward_metadata_out_graph(self, forward_batch, in_capture: bool = False):
@@ -307,11 +309,10 @@ class Sm12xAttnBackend(AttentionBackend):
         ws = None
         cfg = None
         if md.in_graph:
-            cfg = planner.plan_decode(self.arch, head_dim=d, kv_dtype=self.kv_dtype,
-                                      q_dtype="bf16" if q3.dtype == torch.bfloat16 else "fp16",
-                                      group=hq // hkv, page_size=self.page_size, batch=bs, kv_heads=hkv,
-                                      max_splits=None, num_sms=self.num_sms)
-            ws = self._graph_workspace(bs, hq, d, cfg.max_splits)
+            plan_kw = dict(head_dim=d, kv_dtype=self.kv_dtype, q_dtype="bf16" if q3.dtype == torch.bfloat16 else "fp16",
+                           group=hq // hkv, page_size=self.page_size, kv_heads=hkv, num_sms=self.num_sms)
+            cfg = planner.plan_decode(self.arch, batch=bs, **plan_kw)
+            ws = self._graph_workspace(bs, hq, d, cfg.max_splits, plan_kw)
         decode_attention(
             q3, kc, vc, md.kv_indptr, md.kv_indices, md.seq_lens[:bs], kv_dtype=self.kv_dtype,
             page_size=self.page_size, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,

@@ -172,20 +172,28 @@ def decode_reduce_kernel(
     v_scale,
     HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr, WRITE_LSE: tl.constexpr,
 ):
+    """Merge the splits of one (request, q head); splits are read in chunks of at most 64."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     row = b * tl.num_programs(1) + h
-    offs_s = tl.arange(0, MAX_SPLITS)
+    CH: tl.constexpr = MAX_SPLITS if MAX_SPLITS < 64 else 64
+    offs_s = tl.arange(0, CH)
     offs_d = tl.arange(0, HEAD_DIM)
-    lse = tl.load(part_lse_ptr + row * MAX_SPLITS + offs_s)
-    m = tl.max(lse, 0)
+    m = tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + offs_s), 0)
+    for c in tl.static_range(CH, MAX_SPLITS, CH):
+        m = tl.maximum(m, tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + c + offs_s), 0))
     m_safe = tl.where(m == float("-inf"), 0.0, m)
-    w = tl.exp2(lse - m_safe)                 # empty splits (-inf) weigh 0
-    valid = lse > float("-inf")
-    po = tl.load(part_o_ptr + (row * MAX_SPLITS + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-                 mask=valid[:, None], other=0.0)
-    den = tl.sum(w, 0)
-    o = tl.sum(po * w[:, None], 0) / tl.where(den > 0, den, 1.0) * v_scale
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    den = 0.0
+    for c in tl.static_range(0, MAX_SPLITS, CH):
+        lse = tl.load(part_lse_ptr + row * MAX_SPLITS + c + offs_s)
+        w = tl.exp2(lse - m_safe)             # empty splits (-inf) weigh 0
+        valid = lse > float("-inf")
+        po = tl.load(part_o_ptr + (row * MAX_SPLITS + c + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+                     mask=valid[:, None], other=0.0)
+        den += tl.sum(w, 0)
+        acc += tl.sum(po * w[:, None], 0)
+    o = acc / tl.where(den > 0, den, 1.0) * v_scale
     tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty))
     if WRITE_LSE:
         tl.store(lse_ptr + row, (m + tl.log2(den)) / 1.4426950408889634)
