@@ -500,3 +500,20 @@ def test_quantized_tile_flags_and_the_ptx_unit():
     assert unit_scales(tile_flags(2, 2, True), 2, 2, 0.5, 2.0) == (0.5 / FP4_PTX_UNIT, 2.0 / FP4_PTX_UNIT)
     assert unit_scales(tile_flags(1, 2, True), 1, 2, 0.5, 2.0) == (0.5, 2.0 / FP4_PTX_UNIT)
     assert unit_scales(tile_flags(2, 2, True, on_device=False), 2, 2, 0.5, 2.0) == (0.5, 2.0)
+
+
+@pytest.mark.parametrize("version,want", [("3.5.1", False), ("3.6.0", True), ("3.8.0+git1234", True), ("x", False)])
+def test_register_operand_decode_needs_a_known_gluon(version, want, monkeypatch):
+    """The register-operand NVFP4 split stage is written against Gluon as of Triton 3.6: older
+    Tritons (and the interpreter) take the Triton split stage instead of failing at launch."""
+    pytest.importorskip("triton.experimental.gluon")
+    import triton
+
+    from sgl_kernel_sm12x.attention import decode
+    monkeypatch.setattr(triton, "__version__", version)
+    monkeypatch.setattr(decode, "_INTERPRET", False)
+    monkeypatch.setattr(decode, "_FP4_MMA", None)
+    assert decode.fp4_mma_available() is want
+    monkeypatch.setattr(decode, "_INTERPRET", True)
+    monkeypatch.setattr(decode, "_FP4_MMA", None)
+    assert decode.fp4_mma_available() is False

@@ -327,13 +327,15 @@ def decode_attention(
 
 def fp4_mma_available() -> bool:
     """Whether the register-operand NVFP4 split stage can run here: a CUDA device (not the
-    interpreter) and a Triton with Gluon."""
+    interpreter) and a Triton whose Gluon API it was written against (3.6 or newer; Gluon is
+    experimental and changed before that)."""
     global _FP4_MMA
     if _FP4_MMA is None:
         try:
+            major, minor = (int(x) for x in triton.__version__.split(".")[:2])
             from . import decode_nvfp4  # noqa: F401
-            _FP4_MMA = not _INTERPRET
-        except ImportError:
+            _FP4_MMA = not _INTERPRET and (major, minor) >= (3, 6)
+        except (ImportError, ValueError):
             _FP4_MMA = False
     return _FP4_MMA
 
