@@ -84,6 +84,27 @@ def _smem_check(info) -> Check:
     return Check("smem limit", "ok", f"planner limit {lim.smem_per_block} B <= the GPU's {got} B")
 
 
+def _nvfp4_decode_check(arch: int) -> Check:
+    """Which NVFP4 decode split stage the planner will run here (information, never a failure)."""
+    from . import planner
+    try:
+        from .attention.decode import fp4_mma_available
+        gluon = fp4_mma_available()
+    except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
+        gluon = False
+    try:
+        cc = planner.arch_limits(arch).cc
+    except ValueError as e:
+        return Check("nvfp4 decode", "skip", str(e)[:200])
+    if cc < 89:
+        return Check("nvfp4 decode", "ok", f"Triton split stage (sm_{arch} has no fp8 conversion for the scales)")
+    if not gluon:
+        return Check("nvfp4 decode", "ok", "Triton split stage (this Triton has no Gluon 3.6+, or the interpreter "
+                                           "is on)")
+    return Check("nvfp4 decode", "ok", f"register-operand kernel (Gluon) for sm_{arch}: tiles decoded into "
+                                       "mma.sync operands")
+
+
 def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, probe=ptxas_compiles) -> list[Check]:
     from importlib.metadata import PackageNotFoundError, entry_points, version
 
@@ -124,6 +145,7 @@ def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, p
                              f"Triton {tv} cannot compile for sm_{tarch}a: {msg}"))
     except PackageNotFoundError:
         out.append(Check("triton", "FAIL", "Triton is not installed"))
+    out.append(_nvfp4_decode_check(tarch))
     try:
         sv = version("sglang")
         ok = release(sv) in SUPPORTED

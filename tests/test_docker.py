@@ -190,3 +190,18 @@ def test_entrypoint_serves_with_sm12x_and_passes_arguments_through(tmp_path):
     r = subprocess.run(["bash", str(ROOT / "docker" / "entrypoint.sh"), "--model-path", "/m"], capture_output=True,
                        text=True, env=env, timeout=60)
     assert r.returncode == 1 and "sm12x doctor failed" in r.stderr
+
+
+def test_doctor_says_which_nvfp4_decode_runs(monkeypatch):
+    """One information line: the register-operand NVFP4 decode where the arch converts fp8 in
+    hardware and Triton has the Gluon it needs, the Triton split stage otherwise -- never a failure."""
+    from sgl_kernel_sm12x import doctor
+    from sgl_kernel_sm12x.attention import decode
+    monkeypatch.setattr(decode, "_FP4_MMA", True)
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 decode")
+    assert c.status == "ok" and "register-operand" in c.detail
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=86, probe=_ok_probe), "nvfp4 decode")
+    assert c.status == "ok" and "Triton split stage" in c.detail and "sm_86" in c.detail
+    monkeypatch.setattr(decode, "_FP4_MMA", False)
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=121, probe=_ok_probe), "nvfp4 decode")
+    assert c.status == "ok" and "Triton split stage" in c.detail
