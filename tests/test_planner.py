@@ -60,8 +60,17 @@ def test_append_tiles_are_powers_of_two():
 
 
 def test_decode_split_planning():
-    assert planner.plan_decode(90, head_dim=128, kv_dtype="nvfp4", batch=1, kv_heads=1, num_sms=132).max_splits == 64
-    assert planner.plan_decode(90, head_dim=128, kv_dtype="nvfp4", batch=256, kv_heads=8, num_sms=132).max_splits == 1
+    # the Triton split stage: about two waves of programs, at most 64 splits
+    tri = dict(head_dim=128, kv_dtype="nvfp4", num_sms=132, fp4_mma=False)
+    assert planner.plan_decode(90, batch=1, kv_heads=1, **tri).max_splits == 64
+    assert planner.plan_decode(90, batch=256, kv_heads=8, **tri).max_splits == 1
+    # the register-operand NVFP4 kernel: the power of two nearest 8 one-warp programs per SM, <= 256
+    reg = dict(head_dim=128, kv_dtype="nvfp4", num_sms=132)
+    assert planner.plan_decode(90, batch=1, kv_heads=1, **reg).max_splits == 256
+    assert planner.plan_decode(90, batch=1, kv_heads=8, **reg).max_splits == 128
+    assert planner.plan_decode(90, batch=64, kv_heads=8, **reg).max_splits == 2
+    assert planner.plan_decode(90, batch=256, kv_heads=8, **reg).max_splits == 1
+    assert planner.plan_decode(120, batch=1, max_splits=256, head_dim=128, kv_dtype="bf16").max_splits == 256
     with pytest.raises(ValueError, match="max_splits"):
         planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", max_splits=3)
     with pytest.raises(ValueError, match="group"):
