@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      online_softmax_step, slot_ids, tile_flags, tile_scores, unit_scales)
+                      online_softmax_step, slot_ids, split_range, tile_flags, tile_scores, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -63,14 +63,7 @@ def decode_split_kernel(
     sid = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
     base = tl.load(kv_indptr_ptr + b)
-    start = 0
-    if HAS_WINDOW:
-        start = tl.maximum(seq_len - 1 - window_left, 0)
-    n_tok = seq_len - start
-    n_splits = tl.minimum(tl.cdiv(n_tok, MIN_SPLIT_TOKENS), max_splits)
-    per_split = tl.cdiv(tl.cdiv(n_tok, tl.maximum(n_splits, 1)), BLOCK_N) * BLOCK_N
-    lo_tok = start + sid * per_split
-    hi_tok = tl.minimum(lo_tok + per_split, seq_len)
+    lo_tok, hi_tok = split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS, BLOCK_N, HAS_WINDOW)
 
     offs_h = tl.arange(0, BLOCK_H)
     h_mask = offs_h < group

@@ -32,50 +32,15 @@ from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from .kv_tile import split_range
+
 MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8]))
 
-# One 32-bit word (8 codes, little-endian nibbles) times an fp16 block scale -> 8 fp16 values,
-# 2^-14 times the true value (the e2m1 bit pattern placed as fp16, see kv_tile.FP4_PTX_UNIT).
-# Output pair (2i, 2i + 1) is the b32 lane pair built from the nibbles at bits (4i, 4i + 16): the
-# codes of elements (i, i + 4) of the word.
-_WORD_ASM = gl.constexpr("""
-{
-.reg .b32 a, b, x, y, s2;
-mov.b32 s2, {$9, $9};
-and.b32 a, $8, 0x00080008;
-shl.b32 a, a, 12;
-and.b32 b, $8, 0x00070007;
-shl.b32 b, b, 9;
-or.b32 x, a, b;
-mul.rn.f16x2 x, x, s2;
-mov.b32 {$0, $1}, x;
-and.b32 a, $8, 0x00800080;
-shl.b32 a, a, 8;
-and.b32 b, $8, 0x00700070;
-shl.b32 b, b, 5;
-or.b32 x, a, b;
-mul.rn.f16x2 x, x, s2;
-mov.b32 {$2, $3}, x;
-and.b32 a, $8, 0x08000800;
-shl.b32 a, a, 4;
-and.b32 b, $8, 0x07000700;
-shl.b32 b, b, 1;
-or.b32 x, a, b;
-mul.rn.f16x2 x, x, s2;
-mov.b32 {$4, $5}, x;
-and.b32 a, $8, 0x80008000;
-shr.b32 b, $8, 3;
-and.b32 b, b, 0x0E000E00;
-or.b32 x, a, b;
-mul.rn.f16x2 x, x, s2;
-mov.b32 {$6, $7}, x;
-}
-""")
-
-# Two words of the same head_dim range, of an even and an odd token, with their fp16 block scales
-# -> 16 fp16 values: output (2q, 2q + 1) = element q of the word for the (even, odd) token, as one
-# b32 lane pair (the A fragment of V'^T pairs consecutive tokens).
-_PAIR_ASM_BODY = """and.b32 a, {t}, 0x{sm:08X};
+# Four nibbles in each 16-bit lane of a b32 register -> four f16x2 values times the scale pair s2:
+# pair i is built from the nibbles at bits (4i, 4i + 16), each code's exponent / mantissa bits
+# placed at fp16 bits 9..11 and its sign at bit 15 -- e2m1 * 2^-14 as an fp16 pattern, subnormal
+# 0.5 included (see kv_tile.FP4_PTX_UNIT).
+_LANE_PAIR = """and.b32 a, {t}, 0x{sm:08X};
 {sh_a}
 and.b32 b, {t}, 0x{mm:08X};
 {sh_b}
@@ -93,23 +58,35 @@ def _shift(reg, n):
     return ""
 
 
+def _lane_pairs(t: str, first_out: int) -> list[str]:
+    """PTX of the four f16x2 pairs of register ``t``, into outputs ``first_out .. first_out + 7``."""
+    out = []
+    for i in range(4):
+        p = 4 * i
+        out.append(_LANE_PAIR.format(t=t, sm=(0x8 << p) | (0x8 << (p + 16)), mm=(0x7 << p) | (0x7 << (p + 16)),
+                                     sh_a=_shift("a", 12 - p), sh_b=_shift("b", 9 - p),
+                                     o0=first_out + 2 * i, o1=first_out + 2 * i + 1))
+    return out
+
+
+def _word_asm() -> str:
+    """One 32-bit word (8 codes, little-endian nibbles) and an fp16 block scale ($9) -> 8 fp16
+    values: output pair (2i, 2i + 1) holds elements (i, i + 4) of the word."""
+    return "{\n" + "\n".join([".reg .b32 a, b, x, s2;", "mov.b32 s2, {$9, $9};"] + _lane_pairs("$8", 0)) + "\n}\n"
+
+
 def _pair_asm() -> str:
+    """Two words of the same head_dim range, of an even and an odd token, with their fp16 block
+    scales -> 16 fp16 values: output (2q, 2q + 1) is element q of the word for the (even, odd) token,
+    as one b32 lane pair (the A fragment of V'^T pairs consecutive tokens)."""
     lines = [".reg .b32 a, b, x, s2, ta, tb;",
              "mov.b32 s2, {$18, $19};",
              "prmt.b32 ta, $16, $17, 0x5410;",     # bytes 0,1 of even | bytes 0,1 of odd
              "prmt.b32 tb, $16, $17, 0x7632;"]     # bytes 2,3 of even | bytes 2,3 of odd
-    q = 0
-    for t in ("ta", "tb"):
-        for i in range(4):      # nibble at bit 4i of each 16-bit lane -> fp16 bits 9..11, sign 15
-            p = 4 * i
-            sm = (0x8 << p) | (0x8 << (p + 16))
-            mm = (0x7 << p) | (0x7 << (p + 16))
-            lines.append(_PAIR_ASM_BODY.format(t=t, sm=sm, mm=mm, sh_a=_shift("a", 12 - p), sh_b=_shift("b", 9 - p),
-                                               o0=2 * q, o1=2 * q + 1))
-            q += 1
-    return "{\n" + "\n".join(lines) + "\n}\n"
+    return "{\n" + "\n".join(lines + _lane_pairs("ta", 0) + _lane_pairs("tb", 8)) + "\n}\n"
 
 
+_WORD_ASM = gl.constexpr(_word_asm())
 _PAIR_ASM = gl.constexpr(_pair_asm())
 
 
@@ -288,14 +265,7 @@ def decode_split_nvfp4_kernel(
     n_kvh = gl.num_programs(1)
     seq_len = gl.load(seq_lens_ptr + b)
     base = gl.load(kv_indptr_ptr + b)
-    start = 0
-    if HAS_WINDOW:
-        start = gl.maximum(seq_len - 1 - window_left, 0)
-    n_tok = seq_len - start
-    n_splits = gl.minimum(gl.cdiv(n_tok, MIN_SPLIT_TOKENS), max_splits)
-    per_split = gl.cdiv(gl.cdiv(n_tok, gl.maximum(n_splits, 1)), BLOCK_N) * BLOCK_N
-    lo_tok = start + sid * per_split
-    hi_tok = gl.minimum(lo_tok + per_split, seq_len)
+    lo_tok, hi_tok = split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS, BLOCK_N, HAS_WINDOW)
 
     # the softmax state is kept per head in the column layout of O^T (NH heads)
     OL: gl.constexpr = gl.SliceLayout(0, MMA)

@@ -56,6 +56,24 @@ def nvfp4_rows_aligned(cache) -> bool:
 
 
 @triton.jit
+def split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_WINDOW: tl.constexpr):
+    """``(lo, hi)``: the tokens split ``sid`` of a decode request covers. A request of ``n`` visible
+    tokens (all, or the window's) uses ``min(max_splits, cdiv(n, MIN_SPLIT_TOKENS))`` splits of a
+    whole number of ``BLOCK_N`` tiles each, computed on the device (CUDA-graph safe); splits past
+    them are empty (``lo >= hi``). Scalar arithmetic only, shared by the Triton and Gluon split
+    stages."""
+    start = 0
+    if HAS_WINDOW:
+        start = tl.maximum(seq_len - 1 - window_left, 0)
+    n_tok = seq_len - start
+    n_splits = tl.minimum(tl.cdiv(n_tok, MIN_SPLIT_TOKENS), max_splits)
+    per_split = tl.cdiv(tl.cdiv(n_tok, tl.maximum(n_splits, 1)), BLOCK_N) * BLOCK_N
+    lo = start + sid * per_split
+    return lo, tl.minimum(lo + per_split, seq_len)
+
+
+@triton.jit
 def tile_slots(kv_indices_ptr, base, pos, end, page_size, PAGED: tl.constexpr):
     """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end``, and their
     pool slots (:func:`slot_ids`)."""
