@@ -46,6 +46,15 @@ def assert_attn(out, ref, what, atol):
     assert_close_attn(out, ref, what, atol=atol, rtol=RTOL[out.dtype])
 
 
+def assert_decode_per_request(out, q, pool, tok, lens, act, what=""):
+    """Each request's decode output against the float reference over its dequantized cache."""
+    for i, L in enumerate(lens):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float(), k, v)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, act))
+        assert_attn(out[i:i + 1], ref, f"request {i} (len {L}{what})", atol=tol)
+
+
 def _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device, slots=None):
     slots = slots or max(64, (sum(lens) // page + len(lens) + 2) * page * 2)
     kvind_ptr, kv_indices, tok = paged_layout(lens, page, slots, device)
@@ -81,11 +90,7 @@ def test_decode_matrix(fmt, d, group, page, device):
     decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
                      max_splits=2, out=out)
-    for i, L in enumerate(lens):
-        k, v = pool.dequant(tok[i])
-        ref = attention_ref(q[i:i + 1].float(), k, v)
-        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
-        assert_attn(out[i:i + 1], ref, f"request {i} (len {L})", atol=tol)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
 
 
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
@@ -227,11 +232,7 @@ def test_decode_register_prefetch_on_and_off(fmt, prefetch, page, device):
     decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
                      max_splits=4, out=out, config=cfg)
-    for i, L in enumerate(lens):
-        k, v = pool.dequant(tok[i])
-        ref = attention_ref(q[i:i + 1].float(), k, v)
-        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
-        assert_attn(out[i:i + 1], ref, f"request {i} (len {L}, prefetch {prefetch})", atol=tol)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype], f", prefetch {prefetch}")
 
 
 def test_decode_prefetch_is_planned_for_nvfp4_values_only():
@@ -423,11 +424,7 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
     decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
                      max_splits=4, out=out, config=cfg)
-    for i, L in enumerate(lens):
-        k, v = pool.dequant(tok[i])
-        ref = attention_ref(q[i:i + 1].float(), k, v)
-        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, ACT[q_dtype]))
-        assert_attn(out[i:i + 1], ref, f"request {i} (len {L})", atol=tol)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
 
 
 @pytest.mark.gpu
