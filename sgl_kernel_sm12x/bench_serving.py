@@ -54,6 +54,12 @@ class Plan:
     # the long-context point in a second server per configuration at this --mem-fraction-static
     # (e.g. a 32 GB card's memory on a larger GPU, so the point is KV-bound for bf16); None: same server
     long_mem_fraction: float | None = None
+    # before the first point, a discarded client run (2 prompts at concurrency 1, 16 output tokens):
+    # the server's first fresh prefill and first prefix-hit extend compile their kernels there
+    # instead of inside the concurrency-1 point (H100, MoE shape: a 9.4 s first request took
+    # flashinfer's concurrency-1 throughput from ~400 to 136 tok/s); the radix cache is flushed
+    # before every point, so no point starts with another's prompts cached
+    warmup: bool = True
 
     def prompts(self, c):
         return max(self.prompts_per_concurrency * c, self.min_prompts)
@@ -145,8 +151,17 @@ def _serve_points(plan, model, backend, kv, workdir, server_cls, client, progres
         with server_cls(model, backend, *args, **kw) as srv, \
                 (live.holding(srv) if live is not None else contextlib.nullcontext()):
             cap = srv.kv_capacity()
+            if plan.warmup and points:
+                dataset, _, il, ol = points[0]
+                wfile = workdir / f"{name}-warmup.jsonl"
+                try:
+                    client(client_cmd(port, model, dataset, 2, 1, il, min(ol, 16), wfile), wfile)
+                except (RuntimeError, subprocess.TimeoutExpired) as e:
+                    log(f"{name}: warm-up run failed (the points still run): {str(e)[-200:]}")
             for dataset, c, il, ol in points:
                 n = plan.prompts(c)
+                if plan.warmup:
+                    srv.flush_cache()
                 out_file = workdir / f"{name}-{dataset}-c{c}-i{il}.jsonl"
                 out_file.unlink(missing_ok=True)
                 row = dict(base, dataset=dataset, concurrency=c, input_len=il, output_len=ol,
@@ -377,6 +392,8 @@ def main(argv=None) -> int:
     ap.add_argument("--server-args", default="", help="extra server flags, one string")
     ap.add_argument("--out-dir", default="benchmark/results")
     ap.add_argument("--port", type=int, default=30124)
+    ap.add_argument("--no-warmup", action="store_true",
+                    help="skip the discarded warm-up run per server and the radix-cache flush before each point")
     a = ap.parse_args(argv)
     pairs = None
     if a.configs:
@@ -388,7 +405,7 @@ def main(argv=None) -> int:
     plan = Plan(pairs=pairs, gpus=a.gpus, prompts_per_concurrency=a.prompts_per_concurrency, min_prompts=a.min_prompts, models=a.model, backends=a.backends, kv_dtypes=a.kv_dtypes, concurrency=a.concurrency,
                 input_len=a.input_len, output_len=a.output_len, long_input_len=a.long_input_len,
                 long_output_len=a.long_output_len, long_concurrency=a.long_concurrency, long_mem_fraction=a.long_mem_fraction_static,
-                gsp=not a.no_gsp, load_format=a.load_format,
+                gsp=not a.no_gsp, load_format=a.load_format, warmup=not a.no_warmup,
                 mem_fraction=a.mem_fraction_static, server_args=a.server_args.split(), port=a.port)
     # SIGTERM behaves like Ctrl-C: the `with Server(...)` blocks stop their servers
     stop_on_sigterm()

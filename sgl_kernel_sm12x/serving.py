@@ -202,6 +202,15 @@ class Server:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
 
+    def flush_cache(self, timeout=60) -> bool:
+        """Empty the radix cache (SGLang's ``/flush_cache``; refused while requests run)."""
+        try:
+            with urllib.request.urlopen(urllib.request.Request(self.url + "/flush_cache", data=b"",
+                                                               method="POST"), timeout=timeout) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
     def get(self, path, timeout=60):
         with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
             return json.loads(r.read())

@@ -14,7 +14,7 @@ from sgl_kernel_sm12x.serving import Server, visible_device
 
 
 class FakeServer:
-    started, stopped = [], []
+    started, stopped, events = [], [], []
 
     def __init__(self, model, backend, *args, **kw):
         self.key = (backend, args[args.index("--kv-cache-dtype") + 1])
@@ -32,6 +32,10 @@ class FakeServer:
 
     def kv_capacity(self):
         return {"auto": 1000, "fp8_e4m3": 2000, "nvfp4": 3556}[self.key[1]]
+
+    def flush_cache(self):
+        FakeServer.events.append(("flush", self.key))
+        return True
 
 
 def fake_client(cmd, out_file):
@@ -74,6 +78,47 @@ def test_matrix_records_rejections_and_failures_and_stops_every_server(tmp_path)
     assert all(r["kv_capacity_tokens"] for r in ok)
 
 
+def test_warmup_run_per_server_and_cache_flush_before_every_point(tmp_path):
+    """One discarded client run (2 prompts, concurrency 1, short output) per server before its
+    points, not reported; the radix cache emptied before each measured point; a failing warm-up
+    leaves the points running; ``warmup=False`` does neither."""
+    FakeServer.events = []
+    calls = []
+
+    def client(cmd, out_file):
+        calls.append((str(out_file), cmd))
+        FakeServer.events.append(("client", Path(out_file).name))
+        if Path(out_file).name.endswith("-warmup.jsonl") and "fp8_e4m3" in str(out_file):
+            raise RuntimeError("bench_serving exited 1: warm-up refused")
+        return fake_client(cmd, out_file)
+
+    plan = B.Plan(models=["/m/qwen3-8b-shape"], pairs=[("sm12x", "auto"), ("sm12x", "fp8_e4m3")],
+                  concurrency=[1, 16], long_input_len=0, gsp=False)
+    logs = []
+    rows = B.run_matrix(plan, tmp_path, server_cls=FakeServer, client=client, log=logs.append)
+    assert len(rows) == 4 and not any(r.get("error") for r in rows)
+    assert not any(str(r.get("input_len")) == "16" or r.get("num_prompts") == 2 for r in rows)
+    warm = [c for f, c in calls if f.endswith("-warmup.jsonl")]
+    assert len(warm) == 2
+    for cmd in warm:
+        assert cmd[cmd.index("--num-prompts") + 1] == "2" and cmd[cmd.index("--max-concurrency") + 1] == "1"
+        assert cmd[cmd.index("--random-output-len") + 1] == "16"
+        assert cmd[cmd.index("--random-input-len") + 1] == str(plan.input_len)
+    assert any("warm-up run failed" in m for m in logs)
+    for key in (("sm12x", "auto"), ("sm12x", "fp8_e4m3")):
+        kv = key[1]
+        seq = [e for e in FakeServer.events if e[0] == "client" and f"-{kv}-" in e[1] or e == ("flush", key)]
+        names = [e[1] if e[0] == "client" else "flush" for e in seq]
+        assert names[0].endswith("-warmup.jsonl")
+        assert names[1:] == ["flush", f"qwen3-8b-shape-sm12x-{kv}-random-ids-c1-i1024.jsonl",
+                             "flush", f"qwen3-8b-shape-sm12x-{kv}-random-ids-c16-i1024.jsonl"]
+    FakeServer.events, calls[:] = [], []
+    plan.warmup = False
+    B.run_matrix(plan, tmp_path, server_cls=FakeServer, client=client, log=logs.append)
+    assert not FakeServer.events or all(e[0] == "client" for e in FakeServer.events)
+    assert not any(f.endswith("-warmup.jsonl") for f, _ in calls) and len(calls) == 4
+
+
 def test_report_json_markdown_and_plots(tmp_path):
     rows = B.run_matrix(_plan(), tmp_path / "w", server_cls=FakeServer, client=fake_client, log=lambda m: None)
     paths = B.write_report(rows, tmp_path, {"date": "2026-11-26", "device": "NVIDIA H100 80GB HBM3"}, _plan(),
@@ -105,6 +150,9 @@ port = int(sys.argv[sys.argv.index("--port") + 1])
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
+    def do_POST(self):
+        self.send_response(200 if self.path == "/flush_cache" else 404); self.end_headers()
+        self.wfile.write(b"Cache flushed.")
     def log_message(self, *a):
         pass
 http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
@@ -138,10 +186,12 @@ def test_server_is_stopped_on_ctrl_c_and_the_port_freed(tmp_path):
                     launcher=[sys.executable, str(script)]) as s:
             pid = s.proc.pid
             assert not _port_free(port)
+            assert s.flush_cache()
             raise KeyboardInterrupt
     assert pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    assert not Server("/m", "sm12x", port=port).flush_cache(timeout=5), "no server there: False, no exception"
     for _ in range(50):
         if _port_free(port):
             break
