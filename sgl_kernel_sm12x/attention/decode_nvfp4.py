@@ -32,54 +32,34 @@ from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from .kv_tile import split_range
+from .kv_tile import E2M1_BYTE_REGS, e2m1_bytes_ptx, f16x2_of_bytes, split_range
 
 MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8]))
 
-# Four nibbles in each 16-bit lane of a b32 register -> four f16x2 values times the scale pair s2:
-# pair i is built from the nibbles at bits (4i, 4i + 16), each code's exponent / mantissa bits
-# placed at fp16 bits 9..11 and its sign at bit 15 -- e2m1 * 2^-14 as an fp16 pattern, subnormal
-# 0.5 included (see kv_tile.FP4_PTX_UNIT).
-_LANE_PAIR = """and.b32 a, {t}, 0x{sm:08X};
-{sh_a}
-and.b32 b, {t}, 0x{mm:08X};
-{sh_b}
-or.b32 x, a, b;
-mul.rn.f16x2 x, x, s2;
-mov.b32 {{${o0}, ${o1}}}, x;
-"""
-
-
-def _shift(reg, n):
-    if n > 0:
-        return f"shl.b32 {reg}, {reg}, {n};"
-    if n < 0:
-        return f"shr.b32 {reg}, {reg}, {-n};"
-    return ""
-
-
 def _lane_pairs(t: str, first_out: int) -> list[str]:
-    """PTX of the four f16x2 pairs of register ``t``, into outputs ``first_out .. first_out + 7``."""
-    out = []
+    """PTX of the four f16x2 pairs of register ``t`` times the scale pair ``s2``, into outputs
+    ``first_out .. first_out + 7``: pair i holds the nibbles i and i + 4 (bytes i // 2 and
+    i // 2 + 2 of ``ze`` for even i, of ``zo`` for odd i; see kv_tile.e2m1_bytes_ptx)."""
+    out = [e2m1_bytes_ptx(t)]
     for i in range(4):
-        p = 4 * i
-        out.append(_LANE_PAIR.format(t=t, sm=(0x8 << p) | (0x8 << (p + 16)), mm=(0x7 << p) | (0x7 << (p + 16)),
-                                     sh_a=_shift("a", 12 - p), sh_b=_shift("b", 9 - p),
-                                     o0=first_out + 2 * i, o1=first_out + 2 * i + 1))
+        b = i // 2
+        out.append(f16x2_of_bytes("x", "ze" if i % 2 == 0 else "zo", b, b + 2)
+                   + f"mul.rn.f16x2 x, x, s2;\nmov.b32 {{${first_out + 2 * i}, ${first_out + 2 * i + 1}}}, x;")
     return out
 
 
 def _word_asm() -> str:
     """One 32-bit word (8 codes, little-endian nibbles) and an fp16 block scale ($9) -> 8 fp16
     values: output pair (2i, 2i + 1) holds elements (i, i + 4) of the word."""
-    return "{\n" + "\n".join([".reg .b32 a, b, x, s2;", "mov.b32 s2, {$9, $9};"] + _lane_pairs("$8", 0)) + "\n}\n"
+    return "{\n" + "\n".join([E2M1_BYTE_REGS, ".reg .b32 x, s2;", "mov.b32 s2, {$9, $9};"] + _lane_pairs("$8", 0)) \
+        + "\n}\n"
 
 
 def _pair_asm() -> str:
     """Two words of the same head_dim range, of an even and an odd token, with their fp16 block
     scales -> 16 fp16 values: output (2q, 2q + 1) is element q of the word for the (even, odd) token,
     as one b32 lane pair (the A fragment of V'^T pairs consecutive tokens)."""
-    lines = [".reg .b32 a, b, x, s2, ta, tb;",
+    lines = [E2M1_BYTE_REGS, ".reg .b32 x, s2, ta, tb;",
              "mov.b32 s2, {$18, $19};",
              "prmt.b32 ta, $16, $17, 0x5410;",     # bytes 0,1 of even | bytes 0,1 of odd
              "prmt.b32 tb, $16, $17, 0x7632;"]     # bytes 2,3 of even | bytes 2,3 of odd

@@ -263,30 +263,38 @@ def softmax_step(s, scale, m_i, l_i, mask, MASKED: tl.constexpr, HAS_CAP: tl.con
     return p, alpha, m_new, l_new
 
 
-# PTX for one 32-bit word of packed codes (4 bytes, 8 codes) -> 8 fp16 values: the bytes are
-# spread into 16-bit lanes (prmt), the high nibbles shifted down, and each code's exponent/mantissa
-# bits placed at fp16 bits 9..11 and its sign at bit 15: exactly e2m1 * 2^-14 as an fp16 pattern,
-# subnormal 0.5 included (the 2^14 goes into the caller's scales). Outputs: the low nibbles of
-# bytes 0..3, then the high nibbles of bytes 0..3.
-_E2M1_PLACE = """and.b32 a, {t}, 0x00070007;
-and.b32 s, {t}, 0x00080008;
-shl.b32 a, a, 9;
-shl.b32 s, s, 12;
-or.b32 {t}, a, s;
-"""
-_E2M1_WORD_ASM = tl.constexpr("""
-{
-.reg .b32 t<4>, a, s;
-prmt.b32 t0, $8, 0, 0x4140;
-prmt.b32 t1, $8, 0, 0x4342;
-shr.b32 t2, t0, 4;
-shr.b32 t3, t1, 4;
-""" + "".join(_E2M1_PLACE.format(t=f"t{i}") for i in range(4)) + """mov.b32 {$0, $1}, t0;
-mov.b32 {$2, $3}, t1;
-mov.b32 {$4, $5}, t2;
-mov.b32 {$6, $7}, t3;
-}
-""")
+# PTX for the codes of one 32-bit word (4 bytes, 8 codes, little-endian nibbles): two registers
+# get one code a byte -- ``ze`` the low nibbles of bytes 0..3, ``zo`` the high ones -- each byte the
+# high byte of an fp16 that is exactly e2m1 * 2^-14 (exponent / mantissa bits at byte bits 1..3,
+# i.e. fp16 bits 9..11, sign at bit 7, i.e. fp16 bit 15; subnormal 0.5 included; the 2^14 goes
+# into the caller's scales). One ``prmt`` then builds an f16x2 of any two of them, low bytes zero:
+# 7 integer instructions a word plus one prmt a pair (placing each pair's nibbles with their own
+# masks and shifts took 4-5 a pair).
+E2M1_BYTE_REGS = ".reg .b32 za, zb, ze, zo;"
+
+
+def e2m1_bytes_ptx(w: str) -> str:
+    return (f"shl.b32 za, {w}, 1;\nand.b32 za, za, 0x0E0E0E0E;\nshl.b32 zb, {w}, 4;\n"
+            f"and.b32 zb, zb, 0x80808080;\nor.b32 ze, za, zb;\n"
+            f"shr.b32 za, {w}, 3;\nand.b32 za, za, 0x0E0E0E0E;\nand.b32 zb, {w}, 0x80808080;\n"
+            f"or.b32 zo, za, zb;\n")
+
+
+def f16x2_of_bytes(dst: str, src: str, lo: int, hi: int) -> str:
+    """``dst`` = f16x2 whose low / high halves have byte ``lo`` / ``hi`` of ``src`` as high byte."""
+    return f"prmt.b32 {dst}, {src}, 0, 0x{(hi << 12) | (4 << 8) | (lo << 4) | 4:04X};\n"
+
+
+def _e2m1_word_asm() -> str:
+    """Outputs: the low nibbles of bytes 0..3, then the high nibbles of bytes 0..3."""
+    body = e2m1_bytes_ptx("$8")
+    for k, (src, lo) in enumerate((("ze", 0), ("ze", 2), ("zo", 0), ("zo", 2))):
+        body += f16x2_of_bytes("x", src, lo, lo + 1) + f"mov.b32 {{${2 * k}, ${2 * k + 1}}}, x;\n"
+    return "{\n" + E2M1_BYTE_REGS + "\n.reg .b32 x;\n" + body + "}\n"
+
+
+E2M1_WORD_PTX = _e2m1_word_asm()
+_E2M1_WORD_ASM = tl.constexpr(E2M1_WORD_PTX)
 
 
 @triton.jit
