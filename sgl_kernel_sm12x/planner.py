@@ -228,17 +228,63 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
     (11.3) -- 2.2-2.3 TB/s of the bytes read at large batch. Splits may go to 256 here (the reduce
     reads them in chunks of 64): at 1 x 32k, 128 splits 24.5 us against 28.0 at 64 and 34.8 at 256;
     the price at short contexts, where most of them are empty, is 1 x 8k 15.0 against 12.8 us at 64
-    (``...-tune-decode-fp4-mma-splits.json``). Not at head_dim 256 with more than
+    (``...-tune-decode-fp4-mma-splits.json``). Where the grid overflows one wave of resident
+    programs (:func:`fp4_mma_resident`), the split count may double or quadruple so that the last
+    wave is not a few warps a multiprocessor (:func:`_fp4_mma_wave_splits`; H100, 256 x 8 heads:
+    2,048 programs in 1.29 waves of 1,584 read at 54% of the copy ceiling, 128 x 8 in one wave at
+    77%; the 2-split choice there is not measured yet). Not at head_dim 256 with more than
     8 query heads a KV head: 16 x 256 fp32 accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
     sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
     if max_splits is None:      # the power of two nearest (log scale) to 8 programs per multiprocessor
         want = 8 * sms / max(1, batch * kv_heads)
         max_splits = 1 << max(0, min(MAX_SPLITS_CAP.bit_length() - 1, round(math.log2(want)) if want > 1 else 0))
+        max_splits = _fp4_mma_wave_splits(batch * kv_heads, max_splits, sms,
+                                          fp4_mma_resident(head_dim, 8 if group <= 8 else 16))
     if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
         raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=16 if head_dim == 256 else 32,
                         num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
                         prefetch=True, fp4_mma=True)
+
+
+def fp4_mma_resident(head_dim: int, heads_n: int) -> int:
+    """One-warp NVFP4 decode programs resident per multiprocessor (65,536 registers, sm_89 ..
+    sm_121): 65,536 / (32 x the kernel's registers, in steps of 8), from the planned
+    configurations' AOT register counts (`sm12x budget`, checked by tests/test_budget.py):
+    head_dim 64 123-168 registers, 128 at GQA <= 8 166-175, 128 at GQA 16 219-228, 256 227-232."""
+    if head_dim == 64:
+        return 15 if heads_n == 8 else 12
+    if head_dim == 128:
+        return 12 if heads_n == 8 else 9
+    return 8
+
+
+def _wave_cost(programs: int, per_sm: int, sms: int) -> float:
+    """Time of ``programs`` equal, memory-bound programs in units of one program's time at full
+    bandwidth: whole waves of ``per_sm`` a multiprocessor, then the last partial wave, which takes
+    as long as ``5 / 8 per_sm`` programs would even when fewer run -- too few warps to keep the
+    memory system busy. Calibrated on the H100 (12 resident, D128): 1,024 programs (7.8 a
+    multiprocessor, one wave) 77% of the copy ceiling, 2,048 (12 + 3.5) 54%."""
+    full, tail = divmod(programs, per_sm * sms)
+    return full * per_sm + (max(tail / sms, per_sm * 5 / 8) if tail else 0)
+
+
+def _fp4_mma_wave_splits(rows: int, splits: int, sms: int, per_sm: int) -> int:
+    """``splits`` unless the grid (``rows`` x ``splits`` programs) overflows one wave: then the
+    split count among ``splits`` x {1, 2, 4} with the least modelled time (:func:`_wave_cost`,
+    work a program ~ 1 / splits), a larger one only where it saves more than 5% -- the tail
+    wave of a grid just over a whole number of waves runs with a few warps a multiprocessor
+    (H100, 128 x 8 heads: 1 split; 256 x 8: 2 splits instead of 1.29 waves)."""
+    if rows * splits <= per_sm * sms:
+        return splits
+    best, best_t = splits, _wave_cost(rows * splits, per_sm, sms) / splits
+    for s in (2 * splits, 4 * splits):
+        if s > MAX_SPLITS_CAP:
+            break
+        t = _wave_cost(rows * s, per_sm, sms) / s
+        if t < 0.95 * best_t:
+            best, best_t = s, t
+    return best
 
 
 def decode_max_splits(arch: int, *, max_batch: int, **kw) -> int:

@@ -89,3 +89,18 @@ def test_budget_covers_attention_with_mma_sync(budget_json):
             assert r["mma"].startswith("mma.sync"), r
     kv = {r["config"]["kv_dtype"] for r in budget_json if r["kernel"] in ("decode", "extend")}
     assert kv == {"bf16", "fp16", "fp8_e4m3", "nvfp4", "fp8k_nvfp4v"}
+
+
+def test_resident_program_table_matches_the_compiled_registers(budget_json):
+    """The planner's one-warp NVFP4 decode occupancy (``fp4_mma_resident``, which its split count
+    depends on) against the registers of the compiled configurations: within the range of
+    65,536 / (32 x registers) over each head_dim x GQA class (page size and q dtype vary it)."""
+    from sgl_kernel_sm12x import planner
+    occ = {}
+    for r in budget_json:
+        if r["kernel"] == "decode_nvfp4":
+            key = (r["config"]["head_dim"], r["config"]["heads_n"])
+            occ.setdefault(key, set()).add(65536 // (-(-r["regs"] // 8) * 8 * 32))
+    assert {d for d, _ in occ} == {64, 128, 256}
+    for (d, heads_n), seen in occ.items():
+        assert min(seen) <= planner.fp4_mma_resident(d, heads_n) <= max(seen), (d, heads_n, sorted(seen))

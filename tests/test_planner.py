@@ -1,4 +1,6 @@
 """Planner: arch table, supported domains, and the AOT guarantee (budget compiles the planner's image)."""
+import math
+
 import pytest
 
 from sgl_kernel_sm12x import kv_append, planner
@@ -69,7 +71,10 @@ def test_decode_split_planning():
     assert planner.plan_decode(90, batch=1, kv_heads=1, **reg).max_splits == 256
     assert planner.plan_decode(90, batch=1, kv_heads=8, **reg).max_splits == 128
     assert planner.plan_decode(90, batch=64, kv_heads=8, **reg).max_splits == 2
-    assert planner.plan_decode(90, batch=256, kv_heads=8, **reg).max_splits == 1
+    assert planner.plan_decode(90, batch=128, kv_heads=8, **reg).max_splits == 1
+    # ... unless the grid overflows one wave of resident programs (12 a multiprocessor at D128):
+    # 256 x 8 heads is 2,048 programs, 1.29 waves of 1,584 -> 2 splits (2.6 waves)
+    assert planner.plan_decode(90, batch=256, kv_heads=8, **reg).max_splits == 2
     assert planner.plan_decode(120, batch=1, max_splits=256, head_dim=128, kv_dtype="bf16").max_splits == 256
     with pytest.raises(ValueError, match="max_splits"):
         planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", max_splits=3)
@@ -77,6 +82,38 @@ def test_decode_split_planning():
         planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", group=32)
     with pytest.raises(ValueError, match="q_dtype"):
         planner.plan_decode(120, head_dim=128, kv_dtype="bf16", q_dtype="fp16")
+
+
+@pytest.mark.parametrize("sms", [46, 84, 132, 170, 188])
+@pytest.mark.parametrize("d,group", [(64, 4), (128, 4), (128, 16), (256, 8)])
+def test_decode_nvfp4_split_count_against_the_wave_model(sms, d, group):
+    """The register-operand kernel's split count: the 8-programs-a-multiprocessor choice wherever
+    the grid fits one wave of resident programs; beyond, never a modelled time worse than that
+    choice's, and a split count that is a power of two within the cap."""
+    per_sm = planner.fp4_mma_resident(d, 8 if group <= 8 else 16)
+    for kv_heads in (1, 2, 8):
+        for batch in range(1, 1025, 7):
+            c = planner.plan_decode(120, head_dim=d, kv_dtype="nvfp4", group=group, batch=batch, kv_heads=kv_heads,
+                                    num_sms=sms)
+            assert c.fp4_mma == (not (d == 256 and group > 8))
+            want = 8 * sms / (batch * kv_heads)
+            base = 1 << max(0, min(8, round(math.log2(want)) if want > 1 else 0))
+            s = c.max_splits
+            assert s & (s - 1) == 0 and 1 <= s <= planner.MAX_SPLITS_CAP
+            rows = batch * kv_heads
+            if rows * base <= per_sm * sms:
+                assert s == base, (batch, kv_heads)
+            else:
+                assert s in (base, 2 * base, 4 * base)
+                t = planner._wave_cost(rows * s, per_sm, sms) / s
+                assert t <= planner._wave_cost(rows * base, per_sm, sms) / base
+
+
+def test_wave_cost_model():
+    # one wave of 7.8 programs a multiprocessor; 12 + a tail of 3.5 costs as if 12 + 7.5 ran
+    assert planner._wave_cost(1024, 12, 132) == pytest.approx(1024 / 132)
+    assert planner._wave_cost(2048, 12, 132) == pytest.approx(12 + 7.5)
+    assert planner._wave_cost(12 * 132 * 3, 12, 132) == 36
 
 
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
