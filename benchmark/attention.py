@@ -6,6 +6,8 @@ Triton kernels and the device copy ceiling, in one run.
 Decode GB/s counts the bytes a kernel must read: K and V of every cached token in the pool's
 format (NVFP4: data + block scales), plus q and the output. Extend TFLOP/s counts
 4 * B * H * D * (C * P + C^2 / 2) for B requests of prefix P and chunk C (causal).
+Extend calls pass ``max_prefix_len`` as the SGLang backend does (from ``extend_prefix_lens_cpu``):
+at prefix 0 a quantized pool is not read and the fp8 / nvfp4 rows run the 16-bit kernel.
 All providers read the same tokens (contiguous slots per request, page size 1) and are timed as
 CUDA-graph replays (decode) or plain launches (extend) by ``triton.testing``.
 """
@@ -151,7 +153,7 @@ def extend_rows(shapes, hq, hkv, d):
             pool = make_pool(kv, max(1, batch * prefix), hkv, d)
             record("sm12x", kv, lambda: extend_attention(
                 q, k, v, pool["k_cache"], pool["v_cache"], qo, kv_indptr, kv_indices, plens, kv_dtype=kv,
-                max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
+                max_extend_len=chunk, max_prefix_len=prefix, k_scale_cache=pool.get("k_scale_cache"),
                 v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
                 v_scale=pool.get("v_scale", 1.0)))
             if kv == "bf16":
