@@ -289,6 +289,34 @@ def _fail(name, msg):
 
 
 @triton.jit
+def _expert_counts(ids, offs_e):
+    """How many of ``ids`` (pairs' experts, -1 for none) go to each expert ``offs_e``."""
+    return tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
+
+
+@triton.jit
+def _block_experts(expert_ids_ptr, ends, nblk, num_experts, BLOCK_M: tl.constexpr, LANES: tl.constexpr):
+    """The expert of every BLOCK_M block of the padded list (experts' padded runs end at ``ends``;
+    blocks past the last run get the last expert)."""
+    lane = tl.arange(0, LANES)
+    for b0 in range(0, nblk, LANES):
+        b = b0 + lane
+        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), 1)
+        tl.store(expert_ids_ptr + b, tl.minimum(e, num_experts - 1), mask=b < nblk)
+
+
+@triton.jit
+def _scatter_pairs(sorted_ids_ptr, ids, i, m, cursor, offs_e, before):
+    """Pairs ``i`` (experts ``ids``, valid where ``m``) to their experts' next free positions, in
+    order within an expert; returns the advanced cursors."""
+    onehot = ids[:, None] == offs_e[None, :]
+    base = tl.sum(tl.where(onehot, cursor[None, :], 0), 1)
+    rank = tl.sum(((ids[:, None] == ids[None, :]) & before).to(tl.int32), 1)
+    tl.store(sorted_ids_ptr + base + rank, i.to(tl.int32), mask=m)
+    return cursor + tl.sum(onehot.to(tl.int32), 0)
+
+
+@triton.jit
 def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr, cap, num_experts,
                      E_P: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr, FILL: tl.constexpr = 1024):
     """One program: count pairs per expert, pad each run to BLOCK_M, list the pairs expert by expert
@@ -300,8 +328,7 @@ def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_p
     lane = tl.arange(0, CHUNK)
     counts = tl.zeros([E_P], tl.int32)
     for i0 in range(0, n, CHUNK):
-        ids = tl.load(topk_ids_ptr + i0 + lane, mask=i0 + lane < n, other=-1)
-        counts += tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
+        counts += _expert_counts(tl.load(topk_ids_ptr + i0 + lane, mask=i0 + lane < n, other=-1), offs_e)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, 0)
     tl.store(num_post_pad_ptr, tl.sum(padded, 0))
@@ -309,22 +336,14 @@ def moe_align_kernel(topk_ids_ptr, n, sorted_ids_ptr, expert_ids_ptr, num_post_p
     fill = tl.full([FILL], 0, tl.int32) + n
     for j0 in range(0, cap, FILL):
         tl.store(sorted_ids_ptr + j0 + fl, fill, mask=j0 + fl < cap)
-    nblk = cap // BLOCK_M
-    for b0 in range(0, nblk, CHUNK):
-        b = b0 + lane
-        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), 1)
-        tl.store(expert_ids_ptr + b, tl.minimum(e, num_experts - 1), mask=b < nblk)
+    _block_experts(expert_ids_ptr, ends, cap // BLOCK_M, num_experts, BLOCK_M, CHUNK)
     tl.debug_barrier()                    # the padding fill lands before the pair ids
     cursor = ends - padded
     before = lane[None, :] < lane[:, None]
     for i0 in range(0, n, CHUNK):
         m = i0 + lane < n
         ids = tl.load(topk_ids_ptr + i0 + lane, mask=m, other=-1)
-        onehot = ids[:, None] == offs_e[None, :]
-        base = tl.sum(tl.where(onehot, cursor[None, :], 0), 1)
-        rank = tl.sum(((ids[:, None] == ids[None, :]) & before).to(tl.int32), 1)
-        tl.store(sorted_ids_ptr + base + rank, (i0 + lane).to(tl.int32), mask=m)
-        cursor += tl.sum(onehot.to(tl.int32), 0)
+        cursor = _scatter_pairs(sorted_ids_ptr, ids, i0 + lane, m, cursor, offs_e, before)
 
 
 @triton.jit
@@ -339,8 +358,7 @@ def moe_align_count_kernel(topk_ids_ptr, n, counts_ptr, sorted_ids_ptr, cap,
     counts = tl.zeros([E_P], tl.int32)
     for s0 in range(0, CHUNK, SUB):
         i = p * CHUNK + s0 + lane
-        ids = tl.load(topk_ids_ptr + i, mask=i < n, other=-1)
-        counts += tl.sum((ids[:, None] == offs_e[None, :]).to(tl.int32), 0)
+        counts += _expert_counts(tl.load(topk_ids_ptr + i, mask=i < n, other=-1), offs_e)
     tl.store(counts_ptr + p * E_P + offs_e, counts)
     share = tl.cdiv(cap, tl.num_programs(0))
     fl = tl.arange(0, FILL)
@@ -371,12 +389,7 @@ def moe_align_offsets_kernel(counts_ptr, num_chunks, offsets_ptr, expert_ids_ptr
     starts = ends - padded
     tl.store(num_post_pad_ptr, tl.sum(padded, 0))
     tl.store(offsets_ptr + num_chunks * E_P + offs_e, starts)      # row num_chunks: the experts' starts
-    lane = tl.arange(0, SUB)
-    nblk = cap // BLOCK_M
-    for b0 in range(0, nblk, SUB):
-        b = b0 + lane
-        e = tl.sum((ends[None, :] <= (b * BLOCK_M)[:, None]).to(tl.int32), 1)
-        tl.store(expert_ids_ptr + b, tl.minimum(e, num_experts - 1), mask=b < nblk)
+    _block_experts(expert_ids_ptr, ends, cap // BLOCK_M, num_experts, BLOCK_M, SUB)
 
 
 @triton.jit
@@ -392,12 +405,8 @@ def moe_align_scatter_kernel(topk_ids_ptr, n, offsets_ptr, num_chunks, sorted_id
     for s0 in range(0, CHUNK, SUB):
         i = p * CHUNK + s0 + lane
         m = i < n
-        ids = tl.load(topk_ids_ptr + i, mask=m, other=-1)
-        onehot = ids[:, None] == offs_e[None, :]
-        base = tl.sum(tl.where(onehot, cursor[None, :], 0), 1)
-        rank = tl.sum(((ids[:, None] == ids[None, :]) & before).to(tl.int32), 1)
-        tl.store(sorted_ids_ptr + base + rank, i.to(tl.int32), mask=m)
-        cursor += tl.sum(onehot.to(tl.int32), 0)
+        cursor = _scatter_pairs(sorted_ids_ptr, tl.load(topk_ids_ptr + i, mask=m, other=-1), i, m, cursor, offs_e,
+                                before)
 
 
 ALIGN_CHUNK = 256           # pairs per program of the many-program alignment
