@@ -210,11 +210,15 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
         want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
         max_splits = min(1 << (want - 1).bit_length(), _TRITON_SPLITS)
-    if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
-        raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
+    _check_splits(max_splits)
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=max_splits, min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
+
+
+def _check_splits(max_splits: int) -> None:
+    if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
+        raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
 
 
 def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms) -> DecodeConfig:
@@ -240,8 +244,7 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
         max_splits = 1 << max(0, min(MAX_SPLITS_CAP.bit_length() - 1, round(math.log2(want)) if want > 1 else 0))
         max_splits = _fp4_mma_wave_splits(batch * kv_heads, max_splits, sms,
                                           fp4_mma_resident(head_dim, 8 if group <= 8 else 16))
-    if max_splits < 1 or max_splits & (max_splits - 1) or max_splits > MAX_SPLITS_CAP:
-        raise ValueError(f"max_splits={max_splits} must be a power of two in [1, {MAX_SPLITS_CAP}]")
+    _check_splits(max_splits)
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=16 if head_dim == 256 else 32,
                         num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
                         prefetch=True, fp4_mma=True)

@@ -261,12 +261,7 @@ def decode_attention(
     cfg = config or cfg
     if cfg.fp4_mma and not fp4_mma_available():
         # the interpreter, or a Triton without Gluon: the Triton split stage, same split count
-        fallback = planner.plan_decode(arch or (planner.current_arch(q.device) if q.device.type == "cuda" else 120),
-                                       head_dim=q.shape[2], kv_dtype=kv_dtype,
-                                       q_dtype=_ACT.get(q.dtype, "bf16"), group=q.shape[1] // k_cache.shape[1],
-                                       page_size=page_size, batch=q.shape[0], kv_heads=k_cache.shape[1],
-                                       max_splits=cfg.max_splits, fp4_mma=False)
-        cfg = fallback
+        cfg = planner.plan_decode(**dict(meta["plan"], max_splits=cfg.max_splits), fp4_mma=False)
     batch, hq, d = q.shape
     hkv = meta["kv_heads"]
     if out is None:
@@ -295,20 +290,20 @@ def decode_attention(
                         logit_cap, window_left, hq // hkv, page_size)
     else:
         decode_split_kernel[(batch, hkv, cfg.max_splits)](
-          q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
-          k_cache_ptr=kc, v_cache_ptr=vc,
-          stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
-          k_scale_ptr=ks, v_scale_ptr=vs,
-          stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
-          kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
-          part_o_ptr=part_o, part_lse_ptr=part_lse,
-          qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
-          group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
-          BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
-          K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
-          HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-          DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-      )
+            q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
+            k_cache_ptr=kc, v_cache_ptr=vc,
+            stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+            k_scale_ptr=ks, v_scale_ptr=vs,
+            stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+            kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
+            part_o_ptr=part_o, part_lse_ptr=part_lse,
+            qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
+            group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
+            BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
+            K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+            HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     write_lse = lse is not None
     decode_reduce_kernel[(batch, hq)](
         part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
@@ -413,11 +408,12 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     if arch is None:
         arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
     sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
-    cfg = planner.plan_decode(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
-                              page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
+    plan = dict(arch=arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
+                page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
+    cfg = planner.plan_decode(**plan)
     kc = k_cache.view(torch.uint8) if modes[0] == 1 else k_cache
     vc = v_cache.view(torch.uint8) if modes[1] == 1 else v_cache
-    return cfg, dict(modes=modes, kv_heads=hkv, k_cache=kc, v_cache=vc)
+    return cfg, dict(modes=modes, kv_heads=hkv, k_cache=kc, v_cache=vc, plan=plan)
 
 
 def aot_cases(arch: int):

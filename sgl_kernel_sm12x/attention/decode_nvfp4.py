@@ -190,6 +190,21 @@ def _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_s, stride_ss, PARI
 
 
 @gluon.jit
+def _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s, stride_vc_s,
+               stride_vs_s, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
+               OFF32: gl.constexpr, KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr):
+    """The raw tile at ``n0``: K words and scales, then V words and scales of its even and odd
+    tokens (:func:`_load_k`, :func:`_load_v`)."""
+    kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM, BLOCK_N, PAGE,
+                     OFF32, KWL, KSL)
+    we, se = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM, BLOCK_N,
+                     PAGE, OFF32, VWL, VSL)
+    wo, so = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM, BLOCK_N,
+                     PAGE, OFF32, VWL, VSL)
+    return kw, ks, we, se, wo, so
+
+
+@gluon.jit
 def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr,
                 KWL: gl.constexpr):
     """Decoded K'^T ``(HEAD_DIM, BLOCK_N)`` in the B-operand layout (see :func:`perm_k`)."""
@@ -273,29 +288,20 @@ def decode_split_nvfp4_kernel(
     acc = gl.zeros([HEAD_DIM, NH], gl.float32, MMA)
 
     if PREFETCH:    # the raw words and scales of tile i + 1 are in flight while tile i is computed
-        kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, lo_tok, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
-                         BLOCK_N, PAGE, OFF32, KWL, KSL)
-        we, se = _load_v(vc, vsc, kv_indices_ptr, base, lo_tok, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
-                         BLOCK_N, PAGE, OFF32, VWL, VSL)
-        wo, so = _load_v(vc, vsc, kv_indices_ptr, base, lo_tok, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
-                         BLOCK_N, PAGE, OFF32, VWL, VSL)
+        kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, lo_tok, hi_tok, stride_kc_s,
+                                            stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE, OFF32,
+                                            KWL, VWL, KSL, VSL)
     for n0 in range(lo_tok, hi_tok, BLOCK_N):
         if PREFETCH:
             kw_c, ks_c, we_c, se_c, wo_c, so_c = kw, ks, we, se, wo, so
-            nx = gl.minimum(n0 + BLOCK_N, hi_tok - 1)
-            kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, nx, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
-                             BLOCK_N, PAGE, OFF32, KWL, KSL)
-            we, se = _load_v(vc, vsc, kv_indices_ptr, base, nx, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
-                             BLOCK_N, PAGE, OFF32, VWL, VSL)
-            wo, so = _load_v(vc, vsc, kv_indices_ptr, base, nx, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
-                             BLOCK_N, PAGE, OFF32, VWL, VSL)
+            kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base,
+                                                gl.minimum(n0 + BLOCK_N, hi_tok - 1), hi_tok, stride_kc_s,
+                                                stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE,
+                                                OFF32, KWL, VWL, KSL, VSL)
         else:
-            kw_c, ks_c = _load_k(kc, ksc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM,
-                                 BLOCK_N, PAGE, OFF32, KWL, KSL)
-            we_c, se_c = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM,
-                                 BLOCK_N, PAGE, OFF32, VWL, VSL)
-            wo_c, so_c = _load_v(vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM,
-                                 BLOCK_N, PAGE, OFF32, VWL, VSL)
+            kw_c, ks_c, we_c, se_c, wo_c, so_c = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, n0, hi_tok,
+                                                            stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
+                                                            HEAD_DIM, BLOCK_N, PAGE, OFF32, KWL, VWL, KSL, VSL)
         kt = _kt_operand(kw_c, ks_c, HEAD_DIM, BLOCK_N, KB, KWL)
         s = mma_v2(qv, kt, gl.zeros([16, BLOCK_N], gl.float32, MMA))
         if NH == 8:   # rows 8..15 of S are padding: keep rows 0..7 (row bit 3 is a register bit)
