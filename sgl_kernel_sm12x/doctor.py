@@ -92,11 +92,11 @@ def _nvfp4_decode_check(arch: int) -> Check:
         gluon = fp4_mma_available()
     except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
         gluon = False
-    try:
-        cc = planner.arch_limits(arch).cc
+    try:     # the planner's own choice (head_dim 128; 256 with GQA above 8 always takes the Triton stage)
+        planned = planner.plan_decode(arch, head_dim=128, kv_dtype="nvfp4").fp4_mma
     except ValueError as e:
         return Check("nvfp4 decode", "skip", str(e)[:200])
-    if cc < 89:
+    if not planned:
         return Check("nvfp4 decode", "ok", f"Triton split stage (sm_{arch} has no fp8 conversion for the scales)")
     if not gluon:
         return Check("nvfp4 decode", "ok", "Triton split stage (this Triton has no Gluon 3.6+, or the interpreter "
