@@ -46,17 +46,33 @@ def main():
                     help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
+    ap.add_argument("--tiles", nargs="+", default=None,
+                    help="extend: BLOCK_MxBLOCK_NxWARPSxSTAGES tiles to sweep (default: a fixed list)")
+    ap.add_argument("--prefix-stages", type=int, nargs="+", default=None,
+                    help="extend: pipeline stages of the prefix loop alone (0: the tile's)")
+    ap.add_argument("--heavy-first", type=int, nargs="+", default=None,
+                    help="extend: longest causal row blocks launched first (1) or in order (0)")
+    ap.add_argument("--plan-arch", type=int, default=None,
+                    help="plan for this compute capability instead of the device's (e.g. 120, to time the "
+                    "sm_120 tiles' code shape on another card: with DISABLE_MMA_V3=1 Hopper uses mma.sync as "
+                    "sm_120 does; its shared memory and clocks are not sm_120's)")
+    ap.add_argument("--extend-shapes", nargs="+", default=["1x0x8192", "1x4096x1024", "8x4096x1024"],
+                    help="extend: BATCHxPREFIXxCHUNK points")
+    ap.add_argument("--loop-stages", type=int, nargs="+", default=[0],
+                    help="decode: pipeline stages of the Triton split stage's tile loop (0: the tile's)")
+    ap.add_argument("--flashinfer", action="store_true",
+                    help="time FlashInfer's bf16 kernel on each shape in the same run (decode)")
     ap.add_argument("--tolerance", type=float, default=3e-2,
                     help="largest |output - planned configuration's output| accepted")
     a = ap.parse_args()
     env = environment()
-    arch = planner.current_arch()
+    arch = a.plan_arch or planner.current_arch()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     d, hq, hkv = a.head_dim, 32, 8
     rows = []
     if a.extend:
         for kv in a.kv_dtype:
-            for batch, prefix, chunk in ((1, 0, 8192), (1, 4096, 1024), (8, 4096, 1024)):
+            for batch, prefix, chunk in (tuple(int(x) for x in sh.split("x")) for sh in a.extend_shapes):
                 flops = 4 * batch * hq * d * (chunk * prefix + chunk * chunk / 2)
                 T = batch * chunk
                 q = torch.randn(T, hq, d, device=DEV, dtype=torch.bfloat16)
@@ -71,9 +87,14 @@ def main():
                 tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
                          (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
+                if a.tiles:
+                    tiles = [tuple(int(x) for x in t.split("x")) for t in a.tiles]
                 cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk,
-                                                                     prefetch=bool(pf))
+                                                                     prefetch=bool(pf), unmasked=plan.unmasked,
+                                                                     prefix_stages=ps, heavy_first=bool(hf))
                                                 for bm, bn, nw, ns in tiles for pk in a.pack for pf in a.prefetch
+                                                for ps in (a.prefix_stages or [plan.prefix_stages])
+                                                for hf in (a.heavy_first or [int(plan.heavy_first)])
                                                 if (hq // hkv) % pk == 0 and bm // pk >= 8])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
@@ -97,10 +118,11 @@ def main():
                                      config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
                                      max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
-                          f"pf={int(cfg.prefetch)} "
+                          f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
-        write_json("tune-extend", {**env, "benchmark": "tune_extend", "rows": rows})
+        write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,
+                                   "disable_mma_v3": os.environ.get("DISABLE_MMA_V3", ""), "rows": rows})
         return
     for kv in a.kv_dtype:
         for batch, ctx in (tuple(int(x) for x in sh.split("x")) for sh in a.decode_shapes):
@@ -116,9 +138,10 @@ def main():
             splits = a.min_split_tokens or [plan.min_split_tokens]
             max_splits = a.max_splits or [plan.max_splits]
             cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, msp, mst, plan.hw_fp8,
-                                                                 bool(pf))
-                                            for bn, nw, ns, pf, mst, msp in itertools.product(
-                                                a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits)
+                                                                 bool(pf), loop_stages=ls)
+                                            for bn, nw, ns, pf, mst, msp, ls in itertools.product(
+                                                a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits,
+                                                a.loop_stages)
                                             if 0 in a.fp4_mma or kv != "nvfp4"])
             if kv == "nvfp4":       # the Triton split stage as planned where the register-operand kernel is not
                 cands[planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
@@ -128,6 +151,11 @@ def main():
                                                                 bool(pf), fp4_mma=True)
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
+            if a.flashinfer and kv == "bf16":
+                fi_ms = _flashinfer_decode_ms(q, pool, indptr, indices, batch, hq, hkv, d)
+                rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
+                                 ms=fi_ms, gbps=nbytes / fi_ms / 1e6))
+                print(f"decode flashinfer b={batch:<4} ctx={ctx:<6} {fi_ms * 1e3:8.1f} us {nbytes / fi_ms / 1e6:7.0f} GB/s")
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -151,11 +179,22 @@ def main():
                                  planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
-                      f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} "
+                      f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} ls={cfg.loop_stages} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
     write_json("tune-attention", {**env, "benchmark": "tune_attention", "rows": rows})
+
+
+def _flashinfer_decode_ms(q, pool, indptr, indices, batch, hq, hkv, d):
+    """FlashInfer's paged decode on the same bf16 pool, as benchmark/attention.py runs it."""
+    import flashinfer
+    wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
+    w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
+           q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    kc, vc = pool["k_cache"].view(-1, 1, hkv, d), pool["v_cache"].view(-1, 1, hkv, d)
+    return bench_ms(lambda: w.run(q, (kc, vc)), graph=True)[1]
 
 
 if __name__ == "__main__":

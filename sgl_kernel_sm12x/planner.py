@@ -154,6 +154,7 @@ class DecodeConfig:
     hw_fp8: bool = False
     prefetch: bool = False  # the raw bytes of the next tile are loaded while this one is decoded
     fp4_mma: bool = False   # nvfp4: the one-warp kernel that decodes tiles into MMA operand registers
+    loop_stages: int = 0    # software-pipeline stages of the Triton split stage's tile loop (0: num_stages)
 
     def as_dict(self):
         return asdict(self)
@@ -341,6 +342,8 @@ class ExtendConfig:
     pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
     prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
     unmasked: bool = True   # 16-bit pools: tiles every row sees whole run a second, select-free loop
+    prefix_stages: int = 0  # software-pipeline stages of the prefix loop alone (0: num_stages)
+    heavy_first: bool = True  # causal row blocks launched longest first within each (head, request)
 
     def as_dict(self):
         return asdict(self)
@@ -377,6 +380,12 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
+    if lim.cc == 90 and not (kv_dtype == "nvfp4" and cfg.block_n == 128):
+        # the prefix loop's K/V addresses come from a load (the slot ids), so Triton's pipeliner
+        # splits its stages between the two loads: at 2-3 stages the tile is issued one iteration
+        # ahead, after the MMAs, and waited for at once; 5 stages keep one tile in flight (AOT:
+        # 164-230 KB; the packed NVFP4 128 x 128 tile spills 28 B, sm_100 bf16 D128 20-56 B)
+        cfg = replace(cfg, prefix_stages=5)
     if lim.cc in (86, 89) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
         # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps there (AOT)
         cfg = replace(cfg, unmasked=False)

@@ -171,6 +171,17 @@ def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, q_dtype, d
     _run_extend(q_dtype, q_dtype, 64, 1, 2, 16, [0, 70], [50, 33], device, config=cfg, logit_cap=8.0)
 
 
+@pytest.mark.parametrize("heavy_first", [True, False])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "bf16"), ("nvfp4", "bf16")], ids=lambda f: f[0])
+def test_extend_row_block_order_and_prefix_stages(fmt, heavy_first, device):
+    """Row blocks launched longest first (or in order) with a deep prefix pipeline, over chunks of
+    unequal length (the longest chunk sizes the grid: shorter ones leave the first / last programs
+    with nothing to do) and prefixes that end inside a tile."""
+    kv_dtype, q_dtype = fmt
+    cfg = planner.ExtendConfig(32, 16, 4, 2, pack=1, heavy_first=heavy_first, prefix_stages=5)
+    _run_extend(kv_dtype, q_dtype, 64, 2, 2, 1, [0, 45, 3, 70], [70, 1, 33, 16], device, config=cfg)
+
+
 def test_extend_pack_must_divide_the_group(device):
     with pytest.raises(ValueError, match="pack=4 must divide the GQA group"):
         _run_extend("bf16", "bf16", 64, 2, 2, 1, [0], [5], device, config=planner.ExtendConfig(32, 32, 4, 2, pack=4))
@@ -255,6 +266,37 @@ def test_decode_empty_and_lse(device):
     k, _ = pool.dequant(tok[1])
     s = (q[1].float().cpu() @ k[:, 0].T) / 8.0
     assert abs(lse[1, 0].item() - torch.logsumexp(s, -1).item()) < 2e-2
+
+
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp16", "fp16"), ("fp8_e4m3", "bf16"), ("nvfp4", "fp16"),
+                                 ("fp8k_nvfp4v", "bf16")], ids=lambda f: f"{f[0]}-{f[1]}")
+def test_decode_one_split_stores_the_output_itself(fmt, device, monkeypatch):
+    """One split and no LSE wanted: the Triton split stage normalises, applies the V scale and
+    stores the output in q's dtype, and no reduce is launched; an empty request still reads zeros.
+    With an LSE wanted the same call goes through the reduce and agrees."""
+    from sgl_kernel_sm12x.attention import decode as dec
+    kv_dtype, q_dtype = fmt
+    lens = [0, 1, 97, 300]
+    hkv, group, d = 2, 4, 64
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, 16, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype]).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    cfg = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, page_size=16,
+                              batch=len(lens), kv_heads=hkv, max_splits=1, fp4_mma=False)
+    kw = dict(kv_dtype=kv_dtype, page_size=16, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+              v_scale=pool.v_scale, config=cfg)
+    with_lse = decode_attention(q, pool.k, pool.v, indptr, indices, seq, lse=torch.empty(len(lens), hkv * group,
+                                                                                           device=device), **kw)
+
+    class NoReduce:
+        def __getitem__(self, grid):
+            raise AssertionError("the reduce was launched for a one-split call")
+    monkeypatch.setattr(dec, "decode_reduce_kernel", NoReduce())
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out, **kw)
+    assert (out[0] == 0).all(), "a request without tokens yields zeros"
+    assert_decode_per_request(out[1:], q[1:].cpu(), pool, tok[1:], lens[1:], ACT[q_dtype], ", one split")
+    assert_close_attn(out, with_lse, "one split, direct vs through the reduce", atol=2e-2)
 
 
 def test_nan_in_one_request_stays_there(device):

@@ -57,6 +57,8 @@ def decode_split_kernel(
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr, PREFETCH: tl.constexpr = False,
+    LOOP_STAGES: tl.constexpr = None, DIRECT: tl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0,
+    v_scale=1.0,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -70,8 +72,15 @@ def decode_split_kernel(
     q_head = kvh * group + offs_h
     dt = q_ptr.dtype.element_ty
     out_row = (b * tl.num_programs(1) * group + q_head) * max_splits + sid
+    offs_d = tl.arange(0, HEAD_DIM)
+    # DIRECT (one split, no LSE wanted): the program's result is the output -- normalised, V-scaled
+    # and stored in q's dtype here, no reduce launch
     if lo_tok >= hi_tok:      # this split has no tokens: mark it empty for the reduce
-        tl.store(part_lse_ptr + out_row, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_mask)
+        if DIRECT:            # (an empty request's output is zeros, as the reduce writes it)
+            tl.store(o_ptr + b * stride_o_b + q_head[:, None] * stride_o_h + offs_d[None, :],
+                     tl.zeros([BLOCK_H, HEAD_DIM], o_ptr.dtype.element_ty), mask=h_mask[:, None])
+        else:
+            tl.store(part_lse_ptr + out_row, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_mask)
         return
 
     q_row = q_ptr + b * stride_q_b + q_head[:, None] * stride_q_h
@@ -80,7 +89,6 @@ def decode_split_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     HALF: tl.constexpr = HEAD_DIM // 2
     offs_p = tl.arange(0, HALF)
-    offs_d = tl.arange(0, HEAD_DIM)
     if F16_MMA:   # fp16 MMAs on the exact fp16 dequantized FP8/NVFP4 tiles; q saturates at +-65504
         dt = tl.float16
     # q_a / q_b: even / odd elements of q for an NVFP4 K (q_b unused otherwise); acc_a / acc_b the
@@ -137,7 +145,7 @@ def decode_split_kernel(
             kr, ksr, vr, vsr, n_mask = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx
             pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
     else:
-        for n0 in range(lo_tok, hi_tok, BLOCK_N):
+        for n0 in tl.range(lo_tok, hi_tok, BLOCK_N, num_stages=LOOP_STAGES):
             pos = n0 + offs_n
             n_mask = pos < hi_tok
             slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
@@ -149,6 +157,16 @@ def decode_split_kernel(
 
     o_row = part_o_ptr + out_row[:, None] * HEAD_DIM
     inv_l = 1.0 / l_i
+    if DIRECT:
+        od = o_ptr.dtype.element_ty
+        o_rows = o_ptr + b * stride_o_b + q_head[:, None] * stride_o_h
+        if V_MODE == 2:
+            tl.store(o_rows + 2 * offs_p[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
+            tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_b * (inv_l * v_scale)[:, None]).to(od),
+                     mask=h_mask[:, None])
+        else:
+            tl.store(o_rows + offs_d[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
+        return
     if V_MODE == 2:
         tl.store(o_row + 2 * offs_p[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
         tl.store(o_row + 2 * offs_p[None, :] + 1, acc_b * inv_l[:, None], mask=h_mask[:, None])
@@ -285,6 +303,8 @@ def decode_attention(
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
     qk_scale = sm * k_scale * LOG2E
+    write_lse = lse is not None
+    direct = cfg.max_splits == 1 and not write_lse and not (cfg.fp4_mma and (k_mode, v_mode) == (2, 2))
     if cfg.fp4_mma and (k_mode, v_mode) == (2, 2):
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                         logit_cap, window_left, hq // hkv, page_size)
@@ -302,9 +322,12 @@ def decode_attention(
             BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
             K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
             HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, LOOP_STAGES=cfg.loop_stages or None, DIRECT=direct,
+            o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
+            **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-    write_lse = lse is not None
+    if direct:
+        return out
     decode_reduce_kernel[(batch, hq)](
         part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
         lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
@@ -428,23 +451,27 @@ def aot_cases(arch: int):
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
                   HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, PREFETCH=cfg.prefetch,
-                  **tile_flags(k_mode, v_mode, cfg.hw_fp8))
-        key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
-        if key in seen:
-            continue
-        seen.add(key)
-        sig = {"q_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t, "k_scale_ptr": "*u8",
-               "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32",
-               "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-               "qk_scale": "fp32", "logit_cap": "fp32"}
-        for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
-                  "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
-                  "page_size", "max_splits"):
-            sig[n] = "i32"
-        label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
-                     paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
-                     num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8, prefetch=cfg.prefetch)
-        yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                  LOOP_STAGES=cfg.loop_stages or None, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+        for direct in (False, True):    # one split and no LSE: the output stored by the split stage
+            key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages, direct)
+            if key in seen:
+                continue
+            seen.add(key)
+            sig = {"q_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t, "k_scale_ptr": "*u8",
+                   "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32",
+                   "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
+                   "qk_scale": "fp32", "logit_cap": "fp32"}
+            for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
+                      "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
+                      "page_size", "max_splits"):
+                sig[n] = "i32"
+            if direct:
+                sig.update(o_ptr=q_t, stride_o_b="i32", stride_o_h="i32", v_scale="fp32")
+            label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
+                         paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
+                         num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8,
+                         prefetch=cfg.prefetch, loop_stages=cfg.loop_stages, direct=direct)
+            yield label, sig, dict(cx, DIRECT=direct), {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
 def aot_cases_reduce(arch: int):

@@ -45,7 +45,7 @@ def extend_kernel(
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
     FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
-    UNMASKED: tl.constexpr = True,
+    UNMASKED: tl.constexpr = True, PREFIX_STAGES: tl.constexpr = None, HEAVY_FIRST: tl.constexpr = False,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -53,6 +53,8 @@ def extend_kernel(
     q0 = tl.load(qo_indptr_ptr + b)
     ext_len = tl.load(qo_indptr_ptr + b + 1) - q0
     mb = tl.program_id(0)
+    if HEAVY_FIRST:   # the last row block sees the most keys: launch it first (shorter causal tail)
+        mb = tl.num_programs(0) - 1 - mb
     if mb * BT >= ext_len:
         return
     prefix_len = tl.load(prefix_lens_ptr + b)
@@ -122,7 +124,7 @@ def extend_kernel(
         else:
             a0 = p_full
             a1 = prefix_len
-        for n0 in range(a0, a1, BLOCK_N):
+        for n0 in tl.range(a0, a1, BLOCK_N, num_stages=PREFIX_STAGES):
             if PREFETCH:
                 kr_nx, ksr_nx, vr_nx, vsr_nx = load_kv_raw(kc, ksc, vc, vsc, slot_nx, stride_kc_s, stride_ks_s,
                                                            stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
@@ -353,7 +355,8 @@ def extend_attention(
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, **flags, num_warps=cfg.num_warps,
+        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked,
+        PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first, **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
@@ -368,7 +371,8 @@ def aot_cases(arch: int):
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None,
+                  HEAVY_FIRST=cfg.heavy_first, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
