@@ -343,14 +343,14 @@ class ExtendConfig:
     prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
     unmasked: bool = True   # 16-bit pools: tiles every row sees whole run a second, select-free loop
     prefix_stages: int = 0  # software-pipeline stages of the prefix loop alone (0: num_stages)
-    heavy_first: bool = True  # causal row blocks launched longest first within each (head, request)
+    heavy_first: bool = False  # causal row blocks launched longest first within each (head, request)
 
     def as_dict(self):
         return asdict(self)
 
 
 def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
-                page_size: int = 1) -> ExtendConfig:
+                page_size: int = 1, prefix: bool = True) -> ExtendConfig:
     """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
     limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
 
@@ -363,29 +363,44 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
       bf16/fp16 D128 128 x 128 on 8 warps, 3 stages (H100, with whole tiles unmasked: 1.17-1.33x
       the 64 x 64 one, 323-376 TFLOP/s), other head dims 64 x 64 on 4 warps, 3 stages;
-      fp8 128 x 128 on 8 warps, 2 stages (215-287; 3 stages is 4% faster but sits at 229,376 B and
-      255 registers); nvfp4 D128 with 4 heads packed 128 x 128 on 8 warps, 3 stages (H100, after
+      fp8 128 x 128 on 8 warps, 3 stages at D128 on sm_90 (with the 5-stage prefix loop 272-364
+      TFLOP/s at a 4k prefix, 1.05-1.10x of 2 stages), else 2; nvfp4 D128 with 4 heads packed
+      128 x 128 on 8 warps, 3 stages (H100, after
       the word decode: 199-247 TFLOP/s, 0.68-0.69x of bf16 with a 4k prefix; the faster 4-warp
       128 x 64 tile spills ~1 KB), else 128 x 64 on 8 warps. D256: 64 x 32 on 8 warps.
     * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
       - D64: 64 x 64 on 4 warps (24 KB, ~180 registers); fp8k_nvfp4v 32-key tiles (see
         ``_extend_tile``).
-      - D128: 64 x 64 on 8 warps (56 KB, 140-190 registers). 4 warps reach 255 registers and spill
-        72-104 B: the accumulator (64 x 128 fp32) alone is 64 registers a thread there.
-      - D128 nvfp4: 64 x 32 on 8 warps -- the even/odd halves double the live Q and accumulator
-        fragments; 64-token tiles spill 24 B.
+      - D128: 64 x 64 on 8 warps (3 stages on sm_120/121 for bf16/fp16: 90.6 KB, 142 registers;
+        2 stages elsewhere, 56 KB). 4 warps reach 255 registers and spill 72-104 B: the
+        accumulator (64 x 128 fp32) alone is 64 registers a thread there.
+      - D128 nvfp4: 64 x 32 on 8 warps (3 stages on sm_120/121) -- the even/odd halves double the
+        live Q and accumulator fragments; 64-token tiles spill 24-264 B.
+    * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
+      see the comments in the body.
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
       - sm_80 nvfp4 (UE4M3 scales decoded in software): D128 64 x 32 on 8 warps only with 4 heads
         packed, else 32 x 32; D256 32 x 32 on 8 warps.
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
-    if lim.cc == 90 and not (kv_dtype == "nvfp4" and cfg.block_n == 128):
+    if prefix and (lim.cc == 90 and not (kv_dtype == "nvfp4" and cfg.block_n == 128)
+                   or lim.cc in (120, 121) and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4")):
         # the prefix loop's K/V addresses come from a load (the slot ids), so Triton's pipeliner
-        # splits its stages between the two loads: at 2-3 stages the tile is issued one iteration
-        # ahead, after the MMAs, and waited for at once; 5 stages keep one tile in flight (AOT:
-        # 164-230 KB; the packed NVFP4 128 x 128 tile spills 28 B, sm_100 bf16 D128 20-56 B)
+        # splits its stages between the two loads: at 2-3 stages each tile is issued one iteration
+        # ahead, after the MMAs, and waited for at once (no overlap); 5 stages keep one tile in
+        # flight. H100 (...-tune-extend-stages.log): bf16 4k prefix +5-8%, fp8 +4-10%; the
+        # sm_120 tiles' code on the H100 with mma.sync (DISABLE_MMA_V3) +5-10%. AOT: 164-230 KB
+        # on sm_90, 53-91 KB on sm_120/121, no spills; not the packed NVFP4 128 x 128 tile of
+        # sm_90 (spills 28 B) nor sm_100 (bf16 D128 spills 20-56 B). ``prefix`` False (the host
+        # knows nothing is cached): the prefix loop never runs and its deeper pipeline cost the
+        # chunk phase 1-7% on the H100 (different register allocation), so it is left out.
         cfg = replace(cfg, prefix_stages=5)
+    # causal row blocks longest first: H100, 16-bit, no prefix, 1.02-1.06x (a long tail of short
+    # blocks instead of long ones), neutral with a 4k prefix. 16-bit pools only -- quantized pools'
+    # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
+    # into spills (AOT: sm_90 packed NVFP4 128 x 128 32 B, fp8k_nvfp4v D256 8-40 B on sm_90/120/121)
+    cfg = replace(cfg, heavy_first=kv_dtype in ("bf16", "fp16"))
     if lim.cc in (86, 89) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
         # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps there (AOT)
         cfg = replace(cfg, unmasked=False)
@@ -423,7 +438,9 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
         if fp4:
             return ExtendConfig(128, 64, 8, 3, hw_fp8)
         if kv_dtype == "fp8_e4m3":
-            return ExtendConfig(128, 128, 8, 2, hw_fp8)
+            # H100, 4-warp-group tiles with the 5-stage prefix loop: 3 stages 1.05-1.10x of 2
+            # (272-364 TFLOP/s at a 4k prefix, ...-tune-extend-stages.log)
+            return ExtendConfig(128, 128, 8, 3 if head_dim == 128 and lim.cc == 90 else 2, hw_fp8)
         if head_dim == 128:
             # H100 sweep with whole tiles unmasked: 128 x 128 on 8 warps, 3 stages 1.17-1.33x the
             # 64 x 64 one (322-376 TFLOP/s at 8k chunk)
@@ -443,7 +460,12 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
     if head_dim == 64:
         return ExtendConfig(64, 64, 4, 2, hw_fp8)
     if head_dim == 128:
-        return ExtendConfig(64, 32 if fp4 else 64, 8, 2, hw_fp8)
+        # bf16 / fp16 / nvfp4: 3 stages keep one chunk tile in flight (2 stages allot one buffer:
+        # load and MMAs alternate). On the H100 with mma.sync, the sm_120 tiles as planned for it,
+        # with the 5-stage prefix loop: bf16 64 x 64 1.07-1.08x of 2 stages, nvfp4 64 x 32 (pack 4)
+        # 1.05-1.10x. AOT sm_120: 90.6 KB / 142 registers, 53 KB / 240, no spills.
+        stages = 3 if kv_dtype in ("bf16", "fp16", "nvfp4") and lim.cc in (120, 121) else 2
+        return ExtendConfig(64, 32 if fp4 else 64, 8, stages, hw_fp8)
     return ExtendConfig(32 if fp4 else 64, 32, 8, 2, hw_fp8)
 
 
@@ -456,8 +478,9 @@ def extend_domain():
                 for page_size in (1, 16):     # the kernel specializes on paged or not; 16 stands for > 1
                     # the group matters through the GQA packing (1, 2 or 4 heads a program) alone
                     for group in (1, 2, 4) if kv_dtype not in ("bf16", "fp16") else (1,):
-                        yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
-                                   page_size=page_size)
+                        for prefix in (True, False):    # False: the host knows nothing is cached
+                            yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
+                                       page_size=page_size, prefix=prefix)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -176,9 +176,10 @@ def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, q_dtype, d
 def test_extend_row_block_order_and_prefix_stages(fmt, heavy_first, device):
     """Row blocks launched longest first (or in order) with a deep prefix pipeline, over chunks of
     unequal length (the longest chunk sizes the grid: shorter ones leave the first / last programs
-    with nothing to do) and prefixes that end inside a tile."""
+    with nothing to do) and prefixes that end inside a tile. (32-key tiles: NVFP4 at 16-key tiles
+    computes wrong results on an H100 under Triton 3.6, with any pipeline depth; never planned.)"""
     kv_dtype, q_dtype = fmt
-    cfg = planner.ExtendConfig(32, 16, 4, 2, pack=1, heavy_first=heavy_first, prefix_stages=5)
+    cfg = planner.ExtendConfig(32, 32, 4, 2, pack=1, heavy_first=heavy_first, prefix_stages=5)
     _run_extend(kv_dtype, q_dtype, 64, 2, 2, 1, [0, 45, 3, 70], [70, 1, 33, 16], device, config=cfg)
 
 
@@ -376,10 +377,11 @@ def test_extend_without_prefix_runs_the_16_bit_launch(kv_dtype, device, monkeypa
     seen = []
     real_plan = ext_mod.planner.plan_extend
     monkeypatch.setattr(ext_mod.planner, "plan_extend",
-                        lambda *a, **k: seen.append(k["kv_dtype"]) or real_plan(*a, **k))
+                        lambda *a, **k: seen.append((k["kv_dtype"], k["prefix"])) or real_plan(*a, **k))
     base = extend_attention(*args, **kw)
     fast = extend_attention(*args, **kw, max_prefix_len=0)
-    assert seen == [kv_dtype, "bf16"]
+    assert seen == [(kv_dtype, True), ("bf16", False)], "planned without the prefix loop's deep pipeline"
+    assert real_plan(90, head_dim=128, kv_dtype="bf16", prefix=False).prefix_stages == 0
     t0 = 0
     for i, L in enumerate(lens):
         ref = attention_ref(q[t0:t0 + L].float().cpu(), k[t0:t0 + L].float().cpu(), v[t0:t0 + L].float().cpu())
@@ -467,6 +469,42 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
                      max_splits=4, out=out, config=cfg)
     assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("off32", [True, False])
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("d,group", [(64, 4), (128, 1), (128, 8), (128, 16), (256, 4)])
+def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group, page, off32, monkeypatch):
+    """One split and no LSE wanted: the one-warp NVFP4 kernel normalises, applies the global V
+    scale and stores the output in q's dtype itself (no reduce launch); a request without tokens
+    reads zeros; the same call with an LSE (through the reduce) agrees. Page size 1 with 32-bit
+    offsets is the form that carries the slot ids a tile ahead."""
+    from sgl_kernel_sm12x.attention import decode as dec
+    if not off32:
+        monkeypatch.setattr(dec, "_OFF32_LIMIT", 0)
+    lens = [0, 1, 33, 700, 2049]
+    hkv = 2
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, page, hkv, d, "cuda")
+    q = torch.randn(len(lens), hkv * group, d, dtype=torch.bfloat16, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    cfg = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", group=group, page_size=page,
+                              batch=len(lens), kv_heads=hkv, max_splits=1)
+    assert cfg.fp4_mma == (not (d == 256 and group > 8))
+    kw = dict(kv_dtype="nvfp4", page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+              v_scale=pool.v_scale, max_splits=1)
+    with_lse = decode_attention(q, pool.k, pool.v, indptr, indices, seq,
+                                lse=torch.empty(len(lens), hkv * group, device="cuda"), **kw)
+
+    class NoReduce:
+        def __getitem__(self, grid):
+            raise AssertionError("the reduce was launched for a one-split call")
+    monkeypatch.setattr(dec, "decode_reduce_kernel", NoReduce())
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out, **kw)
+    assert (out[0] == 0).all(), "a request without tokens yields zeros"
+    assert_decode_per_request(out[1:], q[1:].cpu(), pool, tok[1:], lens[1:], torch.bfloat16, ", one split")
+    assert_close_attn(out, with_lse, "one split, direct vs through the reduce", atol=2e-2)
 
 
 @pytest.mark.gpu

@@ -139,11 +139,24 @@ def test_attention_budget_cases_cover_planner(arch):
             c = planner.plan_decode(arch, **inp, batch=batch)
             assert (inp["head_dim"], c.max_splits) in red
     ext = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_m"], lab["block_n"],
-            lab["num_warps"], lab["num_stages"]) for lab, *_ in extend.aot_cases(arch)}
-    for inp in planner.decode_domain():     # extend is planned over the same inputs
+            lab["num_warps"], lab["num_stages"], lab["prefix_stages"]) for lab, *_ in extend.aot_cases(arch)}
+    for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
+        for prefix in (True, False):
+            c = planner.plan_extend(arch, **inp, prefix=prefix)
+            assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
+                    c.num_warps, c.num_stages, c.prefix_stages) in ext
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
+def test_extend_deep_prefix_pipeline_only_where_a_prefix_is_read(arch):
+    """The prefix loop's own pipeline depth is 0 (the tile's) or 5, and 0 whenever the host says
+    nothing is cached (the loop never runs; its deeper pipeline only costs the chunk phase)."""
+    for inp in planner.extend_domain():
         c = planner.plan_extend(arch, **inp)
-        assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
-                c.num_warps, c.num_stages) in ext
+        assert c.prefix_stages in (0, 5), (arch, inp, c)
+        if not inp["prefix"]:
+            assert c.prefix_stages == 0, (arch, inp, c)
+        assert c.heavy_first == (inp["kv_dtype"] in ("bf16", "fp16")), (arch, inp, c)
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
@@ -156,3 +169,13 @@ def test_fp8k_nvfp4v_head_dim_64_extend_avoids_the_tiles_measured_wrong(arch):
         for page in planner.PAGE_SIZES:
             cfg = planner.plan_extend(arch, head_dim=64, kv_dtype="fp8k_nvfp4v", group=group, page_size=page)
             assert cfg.block_n <= 32, (arch, group, page, cfg)
+
+
+@pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
+def test_nvfp4_extend_never_gets_16_key_tiles(arch):
+    """NVFP4 extend with 16-key tiles computed wrong results on an H100 (Triton 3.6) at every
+    prefix pipeline depth, 32-key tiles right: no NVFP4 configuration may use fewer than 32 keys."""
+    for inp in planner.extend_domain():
+        if inp["kv_dtype"] in planner.FP4_V:
+            cfg = planner.plan_extend(arch, **inp)
+            assert cfg.block_n >= 32, (arch, inp, cfg)

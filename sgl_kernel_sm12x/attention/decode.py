@@ -304,10 +304,10 @@ def decode_attention(
     k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
     qk_scale = sm * k_scale * LOG2E
     write_lse = lse is not None
-    direct = cfg.max_splits == 1 and not write_lse and not (cfg.fp4_mma and (k_mode, v_mode) == (2, 2))
+    direct = cfg.max_splits == 1 and not write_lse
     if cfg.fp4_mma and (k_mode, v_mode) == (2, 2):
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                        logit_cap, window_left, hq // hkv, page_size)
+                        logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale)
     else:
         decode_split_kernel[(batch, hkv, cfg.max_splits)](
             q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
@@ -356,8 +356,9 @@ _OFF32_LIMIT = 2 ** 31
 
 
 def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                    logit_cap, window_left, group, page_size):
-    """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program)."""
+                    logit_cap, window_left, group, page_size, out, direct, v_scale):
+    """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program); ``direct`` (one split,
+    no LSE): it stores the output itself."""
     from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
     batch, _, d = q.shape
     kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
@@ -371,7 +372,8 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits,
         HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
-        KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, num_warps=1)
+        KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
+        o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale), num_warps=1)
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
@@ -465,8 +467,7 @@ def aot_cases(arch: int):
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
                       "page_size", "max_splits"):
                 sig[n] = "i32"
-            if direct:
-                sig.update(o_ptr=q_t, stride_o_b="i32", stride_o_h="i32", v_scale="fp32")
+            sig.update(o_ptr=q_t, stride_o_b="i32", stride_o_h="i32", v_scale="fp32")    # always passed
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                          paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8,

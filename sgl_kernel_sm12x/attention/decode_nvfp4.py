@@ -245,7 +245,7 @@ def decode_split_nvfp4_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NH: gl.constexpr, PAGE: gl.constexpr,
     MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
     KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr, OFF32: gl.constexpr,
-    PREFETCH: gl.constexpr,
+    PREFETCH: gl.constexpr, DIRECT: gl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0, v_scale=1.0,
 ):
     KB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     QA: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
@@ -266,8 +266,16 @@ def decode_split_nvfp4_kernel(
     OL: gl.constexpr = gl.SliceLayout(0, MMA)
     offs_h_o = gl.arange(0, NH, layout=OL)
     out_row_o = (b * n_kvh * group + kvh * group + offs_h_o) * max_splits + sid
+    # DIRECT (one split, no LSE wanted): the output itself is stored here, V-scaled, in q's dtype
+    om = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
     if lo_tok >= hi_tok:
-        gl.store(part_lse_ptr + out_row_o, gl.full([NH], float("-inf"), gl.float32, OL), mask=offs_h_o < group)
+        if DIRECT:      # an empty request's output is zeros, as the reduce writes it
+            optr = o_ptr + b * stride_o_b + gl.expand_dims((kvh * group + offs_h_o) * stride_o_h, 0) + \
+                gl.expand_dims(perm_v(om, RV), 1)
+            gl.store(optr, gl.zeros([HEAD_DIM, NH], o_ptr.dtype.element_ty, MMA),
+                     mask=gl.expand_dims(offs_h_o < group, 0))
+        else:
+            gl.store(part_lse_ptr + out_row_o, gl.full([NH], float("-inf"), gl.float32, OL), mask=offs_h_o < group)
         return
 
     # Q' (16 x D): q's head_dim gathered through perm_k, fp16 (clamped), rows >= group zero
@@ -326,10 +334,15 @@ def decode_split_nvfp4_kernel(
 
     l_o = l_i
     m_o = m_i
-    o = acc / gl.expand_dims(l_o, 0)
-    om = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
-    o_ptrs = part_o_ptr + gl.expand_dims(out_row_o, 0) * HEAD_DIM + gl.expand_dims(perm_v(om, RV), 1)
     h_ok = offs_h_o < group
+    if DIRECT:
+        o = acc * gl.expand_dims(v_scale / l_o, 0)
+        optr = o_ptr + b * stride_o_b + gl.expand_dims((kvh * group + offs_h_o) * stride_o_h, 0) + \
+            gl.expand_dims(perm_v(om, RV), 1)
+        gl.store(optr, o.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(h_ok, 0))
+        return
+    o = acc / gl.expand_dims(l_o, 0)
+    o_ptrs = part_o_ptr + gl.expand_dims(out_row_o, 0) * HEAD_DIM + gl.expand_dims(perm_v(om, RV), 1)
     gl.store(o_ptrs, o, mask=gl.expand_dims(h_ok, 0))
     gl.store(part_lse_ptr + out_row_o, m_o + gl.log2(l_o), mask=h_ok)
 
@@ -387,19 +400,22 @@ def aot_cases(arch: int):
             seen.add(key)
             kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], cfg.block_n)
             for off32 in (True, False):
-                yield from _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32)
+                for direct in (False, True):
+                    yield from _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct)
 
 
-def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32):
+def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
     cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, NH=nh, PAGE=inp["page_size"],
               MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False, KWL=kwl, VWL=vwl,
-              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch)
+              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct)
     sig = {"q_ptr": f"*{inp['q_dtype']}", "k_cache_ptr": "*u8", "v_cache_ptr": "*u8", "k_scale_ptr": "*u8",
            "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "seq_lens_ptr": "*i32",
            "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "qk_scale": "fp32", "logit_cap": "fp32"}
     for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
               "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "max_splits"):
         sig[n] = "i32"
+    sig.update(o_ptr=f"*{inp['q_dtype']}", stride_o_b="i32", stride_o_h="i32", v_scale="fp32")   # always passed
     label = dict(head_dim=inp["head_dim"], kv_dtype="nvfp4", q_dtype=inp["q_dtype"], page_size=inp["page_size"],
-                 heads_n=nh, block_n=cfg.block_n, num_warps=1, offsets_32bit=off32, prefetch=cfg.prefetch)
+                 heads_n=nh, block_n=cfg.block_n, num_warps=1, offsets_32bit=off32, prefetch=cfg.prefetch,
+                 direct=direct)
     yield label, sig, cx, {"num_warps": 1, "num_stages": 1}

@@ -319,7 +319,7 @@ def extend_attention(
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
-                              page_size=page_size)
+                              page_size=page_size, prefix=max_prefix_len != 0)
     cfg = config or cfg
     group = hq // hkv
     if cfg.pack < 1 or group % cfg.pack or cfg.block_m % cfg.pack or cfg.block_m // cfg.pack < 1:
