@@ -277,7 +277,8 @@ def extend_attention(
         ``extend_prefix_lens_cpu``); it must be exact. At 0 (fresh prefills) the pool is not read,
         so a quantized pool's call runs the 16-bit kernel and tile, with the chunk's own K/V
         standing in for the pool (H100: the NVFP4 configuration's tile ran the chunk phase at
-        0.55-0.75x of the bf16 one).
+        0.55-0.75x of the bf16 one), and the tile is planned without the prefix loop's deeper
+        pipeline (``prefix_stages``), which only costs the chunk phase.
     """
     if kv_dtype not in KV_MODES:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
