@@ -55,6 +55,20 @@ def kv_bytes_per_token(kv_dtype, hkv, d):
     return (width[k_fmt] + width[v_fmt]) * hkv
 
 
+def flashinfer_decode(q, pool, indptr, indices, hkv):
+    """FlashInfer's paged decode (tensor-core kernel, page size 1) planned over a bf16 pool of
+    :func:`make_pool`; returns the call to time."""
+    import flashinfer
+    batch, hq, d = q.shape
+    wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
+    w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
+           q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
+    kc = pool["k_cache"].view(-1, 1, hkv, d)
+    vc = pool["v_cache"].view(-1, 1, hkv, d)
+    return lambda: w.run(q, (kc, vc))
+
+
 def decode_rows(shapes, hq, hkv, d, copy):
     rows = []
     max_tokens = max(b * c for b, c in shapes)
@@ -95,14 +109,7 @@ def decode_rows(shapes, hq, hkv, d, copy):
                 k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws))
         bf = pools["bf16"]
         try:
-            import flashinfer
-            wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
-            w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
-            w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
-                   q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
-            kc = bf["k_cache"].view(-1, 1, hkv, d)
-            vc = bf["v_cache"].view(-1, 1, hkv, d)
-            record("flashinfer", "bf16", lambda: w.run(q, (kc, vc)))
+            record("flashinfer", "bf16", flashinfer_decode(q, bf, indptr, indices, hkv))
         except Exception as e:
             rows.append(dict(phase="decode", provider="flashinfer", kv_dtype="bf16", batch=batch, context=ctx,
                              error=f"{type(e).__name__}: {e}"[:300]))

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import bench_ms, environment, max_diff, write_json  # noqa: E402
-from attention import DEV, kv_bytes_per_token, make_pool  # noqa: E402
+from attention import DEV, flashinfer_decode, kv_bytes_per_token, make_pool  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
@@ -152,7 +152,7 @@ def main():
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
             if a.flashinfer and kv == "bf16":
-                fi_ms = _flashinfer_decode_ms(q, pool, indptr, indices, batch, hq, hkv, d)
+                fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv), graph=True)[1]
                 rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
                                  ms=fi_ms, gbps=nbytes / fi_ms / 1e6))
                 print(f"decode flashinfer b={batch:<4} ctx={ctx:<6} {fi_ms * 1e3:8.1f} us {nbytes / fi_ms / 1e6:7.0f} GB/s")
@@ -184,17 +184,6 @@ def main():
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
     write_json("tune-attention", {**env, "benchmark": "tune_attention", "rows": rows})
-
-
-def _flashinfer_decode_ms(q, pool, indptr, indices, batch, hq, hkv, d):
-    """FlashInfer's paged decode on the same bf16 pool, as benchmark/attention.py runs it."""
-    import flashinfer
-    wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
-    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
-    w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
-           q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
-    kc, vc = pool["k_cache"].view(-1, 1, hkv, d), pool["v_cache"].view(-1, 1, hkv, d)
-    return bench_ms(lambda: w.run(q, (kc, vc)), graph=True)[1]
 
 
 if __name__ == "__main__":

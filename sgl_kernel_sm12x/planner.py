@@ -376,11 +376,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         accumulator (64 x 128 fp32) alone is 64 registers a thread there.
       - D128 nvfp4: 64 x 32 on 8 warps (3 stages on sm_120/121) -- the even/odd halves double the
         live Q and accumulator fragments; 64-token tiles spill 24-264 B.
-    * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
-      see the comments in the body.
       - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
       - sm_80 nvfp4 (UE4M3 scales decoded in software): D128 64 x 32 on 8 warps only with 4 heads
         packed, else 32 x 32; D256 32 x 32 on 8 warps.
+    * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
+      see the comments in the body.
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)

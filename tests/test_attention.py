@@ -275,7 +275,6 @@ def test_decode_one_split_stores_the_output_itself(fmt, device, monkeypatch):
     """One split and no LSE wanted: the Triton split stage normalises, applies the V scale and
     stores the output in q's dtype, and no reduce is launched; an empty request still reads zeros.
     With an LSE wanted the same call goes through the reduce and agrees."""
-    from sgl_kernel_sm12x.attention import decode as dec
     kv_dtype, q_dtype = fmt
     lens = [0, 1, 97, 300]
     hkv, group, d = 2, 4, 64
@@ -286,8 +285,16 @@ def test_decode_one_split_stores_the_output_itself(fmt, device, monkeypatch):
                               batch=len(lens), kv_heads=hkv, max_splits=1, fp4_mma=False)
     kw = dict(kv_dtype=kv_dtype, page_size=16, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
               v_scale=pool.v_scale, config=cfg)
-    with_lse = decode_attention(q, pool.k, pool.v, indptr, indices, seq, lse=torch.empty(len(lens), hkv * group,
-                                                                                           device=device), **kw)
+    _check_one_split_store(q, pool, indptr, indices, seq, tok, lens, ACT[q_dtype], kw, monkeypatch)
+
+
+def _check_one_split_store(q, pool, indptr, indices, seq, tok, lens, act, kw, monkeypatch):
+    """A one-split decode call (``kw``) with an LSE wanted (through the reduce), then without one
+    (no reduce may launch): request 0 has no tokens and must read zeros, the others the float
+    reference, and both calls must agree."""
+    from sgl_kernel_sm12x.attention import decode as dec
+    with_lse = decode_attention(q, pool.k, pool.v, indptr, indices, seq,
+                                lse=torch.empty(q.shape[0], q.shape[1], device=q.device), **kw)
 
     class NoReduce:
         def __getitem__(self, grid):
@@ -296,7 +303,7 @@ def test_decode_one_split_stores_the_output_itself(fmt, device, monkeypatch):
     out = torch.full_like(q, float("nan"))
     decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out, **kw)
     assert (out[0] == 0).all(), "a request without tokens yields zeros"
-    assert_decode_per_request(out[1:], q[1:].cpu(), pool, tok[1:], lens[1:], ACT[q_dtype], ", one split")
+    assert_decode_per_request(out[1:], q[1:].cpu(), pool, tok[1:], lens[1:], act, ", one split")
     assert_close_attn(out, with_lse, "one split, direct vs through the reduce", atol=2e-2)
 
 
@@ -478,8 +485,7 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
 def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group, page, off32, monkeypatch):
     """One split and no LSE wanted: the one-warp NVFP4 kernel normalises, applies the global V
     scale and stores the output in q's dtype itself (no reduce launch); a request without tokens
-    reads zeros; the same call with an LSE (through the reduce) agrees. Page size 1 with 32-bit
-    offsets is the form that carries the slot ids a tile ahead."""
+    reads zeros; the same call with an LSE (through the reduce) agrees."""
     from sgl_kernel_sm12x.attention import decode as dec
     if not off32:
         monkeypatch.setattr(dec, "_OFF32_LIMIT", 0)
@@ -493,18 +499,7 @@ def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group
     assert cfg.fp4_mma == (not (d == 256 and group > 8))
     kw = dict(kv_dtype="nvfp4", page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
               v_scale=pool.v_scale, max_splits=1)
-    with_lse = decode_attention(q, pool.k, pool.v, indptr, indices, seq,
-                                lse=torch.empty(len(lens), hkv * group, device="cuda"), **kw)
-
-    class NoReduce:
-        def __getitem__(self, grid):
-            raise AssertionError("the reduce was launched for a one-split call")
-    monkeypatch.setattr(dec, "decode_reduce_kernel", NoReduce())
-    out = torch.full_like(q, float("nan"))
-    decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out, **kw)
-    assert (out[0] == 0).all(), "a request without tokens yields zeros"
-    assert_decode_per_request(out[1:], q[1:].cpu(), pool, tok[1:], lens[1:], torch.bfloat16, ", one split")
-    assert_close_attn(out, with_lse, "one split, direct vs through the reduce", atol=2e-2)
+    _check_one_split_store(q, pool, indptr, indices, seq, tok, lens, torch.bfloat16, kw, monkeypatch)
 
 
 @pytest.mark.gpu

@@ -43,6 +43,12 @@ def _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b, qk_
 
 
 @triton.jit
+def _out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head):
+    """Row pointers of request ``b``'s output at heads ``q_head`` (the one-split DIRECT store)."""
+    return o_ptr + b * stride_o_b + q_head[:, None] * stride_o_h
+
+
+@triton.jit
 def decode_split_kernel(
     q_ptr, stride_q_b, stride_q_h,                         # (batch, q_heads, HEAD_DIM)
     k_cache_ptr, v_cache_ptr,                              # (slots, kv_heads, HEAD_DIM | HEAD_DIM // 2)
@@ -77,7 +83,7 @@ def decode_split_kernel(
     # and stored in q's dtype here, no reduce launch
     if lo_tok >= hi_tok:      # this split has no tokens: mark it empty for the reduce
         if DIRECT:            # (an empty request's output is zeros, as the reduce writes it)
-            tl.store(o_ptr + b * stride_o_b + q_head[:, None] * stride_o_h + offs_d[None, :],
+            tl.store(_out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head) + offs_d[None, :],
                      tl.zeros([BLOCK_H, HEAD_DIM], o_ptr.dtype.element_ty), mask=h_mask[:, None])
         else:
             tl.store(part_lse_ptr + out_row, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_mask)
@@ -159,7 +165,7 @@ def decode_split_kernel(
     inv_l = 1.0 / l_i
     if DIRECT:
         od = o_ptr.dtype.element_ty
-        o_rows = o_ptr + b * stride_o_b + q_head[:, None] * stride_o_h
+        o_rows = _out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head)
         if V_MODE == 2:
             tl.store(o_rows + 2 * offs_p[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
             tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_b * (inv_l * v_scale)[:, None]).to(od),

@@ -205,6 +205,13 @@ def _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, n0, hi_tok, stride_kc_s, 
 
 
 @gluon.jit
+def _out_ptrs(o_ptr, b, stride_o_b, stride_o_h, heads, om, RV: gl.constexpr):
+    """``(HEAD_DIM, NH)`` pointers of request ``b``'s output at ``heads`` in O^T's layout, the
+    head_dim order scattered back through :func:`perm_v` (the one-split DIRECT store)."""
+    return o_ptr + b * stride_o_b + gl.expand_dims(heads * stride_o_h, 0) + gl.expand_dims(perm_v(om, RV), 1)
+
+
+@gluon.jit
 def _kt_operand(words, sc, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, KB: gl.constexpr,
                 KWL: gl.constexpr):
     """Decoded K'^T ``(HEAD_DIM, BLOCK_N)`` in the B-operand layout (see :func:`perm_k`)."""
@@ -270,10 +277,8 @@ def decode_split_nvfp4_kernel(
     om = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(1, MMA))
     if lo_tok >= hi_tok:
         if DIRECT:      # an empty request's output is zeros, as the reduce writes it
-            optr = o_ptr + b * stride_o_b + gl.expand_dims((kvh * group + offs_h_o) * stride_o_h, 0) + \
-                gl.expand_dims(perm_v(om, RV), 1)
-            gl.store(optr, gl.zeros([HEAD_DIM, NH], o_ptr.dtype.element_ty, MMA),
-                     mask=gl.expand_dims(offs_h_o < group, 0))
+            gl.store(_out_ptrs(o_ptr, b, stride_o_b, stride_o_h, kvh * group + offs_h_o, om, RV),
+                     gl.zeros([HEAD_DIM, NH], o_ptr.dtype.element_ty, MMA), mask=gl.expand_dims(offs_h_o < group, 0))
         else:
             gl.store(part_lse_ptr + out_row_o, gl.full([NH], float("-inf"), gl.float32, OL), mask=offs_h_o < group)
         return
@@ -337,9 +342,8 @@ def decode_split_nvfp4_kernel(
     h_ok = offs_h_o < group
     if DIRECT:
         o = acc * gl.expand_dims(v_scale / l_o, 0)
-        optr = o_ptr + b * stride_o_b + gl.expand_dims((kvh * group + offs_h_o) * stride_o_h, 0) + \
-            gl.expand_dims(perm_v(om, RV), 1)
-        gl.store(optr, o.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(h_ok, 0))
+        gl.store(_out_ptrs(o_ptr, b, stride_o_b, stride_o_h, kvh * group + offs_h_o, om, RV),
+                 o.to(o_ptr.dtype.element_ty), mask=gl.expand_dims(h_ok, 0))
         return
     o = acc / gl.expand_dims(l_o, 0)
     o_ptrs = part_o_ptr + gl.expand_dims(out_row_o, 0) * HEAD_DIM + gl.expand_dims(perm_v(om, RV), 1)
