@@ -52,6 +52,12 @@ def main():
                     help="extend: pipeline stages of the prefix loop alone (0: the tile's)")
     ap.add_argument("--heavy-first", type=int, nargs="+", default=None,
                     help="extend: longest causal row blocks launched first (1) or in order (0)")
+    ap.add_argument("--quant-prefix-unmasked", type=int, nargs="+", default=None,
+                    help="extend, quantized pools: whole prefix tiles select-free (1) or masked (0)")
+    ap.add_argument("--diag-in-loop", type=int, nargs="+", default=None,
+                    help="extend: the causal diagonal tiles inside the whole-tile loop (1) or a loop of their own (0)")
+    ap.add_argument("--prefix-loop", type=int, nargs="+", default=None,
+                    help="extend, shapes without a prefix: compiled with (1) or without (0) the prefix phase")
     ap.add_argument("--plan-arch", type=int, default=None,
                     help="plan for this compute capability instead of the device's (e.g. 120, to time the "
                     "sm_120 tiles' code shape on another card: with DISABLE_MMA_V3=1 Hopper uses mma.sync as "
@@ -83,7 +89,7 @@ def main():
                 kvi = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=DEV)
                 pl = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
                 pool = make_pool(kv, max(1, batch * prefix), hkv, d)
-                plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv)
+                plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0)
                 tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
                          (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
@@ -91,10 +97,17 @@ def main():
                     tiles = [tuple(int(x) for x in t.split("x")) for t in a.tiles]
                 cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk,
                                                                      prefetch=bool(pf), unmasked=plan.unmasked,
-                                                                     prefix_stages=ps, heavy_first=bool(hf))
+                                                                     prefix_stages=ps, heavy_first=bool(hf),
+                                                                     quant_prefix_unmasked=bool(qu),
+                                                                     diag_in_loop=bool(dl),
+                                                                     prefix_loop=bool(pl) or prefix > 0)
                                                 for bm, bn, nw, ns in tiles for pk in a.pack for pf in a.prefetch
                                                 for ps in (a.prefix_stages or [plan.prefix_stages])
                                                 for hf in (a.heavy_first or [int(plan.heavy_first)])
+                                                for qu in (a.quant_prefix_unmasked
+                                                           or [int(plan.quant_prefix_unmasked)])
+                                                for dl in (a.diag_in_loop or [int(plan.diag_in_loop)])
+                                                for pl in (a.prefix_loop or [int(plan.prefix_loop)])
                                                 if (hq // hkv) % pk == 0 and bm // pk >= 8])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
@@ -103,7 +116,7 @@ def main():
                         q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
                         max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
                         v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
-                        v_scale=pool.get("v_scale", 1.0), config=cfg)
+                        v_scale=pool.get("v_scale", 1.0), config=cfg, max_prefix_len=prefix)
                     try:
                         out = fn()
                         if anchor is None:
@@ -119,6 +132,7 @@ def main():
                                      max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
+                          f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,

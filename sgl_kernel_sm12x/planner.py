@@ -341,9 +341,12 @@ class ExtendConfig:
     hw_fp8: bool = False
     pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
     prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
-    unmasked: bool = True   # 16-bit pools: tiles every row sees whole run a second, select-free loop
+    unmasked: bool = True   # tiles every row sees whole run a second, select-free loop (prefix: 16-bit pools)
     prefix_stages: int = 0  # software-pipeline stages of the prefix loop alone (0: num_stages)
     heavy_first: bool = False  # causal row blocks launched longest first within each (head, request)
+    quant_prefix_unmasked: bool = False  # quantized pools: whole prefix tiles select-free as well
+    diag_in_loop: bool = False  # the causal diagonal tiles as the last iterations of the whole-tile loop
+    prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
 
     def as_dict(self):
         return asdict(self)
@@ -384,15 +387,16 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
-    if prefix and (lim.cc == 90 and not (kv_dtype == "nvfp4" and cfg.block_n == 128)
+    if prefix and (lim.cc == 90
                    or lim.cc in (120, 121) and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4")):
         # the prefix loop's K/V addresses come from a load (the slot ids), so Triton's pipeliner
         # splits its stages between the two loads: at 2-3 stages each tile is issued one iteration
         # ahead, after the MMAs, and waited for at once (no overlap); 5 stages keep one tile in
         # flight. H100 (...-tune-extend-stages.log): bf16 4k prefix +5-8%, fp8 +4-10%; the
         # sm_120 tiles' code on the H100 with mma.sync (DISABLE_MMA_V3) +5-10%. AOT: 164-230 KB
-        # on sm_90, 53-91 KB on sm_120/121, no spills; not the packed NVFP4 128 x 128 tile of
-        # sm_90 (spills 28 B) nor sm_100 (bf16 D128 spills 20-56 B). ``prefix`` False (the host
+        # on sm_90, 53-91 KB on sm_120/121, no spills (the packed NVFP4 128 x 128 tile of sm_90
+        # spilled 28 B until the chunk phase stopped splitting its K/V into even / odd halves);
+        # not sm_100 (bf16 D128 spills 20-56 B). ``prefix`` False (the host
         # knows nothing is cached): the prefix loop never runs and its deeper pipeline cost the
         # chunk phase 1-7% on the H100 (different register allocation), so it is left out.
         cfg = replace(cfg, prefix_stages=5)
@@ -401,9 +405,32 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
     # into spills (AOT: sm_90 packed NVFP4 128 x 128 32 B, fp8k_nvfp4v D256 8-40 B on sm_90/120/121)
     cfg = replace(cfg, heavy_first=kv_dtype in ("bf16", "fp16"))
-    if lim.cc in (86, 89) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
-        # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps there (AOT)
+    if not prefix:
+        # nothing cached: the kernel is compiled without its prefix phase. H100 bf16
+        # (...-tune-extend.log, machine 3): 1.07-1.14x at 1 x 0 + 8k, 2 x 0 + 4k, 4 x 0 + 2k (the
+        # prefix loop's code, never run, had still cost the chunk phase its registers / schedule)
+        cfg = replace(cfg, prefix_loop=False)
+    if (lim.cc in (86, 89) or lim.cc == 100 and prefix) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
+        # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps on sm_86/89, and
+        # 24-28 B at 128 x 128 with the prefix loop on sm_100 (AOT)
         cfg = replace(cfg, unmasked=False)
+    if kv_dtype not in ("bf16", "fp16") and (lim.cc not in (90, 120, 121) or head_dim == 256 and lim.cc != 90):
+        # the chunk phase's select-free loop with a quantized pool: AOT-checked on sm_90/120/121;
+        # it spills 8-12 B at head_dim 256 on sm_120/121 (fp8 paged 64 x 32, fp8k_nvfp4v 32 x 32),
+        # 4-88 B on sm_100 (nvfp4) and sm_86 (fp8k_nvfp4v D128 32 x 32)
+        cfg = replace(cfg, unmasked=False)
+    if prefix and cfg.unmasked and kv_dtype not in ("bf16", "fp16") and lim.cc in (90, 120, 121) and head_dim < 256:
+        # whole prefix tiles of quantized pools select-free too: H100 (...-tune-extend.log)
+        # nvfp4 1.04-1.11x, fp8 1.06-1.11x at a 4k prefix; the sm_120 nvfp4 tile's code on the
+        # H100 with mma.sync 1.04-1.06x. AOT: no spills on sm_90/120/121 below head_dim 256 (the
+        # sm_90 D256 tiles spill 12-104 B with it)
+        cfg = replace(cfg, quant_prefix_unmasked=True)
+    if lim.cc == 90 and cfg.unmasked:
+        # the causal diagonal tiles as the last iterations of the whole-tile loop (masked by a
+        # branch): a loop of their own filled its own software pipeline and waited for its one
+        # tile. H100 (...-tune-extend.log): bf16 1.03-1.06x at all six attention.py shapes,
+        # nvfp4 1.04-1.06x, fp8 1.02-1.05x at a 4k prefix. sm_120 bf16 D128 spills 12 B with it.
+        cfg = replace(cfg, diag_in_loop=True)
     pack = 1
     if kv_dtype not in ("bf16", "fp16"):
         pack = min(group, 4)
@@ -430,10 +457,10 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)
-        if kv_dtype == "nvfp4" and head_dim == 128 and group % 4 == 0:
+        if kv_dtype == "nvfp4" and head_dim == 128 and group % 4 == 0 and lim.cc == 90:
             # H100 sweep after the 32-bit-word tile decode: 128 x 128 (pack 4) 10-19% faster than
             # 128 x 64; 255 registers, no spills with 4 heads packed (8 B with 2; the 4-warp
-            # 128 x 64, faster still, spills ~1 KB)
+            # 128 x 64, faster still, spills ~1 KB); sm_100 spills 40 B at 128 x 128 (AOT)
             return ExtendConfig(128, 128, 8, 3, hw_fp8)
         if fp4:
             return ExtendConfig(128, 64, 8, 3, hw_fp8)
@@ -449,7 +476,8 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
     if lim.cc < 89 and kv_dtype == "fp8_e4m3" and head_dim == 256:
         return ExtendConfig(32, 16, 4, 2, hw_fp8)   # software FP8 decode on sm_80/86 spills at 32 x 32
     if lim.cc < 89 and kv_dtype == "fp8k_nvfp4v" and head_dim == 128:
-        return ExtendConfig(32, 32, 4, 2, hw_fp8)   # software FP8 K + NVFP4 V: 64 x 32 spills 4-176 B there
+        # software FP8 K + NVFP4 V: 64 x 32 spills 4-176 B there, 32 x 32 on 4 warps 8 B (paged)
+        return ExtendConfig(32, 32, 8, 2, hw_fp8)
     if lim.cc < 90 and kv_dtype == "nvfp4" and head_dim == 256 and group % 2:
         return ExtendConfig(16, 32, 4, 2, hw_fp8)   # one head a program: 32 x 32 spills 4-12 B on sm_89
     if lim.cc < 90:
@@ -463,8 +491,10 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
         # bf16 / fp16 / nvfp4: 3 stages keep one chunk tile in flight (2 stages allot one buffer:
         # load and MMAs alternate). On the H100 with mma.sync, the sm_120 tiles as planned for it,
         # with the 5-stage prefix loop: bf16 64 x 64 1.07-1.08x of 2 stages, nvfp4 64 x 32 (pack 4)
-        # 1.05-1.10x. AOT sm_120: 90.6 KB / 142 registers, 53 KB / 240, no spills.
-        stages = 3 if kv_dtype in ("bf16", "fp16", "nvfp4") and lim.cc in (120, 121) else 2
+        # 1.05-1.10x. AOT sm_120: 90.6 KB / 142 registers, 53 KB / 240, no spills. fp8 likewise
+        # 1.09-1.14x with 3 stages (...-tune-extend.log; 90 KB, 166-196 registers); nvfp4
+        # at 64 x 64, faster still there, spills 96-188 B on sm_120.
+        stages = 3 if kv_dtype in ("bf16", "fp16", "nvfp4", "fp8_e4m3") and lim.cc in (120, 121) else 2
         return ExtendConfig(64, 32 if fp4 else 64, 8, stages, hw_fp8)
     return ExtendConfig(32 if fp4 else 64, 32, 8, 2, hw_fp8)
 

@@ -160,15 +160,31 @@ def test_extend_prefix_register_prefetch(fmt, page, device):
                 window_left=50)
 
 
-@pytest.mark.parametrize("unmasked", [True, False])
+@pytest.mark.parametrize("unmasked,diag_in_loop", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
-def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, q_dtype, device):
-    """16-bit pools: whole prefix tiles and chunk keys below the diagonal in a select-free loop, or
+def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, diag_in_loop, q_dtype, device):
+    """16-bit pools: whole prefix tiles and chunk keys below the diagonal in a select-free loop
+    (the diagonal tiles in a loop of their own, or as that loop's last, masked iterations), or
     (``unmasked=False``, as planned on sm_86/89) every tile through the masked one; prefixes and
     chunks ending inside a tile and spanning several, a soft cap (which keeps the select)."""
-    cfg = planner.ExtendConfig(32, 16, 4, 2, unmasked=unmasked)
+    cfg = planner.ExtendConfig(32, 16, 4, 2, unmasked=unmasked, diag_in_loop=diag_in_loop)
     _run_extend(q_dtype, q_dtype, 64, 2, 2, 1, [0, 16, 45, 96], [40, 16, 20, 33], device, config=cfg)
     _run_extend(q_dtype, q_dtype, 64, 1, 2, 16, [0, 70], [50, 33], device, config=cfg, logit_cap=8.0)
+
+
+@pytest.mark.parametrize("prefix_unmasked", [True, False])
+@pytest.mark.parametrize("unmasked,diag_in_loop", [(True, False), (True, True), (False, False)])
+@pytest.mark.parametrize("kv_dtype", ["fp8_e4m3", "nvfp4", "fp8k_nvfp4v"])
+def test_extend_quantized_with_and_without_the_select_free_loops(kv_dtype, unmasked, diag_in_loop, prefix_unmasked,
+                                                                 device):
+    """Quantized pools: the chunk's keys below the diagonal in the select-free loop (``unmasked``,
+    after the NVFP4 halves are interleaved back into one accumulator), whole prefix tiles too
+    (``quant_prefix_unmasked``); prefixes and chunks ending inside a tile and spanning several,
+    packed heads, a soft cap (which keeps the select)."""
+    cfg = planner.ExtendConfig(32, 32, 4, 2, pack=2, unmasked=unmasked, quant_prefix_unmasked=prefix_unmasked,
+                               diag_in_loop=diag_in_loop)
+    _run_extend(kv_dtype, "bf16", 64, 2, 2, 1, [0, 32, 45, 96], [40, 32, 20, 33], device, config=cfg)
+    _run_extend(kv_dtype, "bf16", 64, 1, 2, 16, [0, 70], [50, 33], device, config=cfg, logit_cap=8.0)
 
 
 @pytest.mark.parametrize("heavy_first", [True, False])
@@ -388,7 +404,9 @@ def test_extend_without_prefix_runs_the_16_bit_launch(kv_dtype, device, monkeypa
     base = extend_attention(*args, **kw)
     fast = extend_attention(*args, **kw, max_prefix_len=0)
     assert seen == [(kv_dtype, True), ("bf16", False)], "planned without the prefix loop's deep pipeline"
-    assert real_plan(90, head_dim=128, kv_dtype="bf16", prefix=False).prefix_stages == 0
+    no_prefix = real_plan(90, head_dim=128, kv_dtype="bf16", prefix=False)
+    assert no_prefix.prefix_stages == 0 and not no_prefix.prefix_loop
+    assert real_plan(90, head_dim=128, kv_dtype="bf16", prefix=True).prefix_loop
     t0 = 0
     for i, L in enumerate(lens):
         ref = attention_ref(q[t0:t0 + L].float().cpu(), k[t0:t0 + L].float().cpu(), v[t0:t0 + L].float().cpu())
@@ -397,6 +415,9 @@ def test_extend_without_prefix_runs_the_16_bit_launch(kv_dtype, device, monkeypa
         t0 += L
     with pytest.raises(ValueError, match="max_prefix_len"):
         extend_attention(*args, **kw, max_prefix_len=-1)
+    # a configuration compiled without the prefix phase is refused unless nothing is cached
+    with pytest.raises(ValueError, match="prefix_loop=False"):
+        extend_attention(*args, **kw, config=no_prefix)
 
 
 def test_nvfp4_pool_rows_must_be_word_aligned(device):

@@ -46,6 +46,8 @@ def extend_kernel(
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
     FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
     UNMASKED: tl.constexpr = True, PREFIX_STAGES: tl.constexpr = None, HEAVY_FIRST: tl.constexpr = False,
+    QUANT_PREFIX_UNMASKED: tl.constexpr = False, DIAG_IN_LOOP: tl.constexpr = False,
+    PREFIX_LOOP: tl.constexpr = True,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -72,7 +74,6 @@ def extend_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     HALF: tl.constexpr = HEAD_DIM // 2
-    offs_p = tl.arange(0, HALF)
     offs_d = tl.arange(0, HEAD_DIM)
     # the prefix phase runs its MMAs in dtp: fp16 for quantized pools on CUDA devices (e4m3 and
     # e2m1 x ue4m3 are exact in fp16, q saturates at +-65504), the chunk phase in q's dtype
@@ -100,7 +101,7 @@ def extend_kernel(
     vsc = v_scale_ptr + kvh * stride_vs_h
     offs_wk = raw_cols(HEAD_DIM, K_MODE)
     offs_wv = raw_cols(HEAD_DIM, V_MODE)
-    if PREFETCH:
+    if PREFETCH and PREFIX_LOOP:
         # register prefetch, as in decode: the raw words of prefix tile i + 1 and the slot ids of
         # tile i + 2 are in flight while tile i is computed (the NVFP4 tiles go through inline PTX,
         # which the loop pipeliner does not stage). Offered to the sweeps; not planned yet.
@@ -110,14 +111,17 @@ def extend_kernel(
                                        offs_wk, offs_wv, n_mask, K_MODE, V_MODE)
         pos_nx = pos + BLOCK_N
         mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, PAGED)
-    # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles,
-    # the register-prefetch form and quantized pools take the masked loop (a second loop body put
-    # some quantized sm_86-120 configurations 4-24 B into spills, AOT)
-    SPLIT: tl.constexpr = UNMASKED and not HAS_WINDOW and not PREFETCH and K_MODE == 0 and V_MODE == 0
+    # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles
+    # and the register-prefetch form take the masked loop, and so do quantized pools unless the
+    # configuration says otherwise (a second loop body put some quantized sm_86-120
+    # configurations 4-24 B into spills, AOT)
+    SPLIT: tl.constexpr = UNMASKED and not HAS_WINDOW and not PREFETCH and (
+        K_MODE == 0 and V_MODE == 0 or QUANT_PREFIX_UNMASKED)
     p_full = lo
     if SPLIT:
         p_full = prefix_len // BLOCK_N * BLOCK_N
-    for st in tl.static_range(0 if SPLIT else 1, 2):
+    # PREFIX_LOOP False: the host knows nothing is cached (no prefix loop compiled at all)
+    for st in tl.static_range(0 if SPLIT else 1, 2 if PREFIX_LOOP else 0):
         if st == 0:
             a0 = lo
             a1 = p_full
@@ -159,16 +163,16 @@ def extend_kernel(
             if PREFETCH:
                 kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
                 pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
-    # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32)
+    # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32);
+    # NVFP4's even / odd halves are interleaved back into one accumulator, so the chunk phase runs
+    # the 16-bit code whatever the pool (splitting the chunk's own K/V into halves cost a shared-
+    # memory round trip of each tile)
     if V_MODE == 2:
-        acc_lo = acc_lo * v_scale_prefix
-        acc_hi = acc_hi * v_scale_prefix
+        acc = tl.reshape(tl.join(acc_lo * v_scale_prefix, acc_hi * v_scale_prefix), (BLOCK_M, HEAD_DIM))
     elif V_MODE == 1:
         acc = acc * v_scale_prefix
     if F16_MMA:   # the chunk's own K/V are in q's dtype
         q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-        if K_MODE == 2:
-            q_lo, q_hi = _halves(q)
 
     # ---- phase 2: the chunk's own keys, causal ----------------------------------------------------
     k_rows = k_ptr + kvh * stride_k_h
@@ -178,15 +182,20 @@ def extend_kernel(
         lo2 = tl.maximum(mb * BT - window_left, 0) // BLOCK_N * BLOCK_N
     hi2 = tl.minimum(ext_len, (mb + 1) * BT)
     # keys [lo2, c_full) lie below every row of this block (whole tiles, no select), the rest is
-    # the diagonal; a window masks everything, and quantized pools keep one loop (as above)
-    SPLIT2: tl.constexpr = UNMASKED and not HAS_WINDOW and K_MODE == 0 and V_MODE == 0
+    # the diagonal; a window masks everything
+    SPLIT2: tl.constexpr = UNMASKED and not HAS_WINDOW
     c_full = lo2
     if SPLIT2:
         c_full = (mb * BT) // BLOCK_N * BLOCK_N
-    for st in tl.static_range(0 if SPLIT2 else 1, 2):
+    # DIAG_IN_LOOP: the diagonal tiles run as the whole-tile loop's last iterations, masked by a
+    # branch (each loop fills its own software pipeline: a second loop waits for its first tile)
+    ONE: tl.constexpr = SPLIT2 and DIAG_IN_LOOP
+    for st in tl.static_range(0 if SPLIT2 else 1, 1 if ONE else 2):
         if st == 0:
             a0 = lo2
             a1 = c_full
+            if ONE:
+                a1 = hi2
         else:
             a0 = c_full
             a1 = hi2
@@ -194,34 +203,21 @@ def extend_kernel(
             j = n0 + offs_n
             n_mask = j < ext_len
             rows = (q0 + j).to(tl.int64)
-            if K_MODE == 2:
-                k_lo, k_hi = _halves(tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None],
-                                             other=0.0))
-                s = dot(q_lo, tl.trans(k_lo), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
-                s = dot(q_hi, tl.trans(k_hi), s, DOT_FP32)
-            else:
-                k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-                s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
+            k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
             if HAS_WINDOW:
                 vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
+            if ONE:
+                if n0 >= c_full:
+                    s = tl.where(vis, s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, qk_scale_ext, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
-            if V_MODE == 2:
-                v_lo, v_hi = _halves(tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None],
-                                             other=0.0))
-                acc_lo = dot(p.to(dt), v_lo, acc_lo * alpha[:, None], DOT_FP32)
-                acc_hi = dot(p.to(dt), v_hi, acc_hi * alpha[:, None], DOT_FP32)
-            else:
-                v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-                acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
+            v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
     inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h
-    if V_MODE == 2:
-        tl.store(o_rows + 2 * offs_p[None, :], (acc_lo * inv_l[:, None]).to(dt), mask=m_mask[:, None])
-        tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_hi * inv_l[:, None]).to(dt), mask=m_mask[:, None])
-    else:
-        tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
+    tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,9 +272,9 @@ def extend_attention(
     max_prefix_len : the longest cached prefix in the batch, when the host knows it (SGLang's
         ``extend_prefix_lens_cpu``); it must be exact. At 0 (fresh prefills) the pool is not read,
         so a quantized pool's call runs the 16-bit kernel and tile, with the chunk's own K/V
-        standing in for the pool (H100: the NVFP4 configuration's tile ran the chunk phase at
-        0.55-0.75x of the bf16 one), and the tile is planned without the prefix loop's deeper
-        pipeline (``prefix_stages``), which only costs the chunk phase.
+        standing in for the pool, and the kernel is compiled without its prefix phase
+        (``ExtendConfig.prefix_loop``; H100 1.07-1.14x: the unused loop's code had cost the chunk
+        phase). A configuration without the prefix phase is refused unless max_prefix_len is 0.
     """
     if kv_dtype not in KV_MODES:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
@@ -322,6 +318,9 @@ def extend_attention(
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0)
     cfg = config or cfg
+    if not cfg.prefix_loop and max_prefix_len != 0:
+        _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
+              f"with it, got max_prefix_len={max_prefix_len!r}")
     group = hq // hkv
     if cfg.pack < 1 or group % cfg.pack or cfg.block_m % cfg.pack or cfg.block_m // cfg.pack < 1:
         _fail("config", f"pack={cfg.pack} must divide the GQA group ({group}) and block_m ({cfg.block_m})")
@@ -357,7 +356,9 @@ def extend_attention(
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
         V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
         DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked,
-        PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first, **flags, num_warps=cfg.num_warps,
+        PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first,
+        QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked, DIAG_IN_LOOP=cfg.diag_in_loop,
+        PREFIX_LOOP=cfg.prefix_loop, **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
@@ -373,7 +374,8 @@ def aot_cases(arch: int):
         cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
                   PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None,
-                  HEAVY_FIRST=cfg.heavy_first, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  HEAVY_FIRST=cfg.heavy_first, QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked,
+                  DIAG_IN_LOOP=cfg.diag_in_loop, PREFIX_LOOP=cfg.prefix_loop, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
