@@ -405,10 +405,13 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
     # into spills (AOT: sm_90 packed NVFP4 128 x 128 32 B, fp8k_nvfp4v D256 8-40 B on sm_90/120/121)
     cfg = replace(cfg, heavy_first=kv_dtype in ("bf16", "fp16"))
-    if not prefix:
+    if not prefix and kv_dtype in ("bf16", "fp16"):
         # nothing cached: the kernel is compiled without its prefix phase. H100 bf16
         # (...-tune-extend.log, machine 3): 1.07-1.14x at 1 x 0 + 8k, 2 x 0 + 4k, 4 x 0 + 2k (the
-        # prefix loop's code, never run, had still cost the chunk phase its registers / schedule)
+        # prefix loop's code, never run, had still cost the chunk phase its registers / schedule).
+        # 16-bit pools only: the launcher runs a quantized pool's prefix-less call on the 16-bit
+        # plan anyway, and the quantized kernels without the prefix phase spill 4-24 B on sm_120
+        # (ptxas allocates them differently)
         cfg = replace(cfg, prefix_loop=False)
     if (lim.cc in (86, 89) or lim.cc == 100 and prefix) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
         # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps on sm_86/89, and
