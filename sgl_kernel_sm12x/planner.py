@@ -345,7 +345,8 @@ class ExtendConfig:
     prefix_stages: int = 0  # software-pipeline stages of the prefix loop alone (0: num_stages)
     heavy_first: bool = False  # causal row blocks launched longest first within each (head, request)
     quant_prefix_unmasked: bool = False  # quantized pools: whole prefix tiles select-free as well
-    diag_in_loop: bool = False  # the causal diagonal tiles as the last iterations of the whole-tile loop
+    diag_in_loop: bool = False  # causal diagonal tiles (16-bit pools: the prefix's partial one too) in the
+    #                             whole-tile loop
     prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
 
     def as_dict(self):
