@@ -401,6 +401,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # knows nothing is cached): the prefix loop never runs and its deeper pipeline cost the
         # chunk phase 1-7% on the H100 (different register allocation), so it is left out.
         cfg = replace(cfg, prefix_stages=5)
+        if lim.cc == 90 and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4"):
+            # once the diagonal joined the whole-tile loop (H100, ...-tune-extend.log, machine 7):
+            # bf16 128 x 128 4 stages 1.02-1.04x of 5 with a 4k prefix; the packed NVFP4 tile 6
+            # stages 1.01-1.02x at 4k + 1k (equal at 4k + 8k); 4-8 tried
+            cfg = replace(cfg, prefix_stages=6 if kv_dtype == "nvfp4" else 4)
     # causal row blocks longest first: H100, 16-bit, no prefix, 1.02-1.06x (a long tail of short
     # blocks instead of long ones), neutral with a 4k prefix. 16-bit pools only -- quantized pools'
     # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
