@@ -124,12 +124,12 @@ def extend_kernel(
     # DIAG_IN_LOOP, 16-bit pools: the partial last tile runs as the whole-tile loop's last
     # iteration, masked behind a branch (a loop of its own fills its own software pipeline; H100,
     # 4000-token prefixes: bf16 1.04-1.07x, NVFP4 1.00-1.04x slower, so not for quantized pools)
-    ONE1: tl.constexpr = SPLIT and DIAG_IN_LOOP and K_MODE == 0 and V_MODE == 0
-    for st in tl.static_range(0 if SPLIT else 1, (1 if ONE1 else 2) if PREFIX_LOOP else 0):
+    TAIL_IN_LOOP: tl.constexpr = SPLIT and DIAG_IN_LOOP and K_MODE == 0 and V_MODE == 0
+    for st in tl.static_range(0 if SPLIT else 1, (1 if TAIL_IN_LOOP else 2) if PREFIX_LOOP else 0):
         if st == 0:
             a0 = lo
             a1 = p_full
-            if ONE1:
+            if TAIL_IN_LOOP:
                 a1 = prefix_len
         else:
             a0 = p_full
@@ -152,7 +152,7 @@ def extend_kernel(
             vis = n_mask[None, :]
             if HAS_WINDOW:
                 vis = vis & (pos[None, :] >= qpos[:, None] - window_left)
-            if ONE1:
+            if TAIL_IN_LOOP:
                 if n0 >= p_full:
                     s = tl.where(vis, s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, qk_scale_prefix, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
@@ -198,12 +198,12 @@ def extend_kernel(
         c_full = (mb * BT) // BLOCK_N * BLOCK_N
     # DIAG_IN_LOOP: the diagonal tiles run as the whole-tile loop's last iterations, masked by a
     # branch (each loop fills its own software pipeline: a second loop waits for its first tile)
-    ONE: tl.constexpr = SPLIT2 and DIAG_IN_LOOP
-    for st in tl.static_range(0 if SPLIT2 else 1, 1 if ONE else 2):
+    DIAG_IN: tl.constexpr = SPLIT2 and DIAG_IN_LOOP
+    for st in tl.static_range(0 if SPLIT2 else 1, 1 if DIAG_IN else 2):
         if st == 0:
             a0 = lo2
             a1 = c_full
-            if ONE:
+            if DIAG_IN:
                 a1 = hi2
         else:
             a0 = c_full
@@ -217,7 +217,7 @@ def extend_kernel(
             vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
             if HAS_WINDOW:
                 vis = vis & (j[None, :] >= offs_m[:, None] - window_left)
-            if ONE:
+            if DIAG_IN:
                 if n0 >= c_full:
                     s = tl.where(vis, s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, qk_scale_ext, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
