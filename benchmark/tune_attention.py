@@ -12,6 +12,7 @@ import argparse
 import itertools
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -95,20 +96,18 @@ def main():
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]
                 if a.tiles:
                     tiles = [tuple(int(x) for x in t.split("x")) for t in a.tiles]
-                cands = dict.fromkeys([plan] + [planner.ExtendConfig(bm, bn, nw, ns, plan.hw_fp8, pack=pk,
-                                                                     prefetch=bool(pf), unmasked=plan.unmasked,
-                                                                     prefix_stages=ps, heavy_first=bool(hf),
-                                                                     quant_prefix_unmasked=bool(qu),
-                                                                     diag_in_loop=bool(dl),
-                                                                     prefix_loop=bool(pl) or prefix > 0)
-                                                for bm, bn, nw, ns in tiles for pk in a.pack for pf in a.prefetch
-                                                for ps in (a.prefix_stages or [plan.prefix_stages])
-                                                for hf in (a.heavy_first or [int(plan.heavy_first)])
-                                                for qu in (a.quant_prefix_unmasked
-                                                           or [int(plan.quant_prefix_unmasked)])
-                                                for dl in (a.diag_in_loop or [int(plan.diag_in_loop)])
-                                                for pl in (a.prefix_loop or [int(plan.prefix_loop)])
-                                                if (hq // hkv) % pk == 0 and bm // pk >= 8])
+                # the swept knobs (the plan's value where a flag is not given); every other field
+                # is the plan's. A shape with a prefix always compiles the prefix phase.
+                knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
+                for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
+                                     ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop)):
+                    knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
+                knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
+                cands = dict.fromkeys([plan] + [
+                    replace(plan, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, pack=pk, prefetch=bool(pf),
+                            **dict(zip(knobs, vals)))
+                    for (bm, bn, nw, ns), pk, pf, *vals in itertools.product(tiles, a.pack, a.prefetch, *knobs.values())
+                    if (hq // hkv) % pk == 0 and bm // pk >= 8])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -169,7 +168,8 @@ def main():
                 fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv), graph=True)[1]
                 rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
                                  ms=fi_ms, gbps=nbytes / fi_ms / 1e6))
-                print(f"decode flashinfer b={batch:<4} ctx={ctx:<6} {fi_ms * 1e3:8.1f} us {nbytes / fi_ms / 1e6:7.0f} GB/s")
+                print(f"decode flashinfer b={batch:<4} ctx={ctx:<6} {fi_ms * 1e3:8.1f} us "
+                      f"{nbytes / fi_ms / 1e6:7.0f} GB/s")
             anchor = None               # the planned configuration's output, the first candidate's
             for cfg in cands:
                 bn, nw, ns = cfg.block_n, cfg.num_warps, cfg.num_stages

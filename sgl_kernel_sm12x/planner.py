@@ -388,6 +388,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
+    quant = kv_dtype not in ACT_DTYPES      # an fp8 / nvfp4 pool (16-bit pools hold q's dtype)
     if prefix and (lim.cc == 90
                    or lim.cc in (120, 121) and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4")):
         # the prefix loop's K/V addresses come from a load (the slot ids), so Triton's pipeliner
@@ -410,8 +411,8 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     # blocks instead of long ones), neutral with a 4k prefix. 16-bit pools only -- quantized pools'
     # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
     # into spills (AOT: sm_90 packed NVFP4 128 x 128 32 B, fp8k_nvfp4v D256 8-40 B on sm_90/120/121)
-    cfg = replace(cfg, heavy_first=kv_dtype in ("bf16", "fp16"))
-    if not prefix and kv_dtype in ("bf16", "fp16"):
+    cfg = replace(cfg, heavy_first=not quant)
+    if not prefix and not quant:
         # nothing cached: the kernel is compiled without its prefix phase. H100 bf16
         # (...-tune-extend.log, machine 3): 1.07-1.14x at 1 x 0 + 8k, 2 x 0 + 4k, 4 x 0 + 2k (the
         # prefix loop's code, never run, had still cost the chunk phase its registers / schedule).
@@ -419,19 +420,20 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # plan anyway, and the quantized kernels without the prefix phase spill 4-24 B on sm_120
         # (ptxas allocates them differently)
         cfg = replace(cfg, prefix_loop=False)
-    if (lim.cc in (86, 89) or lim.cc == 100 and prefix) and head_dim == 128 and kv_dtype in ("bf16", "fp16"):
+    if (lim.cc in (86, 89) or lim.cc == 100 and prefix) and head_dim == 128 and not quant:
         # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps on sm_86/89, and
         # 24-28 B at 128 x 128 with the prefix loop on sm_100 (AOT)
         cfg = replace(cfg, unmasked=False)
-    if kv_dtype not in ("bf16", "fp16") and (lim.cc not in (90, 120, 121) or head_dim == 256 and lim.cc != 90):
+    if quant and not (lim.cc == 90 or lim.cc in SM12X and head_dim < 256):
         # the chunk phase's select-free loop with a quantized pool: AOT-checked on sm_90/120/121;
         # it spills 8-12 B at head_dim 256 on sm_120/121 (fp8 paged 64 x 32, fp8k_nvfp4v 32 x 32),
         # 4-88 B on sm_100 (nvfp4) and sm_86 (fp8k_nvfp4v D128 32 x 32)
         cfg = replace(cfg, unmasked=False)
-    if prefix and cfg.unmasked and kv_dtype not in ("bf16", "fp16") and lim.cc in (90, 120, 121) and head_dim < 256:
+    if prefix and quant and cfg.unmasked and head_dim < 256:
         # whole prefix tiles of quantized pools select-free too: H100 (...-tune-extend.log)
         # nvfp4 1.04-1.11x, fp8 1.06-1.11x at a 4k prefix; the sm_120 nvfp4 tile's code on the
-        # H100 with mma.sync 1.04-1.06x. AOT: no spills on sm_90/120/121 below head_dim 256 (the
+        # H100 with mma.sync 1.04-1.06x (only sm_90/120/121 keep the select-free quantized loop,
+        # above). AOT: no spills on sm_90/120/121 below head_dim 256 (the
         # sm_90 D256 tiles spill 12-104 B with it)
         cfg = replace(cfg, quant_prefix_unmasked=True)
     if lim.cc == 90 and cfg.unmasked:
@@ -441,7 +443,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # nvfp4 1.04-1.06x, fp8 1.02-1.05x at a 4k prefix. sm_120 bf16 D128 spills 12 B with it.
         cfg = replace(cfg, diag_in_loop=True)
     pack = 1
-    if kv_dtype not in ("bf16", "fp16"):
+    if quant:
         pack = min(group, 4)
         while pack > 1 and (group % pack or cfg.block_m // pack < 16):
             pack //= 2

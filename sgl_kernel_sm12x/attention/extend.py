@@ -240,6 +240,15 @@ def _fail(name, msg):
     raise ValueError(f"{name}: {msg}")
 
 
+def _config_constexprs(cfg: planner.ExtendConfig) -> dict:
+    """The kernel constexprs a configuration sets (the launcher's and the AOT cases' one source;
+    ``prefix_stages`` 0 means the tile's depth, which the kernel takes as None)."""
+    return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HW_FP8=cfg.hw_fp8, PACK=cfg.pack, PREFETCH=cfg.prefetch,
+                UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first,
+                QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked, DIAG_IN_LOOP=cfg.diag_in_loop,
+                PREFIX_LOOP=cfg.prefix_loop)
+
+
 def extend_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -362,12 +371,9 @@ def extend_attention(
         qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
         qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=page_size > 1, K_MODE=k_mode,
-        V_MODE=v_mode, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-        DOT_FP32=_INTERPRET, PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked,
-        PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first,
-        QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked, DIAG_IN_LOOP=cfg.diag_in_loop,
-        PREFIX_LOOP=cfg.prefix_loop, **flags, num_warps=cfg.num_warps,
+        HEAD_DIM=d, PAGED=page_size > 1, K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=logit_cap > 0,
+        HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
+        **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
     return out
@@ -380,11 +386,9 @@ def aot_cases(arch: int):
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
-        cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
-                  K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=False, HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False,
-                  PACK=cfg.pack, PREFETCH=cfg.prefetch, UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None,
-                  HEAVY_FIRST=cfg.heavy_first, QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked,
-                  DIAG_IN_LOOP=cfg.diag_in_loop, PREFIX_LOOP=cfg.prefix_loop, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+        cx = dict(HEAD_DIM=inp["head_dim"], PAGED=inp["page_size"] > 1, K_MODE=k_mode, V_MODE=v_mode,
+                  HAS_CAP=False, HAS_WINDOW=False, DOT_FP32=False, **_config_constexprs(cfg),
+                  **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
