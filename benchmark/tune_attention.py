@@ -45,6 +45,8 @@ def main():
                     "registers (1); its --block-n, --prefetch and split values are taken, warps / stages do not apply")
     ap.add_argument("--max-splits", type=int, nargs="+", default=None,
                     help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
+    ap.add_argument("--heads-inner", type=int, nargs="+", default=None,
+                    help="decode: grid order, a request's KV heads launched side by side (1) or its batch rows (0)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tiles", nargs="+", default=None,
@@ -164,6 +166,8 @@ def main():
                                                                 bool(pf), fp4_mma=True)
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
+            if a.heads_inner:
+                cands = dict.fromkeys([plan] + [replace(c, heads_inner=bool(h)) for c in cands for h in a.heads_inner])
             if a.flashinfer and kv == "bf16":
                 fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv), graph=True)[1]
                 rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
@@ -194,6 +198,7 @@ def main():
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
                       f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} ls={cfg.loop_stages} "
+                      f"hi={int(cfg.heads_inner)} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")

@@ -155,12 +155,13 @@ class DecodeConfig:
     prefetch: bool = False  # the raw bytes of the next tile are loaded while this one is decoded
     fp4_mma: bool = False   # nvfp4: the one-warp kernel that decodes tiles into MMA operand registers
     loop_stages: int = 0    # software-pipeline stages of the Triton split stage's tile loop (0: num_stages)
+    heads_inner: bool = False  # grid (kv_heads, batch, splits): the KV heads of a request launch together
 
     def as_dict(self):
         return asdict(self)
 
 
-def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
+def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1):
     """(block_n, num_warps, num_stages) for the split stage, from the sweeps in
     benchmark/results/*tune-attention*.json (32/8 heads, D128, 128 x 4k and 1 x 32k):
 
@@ -177,11 +178,18 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
       on 2 warps: 906 us). One warp or 128-token tiles on 2 warps spill. 32 tokens at head_dim 64
       (no sweep there; keeps the programs small); 4 warps at head_dim 256 before sm_89.
     * head_dim 256 halves the token tile (registers).
-    * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
-      them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
-      length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
-      11.8 / 14.1 / 16.4 against 17.6 / 18.3 / 22.9
-      (``2026-11-26-nvidia-h100-80gb-hbm3-tune-decode-batch1.json``).
+    * sm_90, bf16/fp16 at head_dim 128: 128-token tiles on 4 warps, 3 stages (72 KB of shared
+      memory, ~200 registers: two programs a multiprocessor) at 64-256 and from 1,024 (request,
+      KV head) rows. H100, heads-inner grid, against the 64-token tile in the same runs
+      (``...-tune-attention.log``, 2026-11-27): 128 x 4k 696 against 708 us, 128 x 8k 1,382 /
+      1,413, 256 x 4k 1,384 / 1,407, 256 x 1k 354 / 366; at 64-256 rows with the split count
+      rounded down to about two waves (:func:`_triton_splits`), measured with 2 stages: 16 x 32k
+      685 / 700, 16 x 8k 177 / 181, 16 x 4k 92 / 95, 8 x 32k 348 / 354, 32 x 8k 344 / 351, 32 x 32k
+      1,365 / 1,393. 3 stages were equal or faster than 2 at every paired point (ms 1 and 4), and
+      2 stages spill 4 B in the paged one-split variant (AOT): 3 it is. 8 warps measured up to 1%
+      faster from 1,024 rows but spill 8 B in the one-split variant. At 512 rows neither tile is
+      faster (64 x 8k 690 / 691, 64 x 1k 93 - 96 / 91); below 64 rows (batch 1 - 7) the 64-token
+      tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep the 64-token tile.
     Shared memory and registers per configuration are checked by `sm12x budget --kernel decode`.
     """
     if kv_dtype in FP4_V:
@@ -190,6 +198,9 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str):
         block_n, warps, stages = 64, 4, 3
     else:
         block_n, warps, stages = 64, 4, 2
+    if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and \
+            (64 <= rows <= 256 or rows >= 1024):
+        block_n, warps, stages = 128, 4, 3
     if head_dim == 256:
         block_n = max(16, block_n // 2)
         if kv_dtype in FP4_V and arch_limits(arch).cc < 89:
@@ -205,16 +216,26 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     if fp4_mma and kv_dtype == "nvfp4" and lim.cc >= 89 and not (head_dim == 256 and group > 8):
         return _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms)
-    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype)
+    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads)
     if max_splits is None:
-        # enough programs for about two waves of the device's multiprocessors
-        sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
-        want = max(1, -(-2 * sms // max(1, batch * kv_heads)))
-        max_splits = min(1 << (want - 1).bit_length(), _TRITON_SPLITS)
+        max_splits = _triton_splits(batch * kv_heads, num_sms or _TYPICAL_SMS.get(lim.cc, 128),
+                                    round_down=block_n == 128)
     _check_splits(max_splits)
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=max_splits, min_split_tokens=128,
-                        hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V)
+                        hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V,
+                        heads_inner=True)
+
+
+def _triton_splits(rows: int, sms: int, round_down: bool) -> int:
+    """Split count of the Triton split stage: enough programs for about two waves of the
+    multiprocessors, rounded up to a power of two -- or down, for the 128-token 16-bit tile on
+    sm_90 (two programs a multiprocessor: 16 x 8 rows on 132 SMs, 2 splits 685 us at 32k against
+    728 at 4; 8 x 8 rows, 4 splits 348 against 369 at 8)."""
+    if round_down:
+        return min(1 << max(0, (2 * sms // max(1, rows)).bit_length() - 1), _TRITON_SPLITS)
+    want = max(1, -(-2 * sms // max(1, rows)))
+    return min(1 << (want - 1).bit_length(), _TRITON_SPLITS)
 
 
 def _check_splits(max_splits: int) -> None:
@@ -225,41 +246,63 @@ def _check_splits(max_splits: int) -> None:
 def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms) -> DecodeConfig:
     """NVFP4 pools on sm_89+ (the UE4M3 scales use the hardware fp8 conversion): the one-warp
     kernel that decodes each K/V tile straight into ``mma.sync`` operand registers
-    (:mod:`sgl_kernel_sm12x.attention.decode_nvfp4`), 32-token tiles (16 at head_dim 256, where 32
-    reach 255 registers), the raw words of the next tile prefetched into registers, and about 8
-    programs per multiprocessor. H100 sweep (32/8 heads, D128,
+    (:mod:`sgl_kernel_sm12x.attention.decode_nvfp4`), token tiles of :func:`fp4_mma_block_n`, the
+    raw words of the next tile prefetched into registers, about 8 programs per multiprocessor, and
+    the grid in (KV head, request, split) order. H100 sweep (32/8 heads, D128,
     ``...-tune-decode-fp4-mma.json``), against the Triton kernel as planned before in the same run:
     128 x 4k 273-279 us (595), 64 x 8k 266 (592), 16 x 4k 43 (84), 1 x 32k 28 (45), 1 x 1k 8.7
-    (11.3) -- 2.2-2.3 TB/s of the bytes read at large batch. Splits may go to 256 here (the reduce
-    reads them in chunks of 64): at 1 x 32k, 128 splits 24.5 us against 28.0 at 64 and 34.8 at 256;
-    the price at short contexts, where most of them are empty, is 1 x 8k 15.0 against 12.8 us at 64
-    (``...-tune-decode-fp4-mma-splits.json``). Where the grid overflows one wave of resident
-    programs (:func:`fp4_mma_resident`), the split count may double or quadruple so that the last
-    wave is not a few warps a multiprocessor (:func:`_fp4_mma_wave_splits`; H100, 256 x 8 heads:
-    2,048 programs in 1.29 waves of 1,584 read at 54% of the copy ceiling, 128 x 8 in one wave at
-    77%; the 2-split choice there is not measured yet). Not at head_dim 256 with more than
-    8 query heads a KV head: 16 x 256 fp32 accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
+    (11.3). Splits may go to 256 here (the reduce reads them in chunks of 64): at 1 x 32k, 128
+    splits 24.5 us against 28.0 at 64 and 34.8 at 256; the price at short contexts, where most of
+    them are empty, is 1 x 8k 15.0 against 12.8 us at 64 (``...-tune-decode-fp4-mma-splits.json``).
+    Grid order: a program reads one KV head's 72 of the 576 bytes of a token (data and scales);
+    with the requests innermost, the eight heads of a token were read by programs launched
+    batch-size apart, in different waves at batch 256 -- 256 x 4k 702 us (57% of the copy
+    ceiling). With the heads innermost the 8 reads of a token's rows come close together: 489 us,
+    and 128 x 4k 261 -> 256 us (H100, 32-token tiles, 2026-11-27). Where the grid overflows one
+    wave of resident programs (:func:`fp4_mma_resident`), the split count may double or quadruple
+    so that the last wave is not a few warps a multiprocessor (:func:`_fp4_mma_wave_splits`; with
+    the heads-inner grid and 32-token tiles, 256 x 4k: 1 split (1.29 waves) 547 us, 2 splits 496,
+    4 splits 531; with 64-token tiles (8 resident, 1.94 waves at 1 split) 473 / 490 / 523, where
+    the model keeps 1). Not at head_dim 256 with more than 8 query heads a KV head: 16 x 256 fp32
+    accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
     sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
+    heads_n = 8 if group <= 8 else 16
+    block_n = fp4_mma_block_n(head_dim, heads_n)
     if max_splits is None:      # the power of two nearest (log scale) to 8 programs per multiprocessor
         want = 8 * sms / max(1, batch * kv_heads)
         max_splits = 1 << max(0, min(MAX_SPLITS_CAP.bit_length() - 1, round(math.log2(want)) if want > 1 else 0))
         max_splits = _fp4_mma_wave_splits(batch * kv_heads, max_splits, sms,
-                                          fp4_mma_resident(head_dim, 8 if group <= 8 else 16))
+                                          fp4_mma_resident(head_dim, heads_n, block_n))
     _check_splits(max_splits)
-    return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=16 if head_dim == 256 else 32,
+    return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n,
                         num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
-                        prefetch=True, fp4_mma=True)
+                        prefetch=True, fp4_mma=True, heads_inner=True)
 
 
-def fp4_mma_resident(head_dim: int, heads_n: int) -> int:
+def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
+    """Token tile of the one-warp NVFP4 decode kernel: 64 where the kernel holds it without spills
+    (head_dim 64 / 128 with up to 8 query heads a KV head: 162-168 / 232-243 registers on sm_90 and
+    sm_120, AOT), 32 at 16 heads (64 spills 12-72 B there), 16 at head_dim 256 (32 spills). H100,
+    heads-inner grid, 64 against 32 tokens in one run (``...-tune-attention.log``, 2026-11-27):
+    128 x 4k 232 / 256 us, 128 x 8k 464 / 506, 256 x 4k 473 / 496, 64 x 8k 234 / 259, 16 x 32k
+    240 / 261, D64 128 x 4k 141 / 168; at batch 16 x 1k and 64 x 1k, where 32 is 1-5 us faster,
+    the difference is a few microseconds."""
+    if head_dim == 256:
+        return 16
+    return 64 if heads_n == 8 else 32
+
+
+def fp4_mma_resident(head_dim: int, heads_n: int, block_n: int | None = None) -> int:
     """One-warp NVFP4 decode programs resident per multiprocessor (65,536 registers, sm_89 ..
     sm_121): 65,536 / (32 x the kernel's registers, in steps of 8), from the planned
     configurations' AOT register counts (`sm12x budget`, checked by tests/test_budget.py):
-    head_dim 64 123-168 registers, 128 at GQA <= 8 166-175, 128 at GQA 16 219-228, 256 227-232."""
+    64-token tiles at head_dim 64 162-168 registers and at 128 232-243 (GQA <= 8); 32-token tiles
+    at GQA 16 128-168 (D64) and 219-231 (D128); head_dim 256 (16 tokens) 227-232."""
+    block_n = block_n or fp4_mma_block_n(head_dim, heads_n)
     if head_dim == 64:
-        return 15 if heads_n == 8 else 12
+        return 12
     if head_dim == 128:
-        return 12 if heads_n == 8 else 9
+        return 8 if block_n == 64 else (12 if heads_n == 8 else 9)
     return 8
 
 
@@ -267,8 +310,10 @@ def _wave_cost(programs: int, per_sm: int, sms: int) -> float:
     """Time of ``programs`` equal, memory-bound programs in units of one program's time at full
     bandwidth: whole waves of ``per_sm`` a multiprocessor, then the last partial wave, which takes
     as long as ``5 / 8 per_sm`` programs would even when fewer run -- too few warps to keep the
-    memory system busy. Calibrated on the H100 (12 resident, D128): 1,024 programs (7.8 a
-    multiprocessor, one wave) 77% of the copy ceiling, 2,048 (12 + 3.5) 54%."""
+    memory system busy. Calibrated on the H100 (12 resident, D128) before the heads-inner grid:
+    1,024 programs (7.8 a multiprocessor, one wave) 77% of the copy ceiling, 2,048 (12 + 3.5) 54%.
+    With that grid the tail costs less (256 x 4k, 32-token tiles: 1.10x the 2-split time where
+    this model says 1.24x); it still picks the faster split count at the measured points."""
     full, tail = divmod(programs, per_sm * sms)
     return full * per_sm + (max(tail / sms, per_sm * 5 / 8) if tail else 0)
 
@@ -278,7 +323,8 @@ def _fp4_mma_wave_splits(rows: int, splits: int, sms: int, per_sm: int) -> int:
     split count among ``splits`` x {1, 2, 4} with the least modelled time (:func:`_wave_cost`,
     work a program ~ 1 / splits), a larger one only where it saves more than 5% -- the tail
     wave of a grid just over a whole number of waves runs with a few warps a multiprocessor
-    (H100, 128 x 8 heads: 1 split; 256 x 8: 2 splits instead of 1.29 waves)."""
+    (H100, 32-token tiles, 12 resident: 128 x 8 heads 1 split; 256 x 8 2 splits instead of 1.29
+    waves)."""
     if rows * splits <= per_sm * sms:
         return splits
     best, best_t = splits, _wave_cost(rows * splits, per_sm, sms) / splits

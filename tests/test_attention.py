@@ -240,6 +240,55 @@ def test_decode_splits_agree(device):
 
 
 @pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("rows", [128, 1024])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp16", "fp16")], ids=lambda f: f[0])
+def test_decode_sm90_wide_token_tiles(fmt, rows, page, device):
+    """The 128-token tiles the planner gives 16-bit pools on sm_90 (64-256 (request, KV head) rows:
+    2 splits here; from 1,024: one split, the output stored by the split stage), run here on a few
+    requests: lengths inside the first tile, one past it, several tiles, none; the output poisoned
+    first."""
+    kv_dtype, q_dtype = fmt
+    cfg = planner.plan_decode(90, head_dim=128, kv_dtype=kv_dtype, q_dtype=q_dtype, group=2, page_size=page,
+                              batch=rows // 8, kv_heads=8, num_sms=132)
+    assert (cfg.block_n, cfg.max_splits) == ((128, 2) if rows == 128 else (128, 1))
+    lens = [1, 129, 300, 0]
+    hkv = 2
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, 128, device)
+    q = torch.randn(len(lens), hkv * 2, 128).to(ACT[q_dtype]).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page, out=out, config=cfg)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "fp16"), ("nvfp4", "bf16")], ids=lambda f: f[0])
+def test_decode_grid_order_gives_the_same_result(fmt, splits, device):
+    """The split stage's grid in (KV head, request, split) order -- as planned -- and in (request,
+    KV head, split) order computes the same, bit for bit; with the output poisoned first, so a
+    program that lands on the wrong (request, head) shows up as NaN or as a mismatch."""
+    kv_dtype, q_dtype = fmt
+    lens = [130, 1, 0, 77]
+    hkv, group, d = 3, 2, 64
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, 1, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype]).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    plan = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, batch=len(lens),
+                               kv_heads=hkv, max_splits=splits, fp4_mma=False)
+    assert plan.heads_inner
+    kw = dict(kv_dtype=kv_dtype, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+              v_scale=pool.v_scale, max_splits=splits)
+    outs = []
+    for order in (True, False):
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out,
+                         config=dataclasses.replace(plan, heads_inner=order), **kw)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    assert_decode_per_request(outs[0], q, pool, tok, lens, ACT[q_dtype])
+
+
+@pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "bf16"), ("nvfp4", "bf16"), ("fp8k_nvfp4v", "bf16")],
                          ids=lambda f: f[0])
@@ -464,6 +513,26 @@ def test_gpu_decode_large(fmt, d):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+def test_gpu_decode_large_grid(fmt, page):
+    """A batch whose (request, KV head) rows reach 1,024, where the planner may change the tile
+    (sm_90 16-bit pools: 128 tokens on 8 warps): lengths from 1 to past two tiles, every request
+    against the reference, the output poisoned first."""
+    kv_dtype, q_dtype = fmt
+    lens = [1, 129, 0, 255] + [int(x) for x in torch.randint(1, 400, (126,))]
+    hkv, d = 8, 128
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, "cuda")
+    q = torch.randn(len(lens), 4 * hkv, d).to(ACT[q_dtype])
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan")).cuda()
+    decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     out=out)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_extend_large(fmt, d):
@@ -471,16 +540,18 @@ def test_gpu_extend_large(fmt, d):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_n,prefetch,off32", [(16, False, True), (32, True, True), (16, True, False)])
+@pytest.mark.parametrize("block_n,prefetch,off32,heads_inner", [(16, False, True, True), (32, True, True, False),
+                                                                (16, True, False, True), (64, True, True, True)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
-def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, monkeypatch):
+def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, heads_inner,
+                                            monkeypatch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
-    every head_dim x GQA x page size x q dtype, both token tiles, with and without the register
-    prefetch, 32- and 64-bit row offsets, lengths that end inside a tile, span several tiles and
-    several splits, against the float reference over the dequantized cache."""
+    every head_dim x GQA x page size x q dtype, the three token tiles, with and without the register
+    prefetch, 32- and 64-bit row offsets, both grid orders, lengths that end inside a tile, span
+    several tiles and several splits, against the float reference over the dequantized cache."""
     from sgl_kernel_sm12x.attention import decode
     if not off32:
         monkeypatch.setattr(decode, "_OFF32_LIMIT", 0)
@@ -491,7 +562,8 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     plan = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", q_dtype=q_dtype, group=group,
                                page_size=page, batch=len(lens), kv_heads=hkv, max_splits=4)
-    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=prefetch, fp4_mma=True)
+    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=prefetch, fp4_mma=True,
+                              heads_inner=heads_inner)
     out = torch.full_like(q, float("nan")).cuda()
     decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,

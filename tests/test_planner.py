@@ -66,15 +66,28 @@ def test_decode_split_planning():
     tri = dict(head_dim=128, kv_dtype="nvfp4", num_sms=132, fp4_mma=False)
     assert planner.plan_decode(90, batch=1, kv_heads=1, **tri).max_splits == 64
     assert planner.plan_decode(90, batch=256, kv_heads=8, **tri).max_splits == 1
+    # sm_90 16-bit pools at D128: 128-token tiles at 64-256 rows and from 1,024 (splits rounded down
+    # to about two waves); elsewhere, and on every other arch, the 64-token tile
+    bf = dict(head_dim=128, kv_dtype="bf16", num_sms=132, kv_heads=8)
+    tiles = {b: (c.block_n, c.num_warps, c.max_splits)
+             for b in (1, 8, 16, 32, 64, 128) for c in [planner.plan_decode(90, batch=b, **bf)]}
+    assert tiles == {1: (64, 4, 64), 8: (128, 4, 4), 16: (128, 4, 2), 32: (128, 4, 1), 64: (64, 4, 1),
+                     128: (128, 4, 1)}
+    for arch in (80, 89, 100, 120):
+        for b in (1, 16, 128):
+            assert planner.plan_decode(arch, batch=b, **bf).block_n == 64
     # the register-operand NVFP4 kernel: the power of two nearest 8 one-warp programs per SM, <= 256
     reg = dict(head_dim=128, kv_dtype="nvfp4", num_sms=132)
     assert planner.plan_decode(90, batch=1, kv_heads=1, **reg).max_splits == 256
     assert planner.plan_decode(90, batch=1, kv_heads=8, **reg).max_splits == 128
     assert planner.plan_decode(90, batch=64, kv_heads=8, **reg).max_splits == 2
     assert planner.plan_decode(90, batch=128, kv_heads=8, **reg).max_splits == 1
-    # ... unless the grid overflows one wave of resident programs (12 a multiprocessor at D128):
-    # 256 x 8 heads is 2,048 programs, 1.29 waves of 1,584 -> 2 splits (2.6 waves)
-    assert planner.plan_decode(90, batch=256, kv_heads=8, **reg).max_splits == 2
+    # ... unless the grid overflows one wave of resident programs: with 64-token tiles (8 a
+    # multiprocessor at D128) 256 x 8 heads is 1.94 waves of 1,056 and stays at 1 split; 192 x 8
+    # is 1.45 waves -> 2 splits (2.9 waves)
+    assert planner.plan_decode(90, batch=256, kv_heads=8, **reg).max_splits == 1
+    assert planner.plan_decode(90, batch=192, kv_heads=8, **reg).max_splits == 2
+    assert planner.plan_decode(90, batch=256, kv_heads=8, group=16, **reg).block_n == 32
     assert planner.plan_decode(120, batch=1, max_splits=256, head_dim=128, kv_dtype="bf16").max_splits == 256
     with pytest.raises(ValueError, match="max_splits"):
         planner.plan_decode(120, head_dim=128, kv_dtype="nvfp4", max_splits=3)
@@ -124,9 +137,10 @@ def test_attention_budget_cases_cover_planner(arch):
     mma = {(lab["head_dim"], lab["q_dtype"], lab["page_size"], lab["heads_n"], lab["block_n"])
            for lab, *_ in decode_nvfp4.aot_cases(arch)}
     for inp in planner.decode_domain():
-        c = planner.plan_decode(arch, **inp, fp4_mma=False)      # the Triton split stage (and fallback)
-        assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_h, c.block_n,
-                c.num_warps, c.num_stages) in dec
+        for batch in (1, 3, 16, 64, 128, 1024):      # the Triton split stage (and fallback)
+            c = planner.plan_decode(arch, **inp, batch=batch, fp4_mma=False)
+            assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_h, c.block_n,
+                    c.num_warps, c.num_stages) in dec
         for batch in (1, 3, 64, 1024):
             c = planner.plan_decode(arch, **inp, batch=batch)
             if c.fp4_mma:

@@ -64,10 +64,16 @@ def decode_split_kernel(
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr, PREFETCH: tl.constexpr = False,
     LOOP_STAGES: tl.constexpr = None, DIRECT: tl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0,
-    v_scale=1.0,
+    v_scale=1.0, HEADS_INNER: tl.constexpr = False,
 ):
-    b = tl.program_id(0)
-    kvh = tl.program_id(1)
+    if HEADS_INNER:     # grid (kv_heads, batch, splits): a request's heads run side by side
+        kvh = tl.program_id(0)
+        b = tl.program_id(1)
+        n_kvh = tl.num_programs(0)
+    else:
+        b = tl.program_id(0)
+        kvh = tl.program_id(1)
+        n_kvh = tl.num_programs(1)
     sid = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
     base = tl.load(kv_indptr_ptr + b)
@@ -77,7 +83,7 @@ def decode_split_kernel(
     h_mask = offs_h < group
     q_head = kvh * group + offs_h
     dt = q_ptr.dtype.element_ty
-    out_row = (b * tl.num_programs(1) * group + q_head) * max_splits + sid
+    out_row = (b * n_kvh * group + q_head) * max_splits + sid
     offs_d = tl.arange(0, HEAD_DIM)
     # DIRECT (one split, no LSE wanted): the program's result is the output -- normalised, V-scaled
     # and stored in q's dtype here, no reduce launch
@@ -315,7 +321,7 @@ def decode_attention(
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                         logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale)
     else:
-        decode_split_kernel[(batch, hkv, cfg.max_splits)](
+        decode_split_kernel[(hkv, batch, cfg.max_splits) if cfg.heads_inner else (batch, hkv, cfg.max_splits)](
             q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
             k_cache_ptr=kc, v_cache_ptr=vc,
             stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
@@ -330,7 +336,7 @@ def decode_attention(
             HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
             DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, LOOP_STAGES=cfg.loop_stages or None, DIRECT=direct,
             o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
-            **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            HEADS_INNER=cfg.heads_inner, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     if direct:
         return out
@@ -370,7 +376,8 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
     kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
     # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
     off32 = all(t.shape[0] * t.stride(0) < _OFF32_LIMIT for t in (kc, vc, ks, vs))
-    decode_split_nvfp4_kernel[(batch, kc.shape[1], cfg.max_splits)](
+    hkv = kc.shape[1]
+    decode_split_nvfp4_kernel[(hkv, batch, cfg.max_splits) if cfg.heads_inner else (batch, hkv, cfg.max_splits)](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
@@ -379,7 +386,8 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
-        o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale), num_warps=1)
+        o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale),
+        HEADS_INNER=cfg.heads_inner, num_warps=1)
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
@@ -451,15 +459,16 @@ def aot_cases(arch: int):
     """Every configuration of this split stage the decode planner can choose on ``arch`` (for
     ``sm12x budget``), including those it runs where the register-operand NVFP4 kernel cannot."""
     seen = set()
-    for inp in planner.decode_domain():
-        cfg = planner.plan_decode(arch, **inp, fp4_mma=False)
+    for inp, batch in ((inp, batch) for inp in planner.decode_domain() for batch in (1, 16, 4096)):
+        cfg = planner.plan_decode(arch, **inp, batch=batch, fp4_mma=False)   # the tile may depend on the grid
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
                   HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, PREFETCH=cfg.prefetch,
-                  LOOP_STAGES=cfg.loop_stages or None, **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  LOOP_STAGES=cfg.loop_stages or None, HEADS_INNER=cfg.heads_inner,
+                  **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         for direct in (False, True):    # one split and no LSE: the output stored by the split stage
             key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages, direct)
             if key in seen:
