@@ -281,8 +281,8 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
 
 def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
     """Token tile of the one-warp NVFP4 decode kernel: 64 where the kernel holds it without spills
-    (head_dim 64 / 128 with up to 8 query heads a KV head: 162-168 / 232-243 registers on sm_90 and
-    sm_120, AOT), 32 at 16 heads (64 spills 12-72 B there), 16 at head_dim 256 (32 spills). H100,
+    (head_dim 64 / 128 with up to 8 query heads a KV head: 160-168 / 225-246 registers on sm_89 ..
+    sm_121, AOT), 32 at 16 heads (64 spills 12-72 B there), 16 at head_dim 256 (32 spills). H100,
     heads-inner grid, 64 against 32 tokens in one run (``...-tune-attention.log``, 2026-11-27):
     128 x 4k 232 / 256 us, 128 x 8k 464 / 506, 256 x 4k 473 / 496, 64 x 8k 234 / 259, 16 x 32k
     240 / 261, D64 128 x 4k 141 / 168; at batch 16 x 1k and 64 x 1k, where 32 is 1-5 us faster,
@@ -295,9 +295,10 @@ def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
 def fp4_mma_resident(head_dim: int, heads_n: int, block_n: int | None = None) -> int:
     """One-warp NVFP4 decode programs resident per multiprocessor (65,536 registers, sm_89 ..
     sm_121): 65,536 / (32 x the kernel's registers, in steps of 8), from the planned
-    configurations' AOT register counts (`sm12x budget`, checked by tests/test_budget.py):
-    64-token tiles at head_dim 64 162-168 registers and at 128 232-243 (GQA <= 8); 32-token tiles
-    at GQA 16 128-168 (D64) and 219-231 (D128); head_dim 256 (16 tokens) 227-232."""
+    configurations' AOT register counts on sm_89 .. sm_121 (`sm12x budget`; the sm_120/121 ones
+    checked by tests/test_budget.py): 64-token tiles at head_dim 64 160-168 registers and at 128
+    225-246 (GQA <= 8); 32-token tiles at GQA 16 128-168 (D64) and 215-236 (D128); head_dim 256
+    (16 tokens) 224-236."""
     block_n = block_n or fp4_mma_block_n(head_dim, heads_n)
     if head_dim == 64:
         return 12

@@ -321,7 +321,7 @@ def decode_attention(
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                         logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale)
     else:
-        decode_split_kernel[(hkv, batch, cfg.max_splits) if cfg.heads_inner else (batch, hkv, cfg.max_splits)](
+        decode_split_kernel[split_grid(cfg, batch, hkv)](
             q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
             k_cache_ptr=kc, v_cache_ptr=vc,
             stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
@@ -376,8 +376,7 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
     kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
     # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
     off32 = all(t.shape[0] * t.stride(0) < _OFF32_LIMIT for t in (kc, vc, ks, vs))
-    hkv = kc.shape[1]
-    decode_split_nvfp4_kernel[(hkv, batch, cfg.max_splits) if cfg.heads_inner else (batch, hkv, cfg.max_splits)](
+    decode_split_nvfp4_kernel[split_grid(cfg, batch, kc.shape[1])](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
@@ -388,6 +387,15 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
         o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale),
         HEADS_INNER=cfg.heads_inner, num_warps=1)
+
+
+def split_grid(cfg: planner.DecodeConfig, batch: int, kv_heads: int) -> tuple[int, int, int]:
+    """Launch grid of either split stage: ``(kv_heads, batch, splits)`` when ``cfg.heads_inner``
+    (the programs that read one token's rows, one KV head each, launch side by side), else
+    ``(batch, kv_heads, splits)``; the kernels read it back under their HEADS_INNER constexpr."""
+    if cfg.heads_inner:
+        return kv_heads, batch, cfg.max_splits
+    return batch, kv_heads, cfg.max_splits
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
