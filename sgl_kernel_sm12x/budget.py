@@ -77,12 +77,32 @@ def _res_usage(cubin: bytes):
 
 
 def _ptxas_spills(ptx: str, arch: int):
-    """(spill store bytes, stack frame bytes) from ``ptxas -v`` on the kernel's PTX."""
+    """(spill store bytes, stack frame bytes) from ``ptxas -v`` on the kernel's PTX, kept in
+    Triton's file cache under a key of the PTX, the arch and the ptxas binary (a warm budget run
+    then costs what Triton's own cache hits cost)."""
+    import hashlib
+
     import triton
+    from triton.runtime.cache import get_cache_manager
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     ptxas = os.path.join(bindir, "ptxas-blackwell") if arch >= 100 else os.path.join(bindir, "ptxas")
     if not os.path.exists(ptxas):
         ptxas = os.path.join(bindir, "ptxas")
+    st = os.stat(ptxas)
+    key = hashlib.sha256(f"sm12x-ptxas-v1|{arch}|{ptxas}|{st.st_size}|{st.st_mtime_ns}|{triton.__version__}|"
+                         .encode() + ptx.encode()).hexdigest()
+    cache = get_cache_manager(key)
+    hit = cache.get_file("ptxas.json")
+    if hit:
+        with open(hit) as f:
+            got = json.load(f)
+        return got["spill"], got["stack"]
+    spill, stack = _run_ptxas(ptxas, ptx, arch)
+    cache.put(json.dumps({"spill": spill, "stack": stack}), "ptxas.json", binary=False)
+    return spill, stack
+
+
+def _run_ptxas(ptxas: str, ptx: str, arch: int):
     suffix = "a" if arch >= 90 else ""
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
