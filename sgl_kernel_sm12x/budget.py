@@ -8,6 +8,7 @@ Triton would skip vectorisation / cp.async pipelining and under-report shared me
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -80,8 +81,6 @@ def _ptxas_spills(ptx: str, arch: int):
     """(spill store bytes, stack frame bytes) from ``ptxas -v`` on the kernel's PTX, kept in
     Triton's file cache under a key of the PTX, the arch and the ptxas binary (a warm budget run
     then costs what Triton's own cache hits cost)."""
-    import hashlib
-
     import triton
     from triton.runtime.cache import get_cache_manager
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

@@ -190,6 +190,11 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1):
       faster from 1,024 rows but spill 8 B in the one-split variant. At 512 rows neither tile is
       faster (64 x 8k 690 / 691, 64 x 1k 93 - 96 / 91); below 64 rows (batch 1 - 7) the 64-token
       tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep the 64-token tile.
+    * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
+      them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
+      length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
+      11.8 / 14.1 / 16.4 against 17.6 / 18.3 / 22.9
+      (``2026-11-26-nvidia-h100-80gb-hbm3-tune-decode-batch1.json``).
     Shared memory and registers per configuration are checked by `sm12x budget --kernel decode`.
     """
     if kv_dtype in FP4_V:
@@ -272,7 +277,7 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
         want = 8 * sms / max(1, batch * kv_heads)
         max_splits = 1 << max(0, min(MAX_SPLITS_CAP.bit_length() - 1, round(math.log2(want)) if want > 1 else 0))
         max_splits = _fp4_mma_wave_splits(batch * kv_heads, max_splits, sms,
-                                          fp4_mma_resident(head_dim, heads_n, block_n))
+                                          fp4_mma_resident(head_dim, heads_n))
     _check_splits(max_splits)
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n,
                         num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
@@ -292,18 +297,17 @@ def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
     return 64 if heads_n == 8 else 32
 
 
-def fp4_mma_resident(head_dim: int, heads_n: int, block_n: int | None = None) -> int:
+def fp4_mma_resident(head_dim: int, heads_n: int) -> int:
     """One-warp NVFP4 decode programs resident per multiprocessor (65,536 registers, sm_89 ..
     sm_121): 65,536 / (32 x the kernel's registers, in steps of 8), from the planned
     configurations' AOT register counts on sm_89 .. sm_121 (`sm12x budget`; the sm_120/121 ones
     checked by tests/test_budget.py): 64-token tiles at head_dim 64 160-168 registers and at 128
     225-246 (GQA <= 8); 32-token tiles at GQA 16 128-168 (D64) and 215-236 (D128); head_dim 256
-    (16 tokens) 224-236."""
-    block_n = block_n or fp4_mma_block_n(head_dim, heads_n)
+    (16 tokens) 224-236. The tile is :func:`fp4_mma_block_n`'s."""
     if head_dim == 64:
         return 12
     if head_dim == 128:
-        return 8 if block_n == 64 else (12 if heads_n == 8 else 9)
+        return 8 if heads_n == 8 else 9
     return 8
 
 
