@@ -59,6 +59,11 @@ def main():
                     help="extend, quantized pools: whole prefix tiles select-free (1) or masked (0)")
     ap.add_argument("--diag-in-loop", type=int, nargs="+", default=None,
                     help="extend: the causal diagonal tiles inside the whole-tile loop (1) or a loop of their own (0)")
+    ap.add_argument("--fp4-wgmma", type=int, nargs="+", default=None,
+                    help="extend, nvfp4 on sm_90: the Gluon kernel overlapping the tile decode with the MMAs (1) "
+                    "or the Triton kernel (0)")
+    ap.add_argument("--rotate-prefix", type=int, nargs="+", default=None,
+                    help="extend: whole prefix tiles in an order rotated by the row block (1) or in order (0)")
     ap.add_argument("--prefix-loop", type=int, nargs="+", default=None,
                     help="extend, shapes without a prefix: compiled with (1) or without (0) the prefix phase")
     ap.add_argument("--plan-arch", type=int, default=None,
@@ -102,14 +107,16 @@ def main():
                 # is the plan's. A shape with a prefix always compiles the prefix phase.
                 knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
-                                     ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop)):
+                                     ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
+                                     ("fp4_wgmma", a.fp4_wgmma), ("rotate_prefix", a.rotate_prefix)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
                     replace(plan, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, pack=pk, prefetch=bool(pf),
                             **dict(zip(knobs, vals)))
                     for (bm, bn, nw, ns), pk, pf, *vals in itertools.product(tiles, a.pack, a.prefetch, *knobs.values())
-                    if (hq // hkv) % pk == 0 and bm // pk >= 8])
+                    if (hq // hkv) % pk == 0 and bm // pk >= 8
+                    and (not vals[-2] or kv == "nvfp4" and prefix > 0 and bm == 128 and nw in (4, 8))])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -134,6 +141,7 @@ def main():
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
+                          f"wg={int(cfg.fp4_wgmma)} rot={int(cfg.rotate_prefix)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,

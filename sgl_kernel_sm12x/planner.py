@@ -399,13 +399,15 @@ class ExtendConfig:
     diag_in_loop: bool = False  # causal diagonal tiles (16-bit pools: the prefix's partial one too) in the
     #                             whole-tile loop
     prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
+    fp4_wgmma: bool = False     # sm_90 NVFP4 pools: the Gluon kernel overlapping the tile decode with the MMAs
+    rotate_prefix: bool = False  # whole prefix tiles in an order rotated by the row block
 
     def as_dict(self):
         return asdict(self)
 
 
 def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
-                page_size: int = 1, prefix: bool = True) -> ExtendConfig:
+                page_size: int = 1, prefix: bool = True, window: bool = False, gluon: bool = True) -> ExtendConfig:
     """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
     limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
 
@@ -436,6 +438,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         packed, else 32 x 32; D256 32 x 32 on 8 warps.
     * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
       see the comments in the body.
+    * sm_90 NVFP4 at head_dim 128 with 4 query heads a KV group packed (``fp4_wgmma``): the Gluon
+      kernel of :mod:`.attention.extend_nvfp4_wgmma`, unless ``window`` (a sliding window) or not
+      ``gluon`` (no device to run it: the Triton interpreter).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
@@ -498,6 +503,13 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         pack = min(group, 4)
         while pack > 1 and (group % pack or cfg.block_m // pack < 16):
             pack //= 2
+    if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype == "nvfp4" and pack == 4:
+        # the Gluon kernel with the tile decode overlapped with the warpgroup MMAs (decode while
+        # the previous tile's PV runs, slot ids two tiles ahead, whole tiles select-free): H100
+        # (...-tune-extend-fp4-wgmma.log) 1 x 4k + 1k 0.285 -> 0.257-0.263 ms, 8 x 4k + 1k
+        # 1.98 -> 1.84-1.86, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (two thirds of the work in the
+        # chunk's own keys) 2.89-2.96 -> 3.00-3.02. AOT: 131 KB, 255 registers, no spills (Triton 3.6)
+        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, fp4_wgmma=True)
     return replace(cfg, pack=pack)
 
 

@@ -105,7 +105,7 @@ def test_extend_matrix(fmt, d, group, page, device):
     _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device)
 
 
-def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, config=None, **kw):
+def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, config=None, max_prefix_len=None, **kw):
     pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, prefix, page, hkv, d, device)
     T = sum(ext)
     dt = ACT[q_dtype]
@@ -115,7 +115,8 @@ def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, con
     extend_attention(q.to(device), k.to(device), v.to(device), pool.k, pool.v, qo.to(device), indptr, indices,
                      torch.tensor(prefix, dtype=torch.int32, device=device), kv_dtype=kv_dtype,
                      max_extend_len=max(ext), page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs,
-                     k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, config=config, **kw)
+                     k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, config=config, max_prefix_len=max_prefix_len,
+                     **kw)
     for i, (P, E) in enumerate(zip(prefix, ext)):
         kp, vp = pool.dequant(tok[i]) if P else (torch.zeros(0, hkv, d),) * 2
         a, b = int(qo[i]), int(qo[i + 1])
@@ -537,6 +538,49 @@ def test_gpu_decode_large_grid(fmt, page):
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_extend_large(fmt, d):
     _run_extend(fmt[0], fmt[1], d, 8, 4, 16, [0, 2000, 513], [1500, 700, 1], "cuda")
+
+
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("nvfp4", "fp16"), ("fp8_e4m3", "bf16")], ids=lambda f: f"{f[0]}-{f[1]}")
+@pytest.mark.parametrize("arch", [90, 120])
+def test_extend_rotated_prefix_tiles(fmt, arch, device):
+    """Whole prefix tiles read in an order rotated by the row block: the same attention, with
+    prefixes of several tiles, one of exactly one tile and partial tails."""
+    kv_dtype, q_dtype = fmt
+    cfg = planner.plan_extend(arch, head_dim=64, kv_dtype=kv_dtype, q_dtype=q_dtype, group=2, page_size=16)
+    cfg = dataclasses.replace(cfg, block_m=32, block_n=32, num_warps=4, num_stages=2, prefix_stages=0,
+                              pack=min(cfg.pack, 2), rotate_prefix=True)
+    _run_extend(kv_dtype, q_dtype, 64, 2, 2, 16, [150, 32, 97, 0], [70, 40, 1, 9], device, config=cfg,
+                max_prefix_len=150)
+
+
+def _sm90():
+    return HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("page", planner.PAGE_SIZES)
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype, block_n):
+    """The sm_90 NVFP4 extend kernel that overlaps the tile decode with the MMAs: every GQA ratio and
+    page size, prefixes and chunks that are not multiples of the tiles, a request without a prefix
+    beside ones with one, a one-token chunk."""
+    pack = min(group, 4)
+    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, fp4_wgmma=True)
+    _run_extend("nvfp4", q_dtype, 128, 2 if group <= 8 else 1, group, page, [37, 0, 300, 129], [23, 130, 1, 200],
+                "cuda", config=cfg, max_prefix_len=300)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
+    cfg = planner.ExtendConfig(128, 64, 8, 1, True, pack=4, fp4_wgmma=True)
+    _run_extend("nvfp4", "bf16", 128, 8, 4, 16, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,
+                max_prefix_len=4096)
+    _run_extend("nvfp4", "bf16", 128, 2, 8, 1, [300, 65], [77, 129], "cuda", config=cfg, max_prefix_len=300,
+                logit_cap=30.0)
 
 
 @pytest.mark.gpu

@@ -131,7 +131,7 @@ def test_wave_cost_model():
 
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
 def test_attention_budget_cases_cover_planner(arch):
-    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend
+    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend, extend_nvfp4_wgmma
     dec = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_h"], lab["block_n"],
             lab["num_warps"], lab["num_stages"]) for lab, *_ in decode.aot_cases(arch)}
     mma = {(lab["head_dim"], lab["q_dtype"], lab["page_size"], lab["heads_n"], lab["block_n"])
@@ -154,11 +154,17 @@ def test_attention_budget_cases_cover_planner(arch):
             assert (inp["head_dim"], c.max_splits) in red
     ext = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_m"], lab["block_n"],
             lab["num_warps"], lab["num_stages"], lab["prefix_stages"]) for lab, *_ in extend.aot_cases(arch)}
+    wg = {(lab["head_dim"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"], lab["pack"])
+          for lab, *_ in extend_nvfp4_wgmma.aot_cases(arch)}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
-        for prefix in (True, False):
-            c = planner.plan_extend(arch, **inp, prefix=prefix)
+        for prefix, window in ((True, False), (False, False), (True, True)):
+            c = planner.plan_extend(arch, **inp, prefix=prefix, window=window)
+            if c.fp4_wgmma:
+                assert (inp["head_dim"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n, c.pack) in wg
+                continue
             assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                     c.num_warps, c.num_stages, c.prefix_stages) in ext
+    assert bool(wg) == (planner.arch_limits(arch).cc == 90)
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
@@ -197,3 +203,17 @@ def test_nvfp4_extend_never_gets_16_key_tiles(arch):
         if inp["kv_dtype"] in planner.FP4_V:
             cfg = planner.plan_extend(arch, **inp)
             assert cfg.block_n >= 32, (arch, inp, cfg)
+
+
+def test_extend_sm90_nvfp4_takes_the_overlapped_gluon_kernel():
+    """sm_90, NVFP4 pool, head_dim 128, 4 query heads a program, a prefix to read: the Gluon kernel
+    that overlaps the tile decode with the warpgroup MMAs; with a sliding window, without a device
+    (the interpreter), without a prefix, at other head dims / GQA ratios / arches: the Triton kernel."""
+    for group in (4, 8, 16):
+        c = planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=group)
+        assert c.fp4_wgmma and (c.block_m, c.block_n, c.num_warps, c.pack) == (128, 128, 8, 4)
+    for kw in (dict(window=True), dict(gluon=False), dict(prefix=False)):
+        assert not planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=4, **kw).fp4_wgmma
+    for arch, d, group, kv in ((90, 64, 4, "nvfp4"), (90, 128, 2, "nvfp4"), (90, 128, 4, "fp8_e4m3"),
+                               (100, 128, 4, "nvfp4"), (120, 128, 4, "nvfp4"), (89, 128, 4, "nvfp4")):
+        assert not planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=group).fp4_wgmma

@@ -47,7 +47,7 @@ def extend_kernel(
     FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
     UNMASKED: tl.constexpr = True, PREFIX_STAGES: tl.constexpr = None, HEAVY_FIRST: tl.constexpr = False,
     QUANT_PREFIX_UNMASKED: tl.constexpr = False, DIAG_IN_LOOP: tl.constexpr = False,
-    PREFIX_LOOP: tl.constexpr = True,
+    PREFIX_LOOP: tl.constexpr = True, ROTATE: tl.constexpr = False,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -142,7 +142,14 @@ def extend_kernel(
                 pos_nx2 = pos_nx + BLOCK_N
                 mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, PAGED)
             else:
-                pos = n0 + offs_n
+                nr = n0
+                if ROTATE and SPLIT:
+                    # whole tiles in an order rotated by the row block: the programs sharing a KV
+                    # head do not all read the same tile at the same moment
+                    if n0 < p_full:
+                        n_whole = tl.maximum((p_full - lo) // BLOCK_N, 1)
+                        nr = lo + ((n0 - lo) // BLOCK_N + mb) % n_whole * BLOCK_N
+                pos = nr + offs_n
                 n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
                 kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             if K_MODE == 2:
@@ -246,7 +253,7 @@ def _config_constexprs(cfg: planner.ExtendConfig) -> dict:
     return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HW_FP8=cfg.hw_fp8, PACK=cfg.pack, PREFETCH=cfg.prefetch,
                 UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first,
                 QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked, DIAG_IN_LOOP=cfg.diag_in_loop,
-                PREFIX_LOOP=cfg.prefix_loop)
+                PREFIX_LOOP=cfg.prefix_loop, ROTATE=cfg.rotate_prefix)
 
 
 def extend_attention(
@@ -334,7 +341,8 @@ def extend_attention(
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
-                              page_size=page_size, prefix=max_prefix_len != 0)
+                              page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
+                              gluon=not _INTERPRET and q.device.type == "cuda")
     cfg = config or cfg
     if not cfg.prefix_loop and max_prefix_len != 0:
         _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
@@ -358,6 +366,14 @@ def extend_attention(
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
+    if cfg.fp4_wgmma:
+        if modes != (2, 2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
+            _fail("config", "fp4_wgmma runs NVFP4 pools at head_dim 128 without a sliding window, on the device")
+        from .extend_nvfp4_wgmma import launch
+        launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens,
+               qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
+               group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
+        return out
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
     extend_kernel[grid](
         q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
@@ -381,8 +397,11 @@ def extend_attention(
 
 def aot_cases(arch: int):
     seen = set()
-    for inp in planner.extend_domain():
+    # with a sliding window (or under the interpreter) sm_90's NVFP4 plan stays on this kernel
+    for inp in (dict(i, window=w) for i in planner.extend_domain() for w in (False, True)):
         cfg = planner.plan_extend(arch, **inp)
+        if cfg.fp4_wgmma:       # another kernel (extend_nvfp4_wgmma.aot_cases)
+            continue
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
         cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
