@@ -183,33 +183,35 @@ def _prefix_step(kw, ks, vw, vs, slot, m_i, l_i, acc_t, i, n0, n2, prefix_len, q
 
 
 @gluon.jit
-def _chunk_step(n0, hi2, ext_len, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s, m_i, l_i, acc_t,
-                qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale, logit_cap, BLOCK_N: gl.constexpr,
-                HEAD_DIM: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, O_L: gl.constexpr,
-                ROW_O: gl.constexpr):
-    """One tile of the chunk's own keys (its K tile already on its way by ``cp.async``): V through
-    registers (permuted like the pool's), S = Q K^T, the next K tile's copy, the online softmax
-    (causal select on diagonal tiles), PV issued asynchronously."""
+def _copy_rows(buf, rows, q0, stride_t, n0, hi, t_x, jj):
+    """cp.async of the chunk's K or V rows ``n0 ..`` (rows at or past ``hi`` zero-filled)."""
     j = n0 + t_x
-    vx = gl.load(gl.expand_dims(v_rows + (q0 + j).to(gl.int64) * stride_v_t, 1) + gl.expand_dims(jj, 0),
-                 mask=gl.expand_dims(j < ext_len, 1), other=0.0)
-    async_copy.wait_group(0)
-    fence_async_shared()
-    _bar()
-    s_t = warpgroup_mma(qc_smem, kc_smem.permute((1, 0)), s0, use_acc=False, is_async=True)
-    vb = vc_smem.index((n0 // BLOCK_N) % 2)     # last read by the PV MMA of two tiles back
-    vb.store(_permute8(vx, BLOCK_N, HEAD_DIM, 1, 2, 0))      # V'[2 i + h] = V[i + 4 h]
-    s, acc = warpgroup_mma_wait(0, deps=(s_t, acc_t))
-    fence_async_shared()
-    _bar()
-    jn = n0 + BLOCK_N + t_x        # the next K tile, into the buffer S no longer reads
     async_copy.async_copy_global_to_shared(
-        kc_smem, gl.expand_dims(k_rows + (q0 + jn).to(gl.int64) * stride_k_t, 1) + gl.expand_dims(jj, 0),
-        mask=gl.expand_dims(jn < hi2, 1))
+        buf, gl.expand_dims(rows + (q0 + j).to(gl.int64) * stride_t, 1) + gl.expand_dims(jj, 0),
+        mask=gl.expand_dims(j < hi, 1))
+
+
+@gluon.jit
+def _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s, m_i, l_i, acc_t,
+                qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale, logit_cap, BLOCK_N: gl.constexpr,
+                HAS_CAP: gl.constexpr, MASKED: gl.constexpr, O_L: gl.constexpr, ROW_O: gl.constexpr):
+    """One tile of the chunk's own keys (K in shared memory, V on its way by ``cp.async``): S = Q
+    K^T; then, with every warpgroup past S and the previous PV and this tile's V landed, the copies
+    of K two tiles on and V one tile on; the online softmax (causal select on diagonal tiles); PV
+    issued asynchronously. One barrier a tile."""
+    t = n0 // BLOCK_N
+    s_t = warpgroup_mma(qc_smem, kc_smem.index(t % 2).permute((1, 0)), s0, use_acc=False, is_async=True)
+    s, acc = warpgroup_mma_wait(0, deps=(s_t, acc_t))
+    async_copy.wait_group(0)        # V_t and K_{t+1}, copied during the last step
+    fence_async_shared()
+    _bar()
+    _copy_rows(kc_smem.index(t % 2), k_rows, q0, stride_k_t, n0 + 2 * BLOCK_N, hi2, t_x, jj)
+    _copy_rows(vc_smem.index((t + 1) % 2), v_rows, q0, stride_v_t, n0 + BLOCK_N, hi2, t_x, jj)
     async_copy.commit_group()
     vis = gl.expand_dims(n0 + offs_n, 0) <= tok_s
     p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
+    vb = vc_smem.index(t % 2)
     acc_t = warpgroup_mma(gl.convert_layout(p.to(vb.dtype), gl.DotOperandLayout(0, O_L, 2)), vb, acc,
                           is_async=True)
     return m_i, l_i, acc_t
@@ -261,7 +263,8 @@ def extend_nvfp4_wgmma_kernel(
     qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
     qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
     q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
-    k_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_N, HEAD_DIM], KS)
+    k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)    # the prefix phase uses one
+    k_smem = k_bufs.index(0)
     v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
@@ -302,7 +305,10 @@ def extend_nvfp4_wgmma_kernel(
                 stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM,
                 PAGE, OFF32, HAS_CAP, True, WL, SL, P_L, ROW_O)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
-        acc = acc * v_scale_prefix
+        # V's columns back in natural order (once; the chunk's tiles then go to shared memory by
+        # cp.async as they are), with the pool's V scale
+        acc = gl.convert_layout(acc * v_scale_prefix, XL)
+        acc = gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
 
     # ---- phase 2: the chunk's own keys, causal (q's dtype, natural head_dim order for Q and K) ------
@@ -315,7 +321,7 @@ def extend_nvfp4_wgmma_kernel(
     qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
     qc_smem = q_smem._reinterpret(dt, [BLOCK_M, HEAD_DIM], QS)
     qc_smem.store(qn)
-    kc_smem = k_smem._reinterpret(dt, [BLOCK_N, HEAD_DIM], KS)
+    kc_smem = k_bufs._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
     vc_smem = v_smem._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
     k_rows = k_ptr + kvh * stride_k_h
     v_rows = v_ptr + kvh * stride_v_h
@@ -323,27 +329,30 @@ def extend_nvfp4_wgmma_kernel(
     hi2 = gl.minimum(ext_len, (mb + 1) * BT)
     first = mb * BT                # keys below this are visible to every row of the block
     tok_s = gl.expand_dims(mb * BT + gl.arange(0, BLOCK_M, layout=ROW) // PACK, 1)
-    j0 = t_x
-    async_copy.async_copy_global_to_shared(
-        kc_smem, gl.expand_dims(k_rows + (q0 + j0).to(gl.int64) * stride_k_t, 1) + gl.expand_dims(jj, 0),
-        mask=gl.expand_dims(j0 < ext_len, 1))
+    # K two tiles ahead, V one (its other buffer is read by the PV MMA in flight); step t copies
+    # K_{t+2} and V_{t+1}
+    _copy_rows(kc_smem.index(0), k_rows, q0, stride_k_t, 0, hi2, t_x, jj)
+    _copy_rows(vc_smem.index(0), v_rows, q0, stride_v_t, 0, hi2, t_x, jj)
+    _copy_rows(kc_smem.index(1), k_rows, q0, stride_k_t, BLOCK_N, hi2, t_x, jj)
     async_copy.commit_group()
+    async_copy.wait_group(0)
+    fence_async_shared()
+    _bar()
     acc_t = warpgroup_mma_init(acc)
     c_full = first // BLOCK_N * BLOCK_N     # whole tiles below the diagonal: no select
     for n0 in range(0, c_full, BLOCK_N):
-        m_i, l_i, acc_t = _chunk_step(n0, hi2, ext_len, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
+        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
                                       m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
-                                      logit_cap, BLOCK_N, HEAD_DIM, HAS_CAP, False, O_L, ROW_O)
+                                      logit_cap, BLOCK_N, HAS_CAP, False, O_L, ROW_O)
     for n0 in range(c_full, hi2, BLOCK_N):
-        m_i, l_i, acc_t = _chunk_step(n0, hi2, ext_len, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
+        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
                                       m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
-                                      logit_cap, BLOCK_N, HEAD_DIM, HAS_CAP, True, O_L, ROW_O)
+                                      logit_cap, BLOCK_N, HAS_CAP, True, O_L, ROW_O)
     acc = warpgroup_mma_wait(0, deps=(acc_t,))
     async_copy.wait_group(0)
 
     inv_l = 1.0 / gl.convert_layout(l_i, ROW_O)
     o = gl.convert_layout((acc * gl.expand_dims(inv_l, 1)).to(dt), XL)
-    o = gl.convert_layout(_permute8(o, BLOCK_M, HEAD_DIM, 2, 0, 1), XL)    # back to the natural order
     # the row addresses recomputed, as for q
     q0 = gl.load(qo_indptr_ptr + b)
     r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
