@@ -506,9 +506,10 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype == "nvfp4" and pack == 4:
         # the Gluon kernel with the tile decode overlapped with the warpgroup MMAs (decode while
         # the previous tile's PV runs, slot ids two tiles ahead, whole tiles select-free): H100
-        # (...-tune-extend-fp4-wgmma.log) 1 x 4k + 1k 0.285 -> 0.257-0.263 ms, 8 x 4k + 1k
-        # 1.98 -> 1.84-1.86, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (two thirds of the work in the
-        # chunk's own keys) 2.89-2.96 -> 3.00-3.02. AOT: 131 KB, 255 registers, no spills (Triton 3.6)
+        # (...-tune-extend-fp4-wgmma.log) 1 x 4k + 1k 0.274-0.287 -> 0.257-0.263 ms, 8 x 4k + 1k
+        # 1.97-2.02 -> 1.84-1.88, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (half the work in the
+        # chunk's own keys) 2.89-2.96 -> 2.99-3.02. AOT: 196 KB, 255 registers, no spills (Triton
+        # 3.6 and 3.8)
         cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, fp4_wgmma=True)
     return replace(cfg, pack=pack)
 

@@ -1,29 +1,32 @@
-"""NVFP4-pool extend for sm_90 (warpgroup MMA), with the tile decode overlapped with the MMAs.
+"""NVFP4-pool extend for sm_90 (warpgroup MMA), the prefix tiles decoded while the tensor cores run.
 
 The Triton extend kernel (:mod:`.extend`) decodes each NVFP4 prefix tile in registers, stores it to
 shared memory and runs the tile's MMAs; Triton waits for every warpgroup MMA right after issuing it
-(the decoded operand lives in a buffer the compiler allocates inside the loop), so the decode -- as
-much ALU work as the MMAs take tensor time -- never overlaps them. This kernel is the same
-computation written in Gluon with the waits placed by hand. Per prefix tile ``i``::
+(the decoded operand lives in a buffer the compiler allocates inside the loop), so the decode never
+overlaps an MMA. This kernel is the same computation written in Gluon with the waits placed by
+hand. Per prefix tile ``i``::
 
-    decode K_i -> k_smem                 (PV_{i-1} still running on the tensor cores)
-    S_i = Q K_i^T                        issued asynchronously
-    decode V_i in registers              (S_i running)
-    wait for S_i and PV_{i-1}; V_i -> v_smem[i % 2]
+    decode K_i, V_i -> shared memory     (PV_{i-1} still running on the tensor cores)
+    S_i = Q K_i^T                        issued asynchronously, waited for with PV_{i-1}
     online softmax of S_i; acc *= alpha
-    PV_i = P_i V_i                       issued asynchronously, waited for in iteration i + 1
+    PV_i = P_i V_i                       issued asynchronously, waited for in step i + 1
 
-The raw words of tile ``i + 1`` are loaded while tile ``i`` is computed (register prefetch). The
-decoded tiles are in a permuted head_dim order (8 consecutive elements of a packed word come out
-of the PTX decode as ``0 4 1 5 2 6 3 7``, see :func:`_phys`); Q is gathered through the same
-permutation, the chunk's own V is permuted in registers, and the output is permuted back before
-its store. The chunk's own keys follow as in the Triton kernel: K tiles by ``cp.async`` (prefetched
-one tile ahead, natural order against a Q reloaded in natural order, in q's dtype), V through
-registers.
+(Written with V's decode between S_i's issue and its wait, ptxas scheduled it ahead of the issue
+anyway; fed from shared memory so that it could not, the extra barriers cost more than the
+overlap gained: H100, ``benchmark/results/*-tune-extend-fp4-wgmma.log`` run 2.)
+
+The raw words of tile ``i + 1`` and the slot ids of tile ``i + 2`` are loaded while tile ``i`` is
+computed; whole tiles run select-free, the partial last one masked; the whole tiles are visited in
+an order rotated by the row block. The decode writes f16x2 words, register ``i`` of a packed word
+holding its elements ``i`` and ``i + 4``, so a tile's head_dim comes out permuted inside each group
+of 8 (:func:`_phys`): Q is gathered through the same permutation, and the accumulator is put back
+in natural order once, after the prefix. The chunk's own keys then follow with K and V copied to
+shared memory by ``cp.async`` (K two tiles ahead, V one), against Q reloaded in natural order and
+q's dtype.
 
 Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group, as in the
-Triton kernel. Scope (the launcher falls back to the Triton kernel elsewhere): sm_90, NVFP4 K and V,
-head_dim 128, no sliding window.
+Triton kernel. Scope (the planner keeps the Triton kernel elsewhere): sm_90, NVFP4 K and V,
+head_dim 128, 4 query heads a program, no sliding window.
 """
 from __future__ import annotations
 
