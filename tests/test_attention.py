@@ -584,6 +584,29 @@ def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
+    """A NaN block scale in one request's cached prefix shows as NaN in all of that request's rows
+    (every row reads the whole prefix) and nowhere else."""
+    group, hkv, d = 4, 2, 128
+    lens, ext = [300, 300], [40, 40]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, 1, hkv, d, "cuda")
+    pool.ks[tok[0][123].item(), 1, 3] = 0x7F
+    q = torch.randn(sum(ext), hkv * group, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(sum(ext), hkv, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    out = torch.full_like(q, 7.0)
+    cfg = planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group)
+    assert cfg.fp4_wgmma
+    extend_attention(q, k, v, pool.k, pool.v, torch.tensor([0, 40, 80], dtype=torch.int32, device="cuda"), indptr,
+                     indices, torch.tensor(lens, dtype=torch.int32, device="cuda"), kv_dtype="nvfp4",
+                     max_extend_len=40, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+                     v_scale=pool.v_scale, out=out, config=cfg, max_prefix_len=300)
+    assert out[:40, 4:].isnan().all(), "the poisoned KV head's query heads must show NaN"
+    assert out[:40, :4].isfinite().all() and out[40:].isfinite().all(), "other heads and requests unaffected"
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("block_n,prefetch,off32,heads_inner", [(16, False, True, True), (32, True, True, False),
                                                                 (16, True, False, True), (64, True, True, True)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])

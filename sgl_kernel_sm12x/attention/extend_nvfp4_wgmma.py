@@ -132,8 +132,9 @@ def _decode(words, sc, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, WL: gl.con
 @gluon.jit
 def _softmax(s, scale, m_i, l_i, vis, MASKED, HAS_CAP: gl.constexpr, logit_cap):
     """One online-softmax step on raw scores ``s`` (log2-domain ``scale``); ``vis`` applies when
-    ``MASKED`` (a runtime flag: tail and diagonal tiles). Without a soft cap the scale is taken
-    once on the row maximum and folds into the exponent's subtraction (one FMA an element)."""
+    ``MASKED`` (the prefix's partial last tile, the chunk's diagonal tiles). Without a soft cap the
+    scale is taken once on the row maximum and folds into the exponent's subtraction (one FMA an
+    element)."""
     if HAS_CAP:
         s = s * scale
         t = gl.exp2((2.0 / logit_cap) * gl.abs(s))
