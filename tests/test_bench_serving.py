@@ -289,6 +289,7 @@ def test_configurations_run_in_parallel_one_server_per_gpu(tmp_path, monkeypatch
 
 def test_ctrl_c_stops_every_parallel_server(tmp_path):
     import _thread
+    import signal
     import threading
 
     FakeServer.started, FakeServer.stopped = [], []
@@ -302,9 +303,15 @@ def test_ctrl_c_stops_every_parallel_server(tmp_path):
 
     plan = B.Plan(models=["/m"], pairs=[("sm12x", "auto"), ("sm12x", "nvfp4")], concurrency=[1], gpus=[0, 1],
                   gsp=False, long_input_len=0)
-    threading.Timer(0.5, _thread.interrupt_main).start()
-    with pytest.raises(KeyboardInterrupt):
-        B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=slow_client, log=lambda m: None)
+    # interrupt_main runs whatever SIGINT handler is installed: a module imported by an earlier test
+    # in this worker may have replaced Python's default one, which raises KeyboardInterrupt
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        with pytest.raises(KeyboardInterrupt):
+            B.run_matrix(plan, tmp_path, server_cls=GpuServer, client=slow_client, log=lambda m: None)
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert sorted(FakeServer.started) == [("sm12x", "auto"), ("sm12x", "nvfp4")]
     assert set(FakeServer.stopped) == set(FakeServer.started), "both running servers stopped on Ctrl-C"
 
