@@ -342,7 +342,7 @@ def extend_attention(
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
-                              gluon=not _INTERPRET and q.device.type == "cuda")
+                              gluon=q.device.type == "cuda" and fp4_wgmma_available())
     cfg = config or cfg
     if not cfg.prefix_loop and max_prefix_len != 0:
         _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
@@ -393,6 +393,23 @@ def extend_attention(
         num_stages=cfg.num_stages,
     )
     return out
+
+
+def fp4_wgmma_available() -> bool:
+    """Whether the sm_90 NVFP4 Gluon extend kernel can run here: not the interpreter, and a Triton
+    whose Gluon API it was written against (3.6 or newer)."""
+    global _FP4_WGMMA
+    if _FP4_WGMMA is None:
+        try:
+            major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+            from . import extend_nvfp4_wgmma  # noqa: F401
+            _FP4_WGMMA = not _INTERPRET and (major, minor) >= (3, 6)
+        except (ImportError, ValueError):
+            _FP4_WGMMA = False
+    return _FP4_WGMMA
+
+
+_FP4_WGMMA = None
 
 
 def aot_cases(arch: int):
