@@ -105,6 +105,25 @@ def _nvfp4_decode_check(arch: int) -> Check:
                                        "mma.sync operands")
 
 
+def _nvfp4_extend_check(arch: int) -> Check:
+    """Which kernel reads an NVFP4 prefix in extend here (information, never a failure)."""
+    from . import planner
+    try:
+        from .attention.extend import fp4_wgmma_available
+        gluon = fp4_wgmma_available()
+    except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
+        gluon = False
+    try:     # head_dim 128, 32 query / 8 KV heads: the planner's own choice
+        planned = planner.plan_extend(arch, head_dim=128, kv_dtype="nvfp4", group=4, gluon=gluon).fp4_wgmma
+    except ValueError as e:
+        return Check("nvfp4 extend", "skip", str(e)[:200])
+    if planned:
+        return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: prefix tiles decoded while "
+                                           "the previous tile's MMAs run")
+    why = "" if arch != 90 else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
+    return Check("nvfp4 extend", "ok", f"Triton extend kernel, tiles dequantized in registers{why}")
+
+
 def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, probe=ptxas_compiles) -> list[Check]:
     from importlib.metadata import PackageNotFoundError, entry_points, version
 
@@ -146,6 +165,7 @@ def run_checks(no_gpu: bool = False, expect_arch: int | None = None, gpu=None, p
     except PackageNotFoundError:
         out.append(Check("triton", "FAIL", "Triton is not installed"))
     out.append(_nvfp4_decode_check(tarch))
+    out.append(_nvfp4_extend_check(tarch))
     try:
         sv = version("sglang")
         ok = release(sv) in SUPPORTED

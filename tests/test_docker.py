@@ -205,3 +205,18 @@ def test_doctor_says_which_nvfp4_decode_runs(monkeypatch):
     monkeypatch.setattr(decode, "_FP4_MMA", False)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=121, probe=_ok_probe), "nvfp4 decode")
     assert c.status == "ok" and "Triton split stage" in c.detail
+
+
+def test_doctor_says_which_nvfp4_extend_runs(monkeypatch):
+    """One information line: the sm_90 warpgroup-MMA Gluon kernel where it can run, the Triton
+    extend kernel everywhere else (SM12x included) -- never a failure."""
+    from sgl_kernel_sm12x import doctor
+    from sgl_kernel_sm12x.attention import extend
+    monkeypatch.setattr(extend, "_FP4_WGMMA", True)
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
+    assert c.status == "ok" and "warpgroup-MMA" in c.detail and "sm_90" in c.detail
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 extend")
+    assert c.status == "ok" and "Triton extend kernel" in c.detail
+    monkeypatch.setattr(extend, "_FP4_WGMMA", False)
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
+    assert c.status == "ok" and "Triton extend kernel" in c.detail and "no Gluon" in c.detail
