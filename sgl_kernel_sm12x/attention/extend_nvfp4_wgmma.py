@@ -30,6 +30,8 @@ head_dim 128, 4 query heads a program, no sliding window.
 """
 from __future__ import annotations
 
+import functools
+
 import triton
 from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
@@ -369,6 +371,7 @@ def extend_nvfp4_wgmma_kernel(
 # host side
 # --------------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
 def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
     """Register and shared layouts of the kernel: packed words (4 a thread, 16 bytes), their block
     scales (the thread's 2 blocks), 16-bit tiles (8 columns a thread), the swizzled Q / K / V
