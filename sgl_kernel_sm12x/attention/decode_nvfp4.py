@@ -36,15 +36,19 @@ from .kv_tile import E2M1_BYTE_REGS, e2m1_bytes_ptx, f16x2_of_bytes, split_range
 
 MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8]))
 
-def _lane_pairs(t: str, first_out: int) -> list[str]:
+def _lane_pairs(t: str, first_out: int, packed: bool = False) -> list[str]:
     """PTX of the four f16x2 pairs of register ``t`` times the scale pair ``s2``, into outputs
-    ``first_out .. first_out + 7``: pair i holds the nibbles i and i + 4 (bytes i // 2 and
-    i // 2 + 2 of ``ze`` for even i, of ``zo`` for odd i; see kv_tile.e2m1_bytes_ptx)."""
+    ``first_out .. first_out + 7`` (16-bit halves), or ``first_out .. first_out + 3`` (``packed``:
+    one b32 a pair): pair i holds the nibbles i and i + 4 (bytes i // 2 and i // 2 + 2 of ``ze`` for
+    even i, of ``zo`` for odd i; see kv_tile.e2m1_bytes_ptx)."""
     out = [e2m1_bytes_ptx(t)]
     for i in range(4):
         b = i // 2
-        out.append(f16x2_of_bytes("x", "ze" if i % 2 == 0 else "zo", b, b + 2)
-                   + f"mul.rn.f16x2 x, x, s2;\nmov.b32 {{${first_out + 2 * i}, ${first_out + 2 * i + 1}}}, x;")
+        pair = f16x2_of_bytes("x", "ze" if i % 2 == 0 else "zo", b, b + 2)
+        if packed:
+            out.append(pair + f"mul.rn.f16x2 ${first_out + i}, x, s2;")
+        else:
+            out.append(pair + f"mul.rn.f16x2 x, x, s2;\nmov.b32 {{${first_out + 2 * i}, ${first_out + 2 * i + 1}}}, x;")
     return out
 
 

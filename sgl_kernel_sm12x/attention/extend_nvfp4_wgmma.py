@@ -39,7 +39,8 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
-from .kv_tile import E2M1_BYTE_REGS, e2m1_bytes_ptx, f16x2_of_bytes
+from .decode_nvfp4 import _lane_pairs
+from .kv_tile import E2M1_BYTE_REGS
 
 # a CTA-wide barrier: gl.barrier on Triton 3.8, gl.thread_barrier on 3.6
 _bar = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
@@ -67,7 +68,9 @@ def _permute8(x, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, O0: gl.constexpr, O
 def _slots(kv_indices_ptr, base, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr,
            WL: gl.constexpr):
     """Pool slots of the prefix tile at ``n0`` (positions past the prefix read its last token again;
-    their scores are masked), as 32-bit (OFF32: the pool fits in 2^31 bytes) or 64-bit integers."""
+    their scores are masked), as 32-bit (OFF32: the pool fits in 2^31 bytes) or 64-bit integers.
+    The lookup is decode_nvfp4._row_offsets' (kept inline there: as a shared helper it moved
+    instructions of a measured sm_120 decode configuration, though the PTX was the same)."""
     pos = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)), prefix_len - 1)
     if PAGE > 1:
         s = gl.load(kv_indices_ptr + base + pos // PAGE)
@@ -107,10 +110,7 @@ def _load_tile(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, st
 def _word_asm() -> str:
     """One packed word (8 codes) and an fp16 block scale ($5) -> 4 f16x2 registers: register i
     holds elements i (low half) and i + 4 (high half), times the scale (and 2^-14)."""
-    lines = [E2M1_BYTE_REGS, ".reg .b32 x, s2;", "mov.b32 s2, {$5, $5};", e2m1_bytes_ptx("$4")]
-    for i in range(4):
-        b = i // 2
-        lines.append(f16x2_of_bytes("x", "ze" if i % 2 == 0 else "zo", b, b + 2) + f"mul.rn.f16x2 ${i}, x, s2;")
+    lines = [E2M1_BYTE_REGS, ".reg .b32 x, s2;", "mov.b32 s2, {$5, $5};"] + _lane_pairs("$4", 0, packed=True)
     return "{\n" + "\n".join(lines) + "\n}\n"
 
 
