@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, decode_tile, dot, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
                       online_softmax_step, slot_ids, split_range, tile_flags, tile_scores, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -354,12 +354,7 @@ def fp4_mma_available() -> bool:
     experimental and changed before that)."""
     global _FP4_MMA
     if _FP4_MMA is None:
-        try:
-            major, minor = (int(x) for x in triton.__version__.split(".")[:2])
-            from . import decode_nvfp4  # noqa: F401
-            _FP4_MMA = not _INTERPRET and (major, minor) >= (3, 6)
-        except (ImportError, ValueError):
-            _FP4_MMA = False
+        _FP4_MMA = gluon_kernel_usable(".decode_nvfp4")
     return _FP4_MMA
 
 

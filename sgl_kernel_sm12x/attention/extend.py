@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, decode_tile, dot, load_kv_raw, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      raw_cols, softmax_step, tile_flags, tile_scores, tile_slots, unit_scales)
+from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_kv_raw, load_raw, nvfp4_decode,
+                      nvfp4_rows_aligned, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -400,12 +400,7 @@ def fp4_wgmma_available() -> bool:
     whose Gluon API it was written against (3.6 or newer)."""
     global _FP4_WGMMA
     if _FP4_WGMMA is None:
-        try:
-            major, minor = (int(x) for x in triton.__version__.split(".")[:2])
-            from . import extend_nvfp4_wgmma  # noqa: F401
-            _FP4_WGMMA = not _INTERPRET and (major, minor) >= (3, 6)
-        except (ImportError, ValueError):
-            _FP4_WGMMA = False
+        _FP4_WGMMA = gluon_kernel_usable(".extend_nvfp4_wgmma")
     return _FP4_WGMMA
 
 

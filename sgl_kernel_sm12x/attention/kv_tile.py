@@ -26,6 +26,22 @@ KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2),
 FP4_PTX_UNIT = 2.0 ** -14
 
 
+def gluon_kernel_usable(module: str) -> bool:
+    """Whether a Gluon kernel module of this package (``module``, relative to this one) can run
+    here: not the Triton interpreter, and a Triton whose Gluon API the kernels were written against
+    (3.6 or newer; Gluon is experimental and changed before that), the module importing cleanly."""
+    import importlib
+    import os
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    try:
+        major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+        importlib.import_module(module, __package__)
+    except (ImportError, ValueError):
+        return False
+    return (major, minor) >= (3, 6)
+
+
 def tile_flags(k_mode: int, v_mode: int, hw_fp8: bool, on_device: bool = True) -> dict:
     """The kernels' quantized-tile constexprs, both off under the interpreter (``on_device`` False):
 
