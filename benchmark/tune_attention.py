@@ -116,7 +116,8 @@ def main():
                             **dict(zip(knobs, vals)))
                     for (bm, bn, nw, ns), pk, pf, *vals in itertools.product(tiles, a.pack, a.prefetch, *knobs.values())
                     if (hq // hkv) % pk == 0 and bm // pk >= 8
-                    and (not vals[-2] or kv == "nvfp4" and prefix > 0 and bm == 128 and nw in (4, 8))])
+                    and (not dict(zip(knobs, vals))["fp4_wgmma"]
+                         or kv == "nvfp4" and prefix > 0 and bm == 128 and nw in (4, 8))])
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
