@@ -354,7 +354,7 @@ def fp4_mma_available() -> bool:
     experimental and changed before that)."""
     global _FP4_MMA
     if _FP4_MMA is None:
-        _FP4_MMA = gluon_kernel_usable(".decode_nvfp4")
+        _FP4_MMA = gluon_kernel_usable(".decode_nvfp4", _INTERPRET)
     return _FP4_MMA
 
 

@@ -400,7 +400,7 @@ def fp4_wgmma_available() -> bool:
     whose Gluon API it was written against (3.6 or newer)."""
     global _FP4_WGMMA
     if _FP4_WGMMA is None:
-        _FP4_WGMMA = gluon_kernel_usable(".extend_nvfp4_wgmma")
+        _FP4_WGMMA = gluon_kernel_usable(".extend_nvfp4_wgmma", _INTERPRET)
     return _FP4_WGMMA
 
 

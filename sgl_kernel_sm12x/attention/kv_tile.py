@@ -26,13 +26,13 @@ KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2),
 FP4_PTX_UNIT = 2.0 ** -14
 
 
-def gluon_kernel_usable(module: str) -> bool:
+def gluon_kernel_usable(module: str, interpret: bool) -> bool:
     """Whether a Gluon kernel module of this package (``module``, relative to this one) can run
-    here: not the Triton interpreter, and a Triton whose Gluon API the kernels were written against
-    (3.6 or newer; Gluon is experimental and changed before that), the module importing cleanly."""
+    here: not the Triton interpreter (``interpret``, the caller's view of it), and a Triton whose
+    Gluon API the kernels were written against (3.6 or newer; Gluon is experimental and changed
+    before that), the module importing cleanly."""
     import importlib
-    import os
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpret:
         return False
     try:
         major, minor = (int(x) for x in triton.__version__.split(".")[:2])
