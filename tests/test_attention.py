@@ -606,6 +606,20 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
     assert out[:40, :4].isfinite().all() and out[40:].isfinite().all(), "other heads and requests unaffected"
 
 
+def test_fp4_wgmma_takes_only_pools_with_32_bit_offsets():
+    """The sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit: a pool tensor spanning 2^31 bytes or
+    more (codes or scales, any view) must send extend_attention to the Triton kernel."""
+    pytest.importorskip("triton.experimental.gluon")
+    from sgl_kernel_sm12x.attention.extend_nvfp4_wgmma import offsets_fit
+    small = torch.empty(1024, 8, 64, dtype=torch.uint8, device="meta")
+    assert offsets_fit(small, small)
+    big = torch.empty(2 ** 22, 8, 64, dtype=torch.uint8, device="meta")         # exactly 2^31 bytes
+    assert not offsets_fit(small, big)
+    assert offsets_fit(big[: 2 ** 22 - 1])
+    wide = torch.empty(2 ** 20, 8, 128, dtype=torch.float16, device="meta")     # 2^31 bytes in fp16 elements
+    assert not offsets_fit(wide)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("block_n,prefetch,off32,heads_inner", [(16, False, True, True), (32, True, True, False),
                                                                 (16, True, False, True), (64, True, True, True)])

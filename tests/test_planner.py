@@ -157,8 +157,9 @@ def test_attention_budget_cases_cover_planner(arch):
     wg = {(lab["head_dim"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"], lab["pack"])
           for lab, *_ in extend_nvfp4_wgmma.aot_cases(arch)}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
-        for prefix, window in ((True, False), (False, False), (True, True)):
-            c = planner.plan_extend(arch, **inp, prefix=prefix, window=window)
+        for prefix, window, gluon in ((True, False, True), (False, False, True), (True, True, True),
+                                      (True, False, False)):    # gluon=False: pools over 2^31 B, Triton < 3.6
+            c = planner.plan_extend(arch, **inp, prefix=prefix, window=window, gluon=gluon)
             if c.fp4_wgmma:
                 assert (inp["head_dim"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n, c.pack) in wg
                 continue

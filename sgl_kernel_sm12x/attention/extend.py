@@ -340,9 +340,13 @@ def extend_attention(
         # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
+    gluon = q.device.type == "cuda" and fp4_wgmma_available()
+    if gluon and modes == (2, 2):       # the Gluon NVFP4 kernel's offsets are 32-bit
+        from .extend_nvfp4_wgmma import offsets_fit
+        gluon = offsets_fit(k_cache, v_cache, k_scale_cache, v_scale_cache)
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
-                              gluon=q.device.type == "cuda" and fp4_wgmma_available())
+                              gluon=gluon)
     cfg = config or cfg
     if not cfg.prefix_loop and max_prefix_len != 0:
         _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
@@ -369,7 +373,10 @@ def extend_attention(
     if cfg.fp4_wgmma:
         if modes != (2, 2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
             _fail("config", "fp4_wgmma runs NVFP4 pools at head_dim 128 without a sliding window, on the device")
-        from .extend_nvfp4_wgmma import launch
+        from .extend_nvfp4_wgmma import launch, offsets_fit
+        if not offsets_fit(kc, vc, ks, vs):
+            _fail("config", "fp4_wgmma takes pools whose K / V codes and scales each span under 2^31 bytes; "
+                  "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
         launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens,
                qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
                group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
@@ -410,7 +417,9 @@ _FP4_WGMMA = None
 def aot_cases(arch: int):
     seen = set()
     # with a sliding window (or under the interpreter) sm_90's NVFP4 plan stays on this kernel
-    for inp in (dict(i, window=w) for i in planner.extend_domain() for w in (False, True)):
+    # gluon=False: where the Gluon kernel cannot run (pools over 2^31 bytes, Triton < 3.6)
+    for inp in (dict(i, window=w, gluon=g) for i in planner.extend_domain() for w in (False, True)
+                for g in (True, False)):
         cfg = planner.plan_extend(arch, **inp)
         if cfg.fp4_wgmma:       # another kernel (extend_nvfp4_wgmma.aot_cases)
             continue

@@ -4,19 +4,28 @@ The Triton extend kernel (:mod:`.extend`) decodes each NVFP4 prefix tile in regi
 shared memory and runs the tile's MMAs; Triton waits for every warpgroup MMA right after issuing it
 (the decoded operand lives in a buffer the compiler allocates inside the loop), so the decode never
 overlaps an MMA. This kernel is the same computation written in Gluon with the waits placed by
-hand. Per prefix tile ``i``::
+hand, in FlashAttention-3's order (S of one tile in flight with the softmax's inputs of the next,
+PV of the last with the softmax). Per prefix tile ``j``::
 
-    decode K_i, V_i -> shared memory     (PV_{i-1} still running on the tensor cores)
-    S_i = Q K_i^T                        issued asynchronously, waited for with PV_{i-1}
-    online softmax of S_i; acc *= alpha
-    PV_i = P_i V_i                       issued asynchronously, waited for in step i + 1
+    S_j = Q K_j^T                        issued asynchronously
+    decode K_{j+1}, V_j -> shared memory (while S_j runs)
+    PV_{j-1} = P_{j-1} V_{j-1}           issued asynchronously
+    wait for S_j; online softmax of S_j  (while PV_{j-1} runs)
+    wait for PV_{j-1}; acc *= alpha_j; P_j kept in registers for step j + 1
 
-(Written with V's decode between S_i's issue and its wait, ptxas scheduled it ahead of the issue
-anyway; fed from shared memory so that it could not, the extra barriers cost more than the
-overlap gained: H100, ``benchmark/results/*-tune-extend-fp4-wgmma.log`` run 2.)
+K and V each have two shared buffers: K_{j+1} goes where K_{j-1} was, V_j where V_{j-2} was, both
+released before the barrier that ends step j - 1. Gluon's barrier analysis cannot tell the two
+buffers of an allocation apart, so it also puts a CTA barrier between S_j's issue and the decoded
+tile's stores, and one between those stores and PV_{j-1}'s issue: these are what keep ptxas from
+hoisting the decode above S_j's issue (it orders ALU work by data alone) and PV_{j-1}'s issue
+above the decode. Issuing PV_{j-1} right after S_j instead was 2% slower; four separate
+allocations (no barriers) let ptxas hoist the decode and spill, and feeding the decode from
+shared memory (``cp.async`` of the raw words) to pin it was slower than this order (H100,
+``benchmark/results/*-attention-fp4-fa3.log``). Against the previous order (decode of tile i + 1
+while PV_i ran, S exposed): 1 x 4k + 1k 0.268 -> 0.229 ms.
 
-The raw words of tile ``i + 1`` and the slot ids of tile ``i + 2`` are loaded while tile ``i`` is
-computed; whole tiles run select-free, the partial last one masked; the whole tiles are visited in
+The raw words of K_{j+2} and V_{j+1} and the slot ids of tile ``j + 3`` are loaded during step
+``j``; whole tiles run select-free, the partial last one masked; the whole tiles are visited in
 an order rotated by the row block. The decode writes f16x2 words, register ``i`` of a packed word
 holding its elements ``i`` and ``i + 4``, so a tile's head_dim comes out permuted inside each group
 of 8 (:func:`_phys`): Q is gathered through the same permutation, and the accumulator is put back
@@ -65,30 +74,27 @@ def _permute8(x, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, O0: gl.constexpr, O
 
 
 @gluon.jit
-def _slots(kv_indices_ptr, base, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr,
-           WL: gl.constexpr):
-    """Pool slots of the prefix tile at ``n0`` (positions past the prefix read its last token again;
-    their scores are masked), as 32-bit (OFF32: the pool fits in 2^31 bytes) or 64-bit integers.
-    The lookup is decode_nvfp4._row_offsets' (kept inline there: as a shared helper it moved
-    instructions of a measured sm_120 decode configuration, though the PTX was the same)."""
+def _slots(kv_indices_ptr, base, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, WL: gl.constexpr):
+    """Pool slots (token indices, 32-bit) of the prefix tile at ``n0`` (positions past the prefix
+    read its last token again; their scores are masked). The lookup is decode_nvfp4._row_offsets'
+    (kept inline there: as a shared helper it moved instructions of a measured sm_120 decode
+    configuration, though the PTX was the same)."""
     pos = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)), prefix_len - 1)
     if PAGE > 1:
         s = gl.load(kv_indices_ptr + base + pos // PAGE)
         s = s * PAGE + pos % PAGE
     else:
         s = gl.load(kv_indices_ptr + base + pos)
-    if OFF32:
-        s = s.to(gl.uint32)
-    else:
-        s = s.to(gl.int64)
-    return s
+    return s.to(gl.uint32)
 
 
 @gluon.jit
-def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: gl.constexpr,
-                WL: gl.constexpr, SL: gl.constexpr):
+def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: gl.constexpr, WL: gl.constexpr,
+                SL: gl.constexpr):
     """Packed words ``(BLOCK_N, NW)`` int32 (layout WL) and UE4M3 block scales ``(BLOCK_N, NB)``
-    (layout SL, each thread's blocks those of its words) of the slots ``slot``."""
+    (layout SL, each thread's blocks those of its words) of the slots ``slot``. Byte offsets are
+    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (:func:`offsets_fit`;
+    64-bit offsets cost sm_90 spills)."""
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     words = gl.load((cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32))
                     + gl.expand_dims(w, 0))
@@ -96,15 +102,6 @@ def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: 
     srows = gl.convert_layout(slot, gl.SliceLayout(1, SL))
     sc = gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
     return words, sc
-
-
-@gluon.jit
-def _load_tile(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, NW: gl.constexpr,
-               NB: gl.constexpr, WL: gl.constexpr, SL: gl.constexpr):
-    """K and V words and scales of the slots ``slot``."""
-    kw, ks = _load_words(kc, ksc, slot, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-    vw, vs = _load_words(vc, vsc, slot, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
-    return kw, ks, vw, vs
 
 
 def _word_asm() -> str:
@@ -160,32 +157,35 @@ def _tile_pos(i, rot, n_full, BLOCK_N: gl.constexpr):
 
 
 @gluon.jit
-def _prefix_step(kw, ks, vw, vs, slot, m_i, l_i, acc_t, i, n0, n2, prefix_len, q_smem, k_smem, v_smem, k_words, v_words,
-                 s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s, stride_vc_s,
-                 stride_vs_s, qk_scale, logit_cap, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 PAGE: gl.constexpr, OFF32: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr,
-                 WL: gl.constexpr, SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
-    """One prefix tile: decode K and V into shared memory while the previous tile's PV MMA runs,
-    S = Q K^T, the online softmax, PV issued asynchronously. Loads the next tile's words and the
-    slot ids of the one after (``n2``: the position of the tile two steps on)."""
+def _prefix_step(kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n3, prefix_len, q_smem, k_words, v_words,
+                 k_smem, v_smem, s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s,
+                 stride_vc_s, stride_vs_s, qk_scale, logit_cap, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                 PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, WL: gl.constexpr,
+                 SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
+    """Prefix tile ``j`` (at ``n0``), FlashAttention-3's order: S_j and PV_{j-1} are issued back to
+    back; K_{j+1} and V_j are decoded into the buffers S_{j-1} and PV_{j-2} released while S_j runs,
+    and the softmax of S_j runs while PV_{j-1} does. In: K_j and V_{j-1} in shared memory, P_{j-1}
+    in registers, the words of K_{j+1} and V_j, the slots of tiles j + 1 (V's) and j + 2 (K's).
+    Loads the words of K_{j+2} and V_{j+1} and the slots of tile j + 3 (at ``n3``)."""
     NW: gl.constexpr = HEAD_DIM // 8
     NB: gl.constexpr = HEAD_DIM // 16
-    buf = i % 2
-    kw_n, ks_n, vw_n, vs_n = _load_tile(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
-                                        NW, NB, WL, SL)
-    slot_n = _slots(kv_indices_ptr, base, n2, prefix_len, BLOCK_N, PAGE, OFF32, WL)
-    k_words.store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-    # V's buffer was last read by the PV MMA of two tiles back (complete)
-    v_words.index(buf).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-    fence_async_shared()
-    _bar()
-    s_t = warpgroup_mma(q_smem, k_smem.permute((1, 0)), s0, use_acc=False, is_async=True)
-    s, acc = warpgroup_mma_wait(0, deps=(s_t, acc_t))
+    s_t = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), s0, use_acc=False, is_async=True)
+    # K_{j+1} over K_{j-1} (S_{j-1} waited for before the last barrier), V_j over V_{j-2} (PV_{j-2} too)
+    k_words.index((j + 1) % 2).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
+    v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+    acc_t = warpgroup_mma(p_prev, v_smem.index((j + 1) % 2), acc, is_async=True)
+    kw_n, ks_n = _load_words(kc, ksc, slot_k, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
+    vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
+    slot_n = _slots(kv_indices_ptr, base, n3, prefix_len, BLOCK_N, PAGE, WL)
+    s = warpgroup_mma_wait(1, deps=(s_t,))
     vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
     p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
+    acc, p_prev = warpgroup_mma_wait(0, deps=(acc_t, p_prev))
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
-    acc_t = warpgroup_mma(gl.convert_layout(p.to(gl.float16), P_L), v_smem.index(buf), acc, is_async=True)
-    return kw_n, ks_n, vw_n, vs_n, slot_n, m_i, l_i, acc_t
+    p_prev = gl.convert_layout(p.to(gl.float16), P_L)
+    fence_async_shared()
+    _bar()
+    return kw_n, ks_n, vw_n, vs_n, slot_k, slot_n, p_prev, m_i, l_i, acc
 
 
 @gluon.jit
@@ -233,7 +233,7 @@ def extend_nvfp4_wgmma_kernel(
     qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
-    PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr, OFF32: gl.constexpr,
+    PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
     WL: gl.constexpr, SL: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr,
     KS32: gl.constexpr,
 ):
@@ -270,7 +270,6 @@ def extend_nvfp4_wgmma_kernel(
     qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
     q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
     k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)    # the prefix phase uses one
-    k_smem = k_bufs.index(0)
     v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
@@ -285,31 +284,54 @@ def extend_nvfp4_wgmma_kernel(
         vc = v_cache_ptr + kvh * stride_vc_h
         ksc = k_scale_ptr + kvh * stride_ks_h
         vsc = v_scale_ptr + kvh * stride_vs_h
-        k_words = k_smem._reinterpret(gl.int32, [BLOCK_N, HEAD_DIM // 2], KS32)     # f16x2 views
+        k_words = k_bufs._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)     # f16x2 views
         v_words = v_smem._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)
-        # raw words one tile ahead in registers, slot ids two (no load waits for an index load)
         # the whole tiles in an order rotated by the row block, so the programs of one KV head do
         # not all read the same tile at the same moment; the partial tail tile last
         n_full = prefix_len // BLOCK_N
+        n_tiles = gl.cdiv(prefix_len, BLOCK_N)
         rot = mb % gl.maximum(n_full, 1)
-        slot = _slots(kv_indices_ptr, base, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, OFF32, WL)
-        kw, ks, vw, vs = _load_tile(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
-                                    NW, NB, WL, SL)
-        slot = _slots(kv_indices_ptr, base, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, OFF32, WL)
-        acc_t = warpgroup_mma_init(acc)
-        for i in range(0, n_full):          # whole tiles: no select
-            kw, ks, vw, vs, slot, m_i, l_i, acc_t = _prefix_step(
-                kw, ks, vw, vs, slot, m_i, l_i, acc_t, i, _tile_pos(i, rot, n_full, BLOCK_N),
-                _tile_pos(i + 2, rot, n_full, BLOCK_N), prefix_len, q_smem, k_smem, v_smem, k_words, v_words,
+        # tile 0: K_0 decoded, S_0 and its softmax (masked: it may be the tail); then K_1 and V_0
+        n0 = _tile_pos(0, rot, n_full, BLOCK_N)
+        slot = _slots(kv_indices_ptr, base, n0, prefix_len, BLOCK_N, PAGE, WL)
+        kw, ks = _load_words(kc, ksc, slot, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
+        vw, vs = _load_words(vc, vsc, slot, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
+        slot_v = _slots(kv_indices_ptr, base, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        kw1, ks1 = _load_words(kc, ksc, slot_v, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
+        slot_k = _slots(kv_indices_ptr, base, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        k_words.index(0).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
+        fence_async_shared()
+        _bar()
+        s_t = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s0, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_t,))
+        vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
+        p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
+        k_words.index(1).store(_decode(kw1, ks1, BLOCK_N, HEAD_DIM, WL))
+        v_words.index(0).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+        kw, ks = _load_words(kc, ksc, slot_k, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
+        vw, vs = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
+        slot_v = slot_k
+        slot_k = _slots(kv_indices_ptr, base, _tile_pos(3, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        p_prev = gl.convert_layout(p.to(gl.float16), P_L)
+        fence_async_shared()
+        _bar()
+        for j in range(1, n_full):          # whole tiles: no select
+            kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step(
+                kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, _tile_pos(j, rot, n_full, BLOCK_N),
+                _tile_pos(j + 3, rot, n_full, BLOCK_N), prefix_len, q_smem, k_words, v_words, k_bufs, v_smem,
                 s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s, stride_vc_s,
-                stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM, PAGE, OFF32, HAS_CAP, False, WL, SL,
+                stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, False, WL, SL,
                 P_L, ROW_O)
-        if n_full * BLOCK_N < prefix_len:
-            kw, ks, vw, vs, slot, m_i, l_i, acc_t = _prefix_step(
-                kw, ks, vw, vs, slot, m_i, l_i, acc_t, n_full, n_full * BLOCK_N, n_full * BLOCK_N, prefix_len,
-                q_smem, k_smem, v_smem, k_words, v_words, s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base,
-                stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM,
-                PAGE, OFF32, HAS_CAP, True, WL, SL, P_L, ROW_O)
+        if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
+            kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step(
+                kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N,
+                n_full * BLOCK_N, prefix_len, q_smem, k_words, v_words, k_bufs, v_smem, s0, offs_n, kc, ksc, vc,
+                vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, qk_scale_prefix,
+                logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, True, WL, SL, P_L, ROW_O)
+        if n_tiles % 2 == 1:        # PV of the last tile (static buffer indices)
+            acc_t = warpgroup_mma(p_prev, v_smem.index(0), acc, is_async=True)
+        else:
+            acc_t = warpgroup_mma(p_prev, v_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
         # V's columns back in natural order (once; the chunk's tiles then go to shared memory by
         # cp.async as they are), with the pool's V scale
@@ -318,10 +340,16 @@ def extend_nvfp4_wgmma_kernel(
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
 
     # ---- phase 2: the chunk's own keys, causal (q's dtype, natural head_dim order for Q and K) ------
-    # q's rows again, in natural order and q's dtype (addresses recomputed from a fresh load of
-    # the request's offset: keeping them live through the prefix phase cost sm_90 spills)
+    # q's rows again, in natural order and q's dtype (program ids, addresses, lengths and column
+    # indices recomputed: keeping them live through the prefix phase cost sm_90 spills)
+    mb = gl.program_id(0)
+    hb = gl.program_id(1)
+    b = gl.program_id(2)
+    kvh = hb * PACK // group
     q0 = gl.load(qo_indptr_ptr + b)
+    ext_len = gl.load(qo_indptr_ptr + b + 1) - q0
     r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
+    jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
     tok_x = mb * BT + r // PACK
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
     qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
@@ -388,8 +416,18 @@ def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
     return dict(WL=wl, SL=sl, XL=xl, QS=qs, KS=ks, KS32=ks32)
 
 
+def offsets_fit(*tensors) -> bool:
+    """Whether every pool tensor (K / V codes and block scales) spans under 2^31 bytes: the
+    kernel's byte offsets are 32-bit. Larger pools (over 4 M tokens a layer at 8 KV heads) keep the
+    Triton kernel."""
+    return all(t.shape[0] * t.stride(0) * t.element_size() < 2 ** 31 for t in tensors)
+
+
 def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix,
            qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg):
+    if not offsets_fit(kc, vc, ks, vs):
+        raise ValueError("fp4_wgmma: the pool's K / V codes and scales must each span under 2^31 bytes "
+                         "(32-bit offsets); plan_extend(..., gluon=False) for larger pools")
     hq, d = q.shape[1], q.shape[2]
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
     extend_nvfp4_wgmma_kernel[grid](
@@ -401,13 +439,12 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
         HAS_CAP=logit_cap > 0, NUM_WARPS=cfg.num_warps,
-        OFF32=all(t.shape[0] * t.stride(0) < 2 ** 31 for t in (kc, vc, ks, vs)),
         **layouts(d, cfg.block_m, cfg.block_n, cfg.num_warps), num_warps=cfg.num_warps)
 
 
 def aot_cases(arch: int):
-    """Every configuration of this kernel the planner can choose on ``arch`` (sm_90 only), both
-    offset widths, for ``sm12x budget``."""
+    """Every configuration of this kernel the planner can choose on ``arch`` (sm_90 only), for
+    ``sm12x budget``."""
     from .. import planner
     seen = set()
     for inp in planner.extend_domain():
@@ -415,11 +452,12 @@ def aot_cases(arch: int):
         if not cfg.fp4_wgmma:
             continue
         q_t = f"*{inp['q_dtype']}"
-        for off32 in (True, False):
+        # the kernel specializes on the page size itself (the domain's 16 stands for every size > 1)
+        for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
             cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack,
-                      PAGE=inp["page_size"], HAS_CAP=False, NUM_WARPS=cfg.num_warps, OFF32=off32,
+                      PAGE=page, HAS_CAP=False, NUM_WARPS=cfg.num_warps,
                       **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps))
-            key = (q_t, inp["head_dim"], inp["page_size"], cfg.block_m, cfg.block_n, cfg.pack, off32)
+            key = (q_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack)
             if key in seen:
                 continue
             seen.add(key)
@@ -432,5 +470,5 @@ def aot_cases(arch: int):
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "group"):
                 sig[n] = "i32"
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
-                         page_size=inp["page_size"], offsets_32bit=off32, **cfg.as_dict())
+                         page_size=page, **cfg.as_dict())
             yield label, sig, cx, {"num_warps": cfg.num_warps}
