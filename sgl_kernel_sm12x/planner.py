@@ -8,6 +8,8 @@ budget checker compiles is exactly the planner's image (tests assert that).
 """
 from __future__ import annotations
 
+import functools
+
 import math
 
 from dataclasses import asdict, dataclass, replace
@@ -55,7 +57,14 @@ def current_arch(device=None) -> int:
     import torch
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device; pass arch= explicitly")
-    major, minor = torch.cuda.get_device_capability(device)
+    index = torch.device(device).index if device is not None else None
+    return _arch_of(torch.cuda.current_device() if index is None else index)
+
+
+@functools.lru_cache(maxsize=None)
+def _arch_of(index: int) -> int:
+    import torch
+    major, minor = torch.cuda.get_device_capability(index)
     return major * 10 + minor
 
 
@@ -406,6 +415,7 @@ class ExtendConfig:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=4096)      # called on every extend launch: the host path is part of prefill latency
 def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
                 page_size: int = 1, prefix: bool = True, window: bool = False, gluon: bool = True) -> ExtendConfig:
     """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
