@@ -518,7 +518,7 @@ def test_gpu_decode_large(fmt, d):
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 def test_gpu_decode_large_grid(fmt, page):
     """A batch whose (request, KV head) rows reach 1,024, where the planner may change the tile
-    (sm_90 16-bit pools: 128 tokens on 8 warps): lengths from 1 to past two tiles, every request
+    (sm_90 16-bit pools: 128 tokens on 4 warps): lengths from 1 to past two tiles, every request
     against the reference, the output poisoned first."""
     kv_dtype, q_dtype = fmt
     lens = [1, 129, 0, 255] + [int(x) for x in torch.randint(1, 400, (126,))]
