@@ -162,11 +162,11 @@ def _prefix_step(kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n
                  stride_vc_s, stride_vs_s, qk_scale, logit_cap, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                  PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, WL: gl.constexpr,
                  SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
-    """Prefix tile ``j`` (at ``n0``), FlashAttention-3's order: S_j and PV_{j-1} are issued back to
-    back; K_{j+1} and V_j are decoded into the buffers S_{j-1} and PV_{j-2} released while S_j runs,
-    and the softmax of S_j runs while PV_{j-1} does. In: K_j and V_{j-1} in shared memory, P_{j-1}
-    in registers, the words of K_{j+1} and V_j, the slots of tiles j + 1 (V's) and j + 2 (K's).
-    Loads the words of K_{j+2} and V_{j+1} and the slots of tile j + 3 (at ``n3``)."""
+    """Prefix tile ``j`` (at ``n0``), FlashAttention-3's order: S_j issued; K_{j+1} and V_j decoded,
+    while it runs, into the buffers S_{j-1} and PV_{j-2} released; PV_{j-1} issued; the softmax of
+    S_j while PV_{j-1} runs. In: K_j and V_{j-1} in shared memory, P_{j-1} in registers, the words
+    of K_{j+1} and V_j, the slots of tiles j + 1 (V's) and j + 2 (K's). Loads the words of K_{j+2}
+    and V_{j+1} and the slots of tile j + 3 (at ``n3``)."""
     NW: gl.constexpr = HEAD_DIM // 8
     NB: gl.constexpr = HEAD_DIM // 16
     s_t = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), s0, use_acc=False, is_async=True)
@@ -269,7 +269,7 @@ def extend_nvfp4_wgmma_kernel(
     qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
     qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
     q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
-    k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)    # the prefix phase uses one
+    k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
     v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
