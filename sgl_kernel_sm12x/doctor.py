@@ -119,7 +119,8 @@ def _nvfp4_extend_check(arch: int) -> Check:
         return Check("nvfp4 extend", "skip", str(e)[:200])
     if planned:
         return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: prefix tiles decoded while "
-                                           "the previous tile's MMAs run")
+                                           "the tensor cores run (pools under 2 GiB a tensor; larger ones: the "
+                                           "Triton kernel)")
     why = "" if arch != 90 else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
     return Check("nvfp4 extend", "ok", f"Triton extend kernel, tiles dequantized in registers{why}")
 
