@@ -8,7 +8,7 @@ import torch
 
 import sglang_sm12x
 from sglang_sm12x import _compat, moe_runner
-from test_moe import _act_q, _deq_block, _inputs, _q_block, reference
+from test_moe import _act_q, _deq_block, _inputs, _q_block, reference, rounding_bound
 
 REL = _compat.check()
 pytestmark = pytest.mark.skipif(REL != "0.5.23", reason="the MoE runner extension API is SGLang 0.5.23's")
@@ -46,32 +46,6 @@ def test_backend_is_registered():
     assert "sm12x" in MOE_RUNNER_BACKEND_CHOICES and "sm12x" in runner._CUSTOM_RUNNER_CORE_FACTORIES
 
 
-def _ulp_bf16(v):
-    """One bf16 code at the magnitude of ``v`` (fp32 tensor)."""
-    return torch.exp2(torch.floor(torch.log2(v.abs().clamp_min(2.0 ** -126))) - 7)
-
-
-def _intermediate_rounding_bound(x, w1, w2, tw, ti):
-    """Per output element, how far a correct bf16 kernel can land from ``reference``: its gate / up
-    and activated intermediate are fp32 sums rounded to bf16 like the reference's but summed in
-    another order, so each may sit one code apart (silu' <= 1.1); that carried through the down
-    projection and the routing weights, plus the output's own rounding to bf16."""
-    inter = w2.shape[2]
-    out = torch.zeros(x.shape[0], w2.shape[1])
-    ref = torch.zeros(x.shape[0], w2.shape[1])
-    for t in range(x.shape[0]):
-        for j in range(ti.shape[1]):
-            e = int(ti[t, j])
-            g = (x[t:t + 1].float() @ w1[e].float().T).to(torch.bfloat16).float()
-            gate, up = g[:, :inter], g[:, inter:]
-            a = torch.nn.functional.silu(gate) * up
-            da = 1.1 * _ulp_bf16(gate) * up.abs() + torch.nn.functional.silu(gate).abs() * _ulp_bf16(up) \
-                + _ulp_bf16(a)
-            out[t] += float(tw[t, j]) * (da @ w2[e].float().abs().T)[0]
-            ref[t] += float(tw[t, j]) * (a.to(torch.bfloat16).float() @ w2[e].float().T)[0]
-    return out + _ulp_bf16(ref)
-
-
 def test_runner_bf16_matches_reference():
     """Every output element within the reach of one-code differences in the bf16 intermediates
     (the kernel sums in another order than the reference) -- a fixed fraction of the output's
@@ -79,7 +53,7 @@ def test_runner_bf16_matches_reference():
     x, w1, w2, tw, ti = _inputs((8, 2, 128, 64), 5, torch.bfloat16)
     out = _run(x, w1, w2, tw, ti)
     ref = reference(x, w1.float(), w2.float(), tw, ti, torch.bfloat16)
-    bound = _intermediate_rounding_bound(x, w1, w2, tw, ti)
+    bound = rounding_bound(x, w1, w2, tw, ti, torch.bfloat16)
     err = (out.float() - ref).abs()
     assert (err <= bound).all(), f"max err / bound {(err / bound).max():.3g}"
 
