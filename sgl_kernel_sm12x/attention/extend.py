@@ -340,10 +340,9 @@ def extend_attention(
         # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
-    gluon = q.device.type == "cuda" and fp4_wgmma_available()
-    if gluon and modes == (2, 2):       # the Gluon NVFP4 kernel's offsets are 32-bit
-        from .extend_nvfp4_wgmma import offsets_fit
-        gluon = offsets_fit(k_cache, v_cache, k_scale_cache, v_scale_cache)
+    # the sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit
+    fits32 = modes != (2, 2) or offsets_fit(k_cache, v_cache, k_scale_cache, v_scale_cache)
+    gluon = fits32 and q.device.type == "cuda" and fp4_wgmma_available()
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
                               gluon=gluon)
@@ -373,10 +372,10 @@ def extend_attention(
     if cfg.fp4_wgmma:
         if modes != (2, 2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
             _fail("config", "fp4_wgmma runs NVFP4 pools at head_dim 128 without a sliding window, on the device")
-        from .extend_nvfp4_wgmma import launch, offsets_fit
-        if not offsets_fit(kc, vc, ks, vs):
+        if not fits32:
             _fail("config", "fp4_wgmma takes pools whose K / V codes and scales each span under 2^31 bytes; "
                   "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
+        from .extend_nvfp4_wgmma import launch
         launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens,
                qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
                group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
@@ -400,6 +399,13 @@ def extend_attention(
         num_stages=cfg.num_stages,
     )
     return out
+
+
+def offsets_fit(*tensors) -> bool:
+    """Whether every pool tensor (K / V codes and block scales) spans under 2^31 bytes, as the sm_90
+    Gluon NVFP4 kernel's 32-bit byte offsets need (64-bit ones cost it spills). Larger pools (over
+    4 M tokens a layer at 8 KV heads) keep the Triton kernel."""
+    return all(t.shape[0] * t.stride(0) * t.element_size() < 2 ** 31 for t in tensors)
 
 
 def fp4_wgmma_available() -> bool:

@@ -93,7 +93,7 @@ def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: 
                 SL: gl.constexpr):
     """Packed words ``(BLOCK_N, NW)`` int32 (layout WL) and UE4M3 block scales ``(BLOCK_N, NB)``
     (layout SL, each thread's blocks those of its words) of the slots ``slot``. Byte offsets are
-    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (:func:`offsets_fit`;
+    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (``extend.offsets_fit``;
     64-bit offsets cost sm_90 spills)."""
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     words = gl.load((cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32))
@@ -416,18 +416,8 @@ def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
     return dict(WL=wl, SL=sl, XL=xl, QS=qs, KS=ks, KS32=ks32)
 
 
-def offsets_fit(*tensors) -> bool:
-    """Whether every pool tensor (K / V codes and block scales) spans under 2^31 bytes: the
-    kernel's byte offsets are 32-bit. Larger pools (over 4 M tokens a layer at 8 KV heads) keep the
-    Triton kernel."""
-    return all(t.shape[0] * t.stride(0) * t.element_size() < 2 ** 31 for t in tensors)
-
-
 def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix,
            qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg):
-    if not offsets_fit(kc, vc, ks, vs):
-        raise ValueError("fp4_wgmma: the pool's K / V codes and scales must each span under 2^31 bytes "
-                         "(32-bit offsets); plan_extend(..., gluon=False) for larger pools")
     hq, d = q.shape[1], q.shape[2]
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
     extend_nvfp4_wgmma_kernel[grid](
