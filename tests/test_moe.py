@@ -54,10 +54,23 @@ def _act_q(x, gk=None):
     return ((g / s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).float() * s).view(t, k)
 
 
-def reference(x, w1, w2, tw, ti, act_dtype, act_q=None):
+def _ulp(v, act_dtype):
+    """One code of ``act_dtype`` (bf16 / fp16) at the magnitude of ``v`` (fp32 tensor)."""
+    mant, tiny = (7, -126) if act_dtype == torch.bfloat16 else (10, -14)
+    return torch.exp2(torch.floor(torch.log2(v.abs().clamp_min(2.0 ** tiny))) - mant)
+
+
+def reference(x, w1, w2, tw, ti, act_dtype, act_q=None, bound=False):
     """fp32 math on the (dequantized) weights, on whatever device they are; the intermediate rounded
     to the activation dtype as the kernel stores it, and (fp8) quantized per row (or per row and
-    128-group), as the kernel does. Pairs are gathered per expert (one matmul each)."""
+    128-group), as the kernel does. Pairs are gathered per expert (one matmul each).
+
+    ``bound`` (16-bit, no ``act_q``): also return, per output element, how far a correct kernel can
+    land from this: its gate / up and activated intermediates are fp32 sums rounded to
+    ``act_dtype`` like these but summed in another order, so each may sit one code apart (silu' <=
+    1.1); that carried through the down projection and the routing weights, plus the rounding of
+    each pair's output and of the result."""
+    assert not (bound and act_q), "the rounding bound covers 16-bit intermediates only"
     x = x.float()
     xa = act_q(x) if act_q else x
     t, k = ti.shape
@@ -65,50 +78,30 @@ def reference(x, w1, w2, tw, ti, act_dtype, act_q=None):
     experts = ti.flatten().to(x.device)
     token = torch.arange(t, device=x.device).repeat_interleave(k)
     acts = torch.empty(t * k, inter, device=x.device)
+    dacts = torch.empty(t * k, inter, device=x.device) if bound else None
     for e in experts.unique().tolist():
         sel = (experts == e).nonzero().flatten()
         g = (xa[token[sel]] @ w1[e].float().T).to(act_dtype).float()
-        acts[sel] = (torch.nn.functional.silu(g[:, :inter]) * g[:, inter:]).to(act_dtype).float()
+        gate, up = g[:, :inter], g[:, inter:]
+        h = torch.nn.functional.silu(gate)
+        acts[sel] = (h * up).to(act_dtype).float()
+        if bound:
+            dacts[sel] = 1.1 * _ulp(gate, act_dtype) * up.abs() + h.abs() * _ulp(up, act_dtype) \
+                + _ulp(h * up, act_dtype)
     a = act_q(acts) if act_q else acts
     out = torch.zeros(t, w2.shape[1], device=x.device)
+    err = torch.zeros(t, w2.shape[1], device=x.device) if bound else None
     weights = tw.flatten().float().to(x.device)
     for e in experts.unique().tolist():
         sel = (experts == e).nonzero().flatten()
-        out.index_add_(0, token[sel], (a[sel] @ w2[e].float().T) * weights[sel, None])
+        pair = a[sel] @ w2[e].float().T
+        out.index_add_(0, token[sel], pair * weights[sel, None])
+        if bound:
+            err.index_add_(0, token[sel], (dacts[sel] @ w2[e].float().abs().T + _ulp(pair, act_dtype))
+                           * weights[sel, None])
+    if bound:
+        return out.cpu(), (err + _ulp(out, act_dtype)).cpu()
     return out.cpu()
-
-
-def _ulp(v, act_dtype):
-    """One code of ``act_dtype`` (bf16 / fp16) at the magnitude of ``v`` (fp32 tensor)."""
-    mant, tiny = (7, -126) if act_dtype == torch.bfloat16 else (10, -14)
-    return torch.exp2(torch.floor(torch.log2(v.abs().clamp_min(2.0 ** tiny))) - mant)
-
-
-def rounding_bound(x, w1, w2, tw, ti, act_dtype):
-    """Per output element, how far a correct 16-bit kernel can land from :func:`reference`: its gate
-    / up and activated intermediates are fp32 sums rounded to ``act_dtype`` like the reference's but
-    summed in another order, so each may sit one code apart (silu' <= 1.1); that carried through
-    the down projection and the routing weights, plus the rounding of each pair's output and of
-    the result. Laid out like :func:`reference` (pairs gathered per expert, on the weights' device)."""
-    x = x.float().to(w1.device)
-    t, k = ti.shape
-    inter = w2.shape[2]
-    experts = ti.flatten().to(x.device)
-    token = torch.arange(t, device=x.device).repeat_interleave(k)
-    weights = tw.flatten().float().to(x.device)
-    bound = torch.zeros(t, w2.shape[1], device=x.device)
-    ref = torch.zeros(t, w2.shape[1], device=x.device)
-    for e in experts.unique().tolist():
-        sel = (experts == e).nonzero().flatten()
-        g = (x[token[sel]] @ w1[e].float().T).to(act_dtype).float()
-        gate, up = g[:, :inter], g[:, inter:]
-        a = torch.nn.functional.silu(gate) * up
-        da = 1.1 * _ulp(gate, act_dtype) * up.abs() + torch.nn.functional.silu(gate).abs() * _ulp(up, act_dtype) \
-            + _ulp(a, act_dtype)
-        pair = a.to(act_dtype).float() @ w2[e].float().T
-        bound.index_add_(0, token[sel], (da @ w2[e].float().abs().T + _ulp(pair, act_dtype)) * weights[sel, None])
-        ref.index_add_(0, token[sel], pair * weights[sel, None])
-    return (bound + _ulp(ref, act_dtype)).cpu()
 
 
 def _inputs(shape, tokens, act_dtype, dev="cpu"):
@@ -153,19 +146,20 @@ def _run(name, shape, dtype, act_dtype, tokens, dev):
         act_q = lambda t: _act_q(t, 128)  # noqa: E731
     out = fused_moe(x.to(dev), a1.to(dev), a2.to(dev), tw.to(dev), ti.to(dev), dtype=dtype, **kw)
     assert out.shape == x.shape and out.dtype == x.dtype
-    ref = reference(x, r1, r2, tw, ti, act_dtype, act_q)
     # the intermediate is rounded (bf16, and fp8 for w8a8) after an fp32 sum whose order differs from
     # the reference's, so a value on a rounding boundary can land one code apart: 16-bit weights are
-    # checked element by element against the reach of that (rounding_bound); fp8 codes are ~6%
-    # apart, checked against a fraction of the output's scale (measured worst over 12 seeds: 0.051)
+    # checked element by element against the reach of that (reference(..., bound=True)); fp8 codes
+    # are ~6% apart, checked against a fraction of the output's scale (measured worst over 12 seeds:
+    # 0.051)
     if dtype in ("bf16", "fp16"):
+        ref, bound = reference(x, r1, r2, tw, ti, act_dtype, bound=True)
         got = out.float().cpu()
         assert not got.isnan().any(), f"{name} {dtype} tokens={tokens}: NaN in output"
-        bound = rounding_bound(x, r1.to(dev), r2.to(dev), tw, ti, act_dtype)
         err = (got - ref).abs()
         assert (err <= bound).all(), \
             f"{name} {dtype} tokens={tokens}: max err / rounding bound {(err / bound).max():.3g}"
     else:
+        ref = reference(x, r1, r2, tw, ti, act_dtype, act_q)
         _check(out, ref, f"{name} {dtype} tokens={tokens}", 0.1)
 
 
