@@ -9,7 +9,6 @@ budget checker compiles is exactly the planner's image (tests assert that).
 from __future__ import annotations
 
 import functools
-
 import math
 
 from dataclasses import asdict, dataclass, replace
