@@ -169,7 +169,7 @@ class DecodeConfig:
         return asdict(self)
 
 
-def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1):
+def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_size: int = 1):
     """(block_n, num_warps, num_stages) for the split stage, from the sweeps in
     benchmark/results/*tune-attention*.json (32/8 heads, D128, 128 x 4k and 1 x 32k):
 
@@ -193,9 +193,13 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1):
       1,413, 256 x 4k 1,384 / 1,407, 256 x 1k 354 / 366; at 64-256 rows with the split count
       rounded down to about two waves (:func:`_triton_splits`), measured with 2 stages: 16 x 32k
       685 / 700, 16 x 8k 177 / 181, 16 x 4k 92 / 95, 8 x 32k 348 / 354, 32 x 8k 344 / 351, 32 x 32k
-      1,365 / 1,393. 3 stages were equal or faster than 2 at every paired point (ms 1 and 4), and
-      2 stages spill 4 B in the paged one-split variant (AOT): 3 it is. 8 warps measured up to 1%
-      faster from 1,024 rows but spill 8 B in the one-split variant. At 512 rows neither tile is
+      1,365 / 1,393. Stages: 2 at 64-256 rows with page size 1 -- one process on an H100 with
+      FlashInfer beside it (``...-tune-decode-stages.log``, 2026-11-27), 2 against 3 stages at the
+      planned split counts: 8 x 32k 346 / 354 us, 16 x 32k 691 / 701, 32 x 32k 1,367 / 1,390
+      (FlashInfer 351 / 694 / 1,377); an earlier pair of sweeps had 2 stages 1.6% faster and 0.2%
+      slower at 16 x 32k. 3 stages from 1,024 rows (not swept against 2 there) and for paged pools:
+      2 stages spill 4 B in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to
+      1% faster from 1,024 rows but spill 8 B in the one-split variant. At 512 rows neither tile is
       faster (64 x 8k 690 / 691, 64 x 1k 93 - 96 / 91); below 64 rows (batch 1 - 7) the 64-token
       tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep the 64-token tile.
     * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
@@ -213,7 +217,7 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1):
         block_n, warps, stages = 64, 4, 2
     if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and \
             (64 <= rows <= 256 or rows >= 1024):
-        block_n, warps, stages = 128, 4, 3
+        block_n, warps, stages = 128, 4, 2 if rows <= 256 and page_size == 1 else 3
     if head_dim == 256:
         block_n = max(16, block_n // 2)
         if kv_dtype in FP4_V and arch_limits(arch).cc < 89:
@@ -229,7 +233,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     if fp4_mma and kv_dtype == "nvfp4" and lim.cc >= 89 and not (head_dim == 256 and group > 8):
         return _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms)
-    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads)
+    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads, page_size)
     if max_splits is None:
         max_splits = _triton_splits(batch * kv_heads, num_sms or _TYPICAL_SMS.get(lim.cc, 128),
                                     round_down=block_n == 128)

@@ -73,6 +73,10 @@ def test_decode_split_planning():
              for b in (1, 8, 16, 32, 64, 128) for c in [planner.plan_decode(90, batch=b, **bf)]}
     assert tiles == {1: (64, 4, 64), 8: (128, 4, 4), 16: (128, 4, 2), 32: (128, 4, 1), 64: (64, 4, 1),
                      128: (128, 4, 1)}
+    # ... on 2 stages at 64-256 rows with page size 1; 3 for paged pools (2 spill in the paged
+    # one-split variant) and from 1,024 rows
+    stages = {(b, p): planner.plan_decode(90, batch=b, page_size=p, **bf).num_stages for b in (8, 32, 128) for p in (1, 16)}
+    assert stages == {(8, 1): 2, (32, 1): 2, (8, 16): 3, (32, 16): 3, (128, 1): 3, (128, 16): 3}
     for arch in (80, 89, 100, 120):
         for b in (1, 16, 128):
             assert planner.plan_decode(arch, batch=b, **bf).block_n == 64
