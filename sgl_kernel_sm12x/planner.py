@@ -164,13 +164,14 @@ class DecodeConfig:
     fp4_mma: bool = False   # nvfp4: the one-warp kernel that decodes tiles into MMA operand registers
     loop_stages: int = 0    # software-pipeline stages of the Triton split stage's tile loop (0: num_stages)
     heads_inner: bool = False  # grid (kv_heads, batch, splits): the KV heads of a request launch together
+    maxnreg: int = 0        # register cap passed to ptxas (0: none) where its own choice spills
 
     def as_dict(self):
         return asdict(self)
 
 
 def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_size: int = 1):
-    """(block_n, num_warps, num_stages) for the split stage, from the sweeps in
+    """(block_n, num_warps, num_stages, maxnreg) for the split stage, from the sweeps in
     benchmark/results/*tune-attention*.json (32/8 heads, D128, 128 x 4k and 1 x 32k):
 
     * bf16/fp16: 64-token tiles, 4 warps, 2 stages (H200 4218 GB/s; H100 3005 GB/s, the copy
@@ -199,9 +200,18 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
       (FlashInfer 351 / 694 / 1,377); an earlier pair of sweeps had 2 stages 1.6% faster and 0.2%
       slower at 16 x 32k. 3 stages from 1,024 rows (not swept against 2 there) and for paged pools:
       2 stages spill 4 B in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to
-      1% faster from 1,024 rows but spill 8 B in the one-split variant. At 512 rows neither tile is
-      faster (64 x 8k 690 / 691, 64 x 1k 93 - 96 / 91); below 64 rows (batch 1 - 7) the 64-token
-      tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep the 64-token tile.
+      1% faster from 1,024 rows but spill 8 B in the one-split variant. Below 64 rows (batch 1 - 7)
+      the 64-token tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep it.
+    * sm_90, the same pools, 512-1,023 rows with page size 1 (measured at 512: 64 requests x 8 KV
+      heads): the 128-token tile on 8 warps, 2 stages, one split, registers capped at 128. Left to
+      itself ptxas gives the one-split variant 64 registers and an 8-byte spill (96: 4 bytes; 128:
+      none, AOT). H100, one process, FlashInfer timed around each configuration
+      (``...-tune-decode-stages.log``), 64 x 1k / 4k / 8k / 32k: 95.9 / 352.7 / 694.6 / 2,767 us
+      against 92.0 / 347.9 / 693.1 / 2,802 for the 64-token tile on 4 warps (the rule before) and
+      FlashInfer 98.8 / 356.7 / 706.7 / 2,799 -- the 64-token tile lost to FlashInfer at 32k (1.001
+      - 1.002 in three runs that day), the capped tile is 0.971 - 0.989 of it at all four, 4% slower
+      than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 / 689.2 /
+      2,743. Paged pools (not measured here) keep the 64-token tile.
     * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
       them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
       length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
@@ -218,11 +228,14 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
     if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and \
             (64 <= rows <= 256 or rows >= 1024):
         block_n, warps, stages = 128, 4, 2 if rows <= 256 and page_size == 1 else 3
+    if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and 512 <= rows < 1024 \
+            and page_size == 1:
+        return 128, 8, 2, 128
     if head_dim == 256:
         block_n = max(16, block_n // 2)
         if kv_dtype in FP4_V and arch_limits(arch).cc < 89:
             warps = 4       # UE4M3 scales decoded in software: 2 warps spill 4 B on sm_86 (paged)
-    return block_n, warps, stages
+    return block_n, warps, stages, 0
 
 
 def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
@@ -233,7 +246,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     if fp4_mma and kv_dtype == "nvfp4" and lim.cc >= 89 and not (head_dim == 256 and group > 8):
         return _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms)
-    block_n, warps, stages = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads, page_size)
+    block_n, warps, stages, maxnreg = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads, page_size)
     if max_splits is None:
         max_splits = _triton_splits(batch * kv_heads, num_sms or _TYPICAL_SMS.get(lim.cc, 128),
                                     round_down=block_n == 128)
@@ -241,7 +254,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=max_splits, min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V,
-                        heads_inner=True)
+                        heads_inner=True, maxnreg=maxnreg)
 
 
 def _triton_splits(rows: int, sms: int, round_down: bool) -> int:

@@ -534,6 +534,24 @@ def test_gpu_decode_large_grid(fmt, page):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("fmt", FORMATS[:2], ids=lambda f: f"{f[0]}-{f[1]}")
+def test_gpu_decode_512_rows(fmt, page):
+    """64 requests x 8 KV heads, where the sm_90 planner takes the 128-token tile on 8 warps with a
+    register cap (page size 1): lengths from 0 to past several tiles, every request against the
+    reference, the output poisoned first."""
+    kv_dtype, q_dtype = fmt
+    lens = [1, 0, 128, 129, 1000] + [int(x) for x in torch.randint(1, 700, (59,))]
+    hkv, d = 8, 128
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, "cuda")
+    q = torch.randn(len(lens), 4 * hkv, d).to(ACT[q_dtype])
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan")).cuda()
+    decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page, out=out)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_extend_large(fmt, d):

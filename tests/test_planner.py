@@ -71,12 +71,20 @@ def test_decode_split_planning():
     bf = dict(head_dim=128, kv_dtype="bf16", num_sms=132, kv_heads=8)
     tiles = {b: (c.block_n, c.num_warps, c.max_splits)
              for b in (1, 8, 16, 32, 64, 128) for c in [planner.plan_decode(90, batch=b, **bf)]}
-    assert tiles == {1: (64, 4, 64), 8: (128, 4, 4), 16: (128, 4, 2), 32: (128, 4, 1), 64: (64, 4, 1),
+    assert tiles == {1: (64, 4, 64), 8: (128, 4, 4), 16: (128, 4, 2), 32: (128, 4, 1), 64: (128, 8, 1),
                      128: (128, 4, 1)}
     # ... on 2 stages at 64-256 rows with page size 1; 3 for paged pools (2 spill in the paged
     # one-split variant) and from 1,024 rows
-    stages = {(b, p): planner.plan_decode(90, batch=b, page_size=p, **bf).num_stages for b in (8, 32, 128) for p in (1, 16)}
+    stages = {(b, p): planner.plan_decode(90, batch=b, page_size=p, **bf).num_stages
+              for b in (8, 32, 128) for p in (1, 16)}
     assert stages == {(8, 1): 2, (32, 1): 2, (8, 16): 3, (32, 16): 3, (128, 1): 3, (128, 16): 3}
+    # 512-1,023 rows, page size 1: 8 warps with a 128-register cap (ptxas alone spills the one-split
+    # variant); paged pools keep the 64-token tile, uncapped
+    caps = {(b, p): (c.block_n, c.num_warps, c.maxnreg) for b in (63, 64, 127, 128) for p in (1, 16)
+            for c in [planner.plan_decode(90, batch=b, page_size=p, **bf)]}
+    assert caps == {(63, 1): (64, 4, 0), (64, 1): (128, 8, 128), (127, 1): (128, 8, 128), (128, 1): (128, 4, 0),
+                    (63, 16): (64, 4, 0), (64, 16): (64, 4, 0), (127, 16): (64, 4, 0), (128, 16): (128, 4, 0)}
+    assert all(planner.plan_decode(a, batch=64, **bf).maxnreg == 0 for a in (80, 89, 100, 120, 121))
     for arch in (80, 89, 100, 120):
         for b in (1, 16, 128):
             assert planner.plan_decode(arch, batch=b, **bf).block_n == 64

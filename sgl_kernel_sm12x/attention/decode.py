@@ -337,6 +337,7 @@ def decode_attention(
             DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, LOOP_STAGES=cfg.loop_stages or None, DIRECT=direct,
             o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
             HEADS_INNER=cfg.heads_inner, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
         )
     if direct:
         return out
@@ -462,7 +463,7 @@ def aot_cases(arch: int):
     """Every configuration of this split stage the decode planner can choose on ``arch`` (for
     ``sm12x budget``), including those it runs where the register-operand NVFP4 kernel cannot."""
     seen = set()
-    for inp, batch in ((inp, batch) for inp in planner.decode_domain() for batch in (1, 16, 4096)):
+    for inp, batch in ((inp, batch) for inp in planner.decode_domain() for batch in (1, 16, 64, 4096)):
         cfg = planner.plan_decode(arch, **inp, batch=batch, fp4_mma=False)   # the tile may depend on the grid
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"
@@ -473,7 +474,7 @@ def aot_cases(arch: int):
                   LOOP_STAGES=cfg.loop_stages or None, HEADS_INNER=cfg.heads_inner,
                   **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         for direct in (False, True):    # one split and no LSE: the output stored by the split stage
-            key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages, direct)
+            key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages, cfg.maxnreg, direct)
             if key in seen:
                 continue
             seen.add(key)
@@ -490,7 +491,10 @@ def aot_cases(arch: int):
                          paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8,
                          prefetch=cfg.prefetch, loop_stages=cfg.loop_stages, direct=direct)
-            yield label, sig, dict(cx, DIRECT=direct), {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+            if cfg.maxnreg:
+                label["maxnreg"] = opts["maxnreg"] = cfg.maxnreg
+            yield label, sig, dict(cx, DIRECT=direct), opts
 
 
 def aot_cases_reduce(arch: int):
