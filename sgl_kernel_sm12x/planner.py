@@ -198,8 +198,9 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
       FlashInfer beside it (``...-tune-decode-stages.log``, 2026-11-27), 2 against 3 stages at the
       planned split counts: 8 x 32k 346 / 354 us, 16 x 32k 691 / 701, 32 x 32k 1,367 / 1,390
       (FlashInfer 351 / 694 / 1,377); an earlier pair of sweeps had 2 stages 1.6% faster and 0.2%
-      slower at 16 x 32k. 3 stages from 1,024 rows (not swept against 2 there) and for paged pools:
-      2 stages spill 4 B in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to
+      slower at 16 x 32k. 3 stages from 1,024 rows (3 / 2 stages in the same log: 128 x 4k 694 /
+      698, 128 x 8k 1,380 / 1,396, 256 x 4k 1,382 / 1,380) and for paged pools: 2 stages spill 4 B
+      in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to
       1% faster from 1,024 rows but spill 8 B in the one-split variant. Below 64 rows (batch 1 - 7)
       the 64-token tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep it.
     * sm_90, the same pools, 512-1,023 rows with page size 1 (measured at 512: 64 requests x 8 KV
@@ -208,9 +209,9 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
       none, AOT). H100, one process, FlashInfer timed around each configuration
       (``...-tune-decode-stages.log``), 64 x 1k / 4k / 8k / 32k: 95.9 / 352.7 / 694.6 / 2,767 us
       against 92.0 / 347.9 / 693.1 / 2,802 for the 64-token tile on 4 warps (the rule before) and
-      FlashInfer 98.8 / 356.7 / 706.7 / 2,799 -- the 64-token tile lost to FlashInfer at 32k (1.001
-      - 1.002 in three runs that day), the capped tile is 0.971 - 0.989 of it at all four, 4% slower
-      than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 / 689.2 /
+      FlashInfer 98.8 / 356.7 / 706.7 / 2,799 -- the 64-token tile was at FlashInfer's time at 32k
+      (0.998 - 1.011 in the day's runs), the capped tile is 0.971 - 0.989 of it at all four, 4%
+      slower than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 / 689.2 /
       2,743. Paged pools (not measured here) keep the 64-token tile.
     * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
       them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
