@@ -46,7 +46,8 @@ def main():
     ap.add_argument("--max-splits", type=int, nargs="+", default=None,
                     help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
     ap.add_argument("--heads-inner", type=int, nargs="+", default=None,
-                    help="decode: grid order, a request's KV heads launched side by side (1) or its batch rows (0)")
+                    help="decode: grid order, a request's KV heads launched side by side (1) or its batch rows (0) "
+                    "(default: the planner's)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tiles", nargs="+", default=None,
@@ -74,6 +75,8 @@ def main():
                     help="extend: BATCHxPREFIXxCHUNK points")
     ap.add_argument("--loop-stages", type=int, nargs="+", default=[0],
                     help="decode: pipeline stages of the Triton split stage's tile loop (0: the tile's)")
+    ap.add_argument("--maxnreg", type=int, nargs="+", default=[0],
+                    help="decode: register caps of the Triton split stage to sweep (0: none, ptxas chooses)")
     ap.add_argument("--flashinfer", action="store_true",
                     help="time FlashInfer's bf16 kernel on each shape in the same run (decode)")
     ap.add_argument("--tolerance", type=float, default=3e-2,
@@ -162,17 +165,19 @@ def main():
             splits = a.min_split_tokens or [plan.min_split_tokens]
             max_splits = a.max_splits or [plan.max_splits]
             cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, msp, mst, plan.hw_fp8,
-                                                                 bool(pf), loop_stages=ls)
-                                            for bn, nw, ns, pf, mst, msp, ls in itertools.product(
+                                                                 bool(pf), loop_stages=ls,
+                                                                 heads_inner=plan.heads_inner, maxnreg=mr)
+                                            for bn, nw, ns, pf, mst, msp, ls, mr in itertools.product(
                                                 a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits,
-                                                a.loop_stages)
+                                                a.loop_stages, a.maxnreg)
                                             if 0 in a.fp4_mma or kv != "nvfp4"])
             if kv == "nvfp4":       # the Triton split stage as planned where the register-operand kernel is not
                 cands[planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                           num_sms=sms, fp4_mma=False)] = None
             if kv == "nvfp4" and 1 in a.fp4_mma:
                 cands.update(dict.fromkeys(planner.DecodeConfig(plan.block_h, bn, 1, 1, msp, mst, plan.hw_fp8,
-                                                                bool(pf), fp4_mma=True)
+                                                                bool(pf), fp4_mma=True,
+                                                                heads_inner=plan.heads_inner)
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
             if a.heads_inner:
@@ -207,7 +212,7 @@ def main():
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
                       f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} ls={cfg.loop_stages} "
-                      f"hi={int(cfg.heads_inner)} "
+                      f"hi={int(cfg.heads_inner)} reg={cfg.maxnreg} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
