@@ -164,9 +164,10 @@ def main():
             nbytes = batch * ctx * kv_bytes_per_token(kv, hkv, d)
             splits = a.min_split_tokens or [plan.min_split_tokens]
             max_splits = a.max_splits or [plan.max_splits]
-            cands = dict.fromkeys([plan] + [planner.DecodeConfig(plan.block_h, bn, nw, ns, msp, mst, plan.hw_fp8,
-                                                                 bool(pf), loop_stages=ls,
-                                                                 heads_inner=plan.heads_inner, maxnreg=mr)
+            # candidates are the plan with the swept fields replaced (grid order and the rest as planned)
+            cands = dict.fromkeys([plan] + [replace(plan, block_n=bn, num_warps=nw, num_stages=ns, max_splits=msp,
+                                                    min_split_tokens=mst, prefetch=bool(pf), fp4_mma=False,
+                                                    loop_stages=ls, maxnreg=mr)
                                             for bn, nw, ns, pf, mst, msp, ls, mr in itertools.product(
                                                 a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits,
                                                 a.loop_stages, a.maxnreg)
@@ -175,9 +176,9 @@ def main():
                 cands[planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
                                           num_sms=sms, fp4_mma=False)] = None
             if kv == "nvfp4" and 1 in a.fp4_mma:
-                cands.update(dict.fromkeys(planner.DecodeConfig(plan.block_h, bn, 1, 1, msp, mst, plan.hw_fp8,
-                                                                bool(pf), fp4_mma=True,
-                                                                heads_inner=plan.heads_inner)
+                cands.update(dict.fromkeys(replace(plan, block_n=bn, num_warps=1, num_stages=1, max_splits=msp,
+                                                   min_split_tokens=mst, prefetch=bool(pf), fp4_mma=True,
+                                                   loop_stages=0, maxnreg=0)
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
             if a.heads_inner:

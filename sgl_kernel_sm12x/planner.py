@@ -200,9 +200,9 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
       (FlashInfer 351 / 694 / 1,377); an earlier pair of sweeps had 2 stages 1.6% faster and 0.2%
       slower at 16 x 32k. 3 stages from 1,024 rows (3 / 2 stages in the same log: 128 x 4k 694 /
       698, 128 x 8k 1,380 / 1,396, 256 x 4k 1,382 / 1,380) and for paged pools: 2 stages spill 4 B
-      in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to
-      1% faster from 1,024 rows but spill 8 B in the one-split variant. Below 64 rows (batch 1 - 7)
-      the 64-token tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep it.
+      in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to 1% faster from
+      1,024 rows but spill 8 B in the one-split variant. Below 64 rows (batch 1 - 7) the 64-token
+      tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep it.
     * sm_90, the same pools, 512-1,023 rows with page size 1 (measured at 512: 64 requests x 8 KV
       heads): the 128-token tile on 8 warps, 2 stages, one split, registers capped at 128. Left to
       itself ptxas gives the one-split variant 64 registers and an 8-byte spill (96: 4 bytes; 128:
@@ -211,8 +211,8 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
       against 92.0 / 347.9 / 693.1 / 2,802 for the 64-token tile on 4 warps (the rule before) and
       FlashInfer 98.8 / 356.7 / 706.7 / 2,799 -- the 64-token tile was at FlashInfer's time at 32k
       (0.998 - 1.011 in the day's runs), the capped tile is 0.971 - 0.989 of it at all four, 4%
-      slower than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 / 689.2 /
-      2,743. Paged pools (not measured here) keep the 64-token tile.
+      slower than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 /
+      689.2 / 2,743. Paged pools (not measured here) keep the 64-token tile.
     * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
       them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
       length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
@@ -226,12 +226,11 @@ def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_si
         block_n, warps, stages = 64, 4, 3
     else:
         block_n, warps, stages = 64, 4, 2
-    if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and \
-            (64 <= rows <= 256 or rows >= 1024):
-        block_n, warps, stages = 128, 4, 2 if rows <= 256 and page_size == 1 else 3
-    if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90 and 512 <= rows < 1024 \
-            and page_size == 1:
-        return 128, 8, 2, 128
+    if kv_dtype in ACT_DTYPES and head_dim == 128 and arch_limits(arch).cc == 90:
+        if 512 <= rows < 1024 and page_size == 1:
+            return 128, 8, 2, 128
+        if 64 <= rows <= 256 or rows >= 1024:
+            block_n, warps, stages = 128, 4, 2 if rows <= 256 and page_size == 1 else 3
     if head_dim == 256:
         block_n = max(16, block_n // 2)
         if kv_dtype in FP4_V and arch_limits(arch).cc < 89:

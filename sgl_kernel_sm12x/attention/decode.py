@@ -17,7 +17,7 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      online_softmax_step, slot_ids, split_range, tile_flags, tile_scores, unit_scales)
+                      offsets_fit, online_softmax_step, slot_ids, split_range, tile_flags, tile_scores, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -371,7 +371,7 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
     batch, _, d = q.shape
     kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
     # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
-    off32 = all(t.shape[0] * t.stride(0) < _OFF32_LIMIT for t in (kc, vc, ks, vs))
+    off32 = offsets_fit(kc, vc, ks, vs, limit=_OFF32_LIMIT)
     decode_split_nvfp4_kernel[split_grid(cfg, batch, kc.shape[1])](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),

@@ -19,7 +19,8 @@ import triton.language as tl
 
 from .. import planner
 from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_kv_raw, load_raw, nvfp4_decode,
-                      nvfp4_rows_aligned, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots, unit_scales)
+                      nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
+                      unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -340,7 +341,7 @@ def extend_attention(
         # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
-    # the sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit
+    # the sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit: larger pools keep the Triton kernel
     fits32 = modes != (2, 2) or offsets_fit(k_cache, v_cache, k_scale_cache, v_scale_cache)
     gluon = fits32 and q.device.type == "cuda" and fp4_wgmma_available()
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
@@ -399,13 +400,6 @@ def extend_attention(
         num_stages=cfg.num_stages,
     )
     return out
-
-
-def offsets_fit(*tensors) -> bool:
-    """Whether every pool tensor (K / V codes and block scales) spans under 2^31 bytes, as the sm_90
-    Gluon NVFP4 kernel's 32-bit byte offsets need (64-bit ones cost it spills). Larger pools (over
-    4 M tokens a layer at 8 KV heads) keep the Triton kernel."""
-    return all(t.shape[0] * t.stride(0) * t.element_size() < 2 ** 31 for t in tensors)
 
 
 def fp4_wgmma_available() -> bool:

@@ -93,7 +93,7 @@ def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: 
                 SL: gl.constexpr):
     """Packed words ``(BLOCK_N, NW)`` int32 (layout WL) and UE4M3 block scales ``(BLOCK_N, NB)``
     (layout SL, each thread's blocks those of its words) of the slots ``slot``. Byte offsets are
-    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (``extend.offsets_fit``;
+    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (``kv_tile.offsets_fit``;
     64-bit offsets cost sm_90 spills)."""
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     words = gl.load((cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32))

@@ -26,6 +26,14 @@ KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2),
 FP4_PTX_UNIT = 2.0 ** -14
 
 
+def offsets_fit(*tensors, limit: int = 2 ** 31) -> bool:
+    """Whether every pool tensor (K / V codes, block scales) spans under ``limit`` bytes: what the
+    Gluon NVFP4 kernels' 32-bit byte offsets need (decode has a 64-bit variant for larger pools;
+    extend's spilled on sm_90, so larger pools keep the Triton extend kernel). 2^31 bytes is over
+    4 M tokens a layer at 8 KV heads, D128."""
+    return all(t.shape[0] * t.stride(0) * t.element_size() < limit for t in tensors)
+
+
 def gluon_kernel_usable(module: str, interpret: bool) -> bool:
     """Whether a Gluon kernel module of this package (``module``, relative to this one) can run
     here: not the Triton interpreter (``interpret``, the caller's view of it), and a Triton whose
