@@ -627,7 +627,7 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
 def test_fp4_wgmma_takes_only_pools_with_32_bit_offsets():
     """The sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit: a pool tensor spanning 2^31 bytes or
     more (codes or scales, any view) must send extend_attention to the Triton kernel."""
-    from sgl_kernel_sm12x.attention.extend import offsets_fit
+    from sgl_kernel_sm12x.attention.kv_tile import offsets_fit
     small = torch.empty(1024, 8, 64, dtype=torch.uint8, device="meta")
     assert offsets_fit(small, small)
     big = torch.empty(2 ** 22, 8, 64, dtype=torch.uint8, device="meta")         # exactly 2^31 bytes
