@@ -131,6 +131,21 @@ def decode_rows(shapes, hq, hkv, d, copy):
     return rows
 
 
+def flashinfer_prefill(q, qo, batch, prefix, chunk, hkv):
+    """FlashInfer's ragged causal prefill over prefix + chunk keys a request (bf16, contiguous K/V):
+    a callable running it on ``q``."""
+    import flashinfer
+    hq, d = q.shape[1], q.shape[2]
+    wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(wsb, "NHD")
+    L = prefix + chunk
+    kk = torch.randn(batch * L, hkv, d, device=DEV, dtype=torch.bfloat16)
+    vv = torch.randn_like(kk)
+    kvp = torch.arange(0, (batch + 1) * L, L, dtype=torch.int32, device=DEV)
+    w.plan(qo, kvp, hq, hkv, d, causal=True, q_data_type=torch.bfloat16)
+    return lambda: w.run(q, kk, vv)
+
+
 def extend_rows(shapes, hq, hkv, d):
     rows = []
     for batch, prefix, chunk in shapes:
@@ -166,15 +181,7 @@ def extend_rows(shapes, hq, hkv, d):
             if kv == "bf16":
                 bf = pool
         try:
-            import flashinfer
-            wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
-            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(wsb, "NHD")
-            L = prefix + chunk
-            kk = torch.randn(batch * L, hkv, d, device=DEV, dtype=torch.bfloat16)
-            vv = torch.randn_like(kk)
-            kvp = torch.arange(0, (batch + 1) * L, L, dtype=torch.int32, device=DEV)
-            w.plan(qo, kvp, hq, hkv, d, causal=True, q_data_type=torch.bfloat16)
-            record("flashinfer", "bf16", lambda: w.run(q, kk, vv))
+            record("flashinfer", "bf16", flashinfer_prefill(q, qo, batch, prefix, chunk, hkv))
         except Exception as e:
             rows.append(dict(label, provider="flashinfer", kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
             traceback.print_exc()

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import bench_ms, environment, max_diff, write_json  # noqa: E402
-from attention import DEV, flashinfer_decode, kv_bytes_per_token, make_pool  # noqa: E402
+from attention import DEV, flashinfer_decode, flashinfer_prefill, kv_bytes_per_token, make_pool  # noqa: E402
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
@@ -60,7 +60,7 @@ def main():
                     help="extend, quantized pools: whole prefix tiles select-free (1) or masked (0)")
     ap.add_argument("--diag-in-loop", type=int, nargs="+", default=None,
                     help="extend: the causal diagonal tiles inside the whole-tile loop (1) or a loop of their own (0)")
-    ap.add_argument("--fp4-wgmma", type=int, nargs="+", default=None,
+    ap.add_argument("--wgmma", type=int, nargs="+", default=None,
                     help="extend, nvfp4 on sm_90: the Gluon kernel overlapping the tile decode with the MMAs (1) "
                     "or the Triton kernel (0)")
     ap.add_argument("--rotate-prefix", type=int, nargs="+", default=None,
@@ -78,7 +78,8 @@ def main():
     ap.add_argument("--maxnreg", type=int, nargs="+", default=[0],
                     help="decode: register caps of the Triton split stage to sweep (0: none, ptxas chooses)")
     ap.add_argument("--flashinfer", action="store_true",
-                    help="time FlashInfer's bf16 kernel on each shape in the same run (decode)")
+                    help="time FlashInfer's bf16 kernel on each shape in the same run (decode: paged decode; "
+                    "extend: ragged causal prefill)")
     ap.add_argument("--tolerance", type=float, default=3e-2,
                     help="largest |output - planned configuration's output| accepted")
     a = ap.parse_args()
@@ -111,7 +112,7 @@ def main():
                 knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
                                      ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
-                                     ("fp4_wgmma", a.fp4_wgmma), ("rotate_prefix", a.rotate_prefix)):
+                                     ("wgmma", a.wgmma), ("rotate_prefix", a.rotate_prefix)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
@@ -119,8 +120,17 @@ def main():
                             **dict(zip(knobs, vals)))
                     for (bm, bn, nw, ns), pk, pf, *vals in itertools.product(tiles, a.pack, a.prefetch, *knobs.values())
                     if (hq // hkv) % pk == 0 and bm // pk >= 8
-                    and (not dict(zip(knobs, vals))["fp4_wgmma"]
-                         or kv == "nvfp4" and prefix > 0 and bm == 128 and nw in (4, 8))])
+                    and (not dict(zip(knobs, vals))["wgmma"]
+                         or kv in ("nvfp4", "bf16", "fp16") and prefix > 0 and bm == 128 and nw in (4, 8))])
+                if a.flashinfer:
+                    fi_ms = bench_ms(flashinfer_prefill(q, qo, batch, prefix, chunk, hkv), warmup=5, rep=30)[1]
+                    rows.append(dict(phase="extend", provider="flashinfer", kv_dtype="bf16", batch=batch,
+                                     prefix=prefix, chunk=chunk, ms=fi_ms, tflops=flops / fi_ms / 1e9))
+                    print(f"extend flashinfer {batch}x{prefix}+{chunk:<5} {fi_ms:7.3f} ms "
+                          f"{flops / fi_ms / 1e9:6.1f} TFLOP/s")
+                if plan.wgmma:      # the Triton kernel as planned where the Gluon one is not
+                    cands[planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0,
+                                              gluon=False)] = None
                 anchor = None           # the planned configuration's output, the first candidate's
                 for cfg in cands:
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
@@ -145,7 +155,7 @@ def main():
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.fp4_wgmma)} rot={int(cfg.rotate_prefix)} "
+                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,

@@ -27,7 +27,7 @@ KERNELS = {
     "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
     "decode_nvfp4": ("sgl_kernel_sm12x.attention.decode_nvfp4", "decode_split_nvfp4_kernel"),
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
-    "extend_nvfp4_wgmma": ("sgl_kernel_sm12x.attention.extend_nvfp4_wgmma", "extend_nvfp4_wgmma_kernel"),
+    "extend_wgmma": ("sgl_kernel_sm12x.attention.extend_wgmma", "extend_wgmma_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
     "moe_align": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_kernel"),

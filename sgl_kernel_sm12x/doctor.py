@@ -109,12 +109,12 @@ def _nvfp4_extend_check(arch: int) -> Check:
     """Which kernel reads an NVFP4 prefix in extend here (information, never a failure)."""
     from . import planner
     try:
-        from .attention.extend import fp4_wgmma_available
-        gluon = fp4_wgmma_available()
+        from .attention.extend import wgmma_available
+        gluon = wgmma_available()
     except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
         gluon = False
     try:     # head_dim 128, 32 query / 8 KV heads: the planner's own choice
-        planned = planner.plan_extend(arch, head_dim=128, kv_dtype="nvfp4", group=4, gluon=gluon).fp4_wgmma
+        planned = planner.plan_extend(arch, head_dim=128, kv_dtype="nvfp4", group=4, gluon=gluon).wgmma
     except ValueError as e:
         return Check("nvfp4 extend", "skip", str(e)[:200])
     if planned:

@@ -424,7 +424,8 @@ class ExtendConfig:
     diag_in_loop: bool = False  # causal diagonal tiles (16-bit pools: the prefix's partial one too) in the
     #                             whole-tile loop
     prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
-    fp4_wgmma: bool = False     # sm_90 NVFP4 pools: the Gluon kernel overlapping the tile decode with the MMAs
+    wgmma: bool = False     # sm_90 NVFP4 / 16-bit pools with a prefix: the Gluon warpgroup-MMA kernel
+    #                         (extend_wgmma; num_stages: a 16-bit prefix's copy buffers)
     rotate_prefix: bool = False  # whole prefix tiles in an order rotated by the row block
 
     def as_dict(self):
@@ -440,8 +441,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     GQA packing (``pack``): with a quantized cache (FP8 / NVFP4 prefix), up to 4 query heads of a KV
     group share a program's rows (at least 16 tokens a program), so each prefix tile is dequantized
     once for all of them instead of once per query head -- that dequantization costs about as much
-    as the tile's MMAs. 16-bit caches keep one head a program (packed bf16 D128 tiles spill 24 B on
-    sm_120, AOT, and there is no dequantization to share).
+    as the tile's MMAs. 16-bit caches keep one head a program in the Triton kernel (packed bf16 D128
+    tiles spill 24 B on sm_120, AOT, and there is no dequantization to share); sm_90's
+    warpgroup-MMA kernel packs them too (each copied tile shared).
 
     * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
       bf16/fp16 D128 128 x 128 on 8 warps, 3 stages (H100, with whole tiles unmasked: 1.17-1.33x
@@ -464,9 +466,10 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         packed, else 32 x 32; D256 32 x 32 on 8 warps.
     * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
       see the comments in the body.
-    * sm_90 NVFP4 at head_dim 128 with 4 query heads a KV group packed (``fp4_wgmma``): the Gluon
-      kernel of :mod:`.attention.extend_nvfp4_wgmma`, unless ``window`` (a sliding window) or not
-      ``gluon`` (no device to run it: the Triton interpreter).
+    * sm_90 at head_dim 128 with a prefix to read (``wgmma``): the Gluon kernel of
+      :mod:`.attention.extend_wgmma` for NVFP4 pools with 4 query heads a KV group packed and for
+      16-bit pools (up to 4 packed), unless ``window`` (a sliding window) or not ``gluon`` (no
+      device to run it: the Triton interpreter; pools over 2^31 bytes).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
@@ -536,7 +539,19 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # 1.97-2.02 -> 1.84-1.88, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (half the work in the
         # chunk's own keys) 2.89-2.96 -> 2.99-3.02. AOT: 196 KB, 255 registers, no spills (Triton
         # 3.6 and 3.8)
-        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, fp4_wgmma=True)
+        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True)
+    if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype in ACT_DTYPES:
+        # 16-bit pools: the same kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
+        # 4 query heads a program sharing each K / V tile. H100, one process with FlashInfer
+        # (...-tune-extend-wgmma16.log), against the Triton plan: 1 x 4k + 1k 0.213 -> 0.202 ms,
+        # 8 x 4k + 1k 1.495 -> 1.372, 1 x 4k + 8k 2.530 -> 2.322. Two copy buffers a tensor (a copy
+        # issued one tile ahead, 160 KB) rather than three (two ahead, 224 KB): three measured
+        # 0.198 / 1.486 / 2.705 ms in that sweep but 0.200 / 1.396 / 2.364 in a full attention.py
+        # run (two: 0.204 / 1.361 / 2.376 in the next), so no clear winner and the smaller one.
+        # One head a program 0.196 / 1.401 / 2.315; 64-key tiles 1.1-1.3x slower. AOT: 160 KB,
+        # 233-255 registers, no spills
+        pack = min(group, 4)
+        cfg = ExtendConfig(128, 128, 8, 2, cfg.hw_fp8, wgmma=True)
     return replace(cfg, pack=pack)
 
 
@@ -608,7 +623,8 @@ def extend_domain():
                     continue
                 for page_size in (1, 16):     # the kernel specializes on paged or not; 16 stands for > 1
                     # the group matters through the GQA packing (1, 2 or 4 heads a program) alone
-                    for group in (1, 2, 4) if kv_dtype not in ("bf16", "fp16") else (1,):
+                    # (16-bit pools pack only in sm_90's warpgroup-MMA kernel)
+                    for group in (1, 2, 4):
                         for prefix in (True, False):    # False: the host knows nothing is cached
                             yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
                                        page_size=page_size, prefix=prefix)

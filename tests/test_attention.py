@@ -586,15 +586,33 @@ def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype, block_n):
     page size, prefixes and chunks that are not multiples of the tiles, a request without a prefix
     beside ones with one, a one-token chunk."""
     pack = min(group, 4)
-    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, fp4_wgmma=True)
+    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, wgmma=True)
     _run_extend("nvfp4", q_dtype, 128, 2 if group <= 8 else 1, group, page, [37, 0, 300, 129], [23, 130, 1, 200],
                 "cuda", config=cfg, max_prefix_len=300)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+@pytest.mark.parametrize("tile", [(128, 2), (128, 3), (64, 3)], ids=lambda t: f"bn{t[0]}-buf{t[1]}")
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("group", [1, 4, 16])
+def test_gpu_extend_wgmma_16bit_pool(group, page, q_dtype, tile):
+    """The sm_90 warpgroup-MMA extend kernel on a 16-bit pool (prefix tiles copied by cp.async,
+    2 or 3 buffers): GQA ratios with 1 and 4 heads packed, page sizes, prefixes shorter than a tile,
+    a request without a prefix, a one-token chunk."""
+    block_n, nbuf = tile
+    cfg = planner.ExtendConfig(128, block_n, 8, nbuf, False, pack=min(group, 4), wgmma=True)
+    _run_extend(q_dtype, q_dtype, 128, 2 if group <= 8 else 1, group, page, [37, 0, 300, 129], [23, 130, 1, 200],
+                "cuda", config=cfg, max_prefix_len=300)
+    _run_extend(q_dtype, q_dtype, 128, 2, group, page, [1000, 513], [300, 77], "cuda", config=cfg,
+                max_prefix_len=1000, logit_cap=30.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
-    cfg = planner.ExtendConfig(128, 64, 8, 1, True, pack=4, fp4_wgmma=True)
+    cfg = planner.ExtendConfig(128, 64, 8, 1, True, pack=4, wgmma=True)
     _run_extend("nvfp4", "bf16", 128, 8, 4, 16, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,
                 max_prefix_len=4096)
     _run_extend("nvfp4", "bf16", 128, 2, 8, 1, [300, 65], [77, 129], "cuda", config=cfg, max_prefix_len=300,
@@ -615,7 +633,7 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
     v = torch.randn_like(k)
     out = torch.full_like(q, 7.0)
     cfg = planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group)
-    assert cfg.fp4_wgmma
+    assert cfg.wgmma
     extend_attention(q, k, v, pool.k, pool.v, torch.tensor([0, 40, 80], dtype=torch.int32, device="cuda"), indptr,
                      indices, torch.tensor(lens, dtype=torch.int32, device="cuda"), kv_dtype="nvfp4",
                      max_extend_len=40, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
@@ -624,9 +642,10 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
     assert out[:40, :4].isfinite().all() and out[40:].isfinite().all(), "other heads and requests unaffected"
 
 
-def test_fp4_wgmma_takes_only_pools_with_32_bit_offsets():
-    """The sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit: a pool tensor spanning 2^31 bytes or
-    more (codes or scales, any view) must send extend_attention to the Triton kernel."""
+def test_wgmma_takes_only_pools_with_32_bit_offsets():
+    """The sm_90 Gluon extend kernel's pool offsets are 32-bit: a pool tensor spanning 2^31 bytes or
+    more (NVFP4 codes or scales, 16-bit K / V, any view) must send extend_attention to the Triton
+    kernel."""
     from sgl_kernel_sm12x.attention.kv_tile import offsets_fit
     small = torch.empty(1024, 8, 64, dtype=torch.uint8, device="meta")
     assert offsets_fit(small, small)

@@ -212,11 +212,11 @@ def test_doctor_says_which_nvfp4_extend_runs(monkeypatch):
     extend kernel everywhere else (SM12x included) -- never a failure."""
     from sgl_kernel_sm12x import doctor
     from sgl_kernel_sm12x.attention import extend
-    monkeypatch.setattr(extend, "_FP4_WGMMA", True)
+    monkeypatch.setattr(extend, "_WGMMA", True)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "warpgroup-MMA" in c.detail and "sm_90" in c.detail
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "Triton extend kernel" in c.detail
-    monkeypatch.setattr(extend, "_FP4_WGMMA", False)
+    monkeypatch.setattr(extend, "_WGMMA", False)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "Triton extend kernel" in c.detail and "no Gluon" in c.detail

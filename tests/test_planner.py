@@ -143,7 +143,7 @@ def test_wave_cost_model():
 
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
 def test_attention_budget_cases_cover_planner(arch):
-    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend, extend_nvfp4_wgmma
+    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend, extend_wgmma
     dec = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_h"], lab["block_n"],
             lab["num_warps"], lab["num_stages"]) for lab, *_ in decode.aot_cases(arch)}
     mma = {(lab["head_dim"], lab["q_dtype"], lab["page_size"], lab["heads_n"], lab["block_n"])
@@ -166,14 +166,15 @@ def test_attention_budget_cases_cover_planner(arch):
             assert (inp["head_dim"], c.max_splits) in red
     ext = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_m"], lab["block_n"],
             lab["num_warps"], lab["num_stages"], lab["prefix_stages"]) for lab, *_ in extend.aot_cases(arch)}
-    wg = {(lab["head_dim"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"], lab["pack"])
-          for lab, *_ in extend_nvfp4_wgmma.aot_cases(arch)}
+    wg = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"],
+           lab["pack"], lab["num_stages"]) for lab, *_ in extend_wgmma.aot_cases(arch)}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
         for prefix, window, gluon in ((True, False, True), (False, False, True), (True, True, True),
                                       (True, False, False)):    # gluon=False: pools over 2^31 B, Triton < 3.6
             c = planner.plan_extend(arch, **inp, prefix=prefix, window=window, gluon=gluon)
-            if c.fp4_wgmma:
-                assert (inp["head_dim"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n, c.pack) in wg
+            if c.wgmma:
+                assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
+                        c.pack, c.num_stages) in wg
                 continue
             assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                     c.num_warps, c.num_stages, c.prefix_stages) in ext
@@ -193,7 +194,8 @@ def test_extend_deep_prefix_pipeline_only_where_a_prefix_is_read(arch):
             assert c.prefix_loop == (inp["kv_dtype"] not in ("bf16", "fp16")), (arch, inp, c)
         else:
             assert c.prefix_loop, (arch, inp, c)
-        assert c.heavy_first == (inp["kv_dtype"] in ("bf16", "fp16")), (arch, inp, c)
+        if not c.wgmma:     # the Triton kernel's launch order (the Gluon kernel has its own)
+            assert c.heavy_first == (inp["kv_dtype"] in ("bf16", "fp16")), (arch, inp, c)
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
@@ -224,9 +226,26 @@ def test_extend_sm90_nvfp4_takes_the_overlapped_gluon_kernel():
     (the interpreter), without a prefix, at other head dims / GQA ratios / arches: the Triton kernel."""
     for group in (4, 8, 16):
         c = planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=group)
-        assert c.fp4_wgmma and (c.block_m, c.block_n, c.num_warps, c.pack) == (128, 128, 8, 4)
+        assert c.wgmma and (c.block_m, c.block_n, c.num_warps, c.pack) == (128, 128, 8, 4)
     for kw in (dict(window=True), dict(gluon=False), dict(prefix=False)):
-        assert not planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=4, **kw).fp4_wgmma
+        assert not planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=4, **kw).wgmma
     for arch, d, group, kv in ((90, 64, 4, "nvfp4"), (90, 128, 2, "nvfp4"), (90, 128, 4, "fp8_e4m3"),
                                (100, 128, 4, "nvfp4"), (120, 128, 4, "nvfp4"), (89, 128, 4, "nvfp4")):
-        assert not planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=group).fp4_wgmma
+        assert not planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=group).wgmma
+
+
+def test_extend_sm90_16bit_prefix_takes_the_wgmma_kernel():
+    """sm_90, 16-bit pool, head_dim 128, a prefix to read: the Gluon warpgroup-MMA kernel with two
+    copy buffers and up to 4 query heads a program (every GQA ratio: the pack divides it); with a
+    sliding window, without a device or with a pool over 2^31 bytes (``gluon`` False), without a
+    prefix, at other head dims or arches: the Triton kernel."""
+    for kv in ("bf16", "fp16"):
+        for group in planner.GQA_GROUPS:
+            for page in planner.PAGE_SIZES:
+                c = planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=group, page_size=page)
+                assert c.wgmma and (c.block_m, c.block_n, c.num_warps, c.num_stages) == (128, 128, 8, 2), (kv, group)
+                assert c.pack == min(group, 4) and group % c.pack == 0
+        for kw in (dict(window=True), dict(gluon=False), dict(prefix=False)):
+            assert not planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=4, **kw).wgmma
+        for arch, d in ((90, 64), (90, 256), (100, 128), (120, 128), (121, 128), (89, 128)):
+            assert not planner.plan_extend(arch, head_dim=d, kv_dtype=kv, q_dtype=kv, group=4).wgmma

@@ -341,9 +341,10 @@ def extend_attention(
         # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
         kv_dtype, modes = _ACT[q.dtype], (0, 0)
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
-    # the sm_90 Gluon NVFP4 kernel's byte offsets are 32-bit: larger pools keep the Triton kernel
-    fits32 = modes != (2, 2) or offsets_fit(k_cache, v_cache, k_scale_cache, v_scale_cache)
-    gluon = fits32 and q.device.type == "cuda" and fp4_wgmma_available()
+    # the sm_90 Gluon kernel's pool offsets are 32-bit: larger NVFP4 / 16-bit pools keep the Triton kernel
+    fits32 = modes not in ((2, 2), (0, 0)) or offsets_fit(
+        *(t for t in (k_cache, v_cache, k_scale_cache, v_scale_cache) if t is not None))
+    gluon = fits32 and q.device.type == "cuda" and wgmma_available()
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
                               gluon=gluon)
@@ -370,13 +371,14 @@ def extend_attention(
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
-    if cfg.fp4_wgmma:
-        if modes != (2, 2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
-            _fail("config", "fp4_wgmma runs NVFP4 pools at head_dim 128 without a sliding window, on the device")
+    if cfg.wgmma:
+        if modes not in ((2, 2), (0, 0)) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
+            _fail("config", "wgmma runs NVFP4 and 16-bit pools at head_dim 128 with a prefix phase, without a "
+                  "sliding window, on the device")
         if not fits32:
-            _fail("config", "fp4_wgmma takes pools whose K / V codes and scales each span under 2^31 bytes; "
+            _fail("config", "wgmma takes pools whose K / V (and scale) tensors each span under 2^31 bytes; "
                   "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
-        from .extend_nvfp4_wgmma import launch
+        from .extend_wgmma import launch
         launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens,
                qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
                group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
@@ -402,16 +404,16 @@ def extend_attention(
     return out
 
 
-def fp4_wgmma_available() -> bool:
-    """Whether the sm_90 NVFP4 Gluon extend kernel can run here: not the interpreter, and a Triton
-    whose Gluon API it was written against (3.6 or newer)."""
-    global _FP4_WGMMA
-    if _FP4_WGMMA is None:
-        _FP4_WGMMA = gluon_kernel_usable(".extend_nvfp4_wgmma", _INTERPRET)
-    return _FP4_WGMMA
+def wgmma_available() -> bool:
+    """Whether the sm_90 warpgroup-MMA Gluon extend kernel (NVFP4 and 16-bit pools) can run here:
+    not the interpreter, and a Triton whose Gluon API it was written against (3.6 or newer)."""
+    global _WGMMA
+    if _WGMMA is None:
+        _WGMMA = gluon_kernel_usable(".extend_wgmma", _INTERPRET)
+    return _WGMMA
 
 
-_FP4_WGMMA = None
+_WGMMA = None
 
 
 def aot_cases(arch: int):
@@ -421,7 +423,7 @@ def aot_cases(arch: int):
     for inp in (dict(i, window=w, gluon=g) for i in planner.extend_domain() for w in (False, True)
                 for g in (True, False)):
         cfg = planner.plan_extend(arch, **inp)
-        if cfg.fp4_wgmma:       # another kernel (extend_nvfp4_wgmma.aot_cases)
+        if cfg.wgmma:       # another kernel (extend_wgmma.aot_cases)
             continue
         k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
         q_t = f"*{inp['q_dtype']}"

@@ -1,4 +1,5 @@
-"""NVFP4-pool extend for sm_90 (warpgroup MMA), the prefix tiles decoded while the tensor cores run.
+"""Extend for sm_90 (warpgroup MMA) over NVFP4 and 16-bit pools, the prefix tiles decoded (NVFP4) or
+copied (16-bit) while the tensor cores run.
 
 The Triton extend kernel (:mod:`.extend`) decodes each NVFP4 prefix tile in registers, stores it to
 shared memory and runs the tile's MMAs; Triton waits for every warpgroup MMA right after issuing it
@@ -33,14 +34,23 @@ in natural order once, after the prefix. The chunk's own keys then follow with K
 shared memory by ``cp.async`` (K two tiles ahead, V one), against Q reloaded in natural order and
 q's dtype.
 
+A 16-bit pool (``KV16``) runs the same prefix order with ``cp.async`` in place of the decode: step
+``j`` issues S_j, then the copies of K_{j+NBUF-1} (over K_{j-1}) and V_{j+NBUF-2} (over V_{j-2})
+as one group, then PV_{j-1}, and the softmax of S_j runs while PV_{j-1} does; the step ends by
+waiting for the group issued NBUF - 2 steps before. Q stays in q's dtype and natural order for both
+phases (no permutation, no reload). With 2 buffers a tensor (the plan) each copy has one step to
+land, with 3 (224 KB) two; the H100 showed no clear difference between them
+(``benchmark/results/*-tune-extend-wgmma16.log``, ``*-attention-wgmma16*.json``).
+
 Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group, as in the
-Triton kernel. Scope (the planner keeps the Triton kernel elsewhere): sm_90, NVFP4 K and V,
-head_dim 128, 4 query heads a program, no sliding window.
+Triton kernel. Scope (the planner keeps the Triton kernel elsewhere): sm_90, head_dim 128, a
+prefix to read, no sliding window; NVFP4 K and V with 4 query heads a program, or a 16-bit pool.
 """
 from __future__ import annotations
 
 import functools
 
+import torch
 import triton
 from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
@@ -224,7 +234,41 @@ def _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, to
 
 
 @gluon.jit
-def extend_nvfp4_wgmma_kernel(
+def _gather_rows(buf, pool, slot, stride_s, jj):
+    """cp.async of the pool rows ``slot`` (one KV head's, 16-bit) into ``buf``. Element offsets are
+    32-bit, as :func:`_load_words`' byte offsets."""
+    async_copy.async_copy_global_to_shared(buf, pool + gl.expand_dims(slot * stride_s, 1) + gl.expand_dims(jj, 0))
+
+
+@gluon.jit
+def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_len, q_smem, k_smem, v_smem, s0,
+                   offs_n, jj, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, qk_scale, logit_cap,
+                   BLOCK_N: gl.constexpr, PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr,
+                   NBUF: gl.constexpr, XL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
+    """Prefix tile ``j`` (at ``n0``) of a 16-bit pool, FlashAttention-3's order: S_j issued; the
+    copies of K_{j+NBUF-1} (over K_{j-1}) and V_{j+NBUF-2} (over V_{j-2}) issued as one group, with
+    the slots ``slot_k`` / ``slot_v``; PV_{j-1} issued; the slots of tile j + NBUF (at ``n_next``)
+    loaded; the softmax of S_j while PV_{j-1} runs. Each copy group has NBUF - 1 steps to land."""
+    s_t = warpgroup_mma(q_smem, k_smem.index(j % NBUF).permute((1, 0)), s0, use_acc=False, is_async=True)
+    _gather_rows(k_smem.index((j + NBUF - 1) % NBUF), kc, slot_k, stride_kc_s, jj)
+    _gather_rows(v_smem.index((j + NBUF - 2) % NBUF), vc, slot_v, stride_vc_s, jj)
+    async_copy.commit_group()
+    acc_t = warpgroup_mma(p_prev, v_smem.index((j + NBUF - 1) % NBUF), acc, is_async=True)
+    slot_n = _slots(kv_indices_ptr, base, n_next, prefix_len, BLOCK_N, PAGE, XL)
+    s = warpgroup_mma_wait(1, deps=(s_t,))
+    vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
+    p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
+    acc, p_prev = warpgroup_mma_wait(0, deps=(acc_t, p_prev))
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
+    p_prev = gl.convert_layout(p.to(k_smem.dtype), P_L)
+    async_copy.wait_group(NBUF - 2)
+    fence_async_shared()
+    _bar()
+    return slot_k, slot_n, p_prev, m_i, l_i, acc
+
+
+@gluon.jit
+def extend_wgmma_kernel(
     q_ptr, stride_q_t, stride_q_h,
     k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,
     o_ptr, stride_o_t, stride_o_h,
@@ -235,7 +279,7 @@ def extend_nvfp4_wgmma_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
     WL: gl.constexpr, SL: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr,
-    KS32: gl.constexpr,
+    KS32: gl.constexpr, KV16: gl.constexpr = False, NBUF: gl.constexpr = 2,
 ):
     BT: gl.constexpr = BLOCK_M // PACK
     NW: gl.constexpr = HEAD_DIM // 8
@@ -266,11 +310,17 @@ def extend_nvfp4_wgmma_kernel(
     tok_x = mb * BT + r // PACK
     row_ok = gl.expand_dims(tok_x < ext_len, 1)
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
-    qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
-    qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
-    q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
-    k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
-    v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
+    if KV16:        # a 16-bit pool: q's dtype and natural head_dim order in both phases
+        qv = gl.load(q_rows + gl.expand_dims(jj, 0), mask=row_ok, other=0.0)
+        q_smem = gl.allocate_shared_memory(dt, [BLOCK_M, HEAD_DIM], QS, qv)
+        k_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
+        v_smem = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
+    else:
+        qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
+        qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+        q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
+        k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
+        v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
     l_i = gl.zeros([BLOCK_M], gl.float32, ROW)
@@ -279,7 +329,63 @@ def extend_nvfp4_wgmma_kernel(
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
 
     # ---- phase 1: the cached prefix, decoded from the pool ------------------------------------------
-    if prefix_len > 0:
+    if KV16 and prefix_len > 0:
+        kc = k_cache_ptr + kvh * stride_kc_h
+        vc = v_cache_ptr + kvh * stride_vc_h
+        n_full = prefix_len // BLOCK_N
+        n_tiles = gl.cdiv(prefix_len, BLOCK_N)
+        rot = mb % gl.maximum(n_full, 1)
+        # copy groups: K_0 (and with 3 buffers K_1, V_0) before tile 0; step j issues K_{j+NBUF-1}
+        # and V_{j+NBUF-2}
+        slot = _slots(kv_indices_ptr, base, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        _gather_rows(k_bufs.index(0), kc, slot, stride_kc_s, jj)
+        async_copy.commit_group()
+        slot_1 = _slots(kv_indices_ptr, base, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        if NBUF == 3:
+            _gather_rows(k_bufs.index(1), kc, slot_1, stride_kc_s, jj)
+            _gather_rows(v_smem.index(0), vc, slot, stride_vc_s, jj)
+            async_copy.commit_group()
+            slot_v = slot_1
+            slot_k = _slots(kv_indices_ptr, base, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        else:
+            slot_v = slot
+            slot_k = slot_1
+        async_copy.wait_group(NBUF - 2)
+        fence_async_shared()
+        _bar()
+        # tile 0 (masked: it may be the tail), no PV yet
+        n0 = _tile_pos(0, rot, n_full, BLOCK_N)
+        s_t = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s0, use_acc=False, is_async=True)
+        _gather_rows(k_bufs.index(NBUF - 1), kc, slot_k, stride_kc_s, jj)
+        _gather_rows(v_smem.index(NBUF - 2), vc, slot_v, stride_vc_s, jj)
+        async_copy.commit_group()
+        slot_n = _slots(kv_indices_ptr, base, _tile_pos(NBUF, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        s = warpgroup_mma_wait(0, deps=(s_t,))
+        vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
+        p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
+        p_prev = gl.convert_layout(p.to(dt), P_L)
+        slot_v = slot_k
+        slot_k = slot_n
+        async_copy.wait_group(NBUF - 2)
+        fence_async_shared()
+        _bar()
+        for j in range(1, n_full):          # whole tiles: no select
+            slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
+                slot_v, slot_k, p_prev, m_i, l_i, acc, j, _tile_pos(j, rot, n_full, BLOCK_N),
+                _tile_pos(j + NBUF, rot, n_full, BLOCK_N), prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj,
+                kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, qk_scale_prefix, logit_cap, BLOCK_N, PAGE,
+                HAS_CAP, False, NBUF, XL, P_L, ROW_O)
+        if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
+            slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
+                slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N, (n_full + NBUF) * BLOCK_N,
+                prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj, kc, vc, stride_kc_s, stride_vc_s,
+                kv_indices_ptr, base, qk_scale_prefix, logit_cap, BLOCK_N, PAGE, HAS_CAP, True, NBUF, XL, P_L,
+                ROW_O)
+        acc_t = warpgroup_mma(p_prev, v_smem.index((n_tiles - 1) % NBUF), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc_t,))
+        async_copy.wait_group(0)        # the copies issued past the last tile
+        _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
+    if not KV16 and prefix_len > 0:
         kc = k_cache_ptr + kvh * stride_kc_h
         vc = v_cache_ptr + kvh * stride_vc_h
         ksc = k_scale_ptr + kvh * stride_ks_h
@@ -352,11 +458,16 @@ def extend_nvfp4_wgmma_kernel(
     jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
     tok_x = mb * BT + r // PACK
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
-    qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
-    qc_smem = q_smem._reinterpret(dt, [BLOCK_M, HEAD_DIM], QS)
-    qc_smem.store(qn)
-    kc_smem = k_bufs._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
-    vc_smem = v_smem._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
+    if KV16:        # Q already in place; the chunk's tiles take the first two buffers
+        qc_smem = q_smem
+        kc_smem = k_bufs
+        vc_smem = v_smem
+    else:
+        qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
+        qc_smem = q_smem._reinterpret(dt, [BLOCK_M, HEAD_DIM], QS)
+        qc_smem.store(qn)
+        kc_smem = k_bufs._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
+        vc_smem = v_smem._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
     k_rows = k_ptr + kvh * stride_k_h
     v_rows = v_ptr + kvh * stride_v_h
     t_x = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, XL))
@@ -419,8 +530,9 @@ def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
 def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix,
            qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg):
     hq, d = q.shape[1], q.shape[2]
+    kv16 = kc.dtype in (torch.bfloat16, torch.float16)
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
-    extend_nvfp4_wgmma_kernel[grid](
+    extend_wgmma_kernel[grid](
         q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out, out.stride(0), out.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
@@ -429,7 +541,8 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
         HAS_CAP=logit_cap > 0, NUM_WARPS=cfg.num_warps,
-        **layouts(d, cfg.block_m, cfg.block_n, cfg.num_warps), num_warps=cfg.num_warps)
+        **layouts(d, cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=max(2, cfg.num_stages) if kv16 else 2,
+        num_warps=cfg.num_warps)
 
 
 def aot_cases(arch: int):
@@ -439,19 +552,22 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.extend_domain():
         cfg = planner.plan_extend(arch, **inp)
-        if not cfg.fp4_wgmma:
+        if not cfg.wgmma:
             continue
         q_t = f"*{inp['q_dtype']}"
+        kv16 = inp["kv_dtype"] in planner.ACT_DTYPES
+        nbuf = max(2, cfg.num_stages) if kv16 else 2
+        cache_t = q_t if kv16 else "*u8"
         # the kernel specializes on the page size itself (the domain's 16 stands for every size > 1)
         for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
             cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack,
                       PAGE=page, HAS_CAP=False, NUM_WARPS=cfg.num_warps,
-                      **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps))
-            key = (q_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack)
+                      **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=nbuf)
+            key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, nbuf)
             if key in seen:
                 continue
             seen.add(key)
-            sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": "*u8", "v_cache_ptr": "*u8",
+            sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t,
                    "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32", "kv_indptr_ptr": "*i32",
                    "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32", "qk_scale_prefix": "fp32",
                    "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32"}
