@@ -63,6 +63,9 @@ def main():
     ap.add_argument("--wgmma", type=int, nargs="+", default=None,
                     help="extend, nvfp4 on sm_90: the Gluon kernel overlapping the tile decode with the MMAs (1) "
                     "or the Triton kernel (0)")
+    ap.add_argument("--v-late", type=int, nargs="+", default=None,
+                    help="extend, nvfp4 in the sm_90 wgmma kernel: V decoded after the softmax, while the "
+                    "previous PV runs (1), or before that PV's issue (0)")
     ap.add_argument("--rotate-prefix", type=int, nargs="+", default=None,
                     help="extend: whole prefix tiles in an order rotated by the row block (1) or in order (0)")
     ap.add_argument("--prefix-loop", type=int, nargs="+", default=None,
@@ -112,7 +115,8 @@ def main():
                 knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
                                      ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
-                                     ("wgmma", a.wgmma), ("rotate_prefix", a.rotate_prefix)):
+                                     ("wgmma", a.wgmma), ("rotate_prefix", a.rotate_prefix),
+                                     ("v_late", a.v_late)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
@@ -155,7 +159,7 @@ def main():
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} "
+                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,

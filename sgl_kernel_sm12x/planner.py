@@ -427,6 +427,8 @@ class ExtendConfig:
     wgmma: bool = False     # sm_90 NVFP4 / 16-bit pools with a prefix: the Gluon warpgroup-MMA kernel
     #                         (extend_wgmma; num_stages: a 16-bit prefix's copy buffers)
     rotate_prefix: bool = False  # whole prefix tiles in an order rotated by the row block
+    v_late: bool = False        # wgmma kernel, NVFP4: V_j decoded after the softmax of S_j, while PV_{j-1}
+    #                             runs, instead of before PV_{j-1}'s issue (a tuning knob: not yet timed)
 
     def as_dict(self):
         return asdict(self)

@@ -611,6 +611,25 @@ def test_gpu_extend_wgmma_16bit_pool(group, page, q_dtype, tile):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+@pytest.mark.parametrize("page", [1, 16])
+def test_gpu_extend_nvfp4_wgmma_v_late(page):
+    """The tuning variant that decodes V after the softmax computes the same attention."""
+    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True, v_late=True)
+    _run_extend("nvfp4", "bf16", 128, 2, 4, page, [37, 0, 300, 129], [23, 130, 1, 200], "cuda", config=cfg,
+                max_prefix_len=300)
+
+
+def test_v_late_is_refused_outside_the_nvfp4_wgmma_kernel():
+    q = torch.zeros(4, 4, 64, dtype=torch.bfloat16)
+    k = torch.zeros(4, 1, 64, dtype=torch.bfloat16)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    with pytest.raises(ValueError, match="v_late applies to the sm_90 wgmma kernel"):
+        extend_attention(q, k, k, k, k, i32(0, 4), i32(0, 0), i32(0), i32(0), kv_dtype="bf16", max_extend_len=4,
+                         config=planner.ExtendConfig(32, 32, 4, 2, v_late=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
     cfg = planner.ExtendConfig(128, 64, 8, 1, True, pack=4, wgmma=True)
     _run_extend("nvfp4", "bf16", 128, 8, 4, 16, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,

@@ -171,25 +171,32 @@ def _prefix_step(kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n
                  k_smem, v_smem, s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s,
                  stride_vc_s, stride_vs_s, qk_scale, logit_cap, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                  PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, WL: gl.constexpr,
-                 SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
+                 SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr, V_LATE: gl.constexpr = False):
     """Prefix tile ``j`` (at ``n0``), FlashAttention-3's order: S_j issued; K_{j+1} and V_j decoded,
     while it runs, into the buffers S_{j-1} and PV_{j-2} released; PV_{j-1} issued; the softmax of
     S_j while PV_{j-1} runs. In: K_j and V_{j-1} in shared memory, P_{j-1} in registers, the words
     of K_{j+1} and V_j, the slots of tiles j + 1 (V's) and j + 2 (K's). Loads the words of K_{j+2}
-    and V_{j+1} and the slots of tile j + 3 (at ``n3``)."""
+    and V_{j+1} and the slots of tile j + 3 (at ``n3``). ``V_LATE``: V_j is decoded after the
+    softmax instead, while PV_{j-1} runs (a tuning variant; AOT sm_90 252-254 registers, no
+    spills)."""
     NW: gl.constexpr = HEAD_DIM // 8
     NB: gl.constexpr = HEAD_DIM // 16
     s_t = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), s0, use_acc=False, is_async=True)
     # K_{j+1} over K_{j-1} (S_{j-1} waited for before the last barrier), V_j over V_{j-2} (PV_{j-2} too)
     k_words.index((j + 1) % 2).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-    v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+    if not V_LATE:
+        v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
     acc_t = warpgroup_mma(p_prev, v_smem.index((j + 1) % 2), acc, is_async=True)
     kw_n, ks_n = _load_words(kc, ksc, slot_k, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-    vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
+    if not V_LATE:
+        vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
     slot_n = _slots(kv_indices_ptr, base, n3, prefix_len, BLOCK_N, PAGE, WL)
     s = warpgroup_mma_wait(1, deps=(s_t,))
     vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
     p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
+    if V_LATE:      # V_j decoded while PV_{j-1} runs (its buffer: PV_{j-2}'s), after the softmax
+        v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+        vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
     acc, p_prev = warpgroup_mma_wait(0, deps=(acc_t, p_prev))
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
     p_prev = gl.convert_layout(p.to(gl.float16), P_L)
@@ -279,7 +286,7 @@ def extend_wgmma_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
     WL: gl.constexpr, SL: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr,
-    KS32: gl.constexpr, KV16: gl.constexpr = False, NBUF: gl.constexpr = 2,
+    KS32: gl.constexpr, KV16: gl.constexpr = False, NBUF: gl.constexpr = 2, V_LATE: gl.constexpr = False,
 ):
     BT: gl.constexpr = BLOCK_M // PACK
     NW: gl.constexpr = HEAD_DIM // 8
@@ -427,13 +434,13 @@ def extend_wgmma_kernel(
                 _tile_pos(j + 3, rot, n_full, BLOCK_N), prefix_len, q_smem, k_words, v_words, k_bufs, v_smem,
                 s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s, stride_vc_s,
                 stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, False, WL, SL,
-                P_L, ROW_O)
+                P_L, ROW_O, V_LATE)
         if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
             kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step(
                 kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N,
                 n_full * BLOCK_N, prefix_len, q_smem, k_words, v_words, k_bufs, v_smem, s0, offs_n, kc, ksc, vc,
                 vsc, kv_indices_ptr, base, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, qk_scale_prefix,
-                logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, True, WL, SL, P_L, ROW_O)
+                logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, True, WL, SL, P_L, ROW_O, V_LATE)
         if n_tiles % 2 == 1:        # PV of the last tile (static buffer indices)
             acc_t = warpgroup_mma(p_prev, v_smem.index(0), acc, is_async=True)
         else:
@@ -542,7 +549,7 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
         HAS_CAP=logit_cap > 0, NUM_WARPS=cfg.num_warps,
         **layouts(d, cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=max(2, cfg.num_stages) if kv16 else 2,
-        num_warps=cfg.num_warps)
+        V_LATE=cfg.v_late and not kv16, num_warps=cfg.num_warps)
 
 
 def aot_cases(arch: int):
@@ -562,7 +569,8 @@ def aot_cases(arch: int):
         for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
             cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack,
                       PAGE=page, HAS_CAP=False, NUM_WARPS=cfg.num_warps,
-                      **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=nbuf)
+                      **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=nbuf,
+                      V_LATE=cfg.v_late and not kv16)
             key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, nbuf)
             if key in seen:
                 continue
