@@ -14,6 +14,12 @@ import pytest  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
+# Under pytest-xdist every worker would otherwise run torch's CPU ops (references, the interpreter's
+# tensors) on all cores: N workers x all cores threads oversubscribe the machine. Share the cores.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device")
