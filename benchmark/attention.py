@@ -214,7 +214,10 @@ def main():
         rows += decode_rows(dec, 32, 8, d, copy)
         rows += decode_rows([(1, 32768), (64, 4096)] if not a.quick else [(64, 4096)], 64, 8, d, copy)
         if not a.skip_extend:
-            ext = [(1, 0, 8192), (4, 0, 2048), (1, 4096, 1024), (8, 4096, 1024), (2, 0, 4096), (1, 4096, 8192)]
+            # prefix {0, 4k} x chunk {1k, 8k} (0 + 1k batched: 8 x 0 + 1024) with batched and split
+            # forms; 4000: a prefix that ends inside a tile (the masked tail of the prefix loop)
+            ext = [(1, 0, 8192), (4, 0, 2048), (1, 4096, 1024), (8, 4096, 1024), (2, 0, 4096), (1, 4096, 8192),
+                   (8, 0, 1024), (1, 4000, 1024)]
             if a.quick:
                 ext = [(1, 0, 8192), (1, 4096, 1024)]
             rows += extend_rows(ext, 32, 8, d)
