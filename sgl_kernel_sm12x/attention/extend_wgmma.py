@@ -335,7 +335,7 @@ def extend_wgmma_kernel(
     s0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, S_L)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
 
-    # ---- phase 1: the cached prefix, decoded from the pool ------------------------------------------
+    # ---- phase 1: the cached prefix, copied (16-bit pools) or decoded (NVFP4) from the pool ---------
     if KV16 and prefix_len > 0:
         kc = k_cache_ptr + kvh * stride_kc_h
         vc = v_cache_ptr + kvh * stride_vc_h
