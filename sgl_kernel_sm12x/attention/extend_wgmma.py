@@ -534,6 +534,15 @@ def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
     return dict(WL=wl, SL=sl, XL=xl, QS=qs, KS=ks, KS32=ks32)
 
 
+def _constexprs(cfg, head_dim: int, page_size: int, has_cap: bool, kv16: bool) -> dict:
+    """The kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile alike:
+    a 16-bit pool (``kv16``) takes ``cfg.num_stages`` copy buffers (at least 2), an NVFP4 pool
+    2 buffers and ``cfg.v_late``."""
+    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
+                HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps, **layouts(head_dim, cfg.block_m, cfg.block_n, cfg.num_warps),
+                KV16=kv16, NBUF=max(2, cfg.num_stages) if kv16 else 2, V_LATE=cfg.v_late and not kv16)
+
+
 def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix,
            qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg):
     hq, d = q.shape[1], q.shape[2]
@@ -546,10 +555,7 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         qo_indptr, kv_indptr, kv_indices, prefix_lens,
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
-        HAS_CAP=logit_cap > 0, NUM_WARPS=cfg.num_warps,
-        **layouts(d, cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=max(2, cfg.num_stages) if kv16 else 2,
-        V_LATE=cfg.v_late and not kv16, num_warps=cfg.num_warps)
+        **_constexprs(cfg, d, page_size, logit_cap > 0, kv16), num_warps=cfg.num_warps)
 
 
 def aot_cases(arch: int):
@@ -563,20 +569,16 @@ def aot_cases(arch: int):
             continue
         q_t = f"*{inp['q_dtype']}"
         kv16 = inp["kv_dtype"] in planner.ACT_DTYPES
-        nbuf = max(2, cfg.num_stages) if kv16 else 2
         cache_t = q_t if kv16 else "*u8"
         # the kernel specializes on the page size itself (the domain's 16 stands for every size > 1)
         for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
-            cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack,
-                      PAGE=page, HAS_CAP=False, NUM_WARPS=cfg.num_warps,
-                      **layouts(inp["head_dim"], cfg.block_m, cfg.block_n, cfg.num_warps), KV16=kv16, NBUF=nbuf,
-                      V_LATE=cfg.v_late and not kv16)
-            key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, nbuf)
+            cx = _constexprs(cfg, inp["head_dim"], page, False, kv16)
+            key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"], cx["V_LATE"])
             if key in seen:
                 continue
             seen.add(key)
-            sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t,
-                   "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32", "kv_indptr_ptr": "*i32",
+            sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t,
+                   "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32", "kv_indptr_ptr": "*i32",
                    "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32", "qk_scale_prefix": "fp32",
                    "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32"}
             for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
