@@ -66,6 +66,10 @@ def main():
     ap.add_argument("--v-late", type=int, nargs="+", default=None,
                     help="extend, nvfp4 in the sm_90 wgmma kernel: V decoded after the softmax, while the "
                     "previous PV runs (1), or before that PV's issue (0)")
+    ap.add_argument("--warp-spec", type=int, nargs="+", default=None,
+                    help="extend, nvfp4 in the sm_90 wgmma kernel: the prefix decoded by a fourth warpgroup (1)")
+    ap.add_argument("--dec-regs", type=int, nargs="+", default=None,
+                    help="extend, warp_spec: the decoder warpgroup's registers a thread (default: the kernel's)")
     ap.add_argument("--rotate-prefix", type=int, nargs="+", default=None,
                     help="extend: whole prefix tiles in an order rotated by the row block (1) or in order (0)")
     ap.add_argument("--prefix-loop", type=int, nargs="+", default=None,
@@ -116,7 +120,7 @@ def main():
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
                                      ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
                                      ("wgmma", a.wgmma), ("rotate_prefix", a.rotate_prefix),
-                                     ("v_late", a.v_late)):
+                                     ("v_late", a.v_late), ("warp_spec", a.warp_spec)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
@@ -136,7 +140,12 @@ def main():
                     cands[planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0,
                                               gluon=False)] = None
                 anchor = None           # the planned configuration's output, the first candidate's
-                for cfg in cands:
+                from sgl_kernel_sm12x.attention import extend_wgmma
+                dec_default = extend_wgmma.WS_DEC_REGS
+                runs = [(cfg, r) for cfg in cands
+                        for r in ((a.dec_regs or [dec_default]) if cfg.warp_spec else [dec_default])]
+                for cfg, dec_regs in runs:
+                    extend_wgmma.WS_DEC_REGS = dec_regs
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
                     fn = lambda: extend_attention(  # noqa: E731
                         q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
@@ -154,12 +163,13 @@ def main():
                         print(f"extend {kv} {cfg} ERROR {str(e)[:100]}")
                         continue
                     rows.append(dict(phase="extend", kv_dtype=kv, batch=batch, prefix=prefix, chunk=chunk,
-                                     config=cfg.as_dict(), planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
+                                     config=cfg.as_dict(), dec_regs=dec_regs if cfg.warp_spec else None,
+                                     planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
                                      max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} "
+                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} ws={int(cfg.warp_spec)}{'/%d' % dec_regs if cfg.warp_spec else ''} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,

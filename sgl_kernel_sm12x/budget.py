@@ -28,6 +28,7 @@ KERNELS = {
     "decode_nvfp4": ("sgl_kernel_sm12x.attention.decode_nvfp4", "decode_split_nvfp4_kernel"),
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
     "extend_wgmma": ("sgl_kernel_sm12x.attention.extend_wgmma", "extend_wgmma_kernel"),
+    "extend_wgmma_ws": ("sgl_kernel_sm12x.attention.extend_wgmma", "extend_wgmma_ws_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
     "moe_align": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_kernel"),
@@ -38,7 +39,7 @@ KERNELS = {
     "moe_sum": ("sgl_kernel_sm12x.moe.fused_moe", "moe_sum_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
-CASES = {"decode_reduce": "aot_cases_reduce", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align",
+CASES = {"decode_reduce": "aot_cases_reduce", "extend_wgmma_ws": "aot_cases_ws", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align",
          "moe_align_count": "aot_cases_align_count", "moe_align_offsets": "aot_cases_align_offsets",
          "moe_align_scatter": "aot_cases_align_scatter",
          "moe_quant": "aot_cases_quant", "moe_sum": "aot_cases_sum"}

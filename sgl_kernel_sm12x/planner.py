@@ -429,6 +429,8 @@ class ExtendConfig:
     rotate_prefix: bool = False  # whole prefix tiles in an order rotated by the row block
     v_late: bool = False        # wgmma kernel, NVFP4: V_j decoded after the softmax of S_j, while PV_{j-1}
     #                             runs, instead of before PV_{j-1}'s issue (a tuning knob: not yet timed)
+    warp_spec: bool = False     # wgmma kernel, NVFP4: the prefix decoded by a fourth warpgroup (warp-specialized,
+    #                             extend_wgmma_ws_kernel)
 
     def as_dict(self):
         return asdict(self)
@@ -540,8 +542,11 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # (...-tune-extend-fp4-wgmma.log) 1 x 4k + 1k 0.274-0.287 -> 0.257-0.263 ms, 8 x 4k + 1k
         # 1.97-2.02 -> 1.84-1.88, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (half the work in the
         # chunk's own keys) 2.89-2.96 -> 2.99-3.02. AOT: 196 KB, 255 registers, no spills (Triton
-        # 3.6 and 3.8)
-        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True)
+        # 3.6 and 3.8). Warp-specialized (``warp_spec``: a fourth warpgroup decodes, the two MMA
+        # warpgroups only wait for its mbarriers), same process (...-tune-extend-warp-spec.log):
+        # 1 x 4k + 1k 0.226 -> 0.204-0.206 ms, 8 x 4k + 1k 1.62-1.65 -> 1.45-1.48, 1 x 4k + 8k
+        # 2.72-2.76 -> 2.54-2.61, against bf16 0.202 / 1.363 / 2.344. AOT: 229,444 B, no spills
+        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True, warp_spec=True)
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype in ACT_DTYPES:
         # 16-bit pools: the same kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
         # 4 query heads a program sharing each K / V tile. H100, one process with FlashInfer

@@ -619,6 +619,23 @@ def test_gpu_extend_nvfp4_wgmma_v_late(page):
                 max_prefix_len=300)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+def test_gpu_extend_nvfp4_wgmma_warp_spec(page, q_dtype):
+    """The warp-specialized NVFP4 kernel (a decoder warpgroup handing tiles over by mbarrier):
+    prefixes of one tile, shorter than a tile, ending inside one and spanning many (the buffer and
+    barrier phases wrap), a request without a prefix, a one-token chunk, GQA 4 and 8, soft cap."""
+    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True, warp_spec=True)
+    _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [37, 0, 300, 129, 128], [23, 130, 1, 200, 64], "cuda",
+                config=cfg, max_prefix_len=300)
+    _run_extend("nvfp4", q_dtype, 128, 1, 8, page, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,
+                max_prefix_len=4096)
+    _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [300, 65], [77, 129], "cuda", config=cfg, max_prefix_len=300,
+                logit_cap=30.0)
+
+
 def test_v_late_is_refused_outside_the_nvfp4_wgmma_kernel():
     q = torch.zeros(4, 4, 64, dtype=torch.bfloat16)
     k = torch.zeros(4, 1, 64, dtype=torch.bfloat16)
@@ -626,6 +643,9 @@ def test_v_late_is_refused_outside_the_nvfp4_wgmma_kernel():
     with pytest.raises(ValueError, match="v_late applies to the sm_90 wgmma kernel"):
         extend_attention(q, k, k, k, k, i32(0, 4), i32(0, 0), i32(0), i32(0), kv_dtype="bf16", max_extend_len=4,
                          config=planner.ExtendConfig(32, 32, 4, 2, v_late=True))
+    with pytest.raises(ValueError, match="warp_spec applies to the sm_90 wgmma kernel"):
+        extend_attention(q, k, k, k, k, i32(0, 4), i32(0, 0), i32(0), i32(0), kv_dtype="bf16", max_extend_len=4,
+                         config=planner.ExtendConfig(32, 32, 4, 2, warp_spec=True))
 
 
 @pytest.mark.gpu
@@ -640,7 +660,8 @@ def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
-def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
+@pytest.mark.parametrize("warp_spec", [False, True])
+def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request(warp_spec):
     """A NaN block scale in one request's cached prefix shows as NaN in all of that request's rows
     (every row reads the whole prefix) and nowhere else."""
     group, hkv, d = 4, 2, 128
@@ -651,7 +672,7 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
     k = torch.randn(sum(ext), hkv, d, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     out = torch.full_like(q, 7.0)
-    cfg = planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group)
+    cfg = dataclasses.replace(planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group), warp_spec=warp_spec)
     assert cfg.wgmma
     extend_attention(q, k, v, pool.k, pool.v, torch.tensor([0, 40, 80], dtype=torch.int32, device="cuda"), indptr,
                      indices, torch.tensor(lens, dtype=torch.int32, device="cuda"), kv_dtype="nvfp4",

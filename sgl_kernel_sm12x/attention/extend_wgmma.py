@@ -55,7 +55,7 @@ import triton
 from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
 from .decode_nvfp4 import _lane_pairs
@@ -275,6 +275,77 @@ def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_
 
 
 @gluon.jit
+def _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
+                 stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_ext, logit_cap, q_smem, k_bufs, v_smem, m_i,
+                 l_i, acc, s0, offs_n, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                 PACK: gl.constexpr, HAS_CAP: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr,
+                 KV16: gl.constexpr, O_L: gl.constexpr, ROW: gl.constexpr, ROW_O: gl.constexpr):
+    """The chunk's own keys, causal, after the prefix phase left ``m_i`` / ``l_i`` / ``acc`` (natural
+    head_dim order); then the normalized rows stored. Q and K in q's dtype and natural order: a
+    16-bit pool's Q buffer is reused, an NVFP4 pool's fp16 buffers are reinterpreted."""
+    BT: gl.constexpr = BLOCK_M // PACK
+    dt: gl.constexpr = q_ptr.dtype.element_ty
+    # q's rows again, in natural order and q's dtype (program ids, addresses, lengths and column
+    # indices recomputed: keeping them live through the prefix phase cost sm_90 spills)
+    mb = gl.program_id(0)
+    hb = gl.program_id(1)
+    b = gl.program_id(2)
+    kvh = hb * PACK // group
+    q0 = gl.load(qo_indptr_ptr + b)
+    ext_len = gl.load(qo_indptr_ptr + b + 1) - q0
+    r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
+    jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
+    tok_x = mb * BT + r // PACK
+    q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
+    if KV16:        # Q already in place; the chunk's tiles take the first two buffers
+        qc_smem = q_smem
+        kc_smem = k_bufs
+        vc_smem = v_smem
+    else:
+        qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
+        qc_smem = q_smem._reinterpret(dt, [BLOCK_M, HEAD_DIM], QS)
+        qc_smem.store(qn)
+        kc_smem = k_bufs._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
+        vc_smem = v_smem._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
+    k_rows = k_ptr + kvh * stride_k_h
+    v_rows = v_ptr + kvh * stride_v_h
+    t_x = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, XL))
+    hi2 = gl.minimum(ext_len, (mb + 1) * BT)
+    first = mb * BT                # keys below this are visible to every row of the block
+    tok_s = gl.expand_dims(mb * BT + gl.arange(0, BLOCK_M, layout=ROW) // PACK, 1)
+    # K two tiles ahead, V one (its other buffer is read by the PV MMA in flight); step t copies
+    # K_{t+2} and V_{t+1}
+    _copy_rows(kc_smem.index(0), k_rows, q0, stride_k_t, 0, hi2, t_x, jj)
+    _copy_rows(vc_smem.index(0), v_rows, q0, stride_v_t, 0, hi2, t_x, jj)
+    _copy_rows(kc_smem.index(1), k_rows, q0, stride_k_t, BLOCK_N, hi2, t_x, jj)
+    async_copy.commit_group()
+    async_copy.wait_group(0)
+    fence_async_shared()
+    _bar()
+    acc_t = warpgroup_mma_init(acc)
+    c_full = first // BLOCK_N * BLOCK_N     # whole tiles below the diagonal: no select
+    for n0 in range(0, c_full, BLOCK_N):
+        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
+                                      m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
+                                      logit_cap, BLOCK_N, HAS_CAP, False, O_L, ROW_O)
+    for n0 in range(c_full, hi2, BLOCK_N):
+        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
+                                      m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
+                                      logit_cap, BLOCK_N, HAS_CAP, True, O_L, ROW_O)
+    acc = warpgroup_mma_wait(0, deps=(acc_t,))
+    async_copy.wait_group(0)
+
+    inv_l = 1.0 / gl.convert_layout(l_i, ROW_O)
+    o = gl.convert_layout((acc * gl.expand_dims(inv_l, 1)).to(dt), XL)
+    # the row addresses recomputed, as for q
+    q0 = gl.load(qo_indptr_ptr + b)
+    r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
+    tok_x = mb * BT + r // PACK
+    o_rows = gl.expand_dims(o_ptr + (q0 + tok_x).to(gl.int64) * stride_o_t + (hb * PACK + r % PACK) * stride_o_h, 1)
+    gl.store(o_rows + gl.expand_dims(jj, 0), o, mask=gl.expand_dims(tok_x < ext_len, 1))
+
+
+@gluon.jit
 def extend_wgmma_kernel(
     q_ptr, stride_q_t, stride_q_h,
     k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,
@@ -452,65 +523,227 @@ def extend_wgmma_kernel(
         acc = gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
 
-    # ---- phase 2: the chunk's own keys, causal (q's dtype, natural head_dim order for Q and K) ------
-    # q's rows again, in natural order and q's dtype (program ids, addresses, lengths and column
-    # indices recomputed: keeping them live through the prefix phase cost sm_90 spills)
+    _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
+                 stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_ext, logit_cap, q_smem, k_bufs, v_smem, m_i,
+                 l_i, acc, s0, offs_n, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, XL, QS, KS, KV16, O_L, ROW, ROW_O)
+
+
+# --------------------------------------------------------------------------------------------------
+# warp-specialized variant (NVFP4): a decoder warpgroup beside the two MMA warpgroups
+# --------------------------------------------------------------------------------------------------
+
+@gluon.jit
+def _copy_words(buf, cache, slot, stride_s, w):
+    """cp.async of the packed words of the pool rows ``slot`` (16 bytes a thread) into ``buf``."""
+    async_copy.async_copy_global_to_shared(
+        buf, (cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 0))
+
+
+@gluon.jit
+def _load_scales(scales, slot, stride_ss, NB: gl.constexpr, SL: gl.constexpr):
+    blk = gl.arange(0, NB, layout=gl.SliceLayout(0, SL))
+    srows = gl.convert_layout(slot, gl.SliceLayout(1, SL))
+    return gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
+
+
+@gluon.jit
+def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, prefix_len, rot, stride_kc_s, stride_ks_s,
+                       stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready, v_empty,
+                       BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE: gl.constexpr, NR: gl.constexpr,
+                       WL: gl.constexpr, SL: gl.constexpr):
+    """The decoder warpgroup: the packed words of prefix tile ``i + NR - 1`` copied by ``cp.async`` into
+    a ring of ``NR`` raw buffers and the block scales of tile ``i + 1`` loaded while tile ``i`` is
+    decoded; K_i, then V_i, decoded from the raw ring into the MMA warpgroups' f16 buffer ``i % 2``
+    once they released it (``*_empty``), announced by ``*_ready``. Tiles in the MMA partition's
+    order (:func:`_tile_pos`)."""
+    NW: gl.constexpr = HEAD_DIM // 8
+    NB: gl.constexpr = HEAD_DIM // 16
+    n_full = prefix_len // BLOCK_N
+    n_tiles = gl.cdiv(prefix_len, BLOCK_N)
+    w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
+    for i in gl.static_range(NR - 1):
+        slot = _slots(kv_indices_ptr, base, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        _copy_words(raw_k.index(i), kc, slot, stride_kc_s, w)
+        _copy_words(raw_v.index(i), vc, slot, stride_vc_s, w)
+        async_copy.commit_group()
+    slot = _slots(kv_indices_ptr, base, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+    ks = _load_scales(ksc, slot, stride_ks_s, NB, SL)
+    vs = _load_scales(vsc, slot, stride_vs_s, NB, SL)
+    for i in range(n_tiles):
+        slot = _slots(kv_indices_ptr, base, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
+                      WL)
+        _copy_words(raw_k.index((i + NR - 1) % NR), kc, slot, stride_kc_s, w)
+        _copy_words(raw_v.index((i + NR - 1) % NR), vc, slot, stride_vc_s, w)
+        async_copy.commit_group()
+        slot = _slots(kv_indices_ptr, base, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        ks_n = _load_scales(ksc, slot, stride_ks_s, NB, SL)
+        vs_n = _load_scales(vsc, slot, stride_vs_s, NB, SL)
+        async_copy.wait_group(NR - 1)       # this thread's copies of tile i landed
+        _bar()                              # and every decoder thread's
+        buf = i % 2
+        ph = (i // 2) & 1
+        kw = raw_k.index(i % NR).load(WL)
+        mbarrier.wait(k_empty.index(buf), ph ^ 1)
+        k_words.index(buf).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
+        fence_async_shared()
+        _bar()
+        mbarrier.arrive(k_ready.index(buf))
+        vw = raw_v.index(i % NR).load(WL)
+        mbarrier.wait(v_empty.index(buf), ph ^ 1)
+        v_words.index(buf).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+        fence_async_shared()
+        _bar()      # also: every thread's reads of raw buffer i % NR done before it is refilled
+        mbarrier.arrive(v_ready.index(buf))
+        ks = ks_n
+        vs = vs_n
+    async_copy.wait_group(0)
+
+
+@gluon.jit
+def _ws_step(j, n0, prefix_len, p_prev, m_i, l_i, acc, q_smem, k_bufs, v_smem, k_ready, k_empty, v_ready, v_empty,
+             s0, offs_n, qk_scale, logit_cap, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, P_L: gl.constexpr,
+             ROW_O: gl.constexpr):
+    """Prefix tile ``j`` in the MMA warpgroups, FlashAttention-3's order with the decode elsewhere:
+    S_j issued once K_j is ready, PV_{j-1} once V_{j-1} is; the softmax of S_j while PV_{j-1} runs;
+    both buffers released when every MMA warpgroup is past them."""
+    kb = j % 2
+    vb = (j + 1) % 2
+    mbarrier.wait(k_ready.index(kb), (j // 2) & 1)
+    s_t = warpgroup_mma(q_smem, k_bufs.index(kb).permute((1, 0)), s0, use_acc=False, is_async=True)
+    mbarrier.wait(v_ready.index(vb), ((j - 1) // 2) & 1)
+    acc_t = warpgroup_mma(p_prev, v_smem.index(vb), acc, is_async=True)
+    s = warpgroup_mma_wait(1, deps=(s_t,))
+    vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
+    p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
+    acc, p_prev = warpgroup_mma_wait(0, deps=(acc_t, p_prev))
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
+    p_prev = gl.convert_layout(p.to(gl.float16), P_L)
+    _bar()
+    mbarrier.arrive(k_empty.index(kb))
+    mbarrier.arrive(v_empty.index(vb))
+    return p_prev, m_i, l_i, acc
+
+
+@gluon.jit
+def _mma_partition(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,
+                   o_ptr, stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_prefix, qk_scale_ext,
+                   v_scale_prefix, logit_cap, prefix_len, rot, q_smem, k_bufs, v_smem, k_ready, k_empty, v_ready,
+                   v_empty, HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
+                   HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr,
+                   KS: gl.constexpr):
+    """The two MMA warpgroups: the prefix tiles as the decoder delivers them, then the chunk."""
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, HEAD_DIM, 16])
+    P_L: gl.constexpr = gl.DotOperandLayout(0, O_L, 2)
+    ROW: gl.constexpr = gl.SliceLayout(1, S_L)
+    ROW_O: gl.constexpr = gl.SliceLayout(1, O_L)
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
+    l_i = gl.zeros([BLOCK_M], gl.float32, ROW)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, O_L)
+    s0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, S_L)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+    if prefix_len > 0:
+        n_full = prefix_len // BLOCK_N
+        n_tiles = gl.cdiv(prefix_len, BLOCK_N)
+        # tile 0 (masked: it may be the tail), no PV yet
+        n0 = _tile_pos(0, rot, n_full, BLOCK_N)
+        mbarrier.wait(k_ready.index(0), 0)
+        s_t = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s0, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_t,))
+        vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
+        p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
+        p_prev = gl.convert_layout(p.to(gl.float16), P_L)
+        _bar()
+        mbarrier.arrive(k_empty.index(0))
+        for j in range(1, n_full):          # whole tiles: no select
+            p_prev, m_i, l_i, acc = _ws_step(j, _tile_pos(j, rot, n_full, BLOCK_N), prefix_len, p_prev, m_i, l_i,
+                                             acc, q_smem, k_bufs, v_smem, k_ready, k_empty, v_ready, v_empty, s0,
+                                             offs_n, qk_scale_prefix, logit_cap, HAS_CAP, False, P_L, ROW_O)
+        if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
+            p_prev, m_i, l_i, acc = _ws_step(n_full, n_full * BLOCK_N, prefix_len, p_prev, m_i, l_i, acc, q_smem,
+                                             k_bufs, v_smem, k_ready, k_empty, v_ready, v_empty, s0, offs_n,
+                                             qk_scale_prefix, logit_cap, HAS_CAP, True, P_L, ROW_O)
+        vb = (n_tiles - 1) % 2
+        mbarrier.wait(v_ready.index(vb), ((n_tiles - 1) // 2) & 1)
+        acc_t = warpgroup_mma(p_prev, v_smem.index(vb), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc_t,))
+        acc = gl.convert_layout(acc * v_scale_prefix, XL)
+        acc = gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
+        _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
+    _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
+                 stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_ext, logit_cap, q_smem, k_bufs, v_smem, m_i,
+                 l_i, acc, s0, offs_n, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, XL, QS, KS, False, O_L, ROW, ROW_O)
+
+
+@gluon.jit
+def extend_wgmma_ws_kernel(
+    q_ptr, stride_q_t, stride_q_h,
+    k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,
+    o_ptr, stride_o_t, stride_o_h,
+    k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
+    qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
+    PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
+    XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr, KS32: gl.constexpr, RAW: gl.constexpr,
+    WL4: gl.constexpr, SL4: gl.constexpr, NR: gl.constexpr, DEC_REGS: gl.constexpr,
+):
+    """NVFP4 pools: :func:`extend_wgmma_kernel`'s computation with the prefix decode moved to a fourth
+    warpgroup (:func:`_decoder_partition`), so the MMA warpgroups' prefix loop carries no integer
+    work; mbarriers hand each decoded K / V buffer over and back."""
+    BT: gl.constexpr = BLOCK_M // PACK
     mb = gl.program_id(0)
     hb = gl.program_id(1)
     b = gl.program_id(2)
-    kvh = hb * PACK // group
     q0 = gl.load(qo_indptr_ptr + b)
     ext_len = gl.load(qo_indptr_ptr + b + 1) - q0
+    if mb * BT >= ext_len:
+        return
+    prefix_len = gl.load(prefix_lens_ptr + b)
+    base = gl.load(kv_indptr_ptr + b)
+    kvh = hb * PACK // group
     r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
     jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
     tok_x = mb * BT + r // PACK
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
-    if KV16:        # Q already in place; the chunk's tiles take the first two buffers
-        qc_smem = q_smem
-        kc_smem = k_bufs
-        vc_smem = v_smem
-    else:
-        qn = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
-        qc_smem = q_smem._reinterpret(dt, [BLOCK_M, HEAD_DIM], QS)
-        qc_smem.store(qn)
-        kc_smem = k_bufs._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
-        vc_smem = v_smem._reinterpret(dt, [2, BLOCK_N, HEAD_DIM], KS)
-    k_rows = k_ptr + kvh * stride_k_h
-    v_rows = v_ptr + kvh * stride_v_h
-    t_x = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, XL))
-    hi2 = gl.minimum(ext_len, (mb + 1) * BT)
-    first = mb * BT                # keys below this are visible to every row of the block
-    tok_s = gl.expand_dims(mb * BT + gl.arange(0, BLOCK_M, layout=ROW) // PACK, 1)
-    # K two tiles ahead, V one (its other buffer is read by the PV MMA in flight); step t copies
-    # K_{t+2} and V_{t+1}
-    _copy_rows(kc_smem.index(0), k_rows, q0, stride_k_t, 0, hi2, t_x, jj)
-    _copy_rows(vc_smem.index(0), v_rows, q0, stride_v_t, 0, hi2, t_x, jj)
-    _copy_rows(kc_smem.index(1), k_rows, q0, stride_k_t, BLOCK_N, hi2, t_x, jj)
-    async_copy.commit_group()
-    async_copy.wait_group(0)
-    fence_async_shared()
-    _bar()
-    acc_t = warpgroup_mma_init(acc)
-    c_full = first // BLOCK_N * BLOCK_N     # whole tiles below the diagonal: no select
-    for n0 in range(0, c_full, BLOCK_N):
-        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
-                                      m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
-                                      logit_cap, BLOCK_N, HAS_CAP, False, O_L, ROW_O)
-    for n0 in range(c_full, hi2, BLOCK_N):
-        m_i, l_i, acc_t = _chunk_step(n0, hi2, q0, k_rows, v_rows, stride_k_t, stride_v_t, t_x, jj, tok_s,
-                                      m_i, l_i, acc_t, qc_smem, kc_smem, vc_smem, s0, offs_n, qk_scale_ext,
-                                      logit_cap, BLOCK_N, HAS_CAP, True, O_L, ROW_O)
-    acc = warpgroup_mma_wait(0, deps=(acc_t,))
-    async_copy.wait_group(0)
+    qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
+    qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+    q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
+    k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
+    v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
+    k_words = k_bufs._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)     # f16x2 views
+    v_words = v_smem._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)
+    raw_k = gl.allocate_shared_memory(gl.int32, [NR, BLOCK_N, HEAD_DIM // 8], RAW)
+    raw_v = gl.allocate_shared_memory(gl.int32, [NR, BLOCK_N, HEAD_DIM // 8], RAW)
+    k_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(k_empty.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(v_empty.index(i), count=1)
+    kc = k_cache_ptr + kvh * stride_kc_h
+    vc = v_cache_ptr + kvh * stride_vc_h
+    ksc = k_scale_ptr + kvh * stride_ks_h
+    vsc = v_scale_ptr + kvh * stride_vs_h
+    n_full = prefix_len // BLOCK_N
+    rot = mb % gl.maximum(n_full, 1)
+    gl.warp_specialize([
+        (_mma_partition, (q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t,
+                          stride_v_h, o_ptr, stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_prefix,
+                          qk_scale_ext, v_scale_prefix, logit_cap, prefix_len, rot, q_smem, k_bufs, v_smem, k_ready,
+                          k_empty, v_ready, v_empty, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, NUM_WARPS, XL, QS,
+                          KS)),
+        (_decoder_partition, (kc, vc, ksc, vsc, kv_indices_ptr, base, prefix_len, rot, stride_kc_s, stride_ks_s,
+                              stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready,
+                              v_empty, BLOCK_N, HEAD_DIM, PAGE, NR, WL4, SL4)),
+    ], [4], [DEC_REGS])
 
-    inv_l = 1.0 / gl.convert_layout(l_i, ROW_O)
-    o = gl.convert_layout((acc * gl.expand_dims(inv_l, 1)).to(dt), XL)
-    # the row addresses recomputed, as for q
-    q0 = gl.load(qo_indptr_ptr + b)
-    r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
-    tok_x = mb * BT + r // PACK
-    o_rows = gl.expand_dims(o_ptr + (q0 + tok_x).to(gl.int64) * stride_o_t + (hb * PACK + r % PACK) * stride_o_h, 1)
-    gl.store(o_rows + gl.expand_dims(jj, 0), o, mask=gl.expand_dims(tok_x < ext_len, 1))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -534,6 +767,34 @@ def layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
     return dict(WL=wl, SL=sl, XL=xl, QS=qs, KS=ks, KS32=ks32)
 
 
+@functools.lru_cache(maxsize=None)
+def ws_layouts(head_dim: int, block_m: int, block_n: int, num_warps: int):
+    """The warp-specialized kernel's layouts: the MMA warpgroups' (:func:`layouts`), the decoder
+    warpgroup's words and scales (4 warps), the raw-word ring (rows of 16-byte chunks, unswizzled:
+    a warp's 16-byte accesses cover 512 contiguous bytes)."""
+    base = layouts(head_dim, block_m, block_n, num_warps)
+    tw = head_dim // 8 // 4
+    return dict(XL=base["XL"], QS=base["QS"], KS=base["KS"], KS32=base["KS32"],
+                WL4=gl.BlockedLayout([1, 4], [32 // tw, tw], [4, 1], [1, 0]),
+                SL4=gl.BlockedLayout([1, 2], [32 // tw, tw], [4, 1], [1, 0]),
+                RAW=gl.SwizzledSharedLayout(1, 1, 1, order=[1, 0]))
+
+
+WS_RAW_STAGES = 2       # raw-word ring of the decoder warpgroup (8 KB a tensor a stage at D128; 3 need 245,828 B)
+WS_DEC_REGS = 72        # the decoder warpgroup's registers a thread (setmaxnreg); the MMA warpgroups get the
+#                         rest, (168 * 384 - 72 * 128) / 256 = 216. H100 (...-tune-extend-warp-spec.log): 64 and
+#                         72 equal, 88 2-4% slower, 120 7-9%; 56 and below spill in the decoder (AOT: 28 B at
+#                         56) and run 3-40% slower
+WS_MAXNREG = 168        # 12 warps: 65,536 / 384 rounded down to a multiple of 8
+
+
+def _ws_constexprs(cfg, head_dim: int, page_size: int, has_cap: bool) -> dict:
+    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
+                HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps,
+                **ws_layouts(head_dim, cfg.block_m, cfg.block_n, cfg.num_warps), NR=WS_RAW_STAGES,
+                DEC_REGS=WS_DEC_REGS)
+
+
 def _constexprs(cfg, head_dim: int, page_size: int, has_cap: bool, kv16: bool) -> dict:
     """The kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile alike:
     a 16-bit pool (``kv16``) takes ``cfg.num_stages`` copy buffers (at least 2), an NVFP4 pool
@@ -548,6 +809,16 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
     hq, d = q.shape[1], q.shape[2]
     kv16 = kc.dtype in (torch.bfloat16, torch.float16)
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
+    if cfg.warp_spec and not kv16:
+        extend_wgmma_ws_kernel[grid](
+            q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            out, out.stride(0), out.stride(1),
+            kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
+            ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
+            qo_indptr, kv_indptr, kv_indices, prefix_lens,
+            qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
+            **_ws_constexprs(cfg, d, page_size, logit_cap > 0), num_warps=cfg.num_warps, maxnreg=WS_MAXNREG)
+        return
     extend_wgmma_kernel[grid](
         q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out, out.stride(0), out.stride(1),
@@ -558,22 +829,32 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         **_constexprs(cfg, d, page_size, logit_cap > 0, kv16), num_warps=cfg.num_warps)
 
 
-def aot_cases(arch: int):
-    """Every configuration of this kernel the planner can choose on ``arch`` (sm_90 only), for
-    ``sm12x budget``."""
+def aot_cases_ws(arch: int):
+    """Every configuration of the warp-specialized kernel the planner can choose on ``arch``."""
+    return aot_cases(arch, warp_spec=True)
+
+
+def aot_cases(arch: int, warp_spec: bool = False):
+    """Every configuration of this kernel (``warp_spec``: of :func:`extend_wgmma_ws_kernel`) the
+    planner can choose on ``arch`` (sm_90 only), for ``sm12x budget``."""
     from .. import planner
     seen = set()
     for inp in planner.extend_domain():
         cfg = planner.plan_extend(arch, **inp)
-        if not cfg.wgmma:
+        if not cfg.wgmma or cfg.warp_spec != warp_spec:
             continue
         q_t = f"*{inp['q_dtype']}"
         kv16 = inp["kv_dtype"] in planner.ACT_DTYPES
         cache_t = q_t if kv16 else "*u8"
         # the kernel specializes on the page size itself (the domain's 16 stands for every size > 1)
         for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
-            cx = _constexprs(cfg, inp["head_dim"], page, False, kv16)
-            key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"], cx["V_LATE"])
+            if warp_spec:
+                cx = _ws_constexprs(cfg, inp["head_dim"], page, False)
+                key = (q_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack)
+            else:
+                cx = _constexprs(cfg, inp["head_dim"], page, False, kv16)
+                key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"],
+                       cx["V_LATE"])
             if key in seen:
                 continue
             seen.add(key)
@@ -587,4 +868,7 @@ def aot_cases(arch: int):
                 sig[n] = "i32"
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                          page_size=page, **cfg.as_dict())
-            yield label, sig, cx, {"num_warps": cfg.num_warps}
+            opts = {"num_warps": cfg.num_warps}
+            if warp_spec:
+                opts["maxnreg"] = WS_MAXNREG
+            yield label, sig, cx, opts
