@@ -577,16 +577,18 @@ def _sm90():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
-@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("block_n,warp_spec", [(64, False), (128, False), (128, True)],
+                         ids=["bn64", "bn128", "bn128-ws"])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
-def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype, block_n):
-    """The sm_90 NVFP4 extend kernel that overlaps the tile decode with the MMAs: every GQA ratio and
-    page size, prefixes and chunks that are not multiples of the tiles, a request without a prefix
-    beside ones with one, a one-token chunk."""
+def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype, block_n, warp_spec):
+    """The sm_90 NVFP4 extend kernels that overlap the tile decode with the MMAs (in the MMA
+    warpgroups, or in a decoder warpgroup of its own): every GQA ratio and page size, prefixes and
+    chunks that are not multiples of the tiles, a request without a prefix beside ones with one, a
+    one-token chunk."""
     pack = min(group, 4)
-    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, wgmma=True)
+    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, wgmma=True, warp_spec=warp_spec)
     _run_extend("nvfp4", q_dtype, 128, 2 if group <= 8 else 1, group, page, [37, 0, 300, 129], [23, 130, 1, 200],
                 "cuda", config=cfg, max_prefix_len=300)
 
