@@ -108,7 +108,8 @@ def main():
                 kvi = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=DEV)
                 pl = torch.full((batch,), prefix, dtype=torch.int32, device=DEV)
                 pool = make_pool(kv, max(1, batch * prefix), hkv, d)
-                plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0)
+                plan = planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0,
+                                           short=chunk <= planner.SHORT_CHUNK)
                 tiles = [(plan.block_m, plan.block_n, plan.num_warps, plan.num_stages),
                          (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3),
                          (64, 64, 4, 3), (128, 32, 8, 3), (64, 128, 4, 2)]

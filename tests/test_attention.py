@@ -571,6 +571,27 @@ def test_extend_rotated_prefix_tiles(fmt, arch, device):
                 max_prefix_len=150)
 
 
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+def test_extend_short_fresh_chunk_plan(q_dtype, device):
+    """sm_90's plan for short chunks with nothing cached (64 x 64 tiles, 4 query heads a program):
+    chunks of 1 token, under the 16 tokens a program and over several tiles."""
+    cfg = planner.plan_extend(90, head_dim=128, kv_dtype=q_dtype, q_dtype=q_dtype, group=4, prefix=False, short=True)
+    assert (cfg.block_m, cfg.pack) == (64, 4)
+    _run_extend(q_dtype, q_dtype, 128, 1, 4, 1, [0, 0, 0], [1, 13, 150], device, config=cfg, max_prefix_len=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+def test_gpu_extend_short_fresh_chunks(group, q_dtype):
+    """The planned launch (max_extend_len <= SHORT_CHUNK, nothing cached): every GQA ratio, a
+    one-token chunk, a chunk of exactly SHORT_CHUNK tokens, an NVFP4 pool's fresh prefill (run on the
+    16-bit path)."""
+    _run_extend(q_dtype, q_dtype, 128, 2, group, 1, [0, 0, 0], [1, 333, planner.SHORT_CHUNK], "cuda",
+                max_prefix_len=0)
+    _run_extend("nvfp4", q_dtype, 128, 2, group, 16, [0, 0], [700, 64], "cuda", max_prefix_len=0)
+
+
 def _sm90():
     return HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
 

@@ -171,9 +171,10 @@ def test_attention_budget_cases_cover_planner(arch):
            lab["pack"], lab["num_stages"], lab["warp_spec"])
           for lab, *_ in itertools.chain(extend_wgmma.aot_cases(arch), extend_wgmma.aot_cases_ws(arch))}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
-        for prefix, window, gluon in ((True, False, True), (False, False, True), (True, True, True),
-                                      (True, False, False)):    # gluon=False: pools over 2^31 B, Triton < 3.6
-            c = planner.plan_extend(arch, **inp, prefix=prefix, window=window, gluon=gluon)
+        for prefix, window, gluon, short in ((True, False, True, False), (False, False, True, False),
+                                             (True, True, True, False), (False, False, True, True),
+                                             (True, False, False, False)):    # gluon=False: pools over 2^31 B
+            c = planner.plan_extend(arch, **inp, prefix=prefix, window=window, gluon=gluon, short=short)
             if c.wgmma:
                 assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                         c.pack, c.num_stages, c.warp_spec) in wg
@@ -238,6 +239,24 @@ def test_extend_sm90_nvfp4_takes_the_overlapped_gluon_kernel():
     for arch, d, group, kv in ((90, 64, 4, "nvfp4"), (90, 128, 2, "nvfp4"), (90, 128, 4, "fp8_e4m3"),
                                (100, 128, 4, "nvfp4"), (120, 128, 4, "nvfp4"), (89, 128, 4, "nvfp4")):
         assert not planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=group).wgmma
+
+
+def test_extend_sm90_short_fresh_chunks_take_64_row_tiles():
+    """sm_90, 16-bit pool, head_dim 128, nothing cached, no chunk over SHORT_CHUNK tokens: 64 x 64
+    tiles on 4 warps with up to 4 query heads a program (a pack dividing the group); with a prefix,
+    longer chunks, other head dims or arches: the tile of the long-chunk plan."""
+    for kv in ("bf16", "fp16"):
+        for group in planner.GQA_GROUPS:
+            c = planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=group, prefix=False, short=True)
+            assert (c.block_m, c.block_n, c.num_warps, c.num_stages) == (64, 64, 4, 3), (kv, group)
+            assert c.pack <= 4 and group % c.pack == 0 and c.pack == min(group & -group, 4), (kv, group)
+            assert not c.prefix_loop
+        long = planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=4, prefix=False)
+        assert (long.block_m, long.pack) == (128, 1)
+        assert planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=4, short=True).wgmma
+        for arch, d in ((90, 64), (90, 256), (100, 128), (120, 128), (121, 128), (89, 128)):
+            kw = dict(head_dim=d, kv_dtype=kv, q_dtype=kv, group=4, prefix=False)
+            assert planner.plan_extend(arch, **kw, short=True) == planner.plan_extend(arch, **kw), (arch, d)
 
 
 def test_extend_sm90_16bit_prefix_takes_the_wgmma_kernel():

@@ -347,7 +347,7 @@ def extend_attention(
     gluon = fits32 and q.device.type == "cuda" and wgmma_available()
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                               page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
-                              gluon=gluon)
+                              gluon=gluon, short=max_extend_len <= planner.SHORT_CHUNK)
     cfg = config or cfg
     if not cfg.prefix_loop and max_prefix_len != 0:
         _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
