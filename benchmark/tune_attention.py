@@ -170,7 +170,8 @@ def main():
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} ws={int(cfg.warp_spec)}{'/%d' % dec_regs if cfg.warp_spec else ''} "
+                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} "
+                          f"ws={int(cfg.warp_spec)}{'/%d' % dec_regs if cfg.warp_spec else ''} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,
