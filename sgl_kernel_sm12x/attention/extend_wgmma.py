@@ -42,6 +42,15 @@ phases (no permutation, no reload). With 2 buffers a tensor (the plan) each copy
 land, with 3 (224 KB) two; the H100 showed no clear difference between them
 (``benchmark/results/*-tune-extend-wgmma16.log``, ``*-attention-wgmma16*.json``).
 
+NVFP4 pools are planned on :func:`extend_wgmma_ws_kernel`, the same computation warp-specialized:
+a fourth warpgroup (72 registers a thread) copies each prefix tile's packed words by ``cp.async``
+into a two-stage ring, loads the block scales a tile ahead and decodes K_i, then V_i, into the fp16
+buffer ``i % 2`` once the two MMA warpgroups released it; mbarriers hand each buffer over
+(``*_ready``) and back (``*_empty``). The MMA warpgroups keep FlashAttention-3's order with only
+waits, MMAs and the softmax in their prefix loop, then run the chunk as above. H100: 7-11% faster
+than the kernel with the decode in the MMA warpgroups (``benchmark/results/*-tune-extend-warp-
+spec.log``). 229,444 B of shared memory (a three-stage ring would need 245,828).
+
 Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group, as in the
 Triton kernel. Scope (the planner keeps the Triton kernel elsewhere): sm_90, head_dim 128, a
 prefix to read, no sliding window; NVFP4 K and V with 4 query heads a program, or a 16-bit pool.
