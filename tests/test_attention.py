@@ -657,6 +657,8 @@ def test_gpu_extend_nvfp4_wgmma_warp_spec(page, q_dtype):
                 max_prefix_len=4096)
     _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [300, 65], [77, 129], "cuda", config=cfg, max_prefix_len=300,
                 logit_cap=30.0)
+    # the first request without a prefix (its slot list starts at 0: nothing before it may be read)
+    _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [0, 300], [50, 20], "cuda", config=cfg, max_prefix_len=300)
 
 
 def test_v_late_is_refused_outside_the_nvfp4_wgmma_kernel():

@@ -570,42 +570,43 @@ def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, prefix_len, rot, 
     n_full = prefix_len // BLOCK_N
     n_tiles = gl.cdiv(prefix_len, BLOCK_N)
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
-    for i in gl.static_range(NR - 1):
-        slot = _slots(kv_indices_ptr, base, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-        _copy_words(raw_k.index(i), kc, slot, stride_kc_s, w)
-        _copy_words(raw_v.index(i), vc, slot, stride_vc_s, w)
-        async_copy.commit_group()
-    slot = _slots(kv_indices_ptr, base, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-    ks = _load_scales(ksc, slot, stride_ks_s, NB, SL)
-    vs = _load_scales(vsc, slot, stride_vs_s, NB, SL)
-    for i in range(n_tiles):
-        slot = _slots(kv_indices_ptr, base, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
-                      WL)
-        _copy_words(raw_k.index((i + NR - 1) % NR), kc, slot, stride_kc_s, w)
-        _copy_words(raw_v.index((i + NR - 1) % NR), vc, slot, stride_vc_s, w)
-        async_copy.commit_group()
-        slot = _slots(kv_indices_ptr, base, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-        ks_n = _load_scales(ksc, slot, stride_ks_s, NB, SL)
-        vs_n = _load_scales(vsc, slot, stride_vs_s, NB, SL)
-        async_copy.wait_group(NR - 1)       # this thread's copies of tile i landed
-        _bar()                              # and every decoder thread's
-        buf = i % 2
-        ph = (i // 2) & 1
-        kw = raw_k.index(i % NR).load(WL)
-        mbarrier.wait(k_empty.index(buf), ph ^ 1)
-        k_words.index(buf).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-        fence_async_shared()
-        _bar()
-        mbarrier.arrive(k_ready.index(buf))
-        vw = raw_v.index(i % NR).load(WL)
-        mbarrier.wait(v_empty.index(buf), ph ^ 1)
-        v_words.index(buf).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-        fence_async_shared()
-        _bar()      # also: every thread's reads of raw buffer i % NR done before it is refilled
-        mbarrier.arrive(v_ready.index(buf))
-        ks = ks_n
-        vs = vs_n
-    async_copy.wait_group(0)
+    if n_tiles > 0:     # nothing cached: no slot to look up (base - 1 would be read)
+        for i in gl.static_range(NR - 1):
+            slot = _slots(kv_indices_ptr, base, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            _copy_words(raw_k.index(i), kc, slot, stride_kc_s, w)
+            _copy_words(raw_v.index(i), vc, slot, stride_vc_s, w)
+            async_copy.commit_group()
+        slot = _slots(kv_indices_ptr, base, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        ks = _load_scales(ksc, slot, stride_ks_s, NB, SL)
+        vs = _load_scales(vsc, slot, stride_vs_s, NB, SL)
+        for i in range(n_tiles):
+            slot = _slots(kv_indices_ptr, base, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
+                          WL)
+            _copy_words(raw_k.index((i + NR - 1) % NR), kc, slot, stride_kc_s, w)
+            _copy_words(raw_v.index((i + NR - 1) % NR), vc, slot, stride_vc_s, w)
+            async_copy.commit_group()
+            slot = _slots(kv_indices_ptr, base, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            ks_n = _load_scales(ksc, slot, stride_ks_s, NB, SL)
+            vs_n = _load_scales(vsc, slot, stride_vs_s, NB, SL)
+            async_copy.wait_group(NR - 1)       # this thread's copies of tile i landed
+            _bar()                              # and every decoder thread's
+            buf = i % 2
+            ph = (i // 2) & 1
+            kw = raw_k.index(i % NR).load(WL)
+            mbarrier.wait(k_empty.index(buf), ph ^ 1)
+            k_words.index(buf).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
+            fence_async_shared()
+            _bar()
+            mbarrier.arrive(k_ready.index(buf))
+            vw = raw_v.index(i % NR).load(WL)
+            mbarrier.wait(v_empty.index(buf), ph ^ 1)
+            v_words.index(buf).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
+            fence_async_shared()
+            _bar()      # also: every thread's reads of raw buffer i % NR done before it is refilled
+            mbarrier.arrive(v_ready.index(buf))
+            ks = ks_n
+            vs = vs_n
+        async_copy.wait_group(0)
 
 
 @gluon.jit
