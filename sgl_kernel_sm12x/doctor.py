@@ -114,13 +114,14 @@ def _nvfp4_extend_check(arch: int) -> Check:
     except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
         gluon = False
     try:     # head_dim 128, 32 query / 8 KV heads: the planner's own choice
-        planned = planner.plan_extend(arch, head_dim=128, kv_dtype="nvfp4", group=4, gluon=gluon).wgmma
+        cfg = planner.plan_extend(arch, head_dim=128, kv_dtype="nvfp4", group=4, gluon=gluon)
     except ValueError as e:
         return Check("nvfp4 extend", "skip", str(e)[:200])
-    if planned:
-        return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: prefix tiles decoded while "
-                                           "the tensor cores run (pools under 2 GiB a tensor; larger ones: the "
-                                           "Triton kernel)")
+    if cfg.wgmma:
+        how = ("a decoder warpgroup turns prefix tiles into fp16 while the MMA warpgroups run (warp-specialized)"
+               if cfg.warp_spec else "prefix tiles decoded while the tensor cores run")
+        return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: {how} (pools under 2 GiB "
+                                           "a tensor; larger ones: the Triton kernel)")
     why = "" if arch != 90 else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
     return Check("nvfp4 extend", "ok", f"Triton extend kernel, tiles dequantized in registers{why}")
 

@@ -214,7 +214,7 @@ def test_doctor_says_which_nvfp4_extend_runs(monkeypatch):
     from sgl_kernel_sm12x.attention import extend
     monkeypatch.setattr(extend, "_WGMMA", True)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
-    assert c.status == "ok" and "warpgroup-MMA" in c.detail and "sm_90" in c.detail
+    assert c.status == "ok" and "warpgroup-MMA" in c.detail and "sm_90" in c.detail and "decoder warpgroup" in c.detail
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "Triton extend kernel" in c.detail
     monkeypatch.setattr(extend, "_WGMMA", False)
