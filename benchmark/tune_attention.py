@@ -96,6 +96,8 @@ def main():
     d, hq, hkv = a.head_dim, 32, 8
     rows = []
     if a.extend:
+        from sgl_kernel_sm12x.attention import extend_wgmma     # --dec-regs sets its WS_DEC_REGS
+        dec_default = extend_wgmma.WS_DEC_REGS
         for kv in a.kv_dtype:
             for batch, prefix, chunk in (tuple(int(x) for x in sh.split("x")) for sh in a.extend_shapes):
                 flops = 4 * batch * hq * d * (chunk * prefix + chunk * chunk / 2)
@@ -141,8 +143,6 @@ def main():
                     cands[planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0,
                                               gluon=False)] = None
                 anchor = None           # the planned configuration's output, the first candidate's
-                from sgl_kernel_sm12x.attention import extend_wgmma
-                dec_default = extend_wgmma.WS_DEC_REGS
                 runs = [(cfg, r) for cfg in cands
                         for r in ((a.dec_regs or [dec_default]) if cfg.warp_spec else [dec_default])]
                 for cfg, dec_regs in runs:

@@ -535,11 +535,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # tile. H100 (...-tune-extend.log): bf16 1.03-1.06x at all six attention.py shapes,
         # nvfp4 1.04-1.06x, fp8 1.02-1.05x at a 4k prefix. sm_120 bf16 D128 spills 12 B with it.
         cfg = replace(cfg, diag_in_loop=True)
-    pack = 1
-    if quant:
-        pack = min(group, 4)
-        while pack > 1 and (group % pack or cfg.block_m // pack < 16):
-            pack //= 2
+    pack = _gqa_pack(group, cfg.block_m) if quant else 1
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype == "nvfp4" and pack == 4:
         # the Gluon kernel with the tile decode overlapped with the warpgroup MMAs (decode while
         # the previous tile's PV runs, slot ids two tiles ahead, whole tiles select-free): H100
@@ -569,10 +565,17 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # process with FlashInfer (...-tune-extend-short-chunk.log): 8 x 0 + 1k 0.238 -> 0.218 ms
         # (FlashInfer 0.159); at 4 x 0 + 2k the 128-row tile stays ahead (0.378 against 0.382-0.387)
         cfg = replace(cfg, block_m=64, block_n=64, num_warps=4, num_stages=3)
-        pack = min(group, 4)
-        while pack > 1 and group % pack:
-            pack //= 2
+        pack = _gqa_pack(group, cfg.block_m)
     return replace(cfg, pack=pack)
+
+
+def _gqa_pack(group: int, block_m: int) -> int:
+    """Query heads of one KV group packed into a program's rows: up to 4, dividing the group, with
+    at least 16 tokens a program."""
+    pack = min(group, 4)
+    while pack > 1 and (group % pack or block_m // pack < 16):
+        pack //= 2
+    return pack
 
 
 def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendConfig:

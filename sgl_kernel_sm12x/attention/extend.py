@@ -371,11 +371,10 @@ def extend_attention(
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
-    if cfg.v_late and not (cfg.wgmma and modes == (2, 2)):
-        _fail("config", "v_late applies to the sm_90 wgmma kernel with an NVFP4 pool (wgmma=True, kv_dtype='nvfp4')")
-    if cfg.warp_spec and not (cfg.wgmma and modes == (2, 2)):
-        _fail("config", "warp_spec applies to the sm_90 wgmma kernel with an NVFP4 pool (wgmma=True, "
-              "kv_dtype='nvfp4')")
+    for knob in ("v_late", "warp_spec"):     # variants of the NVFP4 wgmma kernel alone
+        if getattr(cfg, knob) and not (cfg.wgmma and modes == (2, 2)):
+            _fail("config", f"{knob} applies to the sm_90 wgmma kernel with an NVFP4 pool (wgmma=True, "
+                  "kv_dtype='nvfp4')")
     if cfg.wgmma:
         if modes not in ((2, 2), (0, 0)) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
             _fail("config", "wgmma runs NVFP4 and 16-bit pools at head_dim 128 with a prefix phase, without a "

@@ -83,6 +83,23 @@ def _phys(j):
 
 
 @gluon.jit
+def _q_fp16_permuted(q_rows, jj, row_ok):
+    """Q's rows (``q_rows``: row pointers) gathered through :func:`_phys` and saturated to fp16, the
+    NVFP4 prefix MMAs' operand."""
+    qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
+    return gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
+
+
+@gluon.jit
+def _prefix_acc_natural(acc, v_scale_prefix, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr, XL: gl.constexpr,
+                        O_L: gl.constexpr):
+    """The NVFP4 prefix's accumulator with V's columns back in natural order (once; the chunk's
+    tiles then go to shared memory by cp.async as they are), times the pool's V scale."""
+    acc = gl.convert_layout(acc * v_scale_prefix, XL)
+    return gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
+
+
+@gluon.jit
 def _permute8(x, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, O0: gl.constexpr, O1: gl.constexpr,
               O2: gl.constexpr):
     """Columns permuted inside each group of 8 (bits of the column index reordered), in registers:
@@ -108,6 +125,14 @@ def _slots(kv_indices_ptr, base, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl
 
 
 @gluon.jit
+def _load_scales(scales, slot, stride_ss, NB: gl.constexpr, SL: gl.constexpr):
+    """UE4M3 block scales ``(BLOCK_N, NB)`` of the slots ``slot`` (layout SL)."""
+    blk = gl.arange(0, NB, layout=gl.SliceLayout(0, SL))
+    srows = gl.convert_layout(slot, gl.SliceLayout(1, SL))
+    return gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
+
+
+@gluon.jit
 def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: gl.constexpr, WL: gl.constexpr,
                 SL: gl.constexpr):
     """Packed words ``(BLOCK_N, NW)`` int32 (layout WL) and UE4M3 block scales ``(BLOCK_N, NB)``
@@ -117,10 +142,7 @@ def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: 
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     words = gl.load((cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32))
                     + gl.expand_dims(w, 0))
-    blk = gl.arange(0, NB, layout=gl.SliceLayout(0, SL))
-    srows = gl.convert_layout(slot, gl.SliceLayout(1, SL))
-    sc = gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
-    return words, sc
+    return words, _load_scales(scales, slot, stride_ss, NB, SL)
 
 
 def _word_asm() -> str:
@@ -403,9 +425,7 @@ def extend_wgmma_kernel(
         k_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
         v_smem = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
     else:
-        qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=row_ok, other=0.0)
-        qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
-        q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
+        q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, _q_fp16_permuted(q_rows, jj, row_ok))
         k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
         v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
 
@@ -526,10 +546,7 @@ def extend_wgmma_kernel(
         else:
             acc_t = warpgroup_mma(p_prev, v_smem.index(1), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
-        # V's columns back in natural order (once; the chunk's tiles then go to shared memory by
-        # cp.async as they are), with the pool's V scale
-        acc = gl.convert_layout(acc * v_scale_prefix, XL)
-        acc = gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
+        acc = _prefix_acc_natural(acc, v_scale_prefix, BLOCK_M, HEAD_DIM, XL, O_L)
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
 
     _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
@@ -549,10 +566,16 @@ def _copy_words(buf, cache, slot, stride_s, w):
 
 
 @gluon.jit
-def _load_scales(scales, slot, stride_ss, NB: gl.constexpr, SL: gl.constexpr):
-    blk = gl.arange(0, NB, layout=gl.SliceLayout(0, SL))
-    srows = gl.convert_layout(slot, gl.SliceLayout(1, SL))
-    return gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
+def _hand_over(raw, sc, dst, empty, ready, ph, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, WL: gl.constexpr):
+    """One decoded tile handed to the MMA warpgroups: the raw words read, ``dst`` (f16x2 view of a
+    buffer) written once they released it (``empty``, phase ``ph``), announced on ``ready`` after
+    every decoder thread's stores."""
+    w = raw.load(WL)
+    mbarrier.wait(empty, ph ^ 1)
+    dst.store(_decode(w, sc, BLOCK_N, HEAD_DIM, WL))
+    fence_async_shared()
+    _bar()
+    mbarrier.arrive(ready)
 
 
 @gluon.jit
@@ -592,18 +615,11 @@ def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, prefix_len, rot, 
             _bar()                              # and every decoder thread's
             buf = i % 2
             ph = (i // 2) & 1
-            kw = raw_k.index(i % NR).load(WL)
-            mbarrier.wait(k_empty.index(buf), ph ^ 1)
-            k_words.index(buf).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-            fence_async_shared()
-            _bar()
-            mbarrier.arrive(k_ready.index(buf))
-            vw = raw_v.index(i % NR).load(WL)
-            mbarrier.wait(v_empty.index(buf), ph ^ 1)
-            v_words.index(buf).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-            fence_async_shared()
-            _bar()      # also: every thread's reads of raw buffer i % NR done before it is refilled
-            mbarrier.arrive(v_ready.index(buf))
+            _hand_over(raw_k.index(i % NR), ks, k_words.index(buf), k_empty.index(buf), k_ready.index(buf), ph,
+                       BLOCK_N, HEAD_DIM, WL)
+            # (its barrier also: every thread's reads of raw buffer i % NR done before it is refilled)
+            _hand_over(raw_v.index(i % NR), vs, v_words.index(buf), v_empty.index(buf), v_ready.index(buf), ph,
+                       BLOCK_N, HEAD_DIM, WL)
             ks = ks_n
             vs = vs_n
         async_copy.wait_group(0)
@@ -679,8 +695,7 @@ def _mma_partition(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stri
         mbarrier.wait(v_ready.index(vb), ((n_tiles - 1) // 2) & 1)
         acc_t = warpgroup_mma(p_prev, v_smem.index(vb), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
-        acc = gl.convert_layout(acc * v_scale_prefix, XL)
-        acc = gl.convert_layout(_permute8(acc, BLOCK_M, HEAD_DIM, 2, 0, 1), O_L)
+        acc = _prefix_acc_natural(acc, v_scale_prefix, BLOCK_M, HEAD_DIM, XL, O_L)
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
     _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
                  stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_ext, logit_cap, q_smem, k_bufs, v_smem, m_i,
@@ -719,9 +734,8 @@ def extend_wgmma_ws_kernel(
     jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
     tok_x = mb * BT + r // PACK
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
-    qv = gl.load(q_rows + gl.expand_dims(_phys(jj), 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
-    qv = gl.minimum(gl.maximum(qv.to(gl.float32), -65504.0), 65504.0).to(gl.float16)
-    q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, qv)
+    q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS,
+                                       _q_fp16_permuted(q_rows, jj, gl.expand_dims(tok_x < ext_len, 1)))
     k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
     v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
     k_words = k_bufs._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)     # f16x2 views
@@ -820,23 +834,18 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
     kv16 = kc.dtype in (torch.bfloat16, torch.float16)
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
     if cfg.warp_spec and not kv16:
-        extend_wgmma_ws_kernel[grid](
-            q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            out, out.stride(0), out.stride(1),
-            kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
-            ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
-            qo_indptr, kv_indptr, kv_indices, prefix_lens,
-            qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
-            **_ws_constexprs(cfg, d, page_size, logit_cap > 0), num_warps=cfg.num_warps, maxnreg=WS_MAXNREG)
-        return
-    extend_wgmma_kernel[grid](
+        kernel, cx, opts = extend_wgmma_ws_kernel, _ws_constexprs(cfg, d, page_size, logit_cap > 0), \
+            dict(maxnreg=WS_MAXNREG)
+    else:
+        kernel, cx, opts = extend_wgmma_kernel, _constexprs(cfg, d, page_size, logit_cap > 0, kv16), {}
+    kernel[grid](
         q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out, out.stride(0), out.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         qo_indptr, kv_indptr, kv_indices, prefix_lens,
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
-        **_constexprs(cfg, d, page_size, logit_cap > 0, kv16), num_warps=cfg.num_warps)
+        **cx, num_warps=cfg.num_warps, **opts)
 
 
 def aot_cases_ws(arch: int):
