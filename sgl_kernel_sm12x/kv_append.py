@@ -44,9 +44,11 @@ def _append_rows(
 
 
 @triton.jit
-def _pack_half(x, rcp):
-    """8 consecutive elements a lane ([L, 8] fp32) -> 4 bytes ([L, 4] int32), element 2i low nibble."""
-    lo, hi = tl.split(tl.reshape(e2m1_encode(x * rcp[:, None]), (x.shape[0], 4, 2)))
+def _pack_half(x, rcp, zero_scale):
+    """8 consecutive elements a lane ([L, 8] fp32) -> 4 bytes ([L, 4] int32), element 2i low nibble.
+    ``zero_scale`` blocks (scale 0, block max not 0) take FlashInfer's +-6 codes (reciprocal +Inf)."""
+    code = tl.where(zero_scale[:, None], tl.where(x < 0, 15, 7), e2m1_encode(x * rcp[:, None]))
+    lo, hi = tl.split(tl.reshape(code, (x.shape[0], 4, 2)))
     return lo | (hi << 4)
 
 
@@ -102,9 +104,11 @@ def _append_nvfp4_blocks(
     bad = amax_bits >= 0x7F800000
     amax = amax_bits.to(tl.float32, bitcast=True)
     s = tl.div_rn(amax, tl.zeros_like(amax) + g * 6.0)
+    s = tl.where(s > 448.0, 448.0, s)       # a finite block saturates, even where s overflows FP32
     s_code = tl.where(bad, 0x7F, e4m3_encode(s))
     if MSE_SCALES:
-        c4 = e4m3_encode(tl.div_rn(amax, tl.zeros_like(amax) + g * 4.0))
+        c4 = tl.div_rn(amax, tl.zeros_like(amax) + g * 4.0)
+        c4 = e4m3_encode(tl.where(c4 > 448.0, 448.0, c4))
         xa0 = tl.where(bad[:, None], 0.0, xa)
         xb0 = tl.where(bad[:, None], 0.0, xb)
         best = tl.where(bad, 0, s_code)
@@ -113,10 +117,9 @@ def _append_nvfp4_blocks(
         best, best_err = _keep_better(xa0, xb0, g, best, best_err, c4)
         s_code = tl.where(bad, 0x7F, best)
     rcp, denom, ok = _rcp(s_code, g)
-    ok = ok & (bad == 0)
-    rcp = tl.where(ok, rcp, 0.0)
-    pa = tl.where(ok[:, None], _pack_half(xa, rcp), 0)
-    pb = tl.where(ok[:, None], _pack_half(xb, rcp), 0)
+    zero_scale = (denom == 0) & (amax > 0)
+    pa = tl.where(bad[:, None], 0, _pack_half(xa, rcp, zero_scale))
+    pb = tl.where(bad[:, None], 0, _pack_half(xb, rcp, zero_scale))
     offs4 = tl.arange(0, 4)
     dst = dst_ptr + slot * stride_dst_s + blk * 8
     tl.store(dst[:, None] + offs4[None, :], pa.to(tl.uint8), mask=mask[:, None])

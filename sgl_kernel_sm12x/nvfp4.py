@@ -14,15 +14,19 @@ Quantization rules (bit-exact in the Triton append kernel and in these reference
 
 1. ``amax`` = max |x| over the 16-element block (inputs are upcast to FP32 exactly).
 2. ``s = amax / (6 * global)`` in IEEE FP32 (``6 * global`` rounded first), encoded to UE4M3 in
-   software with round-to-nearest-even, saturating at 448, subnormals kept.
-3. ``r = 1 / (e4m3(s) * global)`` once per block (IEEE FP32; r = 0 when the denominator is 0),
-   ``q = x * r`` per element (one rounding), rounded to the nearest E2M1 magnitude
-   {0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the even code, clamped at 6. The sign bit is the sign
-   of ``x`` (``-0`` is code 8). Multiplying by the block reciprocal, as hardware quantizers do,
-   keeps the per-element cost to one multiply; with power-of-two scales it equals exact division.
+   software with round-to-nearest-even, subnormals kept; a finite block saturates at 448 (code
+   ``0x7E``) even where ``s`` overflows FP32, as FlashInfer's ``nvfp4_kv_quant`` does.
+3. ``r = 1 / (e4m3(s) * global)`` once per block (IEEE FP32), ``q = x * r`` per element (one
+   rounding), rounded to the nearest E2M1 magnitude {0, .5, 1, 1.5, 2, 3, 4, 6} with ties to the
+   even code, clamped at 6. The sign bit is the sign of ``x`` (``-0`` is code 8). Multiplying by
+   the block reciprocal, as hardware quantizers do, keeps the per-element cost to one multiply;
+   with power-of-two scales it equals exact division. Where the scale rounds to 0 and the block
+   max is not 0 (block max below about 0.0059 x global), ``r`` is +Inf as in FlashInfer: negative
+   elements store 0xF, the others (zeros, whose ``0 * Inf`` its conversion saturates to +6,
+   included) 0x7; all of them dequantize to 0. An all-zero block has ``r = 0`` and stores the
+   zeros' signs (0x0 / 0x8).
 4. A block holding NaN or +-Inf gets the NaN scale code ``0x7F``, so it dequantizes to NaN and
-   stays visible; neighbouring blocks are unaffected. Blocks whose scale is 0 or NaN store zero
-   nibbles.
+   stays visible; neighbouring blocks are unaffected; its nibbles are 0.
 
 Optional scale search (``scale_rule="mse"``; the format is unchanged, readers cannot tell): the
 block takes, of the scale codes {rule 2's, one code above it, ``amax / (4 * global)``}, the one
@@ -113,13 +117,16 @@ def e2m1_decode(code: torch.Tensor) -> torch.Tensor:
 
 
 def _block_codes(xf, s_code, g):
-    """(e2m1 codes, reciprocal ok mask, dequantized blocks) of blocks ``xf`` (..., NB, 16) at scale codes."""
+    """(e2m1 codes, dequantized blocks) of finite blocks ``xf`` (..., NB, 16) at scale codes (rule 3)."""
     denom = e4m3_decode(s_code) * g
     ok = denom > 0
     rcp = torch.where(ok, 1.0 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
     codes = e2m1_encode(xf * rcp[..., None])
+    zero_scale = (denom == 0) & (xf.abs().amax(dim=-1) > 0)        # r = +Inf: +-6 codes
+    sat = torch.where(xf < 0, torch.full_like(codes, 0xF), torch.full_like(codes, 0x7))
+    codes = torch.where(zero_scale[..., None], sat, codes)
     deq = e2m1_decode(codes) * torch.where(ok, denom, torch.zeros_like(denom))[..., None]
-    return codes, ok, deq
+    return codes, deq
 
 
 def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
@@ -143,14 +150,15 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
     xf = x.to(torch.float32).reshape(*x.shape[:-1], d // BLOCK_SIZE, BLOCK_SIZE)
     finite = torch.isfinite(xf).all(dim=-1)
     amax = torch.where(torch.isfinite(xf), xf.abs(), torch.zeros_like(xf)).amax(dim=-1)
-    s = amax / (g * E2M1_MAX)
+    s = torch.clamp(amax / (g * E2M1_MAX), max=E4M3_MAX)      # finite blocks saturate (rule 2)
     s_code = e4m3_encode(s)
     if scale_rule == "mse":
         x0 = torch.where(finite[..., None], xf, torch.zeros_like(xf))
         best = torch.where(finite, s_code, torch.zeros_like(s_code))
-        best_err = ((x0 - _block_codes(x0, best, g)[2]) ** 2).sum(-1)
-        for cand in ((best.to(torch.int32) + 1).clamp(max=0x7E).to(torch.uint8), e4m3_encode(amax / (g * 4.0))):
-            err = ((x0 - _block_codes(x0, cand, g)[2]) ** 2).sum(-1)
+        best_err = ((x0 - _block_codes(x0, best, g)[1]) ** 2).sum(-1)
+        c4 = e4m3_encode(torch.clamp(amax / (g * 4.0), max=E4M3_MAX))
+        for cand in ((best.to(torch.int32) + 1).clamp(max=0x7E).to(torch.uint8), c4):
+            err = ((x0 - _block_codes(x0, cand, g)[1]) ** 2).sum(-1)
             take = err < best_err
             best = torch.where(take, cand, best)
             best_err = torch.where(take, err, best_err)
@@ -158,8 +166,8 @@ def quantize_nvfp4(x: torch.Tensor, global_scale=1.0, scale_rule: str = "max"):
     elif scale_rule not in SCALE_RULES:
         raise ValueError(f"scale_rule: {scale_rule!r} is not supported; supported: {list(SCALE_RULES)}")
     s_code = torch.where(finite, s_code, torch.full_like(s_code, E4M3_NAN))
-    codes, ok, _ = _block_codes(xf, s_code, g)
-    codes = torch.where((ok & finite)[..., None], codes, torch.zeros((), dtype=torch.uint8))
+    codes, _ = _block_codes(torch.where(finite[..., None], xf, torch.zeros_like(xf)), s_code, g)
+    codes = torch.where(finite[..., None], codes, torch.zeros((), dtype=torch.uint8))
     codes = codes.reshape(*x.shape[:-1], d)
     data = codes[..., 0::2] | (codes[..., 1::2] << 4)
     return data.contiguous(), s_code.view(torch.float8_e4m3fn)

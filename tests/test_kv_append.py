@@ -291,3 +291,25 @@ def test_nvfp4_mse_scales_match_the_reference_search(head_dim, g, device):
 def test_nvfp4_scales_argument_is_checked(device):
     with pytest.raises(ValueError, match="nvfp4_scales"):
         append_kv(**_args(device), nvfp4_scales="best")
+
+
+@pytest.mark.parametrize("scales", ["max", "mse"])
+@pytest.mark.parametrize("g", [1.0, 1e-30])
+def test_edge_blocks_match_reference(scales, g, device):
+    """Scale rounding to 0 (+-6 codes, as FlashInfer stores them) and a finite block max whose
+    scale overflows (saturates at 448): the kernel writes the reference's bytes."""
+    k = (torch.randn(4, 1, 64, device=device) * 2).to(torch.bfloat16)
+    k[0, 0, :16] = torch.tensor([1e-3, -2e-3, 0.0, -0.0] + [4e-4] * 12) * g
+    k[1, 0, 16:32] = torch.tensor([3e38, -1e38] + [0.5] * 14)
+    k[2, 0, 32:48] = torch.tensor([0.0, -0.0] * 8)
+    loc = torch.arange(4, device=device)
+    kc, vc = (torch.full((4, 1, 32), 0xA5, dtype=torch.uint8, device=device) for _ in range(2))
+    ks, vs = (torch.full((4, 1, 4), 0xA5, dtype=torch.uint8, device=device) for _ in range(2))
+    append_kv(k, k, loc, kc, vc, kv_dtype="nvfp4", k_scale_cache=ks, v_scale_cache=vs, k_scale=g, v_scale=g,
+              nvfp4_scales=scales)
+    rd, rs = nvfp4.quantize_nvfp4(k.cpu(), g, scale_rule=scales)
+    assert_bytes_equal(kc, rd, "data")
+    assert_bytes_equal(ks, rs, "scales")
+    if scales == "max":
+        assert ks[0, 0, 0].item() == 0 and kc[0, 0, 0].item() == 0xF7
+    assert ks[1, 0, 1].item() != 0x7F, "a finite block must not get the NaN scale"

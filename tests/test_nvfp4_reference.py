@@ -1,6 +1,7 @@
 """Properties of the NVFP4 / FP8 torch references that define the KV-cache format."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,77 @@ def test_bad_inputs():
         nvfp4.quantize_nvfp4(torch.randn(3, 40), 1.0)
     with pytest.raises(ValueError, match="global scale"):
         nvfp4.quantize_nvfp4(torch.randn(3, 32), torch.ones(2))
+
+
+# ------------------------------------------------------------------ FlashInfer's nvfp4_kv_quant, transcribed
+# Its per-block rule (csrc/fp4_kv_quantization.cu, quantize_fp16_to_e2m1_with_scaling), written out
+# element by element in float32 numpy: sf = amax / 6 / global, converted with __nv_fp8_e4m3 (round
+# to nearest, saturating finite values at 448); out_scale = amax != 0 ? 1 / (sf * global) : 0 (1 / 0
+# is +Inf); each x * out_scale through cvt.rn.satfinite.e2m1x2 (+-Inf -> +-6, NaN -> +6). The
+# reciprocals there are approximate; here they are exact, which is what this project computes.
+
+_E2M1_MAGS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def _fi_e2m1(q):
+    q = np.float32(q)
+    if np.isnan(q):
+        return 0x7
+    sign = 8 if np.signbit(q) else 0
+    a = min(abs(float(q)), 6.0)
+    best = min(range(8), key=lambda c: (abs(_E2M1_MAGS[c] - a), c % 2))   # nearest, ties to the even code
+    return best | sign
+
+
+def _fi_e4m3_satfinite(v):
+    v = np.float32(v)
+    if np.isnan(v):
+        return 0x7F
+    v = float(np.clip(v, -448.0, 448.0))
+    return torch.tensor([v], dtype=torch.float32).to(torch.float8_e4m3fn).view(torch.uint8).item()
+
+
+def _flashinfer_rule(x, g):
+    """x: (n, 16) float32 -> (n, 8) uint8 data, (n,) uint8 scale codes."""
+    g = np.float32(g)
+    data, scales = [], []
+    with np.errstate(all="ignore"):
+        for row in x.numpy().astype(np.float32):
+            vmax = np.float32(np.max(np.abs(row)))
+            code = _fi_e4m3_satfinite(vmax / (np.float32(6.0) * g))
+            sf = np.float32(nvfp4.e4m3_decode(torch.tensor([code], dtype=torch.uint8)).item())
+            out = np.float32(1.0) / (sf * g) if vmax != 0 else np.float32(0.0)
+            nib = [_fi_e2m1(np.float32(e) * out) for e in row]
+            data.append([nib[2 * i] | (nib[2 * i + 1] << 4) for i in range(8)])
+            scales.append(code)
+    return torch.tensor(data, dtype=torch.uint8), torch.tensor(scales, dtype=torch.uint8)
+
+
+def _edge_blocks(g):
+    tiny = torch.tensor([1e-3, -2e-3, 0.0, -0.0, 5e-4] + [0.0] * 11) * g       # scale rounds to 0
+    huge = torch.tensor([3e38, -1e38, 0.5, -0.0] + [1.0] * 12)                  # amax / (6 g) overflows
+    zero = torch.tensor([0.0, -0.0] * 8)
+    return torch.stack([tiny, huge, zero, torch.randn(16), torch.randn(16) * 1e-5])
+
+
+@pytest.mark.parametrize("g", [1.0, 0.37, 1e-30])
+def test_edge_encodings_match_flashinfer_rule(g):
+    x = torch.cat([_edge_blocks(g), torch.randn(32, 16) * 4])
+    want_d, want_s = _flashinfer_rule(x, g)
+    data, scales = nvfp4.quantize_nvfp4(x, g)
+    assert_bytes_equal(scales.view(torch.uint8).flatten(), want_s, f"scales (g={g})")
+    assert_bytes_equal(data, want_d, f"data (g={g})")
+
+
+def test_zero_scale_block_stores_six_codes_and_dequantizes_to_zero():
+    x = torch.tensor([[1e-3, -2e-3, 0.0, -0.0] + [4e-4] * 12])
+    data, scales = nvfp4.quantize_nvfp4(x, 1.0)
+    assert scales.view(torch.uint8).item() == 0
+    assert data[0, :2].tolist() == [0xF7, 0x77], "FlashInfer stores +-6 codes where the scale is 0"
+    assert (nvfp4.dequantize_nvfp4(data, scales, 1.0) == 0).all()
+
+
+def test_huge_finite_block_saturates_scale_not_nan():
+    x = torch.tensor([[3e38, -1.0] + [0.5] * 14])
+    _, scales = nvfp4.quantize_nvfp4(x, 1e-30)
+    assert scales.view(torch.uint8).item() == 0x7E, "a finite block saturates at 448 (code 0x7E)"
