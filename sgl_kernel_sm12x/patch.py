@@ -141,6 +141,8 @@ def load_series(tree: Path) -> Series:
 
 
 def _classify(s: Series) -> None:
+    manifest_path = s.state_dir / "manifest.json"
+    patched_here = json.loads(manifest_path.read_text()).get("files", {}) if manifest_path.exists() else {}
     for p in s.patches:
         states = {}
         p.detail = []
@@ -153,7 +155,13 @@ def _classify(s: Series) -> None:
                 states[f] = "original"
             else:
                 states[f] = "differs"
-                p.detail.append(f"{f} differs from SGLang {s.version}'s released file" if h else f"{f} is missing")
+                if not h:
+                    p.detail.append(f"{f} is missing")
+                elif f in patched_here:     # `apply` wrote it, then it was edited
+                    p.detail.append(f"{f} differs from the file {patched_here[f].get('patch', p.name)} wrote "
+                                    f"(edited after `sm12x patch apply`)")
+                else:
+                    p.detail.append(f"{f} differs from SGLang {s.version}'s released file")
         if all(v == "patched" for v in states.values()):
             p.state = "applied"
         elif all(v == "original" for v in states.values()):

@@ -421,6 +421,25 @@ def test_decode_rejects_unsupported(kw, name, device):
                          torch.ones(1, dtype=torch.int32, device=device), **{"kv_dtype": "bf16", **kw})
 
 
+@pytest.mark.parametrize("op", ["decode", "extend", "append"])
+def test_activation_dtype_errors_name_argument_and_supported_dtypes(op, device):
+    """The three entry points word a wrong activation dtype alike: the argument, the dtype got, the
+    supported dtypes."""
+    from sgl_kernel_sm12x.kv_append import append_kv
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    x = torch.randn(3, 2, 64, dtype=torch.float32, device=device)
+    kc = torch.zeros(16, 2, 64, dtype=torch.bfloat16, device=device)
+    want = r"dtype torch.float32 is not supported; supported: \['torch.bfloat16', 'torch.float16'\]"
+    with pytest.raises(ValueError, match=("k: " if op == "append" else "q: ") + want):
+        if op == "decode":
+            decode_attention(x, kc, kc, i32(0, 1, 2, 3), i32(0, 1, 2), i32(1, 1, 1), kv_dtype="bf16")
+        elif op == "extend":
+            extend_attention(x, x, x, kc, kc, i32(0, 3), i32(0, 0), i32(0), i32(0), kv_dtype="bf16",
+                             max_extend_len=3)
+        else:
+            append_kv(x, x, torch.arange(3, device=device), kc, kc, kv_dtype="bf16")
+
+
 def test_extend_rejects_wrong_pool(device):
     q = torch.randn(3, 2, 64, dtype=torch.bfloat16, device=device)
     kc = torch.zeros(16, 2, 64, dtype=torch.uint8, device=device)   # fp8-shaped, called as nvfp4

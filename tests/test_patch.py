@@ -263,3 +263,16 @@ def test_clamp_never_changes_block_m_and_always_fits():
                         assert out["BLOCK_SIZE_M"] == bm
                         assert planner.moe_smem_bytes(out, dt) <= 101376
                         assert (reason is None) == (out == cfg)
+
+
+def test_revert_of_an_edited_patched_file_names_the_patched_baseline(tree):
+    version, root = tree
+    assert _cli("apply", "--sglang-dir", str(root))[0] == 0
+    victim = root / "sglang/kernels/ops/attention/prefill_attention.py"
+    victim.write_text(victim.read_text() + "\n# edited after apply\n")
+    edited = _hashes(root, version)
+    rc, out = _cli("revert", "--sglang-dir", str(root))
+    assert rc == 1 and "nothing was changed" in out, out
+    assert "released file" not in out, out
+    assert "prefill_attention.py differs from the file 02-context-attention-tiles-sm12x.patch wrote" in out, out
+    assert _hashes(root, version) == edited

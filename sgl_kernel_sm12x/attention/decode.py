@@ -412,7 +412,7 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         _fail("q", "expected a (batch, q_heads, head_dim) tensor")
     if q.dtype not in _ACT:
-        _fail("q", f"dtype {q.dtype} is not supported; supported: ['torch.bfloat16', 'torch.float16']")
+        _fail("q", f"dtype {q.dtype} is not supported; supported: {[str(d) for d in _ACT]}")
     if q.stride(2) != 1:
         _fail("q", "head_dim must be contiguous")
     batch, hq, d = q.shape

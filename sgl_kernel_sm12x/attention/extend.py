@@ -306,8 +306,12 @@ def extend_attention(
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
     modes = KV_MODES[kv_dtype]
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.dtype not in _ACT or t.stride(2) != 1:
-            _fail(name, "expected a (tokens, heads, head_dim) bf16/fp16 tensor with contiguous head_dim")
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            _fail(name, "expected a (tokens, heads, head_dim) tensor")
+        if t.dtype not in _ACT:
+            _fail(name, f"dtype {t.dtype} is not supported; supported: {[str(d) for d in _ACT]}")
+        if t.stride(2) != 1:
+            _fail(name, "head_dim must be contiguous")
     tokens, hq, d = q.shape
     hkv = k.shape[1]
     if k.shape != (tokens, hkv, d) or v.shape != k.shape or k.dtype != q.dtype or v.dtype != q.dtype:
