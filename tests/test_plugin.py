@@ -310,6 +310,32 @@ def test_backend_refuses_at_start_what_it_cannot_serve(kw, match):
         Sm12xAttnBackend(_Runner(**base))
 
 
+class _ModelConfig(SimpleNamespace):
+    def get_num_kv_heads(self, tp):
+        return max(1, self.num_key_value_heads // tp)
+
+
+@pytest.mark.parametrize("heads,kv_heads,d,tp,match", [
+    (40, 8, 128, 1, "cannot serve this model.*group"),          # Qwen3-14B's GQA 5
+    (48, 8, 128, 1, "cannot serve this model.*group"),          # GQA 6
+    (32, 8, 96, 1, "head_dim"),
+    (40, 8, 128, 2, "cannot serve this model.*group"),          # 20 / 4 per GPU
+])
+def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, match):
+    """What the planners would refuse at the first forward is refused when the backend is built."""
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    pool = SimpleNamespace(k_buffer=[], v_buffer=[])
+    mc = _ModelConfig(context_len=8, head_dim=d, num_attention_heads=heads, num_key_value_heads=kv_heads)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 1)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16, model_config=mc,
+                     tp_size=tp, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        Sm12xAttnBackend(runner)
+    mc.num_attention_heads, mc.head_dim = 32, 128            # a shape the kernels serve builds
+    Sm12xAttnBackend(runner)
+
+
 def test_backend_refuses_sliding_window_pools():
     from sglang_sm12x.backend import check_runner
 

@@ -94,6 +94,28 @@ def check_runner(model_runner, pool) -> None:
         raise ValueError(f"--attention-backend sm12x needs equal q/k and v head dims; this model has {d} and {v}")
 
 
+def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None:
+    """Run every plan-time refusal a forward could meet (GQA ratio, head_dim, KV format, page size)
+    now, at start-up, so a model the kernels cannot serve stops the server before its first request."""
+    cfg = getattr(model_runner, "model_config", None)
+    d = getattr(cfg, "head_dim", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not d or not heads or not hasattr(cfg, "get_num_kv_heads"):
+        return
+    tp = int(getattr(model_runner, "tp_size", 1) or 1)
+    hq, hkv = max(1, heads // tp), max(1, int(cfg.get_num_kv_heads(tp)))
+    if hq % hkv:
+        raise ValueError(f"--attention-backend sm12x: {hq} query heads per GPU are not a multiple of {hkv} KV heads")
+    dtype = getattr(model_runner, "dtype", torch.bfloat16)
+    q_dtype = "fp16" if dtype == torch.float16 else "bf16"
+    try:
+        for plan in (planner.plan_decode, planner.plan_extend):
+            plan(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=hq // hkv, page_size=page_size)
+    except ValueError as e:
+        raise ValueError(f"--attention-backend sm12x cannot serve this model ({hq} query / {hkv} KV heads per GPU, "
+                         f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
+
+
 def _arch(device) -> int:
     if torch.device(device).type == "cuda":
         return planner.current_arch(torch.device(device))
@@ -126,6 +148,7 @@ class Sm12xAttnBackend(AttentionBackend):
         self.max_context_len = int(cfg.context_len)
         self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
         self.arch = _arch(self.device)
+        check_shapes(model_runner, self.arch, self.kv_dtype, self.page_size)
         self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
                         if self.device.type == "cuda" else None)
         self._cg = None
