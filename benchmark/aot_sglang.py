@@ -15,12 +15,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sgl_kernel_sm12x import planner  # noqa: E402
-from sgl_kernel_sm12x.budget import _mma_family, _ptxas_spills, _res_usage  # noqa: E402
+from sglang_sm12x import tiles  # noqa: E402
+from sgl_kernel_sm12x.budget import _compile_with_usage, _mma_family  # noqa: E402
 
 
 def _compile(fn, sig, cx, opts, arch):
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     full = {a: sig.get(a, "constexpr") for a in fn.arg_names}
@@ -30,10 +29,8 @@ def _compile(fn, sig, cx, opts, arch):
             cx[a] = p.default
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]]
              for n, t in full.items() if t != "constexpr" and (t.startswith("*") or t in ("i32", "i64"))}
-    k = triton.compile(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs),
-                       target=GPUTarget("cuda", arch, 32), options=dict(opts))
-    regs, _ = _res_usage(k.kernel)
-    spill, _ = _ptxas_spills(k.asm["ptx"], arch)
+    k, (regs, spill, _) = _compile_with_usage(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs), arch,
+                                              opts)
     shared = int(k.metadata.shared)
     return dict(shared=shared, regs=regs, spill=spill, mma=_mma_family(k.asm["ptx"]),
                 fits=shared <= planner.arch_limits(arch).smem_per_block and spill == 0)
@@ -96,15 +93,15 @@ def main(argv=None):
     for arch in a.arch:
         for d in (64, 80, 128, 256):
             for dt, eb in (("bf16", 2), ("fp32", 4)):
-                ours = planner.plan_context_attention(arch, d, eb)
+                ours = tiles.plan_context_attention(arch, d, eb)
                 for who, (blk, w) in (("sglang", (128, 4 if d <= 64 else 8)), ("patched", ours)):
                     rows.append(dict(kernel="context_attention_fwd", arch=arch, head_dim=d, dtype=dt, choice=who,
                                      block=blk, num_warps=w, **context_attention(d, dt, blk, w, arch)))
         for dt, cfg in (("fp8_w8a8", FP8_OVERRIDE), (None, BF16_DEFAULT)):
-            clamped, _ = planner.clamp_moe_config(arch, cfg, dt)
+            clamped, _ = tiles.clamp_moe_config(arch, cfg, dt)
             for who, c in (("sglang", cfg), ("patched", clamped)):
                 rows.append(dict(kernel="fused_moe_kernel", arch=arch, dtype=dt or "bf16", choice=who, config=c,
-                                 model_bytes=planner.moe_smem_bytes(c, dt), **fused_moe(c, dt, arch=arch)))
+                                 model_bytes=tiles.moe_smem_bytes(c, dt), **fused_moe(c, dt, arch=arch)))
     for r in rows:
         print({k: v for k, v in r.items()})
     if a.out:

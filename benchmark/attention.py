@@ -106,7 +106,8 @@ def decode_rows(shapes, hq, hkv, d, copy):
             record("sm12x", kv, lambda: decode_attention(
                 q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
                 k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
-                k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws))
+                k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
+                check_slots=False))
         bf = pools["bf16"]
         try:
             record("flashinfer", "bf16", flashinfer_decode(q, bf, indptr, indices, hkv))
@@ -177,7 +178,7 @@ def extend_rows(shapes, hq, hkv, d):
                 q, k, v, pool["k_cache"], pool["v_cache"], qo, kv_indptr, kv_indices, plens, kv_dtype=kv,
                 max_extend_len=chunk, max_prefix_len=prefix, k_scale_cache=pool.get("k_scale_cache"),
                 v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
-                v_scale=pool.get("v_scale", 1.0)))
+                v_scale=pool.get("v_scale", 1.0), check_slots=False))
             if kv == "bf16":
                 bf = pool
         try:

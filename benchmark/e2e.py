@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sgl_kernel_sm12x.bench_serving import client_base  # noqa: E402
-from sgl_kernel_sm12x.serving import (Server, bundled_model, gpu_list, run_on_gpus, stop_on_sigterm,  # noqa: E402
+from sglang_sm12x.tools.bench_serving import client_base  # noqa: E402
+from sglang_sm12x.tools.serving import (Server, bundled_model, gpu_list, run_on_gpus, stop_on_sigterm,  # noqa: E402
                                       visible_device)
 
 MOE_RUNNER_LOG_LINE = "sm12x MoE runner in use"     # sglang_sm12x.moe_runner.LOG_LINE (checked by a test)

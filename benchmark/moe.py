@@ -62,7 +62,7 @@ def sglang_context(device: str = "cuda") -> None:
         return
     from sglang.srt.server_args import ServerArgs, set_global_server_args_for_scheduler
 
-    from sgl_kernel_sm12x.serving import bundled_model
+    from sglang_sm12x.tools.serving import bundled_model
 
     set_global_server_args_for_scheduler(ServerArgs(model_path=str(bundled_model()), device=device))
     _PUBLISHED = True

@@ -12,9 +12,7 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -53,7 +51,7 @@ class BudgetRow:
     shared: int | None
     limit: int
     regs: int | None
-    spill: int | None       # register spill stores per thread, bytes (ptxas -v)
+    spill: int | None       # register spill stores per thread, bytes (ptxas -v of the cubin Triton builds)
     mma: str
     fits: bool
     error: str | None = None
@@ -67,56 +65,51 @@ def _kernel(name):
     return mod, getattr(mod, fn_name)
 
 
-def _res_usage(cubin: bytes):
-    import triton
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(cubin)
-        f.flush()
-        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
-    line = next((ln for ln in out.splitlines() if "REG:" in ln), "")
-    kv = dict(p.split(":", 1) for p in line.split() if ":" in p)
-    return int(kv.get("REG", -1)), int(kv.get("STACK", 0)) + int(kv.get("LOCAL", 0))
-
-
-def _ptxas_spills(ptx: str, arch: int):
-    """(spill store bytes, stack frame bytes) from ``ptxas -v`` on the kernel's PTX, kept in
-    Triton's file cache under a key of the PTX, the arch and the ptxas binary (a warm budget run
-    then costs what Triton's own cache hits cost)."""
-    import triton
-    from triton.runtime.cache import get_cache_manager
-    bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    ptxas = os.path.join(bindir, "ptxas-blackwell") if arch >= 100 else os.path.join(bindir, "ptxas")
-    if not os.path.exists(ptxas):
-        ptxas = os.path.join(bindir, "ptxas")
-    st = os.stat(ptxas)
-    key = hashlib.sha256(f"sm12x-ptxas-v1|{arch}|{ptxas}|{st.st_size}|{st.st_mtime_ns}|{triton.__version__}|"
-                         .encode() + ptx.encode()).hexdigest()
-    cache = get_cache_manager(key)
-    hit = cache.get_file("ptxas.json")
-    if hit:
-        with open(hit) as f:
-            got = json.load(f)
-        return got["spill"], got["stack"]
-    spill, stack = _run_ptxas(ptxas, ptx, arch)
-    cache.put(json.dumps({"spill": spill, "stack": stack}), "ptxas.json", binary=False)
-    return spill, stack
-
-
-def _run_ptxas(ptxas: str, ptx: str, arch: int):
-    suffix = "a" if arch >= 90 else ""
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        p = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}{suffix}", src, "-o", os.path.join(d, "k.o")],
-                           capture_output=True, text=True)
-    log = p.stdout + p.stderr
-    if p.returncode != 0:
-        raise RuntimeError(f"ptxas failed: {log.strip()[-300:]}")
+def _parse_ptxas_log(log: str):
+    """``(registers, spill store bytes, stack frame bytes)`` from ``ptxas -v`` output, or None."""
+    regs = re.findall(r"Used (\d+) registers", log)
+    if not regs:
+        return None
     spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", log))
     stack = sum(int(x) for x in re.findall(r"(\d+) bytes stack frame", log))
-    return spill, stack
+    return max(int(r) for r in regs), spill, stack
+
+
+def _usage_key(asm: dict, arch: int) -> str:
+    import triton
+    return hashlib.sha256(f"sm12x-ptxas-v2|{arch}|{triton.__version__}|".encode() + asm["ptx"].encode()).hexdigest()
+
+
+def _compile_with_usage(src, arch: int, opts: dict):
+    """Compile ``src`` for ``arch`` and return ``(kernel, (registers, spills, stack))`` as read from
+    the ``ptxas -v`` log of the cubin Triton builds (Triton runs ptxas with ``-v`` and prints the log
+    under ``knobs.nvidia.dump_ptxas_log``). The parse is kept in Triton's file cache under a key of
+    the PTX, so a warm run (a Triton cache hit runs no ptxas) costs what Triton's cache hits cost;
+    a hit without a kept parse is compiled once more."""
+    import contextlib
+    import io
+
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.cache import get_cache_manager
+    target = GPUTarget("cuda", arch, 32)
+    for force in (False, True):
+        buf = io.StringIO()
+        with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(buf):
+            knobs.nvidia.dump_ptxas_log = True
+            knobs.compilation.always_compile = force
+            k = triton.compile(src, target=target, options=dict(opts))
+        cache = get_cache_manager(_usage_key(k.asm, arch))
+        usage = _parse_ptxas_log(buf.getvalue())
+        if usage is not None:
+            cache.put(json.dumps(usage), "ptxas-usage.json", binary=False)
+            return k, usage
+        hit = cache.get_file("ptxas-usage.json")
+        if hit:
+            with open(hit) as f:
+                return k, tuple(json.load(f))
+    raise RuntimeError("ptxas printed no resource usage")
 
 
 def _mma_family(ptx: str) -> str:
@@ -125,8 +118,6 @@ def _mma_family(ptx: str) -> str:
 
 
 def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: dict) -> BudgetRow:
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     _, fn = _kernel(kernel)
     full = {a: sig.get(a, "constexpr") for a in fn.arg_names}
@@ -139,13 +130,11 @@ def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: 
     if type(fn).__name__.startswith("Gluon"):     # explicit-layout kernels (triton.experimental.gluon)
         from triton.experimental.gluon._runtime import GluonASTSource as ASTSource
     try:
-        k = triton.compile(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs),
-                           target=GPUTarget("cuda", arch, 32), options=dict(opts))
+        k, (regs, spill, stack) = _compile_with_usage(ASTSource(fn=fn, signature=full, constexprs=cx, attrs=attrs),
+                                                      arch, opts)
     except Exception as e:  # reported as a failing row, never swallowed
         msg = (str(e).strip().splitlines() or [""])[-1][:200]
         return BudgetRow(kernel, arch, label, None, limit, None, None, "-", False, f"{type(e).__name__}: {msg}")
-    regs, _ = _res_usage(k.kernel)
-    spill, stack = _ptxas_spills(k.asm["ptx"], arch)
     shared = int(k.metadata.shared)
     return BudgetRow(kernel, arch, label, shared, limit, regs, spill, _mma_family(k.asm["ptx"]),
                      shared <= limit and spill == 0 and regs <= planner.arch_limits(arch).regs_per_thread,

@@ -188,7 +188,7 @@ def test_evaluate_merges_paths_run_in_separate_calls(tmp_path, monkeypatch):
     row = lambda f, p: dict(format=f, path=p, perplexity=2.0, kl=0.0, top1_agreement=1.0, tokens=1)  # noqa: E731
     monkeypatch.setattr(ev, "in_process", lambda *a, **k: [row("bf16", "in_process"), row("nvfp4", "in_process")])
     monkeypatch.setattr(ev, "e2e", lambda *a, **k: [row("nvfp4", "e2e")])
-    import sgl_kernel_sm12x.serving as serving
+    import sglang_sm12x.tools.serving as serving
 
     monkeypatch.setattr(serving, "stop_on_sigterm", lambda: None)     # leave the test process's signals alone
     out = tmp_path / "out"
@@ -205,7 +205,7 @@ def test_e2e_path_chunks_the_prefill_and_scores_cache_reading_positions(tmp_path
     search is switched on through the backend's environment variable, and only positions from the
     second chunk on are scored (the prompt logprobs are sliced, not re-indexed)."""
     ev = _evaluate_module()
-    import sgl_kernel_sm12x.serving as serving
+    import sglang_sm12x.tools.serving as serving
 
     started = []
 

@@ -883,3 +883,71 @@ def test_register_operand_decode_needs_a_known_gluon(version, want, monkeypatch)
     monkeypatch.setattr(decode, "_INTERPRET", True)
     monkeypatch.setattr(decode, "_FP4_MMA", None)
     assert decode.fp4_mma_available() is False
+
+
+# ------------------------------------------------------------------------ slot ids outside the pool
+
+def _poison_one_request(kv_indptr, kv_indices, req, units):
+    """kv_indices with one entry of request ``req`` pointing past the pool (``units`` slots or pages)."""
+    bad = kv_indices.clone()
+    lo, hi = int(kv_indptr[req]), int(kv_indptr[req + 1])
+    assert hi > lo
+    bad[lo + (hi - lo) // 2] = units + 1000
+    return bad
+
+
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("kv_dtype", ["bf16", "fp8_e4m3", "nvfp4"])
+def test_decode_out_of_pool_slots_are_masked_and_named(kv_dtype, page, device):
+    """A slot (or page) id past the pool is not read: the one-shot call raises naming kv_indices and
+    the range; without the check the other requests are exact and the poisoned one stays finite."""
+    lens, hkv, group, d = [5, 70, 33], 2, 2, 64
+    act = "bf16"
+    pool, kv_indptr, kv_indices, tok, _ = _fill_pool(kv_dtype, act, lens, page, hkv, d, device)
+    units = pool.k.shape[0] // page
+    bad = _poison_one_request(kv_indptr, kv_indices, 1, units)
+    # SGLang's slot 0 is its padding slot, written like any other (the Gluon kernels read it in an
+    # out-of-pool slot's place; the Triton ones mask the position)
+    pool.write(*(torch.zeros(1, hkv, d, device=device),) * 2, torch.zeros(1, dtype=torch.long, device=device))
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[act]).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    kw = dict(kv_dtype=kv_dtype, page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
+              v_scale=pool.v_scale)
+    with pytest.raises(ValueError, match=rf"kv_indices: .*outside the pool.*\b{units + 1000}\]"):
+        decode_attention(q, pool.k, pool.v, kv_indptr, bad, seq, **kw)
+    out = decode_attention(q, pool.k, pool.v, kv_indptr, bad, seq, check_slots=False, **kw)
+    assert torch.isfinite(out[1].float()).all()
+    for i in (0, 2):
+        k, v = pool.dequant(tok[i])
+        ref = attention_ref(q[i:i + 1].float().cpu(), k, v)
+        assert_attn(out[i:i + 1].cpu(), ref, f"request {i}", atol=tolerance(ref, lowp_ref(q[i:i + 1].float().cpu(), k,
+                                                                                           v, ACT[act])))
+    # the flag was cleared by the raising call: a clean call passes
+    decode_attention(q, pool.k, pool.v, kv_indptr, kv_indices, seq, **kw)
+
+
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("kv_dtype", ["bf16", "nvfp4"])
+def test_extend_out_of_pool_slots_are_masked_and_named(kv_dtype, page, device):
+    prefix, ext, hkv, group, d = [40, 70], [9, 20], 2, 2, 64
+    act = "bf16"
+    pool, kv_indptr, kv_indices, tok, _ = _fill_pool(kv_dtype, act, prefix, page, hkv, d, device)
+    units = pool.k.shape[0] // page
+    bad = _poison_one_request(kv_indptr, kv_indices, 0, units)
+    pool.write(*(torch.zeros(1, hkv, d, device=device),) * 2, torch.zeros(1, dtype=torch.long, device=device))
+    T = sum(ext)
+    dt = ACT[act]
+    q, k, v = (torch.randn(T, h, d).to(dt).to(device) for h in (hkv * group, hkv, hkv))
+    qo = torch.tensor([0, ext[0], T], dtype=torch.int32, device=device)
+    kw = dict(kv_dtype=kv_dtype, max_extend_len=max(ext), page_size=page, k_scale_cache=pool.ks,
+              v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale)
+    pl = torch.tensor(prefix, dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match=rf"kv_indices: .*outside the pool.*\b{units + 1000}\]"):
+        extend_attention(q, k, v, pool.k, pool.v, qo, kv_indptr, bad, pl, **kw)
+    out = extend_attention(q, k, v, pool.k, pool.v, qo, kv_indptr, bad, pl, check_slots=False, **kw)
+    assert torch.isfinite(out[:ext[0]].float()).all()
+    kp, vp = pool.dequant(tok[1])
+    a = ext[0]
+    kk, vv = torch.cat([kp, k[a:].float().cpu()]), torch.cat([vp, v[a:].float().cpu()])
+    ref = attention_ref(q[a:].float().cpu(), kk, vv)
+    assert_attn(out[a:].cpu(), ref, "request 1", atol=tolerance(ref, lowp_ref(q[a:].float().cpu(), kk, vv, dt)))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sgl_kernel_sm12x import bench_serving as B
-from sgl_kernel_sm12x.serving import Server, visible_device
+from sglang_sm12x.tools import bench_serving as B
+from sglang_sm12x.tools.serving import Server, visible_device
 
 
 class FakeServer:

@@ -11,7 +11,7 @@ from conftest import clean_env
 
 
 def _run(args, timeout=900, **kw):
-    return subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", *args], capture_output=True,
                           text=True, env=clean_env(), timeout=timeout, **kw)
 
 

@@ -7,7 +7,7 @@ from conftest import clean_env
 
 
 def _run(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", *args], capture_output=True, text=True,
                           env=clean_env(), timeout=timeout)
 
 

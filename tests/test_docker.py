@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HAS_CUDA
-from sgl_kernel_sm12x import doctor
+from sglang_sm12x.tools import doctor
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = {120: ROOT / "docker" / "Dockerfile.sm120", 121: ROOT / "docker" / "Dockerfile.sm121"}
@@ -113,10 +113,10 @@ def _ok_probe(arch):
 def test_doctor_without_gpu_reports_cleanly():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["CUDA_VISIBLE_DEVICES"] = ""
-    r = subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", "doctor"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", "doctor"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 1 and "no CUDA GPU visible" in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
-    r = subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", "doctor", "--no-gpu"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", "doctor", "--no-gpu"], capture_output=True,
                        text=True, env=env, timeout=300)
     assert r.returncode == 0 and "all checks passed" in r.stdout, r.stdout + r.stderr
 
@@ -140,7 +140,7 @@ def test_doctor_reports_a_ptxas_without_the_arch():
 
 def test_doctor_really_compiles_for_sm121():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "from sgl_kernel_sm12x.doctor import ptxas_compiles; ok, m = ptxas_compiles(121); print(ok, m)"
+    code = "from sglang_sm12x.tools.doctor import ptxas_compiles; ok, m = ptxas_compiles(121); print(ok, m)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert r.stdout.startswith("True"), r.stdout + r.stderr
 
@@ -150,7 +150,7 @@ def test_gpu_doctor_on_a_non_sm12x_gpu_says_so():
     """On the device (an H100): an sm_120 image's doctor reports the mismatch and exits 1, no crash."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["SM12X_IMAGE_ARCH"] = "120"
-    r = subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", "doctor"], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", "doctor"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert "Traceback" not in r.stderr, r.stderr
     if HAS_CUDA and "(12" not in r.stdout:
@@ -195,7 +195,7 @@ def test_entrypoint_serves_with_sm12x_and_passes_arguments_through(tmp_path):
 def test_doctor_says_which_nvfp4_decode_runs(monkeypatch):
     """One information line: the register-operand NVFP4 decode where the arch converts fp8 in
     hardware and Triton has the Gluon it needs, the Triton split stage otherwise -- never a failure."""
-    from sgl_kernel_sm12x import doctor
+    from sglang_sm12x.tools import doctor
     from sgl_kernel_sm12x.attention import decode
     monkeypatch.setattr(decode, "_FP4_MMA", True)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 decode")
@@ -210,7 +210,7 @@ def test_doctor_says_which_nvfp4_decode_runs(monkeypatch):
 def test_doctor_says_which_nvfp4_extend_runs(monkeypatch):
     """One information line: the sm_90 warpgroup-MMA Gluon kernel where it can run, the Triton
     extend kernel everywhere else (SM12x included) -- never a failure."""
-    from sgl_kernel_sm12x import doctor
+    from sglang_sm12x.tools import doctor
     from sgl_kernel_sm12x.attention import extend
     monkeypatch.setattr(extend, "_WGMMA", True)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")

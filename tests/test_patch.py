@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sgl_kernel_sm12x import patch as P
+from sglang_sm12x.tools import patch as P
 from sgl_kernel_sm12x import planner
+from sglang_sm12x import tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 VERSIONS = ("0.5.23", "0.5.17")
@@ -53,7 +54,7 @@ def _hashes(root, version):
 
 
 def _cli(*args):
-    out = subprocess.run([sys.executable, "-m", "sgl_kernel_sm12x.cli", "patch", *args], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "sglang_sm12x.cli", "patch", *args], capture_output=True,
                          text=True, timeout=300)
     return out.returncode, out.stdout + out.stderr
 
@@ -220,7 +221,7 @@ def test_patch2_context_attention_fits_sm120(tree, head_dim, dtype):
     assert not before["fits"], f"SGLang's own choice {blk}x{w} should spill or overflow on sm_120: {before}"
     assert _cli("apply", "--sglang-dir", str(root))[0] == 0
     blk, w = _context_choice(path, head_dim, dtype)
-    assert (blk, w) == planner.plan_context_attention(120, head_dim, torch.tensor([], dtype=dtype).element_size())
+    assert (blk, w) == tiles.plan_context_attention(120, head_dim, torch.tensor([], dtype=dtype).element_size())
     after = _aot("context_attention", head_dim, dt, blk, w, 120)
     assert after["fits"] and after["spill"] == 0 and after["shared"] <= 101376, after
 
@@ -241,7 +242,7 @@ def test_patch3_fused_moe_override_is_clamped_on_sm120(tree, monkeypatch, caplog
         return mod.try_get_optimal_moe_config((128, 1536, 2048), (128, 2048, 768), 8, "fp8_w8a8", 4096)
 
     cfg = pick()
-    assert planner.moe_smem_bytes(cfg, "fp8_w8a8") == 147456, "released SGLang launches the 147,456 B override"
+    assert tiles.moe_smem_bytes(cfg, "fp8_w8a8") == 147456, "released SGLang launches the 147,456 B override"
     assert _cli("apply", "--sglang-dir", str(root))[0] == 0
     with caplog.at_level("WARNING"):
         cfg = pick()
@@ -259,9 +260,9 @@ def test_clamp_never_changes_block_m_and_always_fits():
                 for bk in (64, 128, 256):
                     for st in (2, 3, 4, 5):
                         cfg = dict(BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1, num_stages=st)
-                        out, reason = planner.clamp_moe_config(120, cfg, dt)
+                        out, reason = tiles.clamp_moe_config(120, cfg, dt)
                         assert out["BLOCK_SIZE_M"] == bm
-                        assert planner.moe_smem_bytes(out, dt) <= 101376
+                        assert tiles.moe_smem_bytes(out, dt) <= 101376
                         assert (reason is None) == (out == cfg)
 
 

@@ -35,15 +35,6 @@ def test_plan_rejects_unsupported_with_supported_list(kw, name):
     assert name in str(e.value)
 
 
-def test_kv_dtype_aliases_follow_sglang_names():
-    assert planner.normalize_kv_dtype("auto", "bf16") == "bf16"
-    assert planner.normalize_kv_dtype("auto", "fp16") == "fp16"
-    assert planner.normalize_kv_dtype("fp8_e4m3") == "fp8_e4m3"
-    assert planner.normalize_kv_dtype("nvfp4") == "nvfp4"
-    with pytest.raises(ValueError, match="kv_dtype"):
-        planner.normalize_kv_dtype("fp4_mx_block16")
-
-
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
 def test_budget_cases_cover_every_planner_choice(arch):
     """Every configuration the planner can return for this arch appears among the AOT cases."""

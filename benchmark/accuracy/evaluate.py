@@ -114,7 +114,7 @@ def e2e(model_dir, wins, logdir, port=30123, chunk=128):
     """Prompt logprobs through SGLang servers with chunked prefill of ``chunk`` tokens, so every
     position after the first chunk reads the cached prefix in the server's KV format; scored from
     there on."""
-    from sgl_kernel_sm12x.serving import Server
+    from sglang_sm12x.tools.serving import Server
 
     runs = {}
     mse = {"SGLANG_SM12X_NVFP4_SCALES": "mse"}        # sglang_sm12x.backend.NVFP4_SCALES_ENV
@@ -166,7 +166,7 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=30123, help="e2e servers' port")
     ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp"), help="e2e server logs")
     a = ap.parse_args(argv)
-    from sgl_kernel_sm12x.serving import stop_on_sigterm
+    from sglang_sm12x.tools.serving import stop_on_sigterm
 
     stop_on_sigterm()          # a killed run stops its servers
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from sgl_kernel_sm12x.sglang_versions import SUPPORTED, release  # noqa: F401 -- one definition
+from .versions import SUPPORTED, release  # noqa: F401 -- one definition
 
 
 class UnsupportedSGLang(RuntimeError):

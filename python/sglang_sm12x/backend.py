@@ -39,6 +39,10 @@ _FAULT = os.environ.get("SGLANG_SM12X_FAULT", "")
 # NVFP4 block-scale rule of the append kernel: "max" (amax / 6, as SGLang quantizes) or "mse"
 # (least squared error of three scale codes; the same format, readable by any NVFP4 reader)
 NVFP4_SCALES_ENV = "SGLANG_SM12X_NVFP4_SCALES"
+# Debug aid: read the kernels' out-of-pool flag after every eager attention call (one device sync
+# each) and raise naming kv_indices. SGLang builds the index lists from req_to_token itself, so the
+# serving path does not check; the kernels never read outside the pool either way.
+CHECK_SLOTS_ENV = "SGLANG_SM12X_CHECK_SLOTS"
 
 
 @dataclass
@@ -142,6 +146,7 @@ class Sm12xAttnBackend(AttentionBackend):
         if self.nvfp4_scales not in NVFP4_SCALES:
             raise ValueError(f"{NVFP4_SCALES_ENV}={self.nvfp4_scales!r} is not supported; supported: "
                              f"{list(NVFP4_SCALES)}")
+        self.check_slots = os.environ.get(CHECK_SLOTS_ENV, "0") not in ("", "0")
         self.kv_cache_dtype = model_runner.kv_cache_dtype
         self.data_type = model_runner.dtype if hasattr(model_runner, "dtype") else None
         cfg = model_runner.model_config
@@ -314,7 +319,8 @@ class Sm12xAttnBackend(AttentionBackend):
             kv_dtype=self.kv_dtype, max_extend_len=md.max_extend_len, page_size=self.page_size,
             k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
             sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-            window_left=self._window(layer), out=out, arch=self.arch, max_prefix_len=md.max_prefix_len)
+            window_left=self._window(layer), out=out, arch=self.arch, max_prefix_len=md.max_prefix_len,
+            check_slots=self.check_slots)
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -340,5 +346,6 @@ class Sm12xAttnBackend(AttentionBackend):
             q3, kc, vc, md.kv_indptr, md.kv_indices, md.seq_lens[:bs], kv_dtype=self.kv_dtype,
             page_size=self.page_size, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
             sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-            window_left=self._window(layer), out=out, workspace=ws, arch=self.arch)
+            window_left=self._window(layer), out=out, workspace=ws, arch=self.arch,
+            check_slots=self.check_slots and not md.in_graph)
         return out.view(bs, hq * d)

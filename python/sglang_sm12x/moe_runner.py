@@ -9,7 +9,7 @@ Triton runner each layer builds gets this project's core. Their quant info
 (``TritonMoeQuantInfo``: w13/w2 weights, fp8 flags, scales, block shape) is what the core reads.
 
 Independently of the flag, on SM120/121 every config SGLang's Triton fused-MoE picks (default,
-tuned file or override) passes through :func:`sgl_kernel_sm12x.planner.clamp_moe_config`, so MoE
+tuned file or override) passes through :func:`sglang_sm12x.tiles.clamp_moe_config`, so MoE
 models stop overflowing the 101,376 B of shared memory there without flags.
 """
 from __future__ import annotations
@@ -218,7 +218,7 @@ def sm12x_arch() -> int | None:
 
 def clamp_sglang_config(result, args, kwargs, arch=None):
     """Clamp what ``try_get_optimal_moe_config`` returned (a config, or (config, (down, max_m)))."""
-    from sgl_kernel_sm12x.planner import clamp_moe_config
+    from .tiles import clamp_moe_config
 
     arch = sm12x_arch() if arch is None else arch
     if arch is None:

@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
-                      offsets_fit, online_softmax_step, slot_ids, split_range, tile_flags, tile_scores, unit_scales)
+from .kv_tile import (KV_MODES, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+                      offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 LOG2E = 1.4426950408889634
@@ -59,6 +59,7 @@ def decode_split_kernel(
     part_o_ptr, part_lse_ptr,                              # (batch, q_heads, MAX_SPLITS, HEAD_DIM), (.., MAX_SPLITS)
     qk_scale,                                              # sm_scale * k_scale * log2(e)
     logit_cap, window_left, group, page_size, max_splits,
+    num_slots, flag_ptr,                                   # pool rows; (1,) int32 set to 1 on an out-of-pool slot
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -138,19 +139,17 @@ def decode_split_kernel(
         # in flight while tile i is decoded and multiplied (the quantized tiles go through inline
         # PTX, which the loop pipeliner does not stage through shared memory)
         pos = lo_tok + offs_n
-        n_mask = pos < hi_tok
-        slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, flag_ptr, PAGED)
         kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
         vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
         pos_nx = pos + BLOCK_N
-        mask_nx = pos_nx < hi_tok
-        slot_nx = slot_ids(kv_indices_ptr, base, pos_nx, mask_nx, page_size, PAGED)
+        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, num_slots, flag_ptr, PAGED)
         for n0 in range(lo_tok, hi_tok, BLOCK_N):
             kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
             vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
             pos_nx2 = pos_nx + BLOCK_N
-            mask_nx2 = pos_nx2 < hi_tok
-            slot_nx2 = slot_ids(kv_indices_ptr, base, pos_nx2, mask_nx2, page_size, PAGED)
+            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, num_slots, flag_ptr,
+                                            PAGED)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
                                                   qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
                                                   HAS_CAP, HW_FP8, DOT_FP32, FP4_PTX)
@@ -159,8 +158,7 @@ def decode_split_kernel(
     else:
         for n0 in tl.range(lo_tok, hi_tok, BLOCK_N, num_stages=LOOP_STAGES):
             pos = n0 + offs_n
-            n_mask = pos < hi_tok
-            slot = slot_ids(kv_indices_ptr, base, pos, n_mask, page_size, PAGED)
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, flag_ptr, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
@@ -261,6 +259,7 @@ def decode_attention(
     workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
     arch: int | None = None,
     config: planner.DecodeConfig | None = None,
+    check_slots: bool = True,
 ) -> torch.Tensor:
     """One decode step of paged attention.
 
@@ -282,6 +281,9 @@ def decode_attention(
     max_splits : split-KV parallelism (default: the planner's choice for this batch).
     workspace : preallocated ``(part_o, part_lse)`` for CUDA graphs (see :func:`decode_workspace`).
     config : override of the planner's choice, for offline tuning sweeps only.
+    check_slots : a slot (or page) id outside the pool is never read -- the kernel reads slot 0 in
+        its place and sets a device flag; True reads the flag after the launch (one sync) and
+        raises ``ValueError`` naming ``kv_indices`` and the offending range.
 
     Returns ``out`` (batch, q_heads, head_dim) in q's dtype.
     """
@@ -317,9 +319,14 @@ def decode_attention(
     qk_scale = sm * k_scale * LOG2E
     write_lse = lse is not None
     direct = cfg.max_splits == 1 and not write_lse
+    flag = slot_flag(q.device)
+    # no sync inside a CUDA-graph capture: a captured call never checks
+    check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    if check_slots:
+        flag.zero_()
     if cfg.fp4_mma and (k_mode, v_mode) == (2, 2):
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                        logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale)
+                        logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale, flag)
     else:
         decode_split_kernel[split_grid(cfg, batch, hkv)](
             q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
@@ -330,7 +337,7 @@ def decode_attention(
             kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
             part_o_ptr=part_o, part_lse_ptr=part_lse,
             qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
-            group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits,
+            group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits, num_slots=kc.shape[0], flag_ptr=flag,
             BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
             K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
             HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
@@ -339,13 +346,14 @@ def decode_attention(
             HEADS_INNER=cfg.heads_inner, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
         )
-    if direct:
-        return out
-    decode_reduce_kernel[(batch, hq)](
-        part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
-        lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
-        HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
-    )
+    if not direct:
+        decode_reduce_kernel[(batch, hq)](
+            part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
+            lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
+            HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
+        )
+    if check_slots:
+        check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
     return out
 
 
@@ -364,7 +372,7 @@ _OFF32_LIMIT = 2 ** 31
 
 
 def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                    logit_cap, window_left, group, page_size, out, direct, v_scale):
+                    logit_cap, window_left, group, page_size, out, direct, v_scale, flag):
     """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program); ``direct`` (one split,
     no LSE): it stores the output itself."""
     from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
@@ -377,7 +385,7 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         kv_indptr, kv_indices, seq_lens, part_o, part_lse,
-        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits,
+        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, kc.shape[0], flag,
         HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
@@ -481,10 +489,10 @@ def aot_cases(arch: int):
             sig = {"q_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t, "k_scale_ptr": "*u8",
                    "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32",
                    "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-                   "qk_scale": "fp32", "logit_cap": "fp32"}
+                   "qk_scale": "fp32", "logit_cap": "fp32", "flag_ptr": "*i32"}
             for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
-                      "page_size", "max_splits"):
+                      "page_size", "max_splits", "num_slots"):
                 sig[n] = "i32"
             sig.update(o_ptr=q_t, stride_o_b="i32", stride_o_h="i32", v_scale="fp32")    # always passed
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],

@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, decode_tile, dot, gluon_kernel_usable, load_kv_raw, load_raw, nvfp4_decode,
+from .kv_tile import (KV_MODES, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_kv_raw, load_raw,
+                      nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
 
@@ -42,6 +43,7 @@ def extend_kernel(
     qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix,       # log2-domain softmax scales; V scale of the pool
     logit_cap, window_left, group, page_size,
+    num_slots, flag_ptr,                                 # pool rows; (1,) int32 set to 1 on an out-of-pool slot
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
@@ -107,11 +109,12 @@ def extend_kernel(
         # tile i + 2 are in flight while tile i is computed (the NVFP4 tiles go through inline PTX,
         # which the loop pipeliner does not stage). Offered to the sweeps; not planned yet.
         pos = lo + offs_n
-        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
+        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
         kr, ksr, vr, vsr = load_kv_raw(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
                                        offs_wk, offs_wv, n_mask, K_MODE, V_MODE)
         pos_nx = pos + BLOCK_N
-        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, PAGED)
+        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, num_slots, flag_ptr,
+                                       PAGED)
     # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles
     # and the register-prefetch form take the masked loop, and so do quantized pools unless the
     # configuration says otherwise (a second loop body put some quantized sm_86-120
@@ -141,7 +144,8 @@ def extend_kernel(
                                                            stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
                                                            K_MODE, V_MODE)
                 pos_nx2 = pos_nx + BLOCK_N
-                mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, PAGED)
+                mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, num_slots,
+                                                       flag_ptr, PAGED)
             else:
                 nr = n0
                 if ROTATE and SPLIT:
@@ -151,7 +155,7 @@ def extend_kernel(
                         n_whole = tl.maximum((p_full - lo) // BLOCK_N, 1)
                         nr = lo + ((n0 - lo) // BLOCK_N + mb) % n_whole * BLOCK_N
                 pos = nr + offs_n
-                n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, PAGED)
+                n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
                 kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             if K_MODE == 2:
                 s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
@@ -282,6 +286,7 @@ def extend_attention(
     arch: int | None = None,
     config: planner.ExtendConfig | None = None,
     max_prefix_len: int | None = None,
+    check_slots: bool = True,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its cached prefix plus themselves.
 
@@ -301,6 +306,8 @@ def extend_attention(
         standing in for the pool, and the kernel is compiled without its prefix phase
         (``ExtendConfig.prefix_loop``; H100 1.07-1.14x: the unused loop's code had cost the chunk
         phase). A configuration without the prefix phase is refused unless max_prefix_len is 0.
+    check_slots : as in :func:`sgl_kernel_sm12x.attention.decode.decode_attention` (out-of-pool slot
+        ids are never read; True raises naming ``kv_indices`` after the launch, one sync).
     """
     if kv_dtype not in KV_MODES:
         _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
@@ -375,6 +382,11 @@ def extend_attention(
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
+    flag = slot_flag(q.device)
+    # no sync inside a CUDA-graph capture: a captured call never checks
+    check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    if check_slots:
+        flag.zero_()
     for knob in ("v_late", "warp_spec"):     # variants of the NVFP4 wgmma kernel alone
         if getattr(cfg, knob) and not (cfg.wgmma and modes == (2, 2)):
             _fail("config", f"{knob} applies to the sm_90 wgmma kernel with an NVFP4 pool (wgmma=True, "
@@ -387,9 +399,11 @@ def extend_attention(
             _fail("config", "wgmma takes pools whose K / V (and scale) tensors each span under 2^31 bytes; "
                   "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
         from .extend_wgmma import launch
-        launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens,
+        launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, flag,
                qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
                group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
+        if check_slots:
+            check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
         return out
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
     extend_kernel[grid](
@@ -404,11 +418,13 @@ def extend_attention(
         qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
         qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
-        HEAD_DIM=d, PAGED=page_size > 1, K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=logit_cap > 0,
+        num_slots=kc.shape[0], flag_ptr=flag, HEAD_DIM=d, PAGED=page_size > 1, K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=logit_cap > 0,
         HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
         **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
+    if check_slots:
+        check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
     return out
 
 
@@ -446,10 +462,12 @@ def aot_cases(arch: int):
         sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t,
                "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32",
                "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32",
-               "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32"}
+               "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32",
+               "flag_ptr": "*i32"}
         for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                   "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
-                  "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size"):
+                  "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size",
+                  "num_slots"):
             sig[n] = "i32"
         label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                      paged=inp["page_size"] > 1, **cfg.as_dict())

@@ -73,6 +73,32 @@ def unit_scales(flags: dict, k_mode: int, v_mode: int, k_scale: float, v_scale: 
     return k_scale, v_scale
 
 
+_SLOT_FLAGS: dict = {}
+
+
+def slot_flag(device) -> "torch.Tensor":
+    """The device's out-of-pool flag: one int32, zero until a kernel meets a slot id outside the
+    pool (:func:`slot_ids`); :func:`check_slot_flag` reads and clears it."""
+    import torch
+    dev = torch.device(device)
+    if dev not in _SLOT_FLAGS:
+        _SLOT_FLAGS[dev] = torch.zeros(1, dtype=torch.int32, device=dev)
+    return _SLOT_FLAGS[dev]
+
+
+def check_slot_flag(flag, kv_indptr, kv_indices, num_slots: int, page_size: int) -> None:
+    """Raise (naming ``kv_indices`` and the offending range) when ``flag`` says a kernel met a slot
+    outside ``[0, num_slots)``. Reads the flag: one device sync. A checking caller zeroes the flag
+    before its launch (an unchecked call may have left it set)."""
+    if not int(flag.item()):
+        return
+    used = kv_indices[: int(kv_indptr[-1].item())] if kv_indptr.numel() else kv_indices[:0]
+    unit, n = ("page ids", num_slots // page_size) if page_size > 1 else ("slot ids", num_slots)
+    rng = f"[{int(used.min())}, {int(used.max())}]" if used.numel() else "(none listed)"
+    raise ValueError(f"kv_indices: {unit} outside the pool were listed (entries span {rng}; the pool holds {n} "
+                     f"{unit.split()[0]}s, valid [0, {n})); no row outside the pool was read")
+
+
 def nvfp4_rows_aligned(cache) -> bool:
     """Whether every (slot, head) row of an NVFP4 pool starts on a 4-byte boundary, as the kernels'
     32-bit word loads need (SGLang's pools always do; a byte-offset view would not)."""
@@ -98,24 +124,33 @@ def split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS: tl.cons
 
 
 @triton.jit
-def tile_slots(kv_indices_ptr, base, pos, end, page_size, PAGED: tl.constexpr):
-    """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end``, and their
-    pool slots (:func:`slot_ids`)."""
+def tile_slots(kv_indices_ptr, base, pos, end, page_size, num_slots, flag_ptr, PAGED: tl.constexpr):
+    """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end`` and list a
+    slot inside the pool, and their pool slots (:func:`slot_ids`)."""
     mask = pos < end
-    return mask, slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED)
+    slot, ok = slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, flag_ptr, PAGED)
+    return mask & ok, slot
 
 
 @triton.jit
-def slot_ids(kv_indices_ptr, base, pos, mask, page_size, PAGED: tl.constexpr):
+def slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, flag_ptr, PAGED: tl.constexpr):
     """Pool slots of logical positions ``pos`` of one request.
 
     not PAGED: ``kv_indices[base + pos]`` are token slots (SGLang's req_to_token rows).
     PAGED:     ``kv_indices[base + pos // page_size]`` are page ids; slot = page * P + pos % P.
+
+    Returns ``(slot, ok)``. A slot outside ``[0, num_slots)`` is never read: ``ok`` is False there
+    (callers mask the position out), the slot is replaced by 0, and ``flag_ptr[0]`` is set to 1,
+    which the launchers turn into an error naming ``kv_indices`` (:func:`check_slot_flag`).
     """
     if PAGED:
         page = tl.load(kv_indices_ptr + base + pos // page_size, mask=mask, other=0).to(tl.int64)
-        return page * page_size + (pos % page_size)
-    return tl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(tl.int64)
+        slot = page * page_size + (pos % page_size)
+    else:
+        slot = tl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(tl.int64)
+    bad = (slot < 0) | (slot >= num_slots)
+    tl.store(flag_ptr + tl.zeros_like(pos), 1, mask=bad)
+    return tl.where(bad, 0, slot), bad == 0
 
 
 @triton.jit

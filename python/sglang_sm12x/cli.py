@@ -18,18 +18,18 @@ def main(argv=None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "budget":
-        from .budget import main as budget_main
+        from sgl_kernel_sm12x.budget import main as budget_main
         return budget_main(rest)
     if cmd == "bench-serving":
-        from .bench_serving import main as bench_main
+        from .tools.bench_serving import main as bench_main
         return bench_main(rest)
     if cmd == "doctor":
-        from .doctor import main as doctor_main
+        from .tools.doctor import main as doctor_main
         return doctor_main(rest)
     if cmd == "patch":
-        from .patch import main as patch_main
+        from .tools.patch import main as patch_main
         return patch_main(rest)
-    from .demo import main as demo_main
+    from .tools.demo import main as demo_main
     return demo_main(rest)
 
 

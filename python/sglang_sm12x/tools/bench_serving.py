@@ -428,7 +428,7 @@ def main(argv=None) -> int:
             bar.close()
     env = _environment()
     given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["bench-serving"]:          # reached through `python -m sgl_kernel_sm12x.cli bench-serving`
+    if given[:1] == ["bench-serving"]:          # reached through `python -m sglang_sm12x.cli bench-serving`
         given = given[1:]
     for p in write_report(rows, Path(a.out_dir), env, plan, shlex.join(["sm12x", "bench-serving", *given])):
         print(p)

@@ -22,8 +22,8 @@ def _attention_demo(dev, on_gpu):
     import math
 
     import torch
-    from .attention.decode import decode_attention
-    from .kv_append import append_kv
+    from sgl_kernel_sm12x.attention.decode import decode_attention
+    from sgl_kernel_sm12x.kv_append import append_kv
     batch, ctx, hkv, group, d = (4, 1024, 8, 4, 128) if on_gpu else (2, 96, 2, 4, 64)
     tokens = batch * ctx
     k = torch.randn(tokens, hkv, d, device=dev).to(torch.bfloat16)
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
         return serve_demo()
     if not on_gpu:
         os.environ["TRITON_INTERPRET"] = "1"   # before triton is imported
-    from . import nvfp4
-    from .kv_append import append_kv
+    from sgl_kernel_sm12x import nvfp4
+    from sgl_kernel_sm12x.kv_append import append_kv
 
     dev = "cuda" if on_gpu else "cpu"
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         return 0
     print("\nSM12x shared-memory budget (AOT, sm_120 and sm_121):")
     env = {k_: v_ for k_, v_ in os.environ.items() if k_ != "TRITON_INTERPRET"}
-    return subprocess.call([sys.executable, "-m", "sgl_kernel_sm12x.cli", "budget", "--arch", "120,121"], env=env)
+    return subprocess.call([sys.executable, "-m", "sglang_sm12x.cli", "budget", "--arch", "120,121"], env=env)
 
 
 def serve_demo(port: int = 30177) -> int:

@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 
-from .sglang_versions import SUPPORTED, release
+from ..versions import SUPPORTED, release
 
 ARCH_NAMES = {120: "SM120 (RTX 5090 / RTX PRO 6000)", 121: "SM121 (DGX Spark / GB10)", 90: "SM90 (H100/H200)",
               100: "SM100 (B200)", 89: "SM89 (Ada)", 86: "SM86 (Ampere)", 80: "SM80 (A100)"}
@@ -69,7 +69,7 @@ def ptxas_compiles(arch: int) -> tuple[bool, str]:
 
 def _smem_check(info) -> Check:
     """The planner sizes every tile against a per-capability limit table; the card must agree."""
-    from .planner import ARCH_LIMITS
+    from sgl_kernel_sm12x.planner import ARCH_LIMITS
 
     lim = ARCH_LIMITS.get(info["capability"])
     if lim is None:
@@ -86,9 +86,9 @@ def _smem_check(info) -> Check:
 
 def _nvfp4_decode_check(arch: int) -> Check:
     """Which NVFP4 decode split stage the planner will run here (information, never a failure)."""
-    from . import planner
+    from sgl_kernel_sm12x import planner
     try:
-        from .attention.decode import fp4_mma_available
+        from sgl_kernel_sm12x.attention.decode import fp4_mma_available
         gluon = fp4_mma_available()
     except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
         gluon = False
@@ -107,9 +107,9 @@ def _nvfp4_decode_check(arch: int) -> Check:
 
 def _nvfp4_extend_check(arch: int) -> Check:
     """Which kernel reads an NVFP4 prefix in extend here (information, never a failure)."""
-    from . import planner
+    from sgl_kernel_sm12x import planner
     try:
-        from .attention.extend import wgmma_available
+        from sgl_kernel_sm12x.attention.extend import wgmma_available
         gluon = wgmma_available()
     except Exception:  # noqa: BLE001 -- no Triton at all: the triton line already says so
         gluon = False

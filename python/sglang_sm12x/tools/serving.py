@@ -18,19 +18,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "qwen3-tiny"
 
 
 def bundled_model() -> Path:
     """The tiny Qwen3 config + 1024-token tokenizer shipped with the plugin."""
-    try:
-        import sglang_sm12x
-
-        p = Path(sglang_sm12x.__file__).parent / "models" / "qwen3-tiny"
-        if p.exists():
-            return p
-    except ImportError:
-        pass
     return BUNDLED_MODEL
 
 

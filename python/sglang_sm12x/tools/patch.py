@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .sglang_versions import release
+from ..versions import release
 
 STATE_DIR = ".sm12x-patches"
 
@@ -39,8 +39,16 @@ class PatchError(RuntimeError):
 
 
 def patches_root() -> Path:
+    """The version-keyed patch folders: the installed package data (``sglang_sm12x.patches``) or,
+    in a source checkout, the repository's ``patches/``."""
     here = Path(__file__).resolve().parent
-    for cand in (here / "patches", here.parent / "patches"):
+    cands = [here.parent / "patches", here.parents[2] / "patches"]
+    try:
+        from importlib.resources import files
+        cands.insert(0, Path(str(files("sglang_sm12x.patches"))))
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    for cand in cands:
         if (cand / "README.md").exists() or any(cand.glob("sglang-*/series")):
             return cand
     raise PatchError("the patches/ folder is missing from this installation")
