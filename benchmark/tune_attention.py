@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import sys
 from dataclasses import replace
@@ -22,7 +23,22 @@ from attention import DEV, flashinfer_decode, flashinfer_prefill, kv_bytes_per_t
 
 from sgl_kernel_sm12x import planner  # noqa: E402
 from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace  # noqa: E402
-from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
+from sgl_kernel_sm12x.attention.extend import LOG2E, extend_attention  # noqa: E402
+
+
+def _ws_extend(q, k, v, pool, qo, kvp, kvi, pl, cfg, chunk, group, dec_regs):
+    """The warp-specialized NVFP4 extend kernel launched with this script's own override of its
+    decoder warpgroup's register count (the scales computed as ``extend_attention`` does)."""
+    from sgl_kernel_sm12x.attention import extend_wgmma
+    from sgl_kernel_sm12x.attention.kv_tile import FP4_PTX_UNIT, slot_flag
+    out = torch.empty_like(q)
+    sm = 1.0 / math.sqrt(q.shape[2])
+    ks, vs = pool["k_scale"] / FP4_PTX_UNIT, pool["v_scale"] / FP4_PTX_UNIT
+    extend_wgmma.launch(q, k, v, out, pool["k_cache"], pool["v_cache"], pool["k_scale_cache"], pool["v_scale_cache"],
+                        qo, kvp, kvi, pl, slot_flag(q.device), qk_scale_prefix=sm * ks * LOG2E,
+                        qk_scale_ext=sm * LOG2E, v_scale_prefix=vs, logit_cap=0.0, group=group, page_size=1,
+                        max_extend_len=chunk, cfg=cfg, dec_regs=dec_regs)
+    return out
 
 
 def main():
@@ -34,8 +50,7 @@ def main():
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     ap.add_argument("--prefetch", type=int, nargs="+", default=[0, 1],
-                    help="register prefetch of the next raw pool tile off (0) / on (1): decode, and the "
-                    "extend prefix loop")
+                    help="decode: register prefetch of the next raw pool tile off (0) / on (1)")
     ap.add_argument("--min-split-tokens", type=int, nargs="+", default=None,
                     help="decode: split lengths to sweep (default: the planner's)")
     ap.add_argument("--decode-shapes", nargs="+", default=["128x4096", "1x32768"],
@@ -45,9 +60,6 @@ def main():
                     "registers (1); its --block-n, --prefetch and split values are taken, warps / stages do not apply")
     ap.add_argument("--max-splits", type=int, nargs="+", default=None,
                     help="decode: split-KV programs per (request, kv head) to sweep (default: the planner's)")
-    ap.add_argument("--heads-inner", type=int, nargs="+", default=None,
-                    help="decode: grid order, a request's KV heads launched side by side (1) or its batch rows (0) "
-                    "(default: the planner's)")
     ap.add_argument("--pack", type=int, nargs="+", default=[1, 2, 4],
                     help="extend: query heads of a KV group packed into one program's rows")
     ap.add_argument("--tiles", nargs="+", default=None,
@@ -63,15 +75,9 @@ def main():
     ap.add_argument("--wgmma", type=int, nargs="+", default=None,
                     help="extend, nvfp4 on sm_90: the Gluon kernel overlapping the tile decode with the MMAs (1) "
                     "or the Triton kernel (0)")
-    ap.add_argument("--v-late", type=int, nargs="+", default=None,
-                    help="extend, nvfp4 in the sm_90 wgmma kernel: V decoded after the softmax, while the "
-                    "previous PV runs (1), or before that PV's issue (0)")
-    ap.add_argument("--warp-spec", type=int, nargs="+", default=None,
-                    help="extend, nvfp4 in the sm_90 wgmma kernel: the prefix decoded by a fourth warpgroup (1)")
     ap.add_argument("--dec-regs", type=int, nargs="+", default=None,
-                    help="extend, warp_spec: the decoder warpgroup's registers a thread (default: the kernel's)")
-    ap.add_argument("--rotate-prefix", type=int, nargs="+", default=None,
-                    help="extend: whole prefix tiles in an order rotated by the row block (1) or in order (0)")
+                    help="extend, nvfp4 on the sm_90 wgmma kernel: the decoder warpgroup's registers a thread "
+                    "(default: the kernel's); passed to the launch as this script's own override")
     ap.add_argument("--prefix-loop", type=int, nargs="+", default=None,
                     help="extend, shapes without a prefix: compiled with (1) or without (0) the prefix phase")
     ap.add_argument("--plan-arch", type=int, default=None,
@@ -80,8 +86,6 @@ def main():
                     "sm_120 does; its shared memory and clocks are not sm_120's)")
     ap.add_argument("--extend-shapes", nargs="+", default=["1x0x8192", "1x4096x1024", "8x4096x1024"],
                     help="extend: BATCHxPREFIXxCHUNK points")
-    ap.add_argument("--loop-stages", type=int, nargs="+", default=[0],
-                    help="decode: pipeline stages of the Triton split stage's tile loop (0: the tile's)")
     ap.add_argument("--maxnreg", type=int, nargs="+", default=[0],
                     help="decode: register caps of the Triton split stage to sweep (0: none, ptxas chooses)")
     ap.add_argument("--flashinfer", action="store_true",
@@ -96,8 +100,6 @@ def main():
     d, hq, hkv = a.head_dim, 32, 8
     rows = []
     if a.extend:
-        from sgl_kernel_sm12x.attention import extend_wgmma     # --dec-regs sets its WS_DEC_REGS
-        dec_default = extend_wgmma.WS_DEC_REGS
         for kv in a.kv_dtype:
             for batch, prefix, chunk in (tuple(int(x) for x in sh.split("x")) for sh in a.extend_shapes):
                 flops = 4 * batch * hq * d * (chunk * prefix + chunk * chunk / 2)
@@ -122,14 +124,13 @@ def main():
                 knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
                                      ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
-                                     ("wgmma", a.wgmma), ("rotate_prefix", a.rotate_prefix),
-                                     ("v_late", a.v_late), ("warp_spec", a.warp_spec)):
+                                     ("wgmma", a.wgmma)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
-                    replace(plan, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, pack=pk, prefetch=bool(pf),
+                    replace(plan, block_m=bm, block_n=bn, num_warps=nw, num_stages=ns, pack=pk,
                             **dict(zip(knobs, vals)))
-                    for (bm, bn, nw, ns), pk, pf, *vals in itertools.product(tiles, a.pack, a.prefetch, *knobs.values())
+                    for (bm, bn, nw, ns), pk, *vals in itertools.product(tiles, a.pack, *knobs.values())
                     if (hq // hkv) % pk == 0 and bm // pk >= 8
                     and (not dict(zip(knobs, vals))["wgmma"]
                          or kv in ("nvfp4", "bf16", "fp16") and prefix > 0 and bm == 128 and nw in (4, 8))])
@@ -143,16 +144,20 @@ def main():
                     cands[planner.plan_extend(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, prefix=prefix > 0,
                                               gluon=False)] = None
                 anchor = None           # the planned configuration's output, the first candidate's
+                ws = kv == "nvfp4"          # an NVFP4 wgmma plan runs the warp-specialized kernel
                 runs = [(cfg, r) for cfg in cands
-                        for r in ((a.dec_regs or [dec_default]) if cfg.warp_spec else [dec_default])]
+                        for r in ((a.dec_regs or [None]) if cfg.wgmma and ws else [None])]
                 for cfg, dec_regs in runs:
-                    extend_wgmma.WS_DEC_REGS = dec_regs
                     bm, bn, nw, ns = cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages
-                    fn = lambda: extend_attention(  # noqa: E731
-                        q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
-                        max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
-                        v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
-                        v_scale=pool.get("v_scale", 1.0), config=cfg, max_prefix_len=prefix, check_slots=False)
+                    if dec_regs is None:
+                        fn = lambda: extend_attention(  # noqa: E731
+                            q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl, kv_dtype=kv,
+                            max_extend_len=chunk, k_scale_cache=pool.get("k_scale_cache"),
+                            v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
+                            v_scale=pool.get("v_scale", 1.0), config=cfg, max_prefix_len=prefix, check_slots=False)
+                    else:
+                        fn = lambda: _ws_extend(q, k, v, pool, qo, kvp, kvi, pl, cfg, chunk, hq // hkv,  # noqa: E731
+                                                dec_regs)
                     try:
                         out = fn()
                         if anchor is None:
@@ -164,14 +169,13 @@ def main():
                         print(f"extend {kv} {cfg} ERROR {str(e)[:100]}")
                         continue
                     rows.append(dict(phase="extend", kv_dtype=kv, batch=batch, prefix=prefix, chunk=chunk,
-                                     config=cfg.as_dict(), dec_regs=dec_regs if cfg.warp_spec else None,
+                                     config=cfg.as_dict(), dec_regs=dec_regs,
                                      planned=cfg == plan, ms=ms, tflops=flops / ms / 1e9,
                                      max_diff_vs_plan=diff, mismatch=diff > a.tolerance))
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
-                          f"pf={int(cfg.prefetch)} ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
+                          f"ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.wgmma)} rot={int(cfg.rotate_prefix)} vl={int(cfg.v_late)} "
-                          f"ws={int(cfg.warp_spec)}{'/%d' % dec_regs if cfg.warp_spec else ''} "
+                          f"wg={int(cfg.wgmma)}{' dec_regs=%d' % dec_regs if dec_regs else ''} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,
@@ -193,10 +197,10 @@ def main():
             # candidates are the plan with the swept fields replaced (grid order and the rest as planned)
             cands = dict.fromkeys([plan] + [replace(plan, block_n=bn, num_warps=nw, num_stages=ns, max_splits=msp,
                                                     min_split_tokens=mst, prefetch=bool(pf), fp4_mma=False,
-                                                    loop_stages=ls, maxnreg=mr)
-                                            for bn, nw, ns, pf, mst, msp, ls, mr in itertools.product(
+                                                    maxnreg=mr)
+                                            for bn, nw, ns, pf, mst, msp, mr in itertools.product(
                                                 a.block_n, a.warps, a.stages, a.prefetch, splits, max_splits,
-                                                a.loop_stages, a.maxnreg)
+                                                a.maxnreg)
                                             if 0 in a.fp4_mma or kv != "nvfp4"])
             if kv == "nvfp4":       # the Triton split stage as planned where the register-operand kernel is not
                 cands[planner.plan_decode(arch, head_dim=d, kv_dtype=kv, group=hq // hkv, batch=batch, kv_heads=hkv,
@@ -204,11 +208,9 @@ def main():
             if kv == "nvfp4" and 1 in a.fp4_mma:
                 cands.update(dict.fromkeys(replace(plan, block_n=bn, num_warps=1, num_stages=1, max_splits=msp,
                                                    min_split_tokens=mst, prefetch=bool(pf), fp4_mma=True,
-                                                   loop_stages=0, maxnreg=0)
+                                                   maxnreg=0)
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
-            if a.heads_inner:
-                cands = dict.fromkeys([plan] + [replace(c, heads_inner=bool(h)) for c in cands for h in a.heads_inner])
             if a.flashinfer and kv == "bf16":
                 fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv), graph=True)[1]
                 rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
@@ -238,8 +240,7 @@ def main():
                                  planned=cfg == plan, ms=ms, gbps=nbytes / ms / 1e6, max_diff_vs_plan=diff,
                                  mismatch=diff > a.tolerance))
                 print(f"decode {kv:<9} b={batch:<4} ctx={ctx:<6} bn={bn:<4} w={nw} st={ns} pf={int(cfg.prefetch)} "
-                      f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} ls={cfg.loop_stages} "
-                      f"hi={int(cfg.heads_inner)} reg={cfg.maxnreg} "
+                      f"split={cfg.min_split_tokens} ms={cfg.max_splits} mma={int(cfg.fp4_mma)} reg={cfg.maxnreg} "
                       f"{ms * 1e3:8.1f} us "
                       f"{nbytes / ms / 1e6:7.0f} GB/s{'  <- plan' if cfg == plan else ''}"
                       f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")

@@ -12,11 +12,12 @@ import triton
 import triton.language as tl
 
 from . import planner
+from .attention.kv_tile import FMT_NVFP4, FMT_PLAIN
+from .formats import KVFormat, kv_formats
 from .fp_codes import e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode, e4m3_encode_hw
 from .nvfp4 import BLOCK_SIZE, SCALE_RULES as NVFP4_SCALES
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-KV_MODE = {"bf16": 0, "fp16": 0, "fp8_e4m3": 1, "nvfp4": 2}
 _TORCH_ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _TORCH_PLAIN = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,10 +30,10 @@ def _append_rows(
     tok, slot, mask,
     HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
 ):
-    """Plain copy (KV_MODE 0) or FP8 e4m3 (KV_MODE 1) of whole rows."""
+    """Plain copy (FMT_PLAIN) or FP8 e4m3 (FMT_FP8) of whole rows."""
     offs_d = tl.arange(0, HEAD_DIM)
     x_in = tl.load(src_ptr + tok[:, None] * stride_src_t + offs_d[None, :], mask=mask[:, None], other=0.0)
-    if KV_MODE == 0:
+    if KV_MODE == FMT_PLAIN:
         out = x_in.to(dst_ptr.dtype.element_ty)
     else:
         rcp = 1.0 / tl.load(gscale_ptr)
@@ -145,7 +146,7 @@ def kv_append_kernel(
     heads of one slot run together and their partial-sector writes merge in L2. A lane is a whole
     token row for copy/FP8 and one 16-element block for NVFP4."""
     head = tl.program_id(0).to(tl.int64)
-    LANES_PER_ROW: tl.constexpr = HEAD_DIM // 16 if KV_MODE == 2 else 1
+    LANES_PER_ROW: tl.constexpr = HEAD_DIM // 16 if KV_MODE == FMT_NVFP4 else 1
     lane = tl.arange(0, BLOCK_ROWS * LANES_PER_ROW)
     tok = tl.program_id(1) * BLOCK_ROWS + lane // LANES_PER_ROW
     in_range = tok < num_tokens
@@ -156,7 +157,7 @@ def kv_append_kernel(
     v_src = v_ptr + head * stride_v_h
     k_dst = k_cache_ptr + head * stride_kc_h
     v_dst = v_cache_ptr + head * stride_vc_h
-    if KV_MODE == 2:
+    if KV_MODE == FMT_NVFP4:
         blk = lane % LANES_PER_ROW
         if DO_K:
             _append_nvfp4_blocks(k_src, stride_k_t, k_dst, stride_kc_s, k_scale_cache_ptr + head * stride_ks_h,
@@ -277,8 +278,7 @@ def append_kv(
                   v_scale_cache=v_scale_cache, k_scale=v_scale, v_scale=v_scale, check_slots=False, arch=arch,
                   nvfp4_scales=nvfp4_scales, _parts=(False, True))
         return
-    if kv_dtype not in KV_MODE:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODE) + ['fp8k_nvfp4v']}")
+    mode = kv_formats(kv_dtype)[0]        # a pool format; fp8k_nvfp4v was split into its two halves above
     _check_tensor("k", k, ndim=3, dtypes=tuple(_TORCH_ACT))
     dev = k.device
     tokens, heads, head_dim = k.shape
@@ -292,10 +292,9 @@ def append_kv(
             _fail(name, f"heads x head_dim must be contiguous (strides {tuple(t.stride())})")
     _check_tensor("out_loc", out_loc, ndim=1, dtypes=(torch.int32, torch.int64), device=dev, shape=(tokens,))
 
-    mode = KV_MODE[kv_dtype]
-    if mode == 0:
+    if mode == KVFormat.PLAIN:
         cache_dtypes, width = (_TORCH_PLAIN[kv_dtype],), head_dim
-    elif mode == 1:
+    elif mode == KVFormat.FP8:
         cache_dtypes, width = _U8, head_dim
     else:
         cache_dtypes, width = (torch.uint8,), head_dim // 2
@@ -304,14 +303,14 @@ def append_kv(
     _check_tensor("k_cache", k_cache, shape=(slots, heads, width))
     _check_tensor("v_cache", v_cache, dtypes=cache_dtypes, device=dev, shape=(slots, heads, width),
                   contiguous=True)
-    if mode == 2:
+    if mode == KVFormat.NVFP4:
         sshape = (slots, heads, head_dim // BLOCK_SIZE)
         _check_tensor("k_scale_cache", k_scale_cache, dtypes=_U8, device=dev, shape=sshape, contiguous=True)
         _check_tensor("v_scale_cache", v_scale_cache, dtypes=_U8, device=dev, shape=sshape, contiguous=True)
         k_scale_cache, v_scale_cache = k_scale_cache.view(torch.uint8), v_scale_cache.view(torch.uint8)
     else:
         k_scale_cache = v_scale_cache = k_cache   # unused by the kernel at this KV_MODE
-    if mode == 1:
+    if mode == KVFormat.FP8:
         k_cache, v_cache = k_cache.view(torch.uint8), v_cache.view(torch.uint8)
     kg = _scale_tensor("k_scale", k_scale, dev)
     vg = _scale_tensor("v_scale", v_scale, dev)
@@ -322,8 +321,7 @@ def append_kv(
         if lo < 0 or hi >= slots:
             _fail("out_loc", f"slot ids must lie in [0, {slots}), got range [{lo}, {hi}]")
 
-    if arch is None:
-        arch = planner.current_arch(dev) if dev.type == "cuda" else 120
+    arch = planner.launch_arch(dev, arch)
     cfg = config or planner.plan_kv_append(arch, head_dim, kv_dtype, _TORCH_ACT[k.dtype])
     grid = (heads, triton.cdiv(tokens, cfg.block_rows))
     kv_append_kernel[grid](
@@ -338,9 +336,9 @@ def append_kv(
         stride_vs_s=v_scale_cache.stride(0), stride_vs_h=v_scale_cache.stride(1),
         k_gscale_ptr=kg, v_gscale_ptr=vg,
         num_tokens=tokens, num_slots=slots,
-        HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=mode,
+        HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=int(mode),
         HW_FP8=cfg.hw_fp8 and not _INTERPRET, DO_K=_parts[0], DO_V=_parts[1],
-        MSE_SCALES=mode == 2 and nvfp4_scales == "mse", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        MSE_SCALES=mode == KVFormat.NVFP4 and nvfp4_scales == "mse", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
 
 
@@ -349,25 +347,25 @@ def aot_cases(arch: int):
     seen = set()
     for inp in planner.kv_append_domain():
         cfg = planner.plan_kv_append(arch, **inp)
-        mode = KV_MODE[inp["kv_dtype"]]
+        mode = int(kv_formats(inp["kv_dtype"])[0])
         act = inp["act_dtype"]
-        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == 0 else "", cfg)
+        key = (inp["head_dim"], mode, act, inp["kv_dtype"] if mode == KVFormat.PLAIN else "", cfg)
         if key in seen:
             continue
         seen.add(key)
         cache_t = {"bf16": "*bf16", "fp16": "*fp16"}.get(inp["kv_dtype"], "*u8")
         sig = {"k_ptr": f"*{act}", "v_ptr": f"*{act}", "loc_ptr": "*i64",
                "k_cache_ptr": cache_t, "v_cache_ptr": cache_t,
-               "k_scale_cache_ptr": "*u8" if mode == 2 else cache_t,
-               "v_scale_cache_ptr": "*u8" if mode == 2 else cache_t,
+               "k_scale_cache_ptr": "*u8" if mode == KVFormat.NVFP4 else cache_t,
+               "v_scale_cache_ptr": "*u8" if mode == KVFormat.NVFP4 else cache_t,
                "k_gscale_ptr": "*fp32", "v_gscale_ptr": "*fp32"}
         for n in ("stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h", "stride_kc_s", "stride_kc_h",
                   "stride_vc_s", "stride_vc_h", "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h",
                   "num_tokens", "num_slots"):
             sig[n] = "i32"
         # fp8k_nvfp4v appends K alone with the fp8 plan and V alone with the nvfp4 plan
-        parts = [(True, True)] + ([(True, False)] if mode == 1 else [(False, True)] if mode == 2 else [])
-        for (do_k, do_v), mse in ((p, m) for p in parts for m in ((False, True) if mode == 2 else (False,))):
+        parts = [(True, True)] + ([(True, False)] if mode == KVFormat.FP8 else [(False, True)] if mode == KVFormat.NVFP4 else [])
+        for (do_k, do_v), mse in ((p, m) for p in parts for m in ((False, True) if mode == KVFormat.NVFP4 else (False,))):
             cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8,
                   "DO_K": do_k, "DO_V": do_v, "MSE_SCALES": mse}
             label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}

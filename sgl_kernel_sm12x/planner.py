@@ -14,6 +14,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Iterable
 
+from . import formats as _formats
+
 # --------------------------------------------------------------------------------------------------
 # Arch limits
 # --------------------------------------------------------------------------------------------------
@@ -51,20 +53,48 @@ def arch_limits(arch: int) -> ArchLimits:
                          f"{sorted(ARCH_LIMITS)}") from None
 
 
+# CPU tensors run the kernels under the Triton interpreter; a launcher given CPU tensors and no
+# ``arch=`` plans them for this arch (the product's target), never for the host's CUDA device.
+INTERPRETER_ARCH = 120
+
+
 def current_arch(device=None) -> int:
-    """Compute capability of the current CUDA device as an int (``(12, 0)`` -> 120)."""
+    """Compute capability of a CUDA device as an int (``(12, 0)`` -> 120), read once per device."""
     import torch
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device; pass arch= explicitly")
     index = torch.device(device).index if device is not None else None
-    return _arch_of(torch.cuda.current_device() if index is None else index)
+    return _device_info(torch.cuda.current_device() if index is None else index)[0]
+
+
+def device_sms(device) -> int:
+    """Multiprocessor count of a CUDA device, read once per device."""
+    import torch
+    index = torch.device(device).index
+    return _device_info(torch.cuda.current_device() if index is None else index)[1]
 
 
 @functools.lru_cache(maxsize=None)
-def _arch_of(index: int) -> int:
+def _device_info(index: int) -> tuple[int, int]:
     import torch
-    major, minor = torch.cuda.get_device_capability(index)
-    return major * 10 + minor
+    p = torch.cuda.get_device_properties(index)
+    return p.major * 10 + p.minor, p.multi_processor_count
+
+
+def launch_arch(device, arch: int | None = None) -> int:
+    """The arch a launch on ``device`` is planned for: ``arch`` when the caller names one (any
+    device: the interpreter can run a plan for any arch), else the CUDA device's own, else, for CPU
+    tensors, :data:`INTERPRETER_ARCH`."""
+    import torch
+    if arch is not None:
+        return arch_limits(arch).cc
+    device = torch.device(device)
+    if device.type == "cuda":
+        return current_arch(device)
+    if device.type == "cpu":
+        return INTERPRETER_ARCH
+    raise ValueError(f"device {device}: the kernels run on CUDA devices, or on CPU tensors under the Triton "
+                     "interpreter")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,13 +102,9 @@ def _arch_of(index: int) -> int:
 # --------------------------------------------------------------------------------------------------
 
 HEAD_DIMS = (64, 128, 256)
-POOL_KV_DTYPES = ("bf16", "fp16", "fp8_e4m3", "nvfp4")    # one format for K and V
-# storage formats the attention kernels read; fp8k_nvfp4v: K in fp8_e4m3, V in nvfp4 (K's outlier
-# channels are what NVFP4 handles worst), appended as one fp8 and one nvfp4 half
-KV_DTYPES = POOL_KV_DTYPES + ("fp8k_nvfp4v",)
-FP8_K = ("fp8_e4m3", "fp8k_nvfp4v")        # K stored as fp8_e4m3
-FP4_V = ("nvfp4", "fp8k_nvfp4v")           # V stored as nvfp4
-ACT_DTYPES = ("bf16", "fp16")                          # activations (q, new k/v)
+# the storage formats, named once (formats.py); fp8k_nvfp4v appends as one fp8 and one nvfp4 half
+KV_DTYPES = tuple(_formats.KV_DTYPES)
+POOL_KV_DTYPES, FP8_K, FP4_V, ACT_DTYPES = _formats.POOL_KV_DTYPES, _formats.FP8_K, _formats.FP4_V, _formats.ACT_DTYPES
 
 
 def _check(name: str, value, supported: Iterable):
@@ -153,8 +179,6 @@ class DecodeConfig:
     hw_fp8: bool = False
     prefetch: bool = False  # the raw bytes of the next tile are loaded while this one is decoded
     fp4_mma: bool = False   # nvfp4: the one-warp kernel that decodes tiles into MMA operand registers
-    loop_stages: int = 0    # software-pipeline stages of the Triton split stage's tile loop (0: num_stages)
-    heads_inner: bool = False  # grid (kv_heads, batch, splits): the KV heads of a request launch together
     maxnreg: int = 0        # register cap passed to ptxas (0: none) where its own choice spills
 
     def as_dict(self):
@@ -245,7 +269,7 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n, num_warps=warps,
                         num_stages=stages, max_splits=max_splits, min_split_tokens=128,
                         hw_fp8=kv_dtype in FP8_K + FP4_V and lim.cc >= 89, prefetch=kv_dtype in FP4_V,
-                        heads_inner=True, maxnreg=maxnreg)
+                        maxnreg=maxnreg)
 
 
 def _triton_splits(rows: int, sms: int, round_down: bool) -> int:
@@ -297,7 +321,7 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
     _check_splits(max_splits)
     return DecodeConfig(block_h=max(16, 1 << (group - 1).bit_length()), block_n=block_n,
                         num_warps=1, num_stages=1, max_splits=max_splits, min_split_tokens=128, hw_fp8=True,
-                        prefetch=True, fp4_mma=True, heads_inner=True)
+                        prefetch=True, fp4_mma=True)
 
 
 def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
@@ -410,7 +434,6 @@ class ExtendConfig:
     num_stages: int
     hw_fp8: bool = False
     pack: int = 1           # query heads of one KV group sharing a program's rows (block_m // pack tokens)
-    prefetch: bool = False  # prefix loop: the raw bytes of the next pool tile loaded while this one is used
     unmasked: bool = True   # tiles every row sees whole run a second, select-free loop (prefix: 16-bit pools)
     prefix_stages: int = 0  # software-pipeline stages of the prefix loop alone (0: num_stages)
     heavy_first: bool = False  # causal row blocks launched longest first within each (head, request)
@@ -418,13 +441,8 @@ class ExtendConfig:
     diag_in_loop: bool = False  # causal diagonal tiles (16-bit pools: the prefix's partial one too) in the
     #                             whole-tile loop
     prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
-    wgmma: bool = False     # sm_90 NVFP4 / 16-bit pools with a prefix: the Gluon warpgroup-MMA kernel
-    #                         (extend_wgmma; num_stages: a 16-bit prefix's copy buffers)
-    rotate_prefix: bool = False  # whole prefix tiles in an order rotated by the row block
-    v_late: bool = False        # wgmma kernel, NVFP4: V_j decoded after the softmax of S_j, while PV_{j-1}
-    #                             runs, instead of before PV_{j-1}'s issue (a tuning knob: not yet timed)
-    warp_spec: bool = False     # wgmma kernel, NVFP4: the prefix decoded by a fourth warpgroup (warp-specialized,
-    #                             extend_wgmma_ws_kernel)
+    wgmma: bool = False     # sm_90 with a prefix: the Gluon warpgroup-MMA kernels of extend_wgmma (16-bit pools:
+    #                         prefix tiles copied, num_stages copy buffers; NVFP4: a decoder warpgroup)
 
     def as_dict(self):
         return asdict(self)
@@ -537,7 +555,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # warpgroups only wait for its mbarriers), same process (...-tune-extend-warp-spec.log):
         # 1 x 4k + 1k 0.226 -> 0.204-0.206 ms, 8 x 4k + 1k 1.62-1.65 -> 1.45-1.48, 1 x 4k + 8k
         # 2.72-2.76 -> 2.54-2.61, against bf16 0.202 / 1.363 / 2.344. AOT: 229,444 B, no spills
-        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True, warp_spec=True)
+        cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True)
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype in ACT_DTYPES:
         # 16-bit pools: the same kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
         # 4 query heads a program sharing each K / V tile. H100, one process with FlashInfer

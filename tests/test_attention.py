@@ -147,20 +147,6 @@ def test_extend_gqa_packed_soft_cap_and_window(kv_dtype, device):
     _run_extend(kv_dtype, "bf16", 64, 1, 4, 1, [0, 130], [50, 33], device, config=cfg, logit_cap=8.0, window_left=50)
 
 
-@pytest.mark.parametrize("page", [1, 16])
-@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "bf16"), ("nvfp4", "bf16"), ("fp8k_nvfp4v", "bf16")],
-                         ids=lambda f: f[0])
-def test_extend_prefix_register_prefetch(fmt, page, device):
-    """The prefix loop's register-prefetch form (tile i + 1's raw bytes in flight while tile i is
-    used; offered to the sweeps): prefixes that end inside a tile, span several, a window that
-    starts the loop mid-prefix, a soft cap, packed heads."""
-    kv_dtype, q_dtype = fmt
-    cfg = planner.ExtendConfig(32, 32, 4, 2, pack=2, prefetch=True)
-    _run_extend(kv_dtype, q_dtype, 64, 2, 4, page, [0, 1, 45, 130], [7, 3, 20, 33], device, config=cfg)
-    _run_extend(kv_dtype, q_dtype, 64, 1, 4, page, [0, 130], [50, 33], device, config=cfg, logit_cap=8.0,
-                window_left=50)
-
-
 @pytest.mark.parametrize("unmasked,diag_in_loop", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 def test_extend_16bit_with_and_without_the_select_free_loop(unmasked, diag_in_loop, q_dtype, device):
@@ -260,33 +246,6 @@ def test_decode_sm90_wide_token_tiles(fmt, rows, page, device):
     out = torch.full_like(q, float("nan"))
     decode_attention(q, pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page, out=out, config=cfg)
     assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
-
-
-@pytest.mark.parametrize("splits", [1, 4])
-@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "fp16"), ("nvfp4", "bf16")], ids=lambda f: f[0])
-def test_decode_grid_order_gives_the_same_result(fmt, splits, device):
-    """The split stage's grid in (KV head, request, split) order -- as planned -- and in (request,
-    KV head, split) order computes the same, bit for bit; with the output poisoned first, so a
-    program that lands on the wrong (request, head) shows up as NaN or as a mismatch."""
-    kv_dtype, q_dtype = fmt
-    lens = [130, 1, 0, 77]
-    hkv, group, d = 3, 2, 64
-    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, 1, hkv, d, device)
-    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype]).to(device)
-    seq = torch.tensor(lens, dtype=torch.int32, device=device)
-    plan = planner.plan_decode(120, head_dim=d, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group, batch=len(lens),
-                               kv_heads=hkv, max_splits=splits, fp4_mma=False)
-    assert plan.heads_inner
-    kw = dict(kv_dtype=kv_dtype, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
-              v_scale=pool.v_scale, max_splits=splits)
-    outs = []
-    for order in (True, False):
-        out = torch.full_like(q, float("nan"))
-        decode_attention(q, pool.k, pool.v, indptr, indices, seq, out=out,
-                         config=dataclasses.replace(plan, heads_inner=order), **kw)
-        outs.append(out)
-    assert torch.equal(outs[0], outs[1])
-    assert_decode_per_request(outs[0], q, pool, tok, lens, ACT[q_dtype])
 
 
 @pytest.mark.parametrize("page", [1, 16])
@@ -577,19 +536,6 @@ def test_gpu_extend_large(fmt, d):
     _run_extend(fmt[0], fmt[1], d, 8, 4, 16, [0, 2000, 513], [1500, 700, 1], "cuda")
 
 
-@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("nvfp4", "fp16"), ("fp8_e4m3", "bf16")], ids=lambda f: f"{f[0]}-{f[1]}")
-@pytest.mark.parametrize("arch", [90, 120])
-def test_extend_rotated_prefix_tiles(fmt, arch, device):
-    """Whole prefix tiles read in an order rotated by the row block: the same attention, with
-    prefixes of several tiles, one of exactly one tile and partial tails."""
-    kv_dtype, q_dtype = fmt
-    cfg = planner.plan_extend(arch, head_dim=64, kv_dtype=kv_dtype, q_dtype=q_dtype, group=2, page_size=16)
-    cfg = dataclasses.replace(cfg, block_m=32, block_n=32, num_warps=4, num_stages=2, prefix_stages=0,
-                              pack=min(cfg.pack, 2), rotate_prefix=True)
-    _run_extend(kv_dtype, q_dtype, 64, 2, 2, 16, [150, 32, 97, 0], [70, 40, 1, 9], device, config=cfg,
-                max_prefix_len=150)
-
-
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 def test_extend_short_fresh_chunk_plan(q_dtype, device):
     """sm_90's plan for short chunks with nothing cached (64 x 64 tiles, 4 query heads a program):
@@ -617,18 +563,15 @@ def _sm90():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
-@pytest.mark.parametrize("block_n,warp_spec", [(64, False), (128, False), (128, True)],
-                         ids=["bn64", "bn128", "bn128-ws"])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
-def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype, block_n, warp_spec):
-    """The sm_90 NVFP4 extend kernels that overlap the tile decode with the MMAs (in the MMA
-    warpgroups, or in a decoder warpgroup of its own): every GQA ratio and page size, prefixes and
-    chunks that are not multiples of the tiles, a request without a prefix beside ones with one, a
-    one-token chunk."""
+def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype):
+    """The sm_90 NVFP4 extend kernel that decodes prefix tiles in a warpgroup of its own while the
+    MMA warpgroups run: every GQA ratio and page size, prefixes and chunks that are not multiples
+    of the tiles, a request without a prefix beside ones with one, a one-token chunk."""
     pack = min(group, 4)
-    cfg = planner.ExtendConfig(128, block_n, 8, 1, True, pack=pack, wgmma=True, warp_spec=warp_spec)
+    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=pack, wgmma=True)
     _run_extend("nvfp4", q_dtype, 128, 2 if group <= 8 else 1, group, page, [37, 0, 300, 129], [23, 130, 1, 200],
                 "cuda", config=cfg, max_prefix_len=300)
 
@@ -654,22 +597,12 @@ def test_gpu_extend_wgmma_16bit_pool(group, page, q_dtype, tile):
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 @pytest.mark.parametrize("page", [1, 16])
-def test_gpu_extend_nvfp4_wgmma_v_late(page):
-    """The tuning variant that decodes V after the softmax computes the same attention."""
-    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True, v_late=True)
-    _run_extend("nvfp4", "bf16", 128, 2, 4, page, [37, 0, 300, 129], [23, 130, 1, 200], "cuda", config=cfg,
-                max_prefix_len=300)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
-@pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 def test_gpu_extend_nvfp4_wgmma_warp_spec(page, q_dtype):
     """The warp-specialized NVFP4 kernel (a decoder warpgroup handing tiles over by mbarrier):
     prefixes of one tile, shorter than a tile, ending inside one and spanning many (the buffer and
     barrier phases wrap), a request without a prefix, a one-token chunk, GQA 4 and 8, soft cap."""
-    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True, warp_spec=True)
+    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True)
     _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [37, 0, 300, 129, 128], [23, 130, 1, 200, 64], "cuda",
                 config=cfg, max_prefix_len=300)
     _run_extend("nvfp4", q_dtype, 128, 1, 8, page, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,
@@ -680,22 +613,10 @@ def test_gpu_extend_nvfp4_wgmma_warp_spec(page, q_dtype):
     _run_extend("nvfp4", q_dtype, 128, 2, 4, page, [0, 300], [50, 20], "cuda", config=cfg, max_prefix_len=300)
 
 
-def test_v_late_is_refused_outside_the_nvfp4_wgmma_kernel():
-    q = torch.zeros(4, 4, 64, dtype=torch.bfloat16)
-    k = torch.zeros(4, 1, 64, dtype=torch.bfloat16)
-    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
-    with pytest.raises(ValueError, match="v_late applies to the sm_90 wgmma kernel"):
-        extend_attention(q, k, k, k, k, i32(0, 4), i32(0, 0), i32(0), i32(0), kv_dtype="bf16", max_extend_len=4,
-                         config=planner.ExtendConfig(32, 32, 4, 2, v_late=True))
-    with pytest.raises(ValueError, match="warp_spec applies to the sm_90 wgmma kernel"):
-        extend_attention(q, k, k, k, k, i32(0, 4), i32(0, 0), i32(0), i32(0), kv_dtype="bf16", max_extend_len=4,
-                         config=planner.ExtendConfig(32, 32, 4, 2, warp_spec=True))
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
-    cfg = planner.ExtendConfig(128, 64, 8, 1, True, pack=4, wgmma=True)
+    cfg = planner.ExtendConfig(128, 128, 8, 1, True, pack=4, wgmma=True)
     _run_extend("nvfp4", "bf16", 128, 8, 4, 16, [2000, 513, 4096], [1500, 700, 1], "cuda", config=cfg,
                 max_prefix_len=4096)
     _run_extend("nvfp4", "bf16", 128, 2, 8, 1, [300, 65], [77, 129], "cuda", config=cfg, max_prefix_len=300,
@@ -704,8 +625,7 @@ def test_gpu_extend_nvfp4_wgmma_soft_cap_and_large():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
-@pytest.mark.parametrize("warp_spec", [False, True])
-def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request(warp_spec):
+def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request():
     """A NaN block scale in one request's cached prefix shows as NaN in all of that request's rows
     (every row reads the whole prefix) and nowhere else."""
     group, hkv, d = 4, 2, 128
@@ -716,7 +636,7 @@ def test_gpu_extend_nvfp4_wgmma_nan_stays_in_its_request(warp_spec):
     k = torch.randn(sum(ext), hkv, d, dtype=torch.bfloat16, device="cuda")
     v = torch.randn_like(k)
     out = torch.full_like(q, 7.0)
-    cfg = dataclasses.replace(planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group), warp_spec=warp_spec)
+    cfg = planner.plan_extend(90, head_dim=d, kv_dtype="nvfp4", group=group)
     assert cfg.wgmma
     extend_attention(q, k, v, pool.k, pool.v, torch.tensor([0, 40, 80], dtype=torch.int32, device="cuda"), indptr,
                      indices, torch.tensor(lens, dtype=torch.int32, device="cuda"), kv_dtype="nvfp4",
@@ -741,17 +661,16 @@ def test_wgmma_takes_only_pools_with_32_bit_offsets():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_n,prefetch,off32,heads_inner", [(16, False, True, True), (32, True, True, False),
-                                                                (16, True, False, True), (64, True, True, True)])
+@pytest.mark.parametrize("block_n,prefetch,off32", [(16, False, True), (32, True, True), (16, True, False),
+                                                    (64, True, True)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
-def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, heads_inner,
-                                            monkeypatch):
+def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, monkeypatch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
     every head_dim x GQA x page size x q dtype, the three token tiles, with and without the register
-    prefetch, 32- and 64-bit row offsets, both grid orders, lengths that end inside a tile, span
+    prefetch, 32- and 64-bit row offsets, lengths that end inside a tile, span
     several tiles and several splits, against the float reference over the dequantized cache."""
     from sgl_kernel_sm12x.attention import decode
     if not off32:
@@ -763,8 +682,7 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
     seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
     plan = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype="nvfp4", q_dtype=q_dtype, group=group,
                                page_size=page, batch=len(lens), kv_heads=hkv, max_splits=4)
-    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=prefetch, fp4_mma=True,
-                              heads_inner=heads_inner)
+    cfg = dataclasses.replace(plan, block_n=block_n, num_warps=1, num_stages=1, prefetch=prefetch, fp4_mma=True)
     out = torch.full_like(q, float("nan")).cuda()
     decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype="nvfp4", page_size=page,
                      k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,

@@ -159,7 +159,7 @@ def test_attention_budget_cases_cover_planner(arch):
     ext = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_m"], lab["block_n"],
             lab["num_warps"], lab["num_stages"], lab["prefix_stages"]) for lab, *_ in extend.aot_cases(arch)}
     wg = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"],
-           lab["pack"], lab["num_stages"], lab["warp_spec"])
+           lab["pack"], lab["num_stages"])
           for lab, *_ in itertools.chain(extend_wgmma.aot_cases(arch), extend_wgmma.aot_cases_ws(arch))}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
         for prefix, window, gluon, short in ((True, False, True, False), (False, False, True, False),
@@ -168,7 +168,7 @@ def test_attention_budget_cases_cover_planner(arch):
             c = planner.plan_extend(arch, **inp, prefix=prefix, window=window, gluon=gluon, short=short)
             if c.wgmma:
                 assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
-                        c.pack, c.num_stages, c.warp_spec) in wg
+                        c.pack, c.num_stages) in wg
                 continue
             assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                     c.num_warps, c.num_stages, c.prefix_stages) in ext
@@ -218,13 +218,11 @@ def test_extend_sm90_nvfp4_takes_the_overlapped_gluon_kernel():
     """sm_90, NVFP4 pool, head_dim 128, 4 query heads a program, a prefix to read: the Gluon kernel
     with the tile decode in its own warpgroup (warp-specialized), every page size; with a sliding
     window, without a device (the interpreter), without a prefix, at other head dims / GQA ratios /
-    arches: the Triton kernel. 16-bit pools never take the warp-specialized kernel."""
+    arches: the Triton kernel. (An NVFP4 pool's wgmma launch is always the warp-specialized kernel.)"""
     for group in (4, 8, 16):
         for page in planner.PAGE_SIZES:
             c = planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=group, page_size=page)
-            assert c.wgmma and c.warp_spec and (c.block_m, c.block_n, c.num_warps, c.pack) == (128, 128, 8, 4)
-    for kv in ("bf16", "fp16"):
-        assert not planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=4).warp_spec
+            assert c.wgmma and (c.block_m, c.block_n, c.num_warps, c.pack) == (128, 128, 8, 4)
     for kw in (dict(window=True), dict(gluon=False), dict(prefix=False)):
         assert not planner.plan_extend(90, head_dim=128, kv_dtype="nvfp4", group=4, **kw).wgmma
     for arch, d, group, kv in ((90, 64, 4, "nvfp4"), (90, 128, 2, "nvfp4"), (90, 128, 4, "fp8_e4m3"),

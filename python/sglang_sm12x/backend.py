@@ -120,12 +120,6 @@ def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None
                          f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
 
 
-def _arch(device) -> int:
-    if torch.device(device).type == "cuda":
-        return planner.current_arch(torch.device(device))
-    return 120
-
-
 class Sm12xAttnBackend(AttentionBackend):
     """Attention for MHA/GQA models on SM120/121 (and SM80-SM100) with bf16/fp16, FP8 or NVFP4 KV."""
 
@@ -152,10 +146,9 @@ class Sm12xAttnBackend(AttentionBackend):
         cfg = model_runner.model_config
         self.max_context_len = int(cfg.context_len)
         self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
-        self.arch = _arch(self.device)
+        self.arch = planner.launch_arch(self.device)
         check_shapes(model_runner, self.arch, self.kv_dtype, self.page_size)
-        self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
-                        if self.device.type == "cuda" else None)
+        self.num_sms = planner.device_sms(self.device) if self.device.type == "cuda" else None
         self._cg = None
         self.forward_metadata: Optional[Sm12xMetadata] = None
         if self.kv_dtype == "nvfp4" and getattr(self.pool.quant_method, "use_trtllm_gen_native_scale_layout", False):

@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from ..formats import KVFormat, kv_formats
+from .kv_tile import (FMT_NVFP4, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
                       offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -32,7 +33,7 @@ def _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b, qk_
     accumulate. Returns the new ``(m_i, l_i, acc_a, acc_b)``."""
     s = tile_scores(q_a, q_b, kr, ksr, dt, BLOCK_H, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
     p, alpha, m_i, l_i = online_softmax_step(s * qk_scale, m_i, l_i, n_mask[None, :], HAS_CAP, logit_cap)
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         v_lo, v_hi = nvfp4_decode(vr, vsr, dt, FP4_PTX, HW_FP8)
         acc_a = dot(p.to(dt), v_lo, acc_a * alpha[:, None], DOT_FP32)
         acc_b = dot(p.to(dt), v_hi, acc_b * alpha[:, None], DOT_FP32)
@@ -64,17 +65,12 @@ def decode_split_kernel(
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr, PREFETCH: tl.constexpr = False,
-    LOOP_STAGES: tl.constexpr = None, DIRECT: tl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0,
-    v_scale=1.0, HEADS_INNER: tl.constexpr = False,
+    DIRECT: tl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0, v_scale=1.0,
 ):
-    if HEADS_INNER:     # grid (kv_heads, batch, splits): a request's heads run side by side
-        kvh = tl.program_id(0)
-        b = tl.program_id(1)
-        n_kvh = tl.num_programs(0)
-    else:
-        b = tl.program_id(0)
-        kvh = tl.program_id(1)
-        n_kvh = tl.num_programs(1)
+    # grid (kv_heads, batch, splits): the programs reading one token's rows (a KV head each) run side by side
+    kvh = tl.program_id(0)
+    b = tl.program_id(1)
+    n_kvh = tl.num_programs(0)
     sid = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + b)
     base = tl.load(kv_indptr_ptr + b)
@@ -106,7 +102,7 @@ def decode_split_kernel(
         dt = tl.float16
     # q_a / q_b: even / odd elements of q for an NVFP4 K (q_b unused otherwise); acc_a / acc_b the
     # accumulators of the even / odd output elements for an NVFP4 V (acc_b unused otherwise)
-    if K_MODE == 2:
+    if K_MODE == FMT_NVFP4:
         q_a = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
         q_b = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
         if F16_MMA:
@@ -117,7 +113,7 @@ def decode_split_kernel(
         if F16_MMA:
             q_a = tl.clamp(q_a.to(tl.float32), -65504.0, 65504.0).to(dt)
         q_b = q_a
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         acc_a = tl.zeros([BLOCK_H, HALF], tl.float32)
         acc_b = tl.zeros([BLOCK_H, HALF], tl.float32)
     else:
@@ -129,10 +125,10 @@ def decode_split_kernel(
     ksc = k_scale_ptr + kvh * stride_ks_h
     vsc = v_scale_ptr + kvh * stride_vs_h
     offs_wk = offs_d
-    if K_MODE == 2:
+    if K_MODE == FMT_NVFP4:
         offs_wk = offs_p
     offs_wv = offs_d
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         offs_wv = offs_p
     if PREFETCH:
         # register prefetch: the undecoded bytes of tile i + 1 and the slot ids of tile i + 2 are
@@ -156,7 +152,7 @@ def decode_split_kernel(
             kr, ksr, vr, vsr, n_mask = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx
             pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
     else:
-        for n0 in tl.range(lo_tok, hi_tok, BLOCK_N, num_stages=LOOP_STAGES):
+        for n0 in tl.range(lo_tok, hi_tok, BLOCK_N):
             pos = n0 + offs_n
             n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, flag_ptr, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
@@ -170,14 +166,14 @@ def decode_split_kernel(
     if DIRECT:
         od = o_ptr.dtype.element_ty
         o_rows = _out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head)
-        if V_MODE == 2:
+        if V_MODE == FMT_NVFP4:
             tl.store(o_rows + 2 * offs_p[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
             tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_b * (inv_l * v_scale)[:, None]).to(od),
                      mask=h_mask[:, None])
         else:
             tl.store(o_rows + offs_d[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
         return
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         tl.store(o_row + 2 * offs_p[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
         tl.store(o_row + 2 * offs_p[None, :] + 1, acc_b * inv_l[:, None], mask=h_mask[:, None])
     else:
@@ -309,10 +305,10 @@ def decode_attention(
         _fail("workspace", f"needs at least ({batch}, {hq}, {cfg.max_splits}, {d}) for this call")
     k_mode, v_mode = meta["modes"]
     kc, vc = meta["k_cache"], meta["v_cache"]
-    ks = k_scale_cache.view(torch.uint8) if k_mode == 2 else kc
-    vs = v_scale_cache.view(torch.uint8) if v_mode == 2 else vc
+    ks = k_scale_cache.view(torch.uint8) if k_mode == KVFormat.NVFP4 else kc
+    vs = v_scale_cache.view(torch.uint8) if v_mode == KVFormat.NVFP4 else vc
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-    if k_mode == 0:      # per-tensor scales belong to quantized pools only
+    if k_mode == KVFormat.PLAIN:      # per-tensor scales belong to quantized pools only
         k_scale = v_scale = 1.0
     flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
     k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
@@ -324,7 +320,7 @@ def decode_attention(
     check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
     if check_slots:
         flag.zero_()
-    if cfg.fp4_mma and (k_mode, v_mode) == (2, 2):
+    if cfg.fp4_mma and (k_mode, v_mode) == (KVFormat.NVFP4, KVFormat.NVFP4):
         _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                         logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale, flag)
     else:
@@ -339,11 +335,11 @@ def decode_attention(
             qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
             group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits, num_slots=kc.shape[0], flag_ptr=flag,
             BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
-            K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+            K_MODE=int(k_mode), V_MODE=int(v_mode), MIN_SPLIT_TOKENS=cfg.min_split_tokens,
             HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, LOOP_STAGES=cfg.loop_stages or None, DIRECT=direct,
+            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, DIRECT=direct,
             o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
-            HEADS_INNER=cfg.heads_inner, **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
         )
     if not direct:
@@ -390,16 +386,13 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
         o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale),
-        HEADS_INNER=cfg.heads_inner, num_warps=1)
+        num_warps=1)
 
 
 def split_grid(cfg: planner.DecodeConfig, batch: int, kv_heads: int) -> tuple[int, int, int]:
-    """Launch grid of either split stage: ``(kv_heads, batch, splits)`` when ``cfg.heads_inner``
-    (the programs that read one token's rows, one KV head each, launch side by side), else
-    ``(batch, kv_heads, splits)``; the kernels read it back under their HEADS_INNER constexpr."""
-    if cfg.heads_inner:
-        return kv_heads, batch, cfg.max_splits
-    return batch, kv_heads, cfg.max_splits
+    """Launch grid of either split stage: ``(kv_heads, batch, splits)`` -- the programs that read one
+    token's rows, one KV head each, launch side by side."""
+    return kv_heads, batch, cfg.max_splits
 
 
 def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, device):
@@ -409,14 +402,14 @@ def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, d
 
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
-_CACHE_DTYPES = {0: (torch.bfloat16, torch.float16), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}
+_CACHE_DTYPES = {KVFormat.PLAIN: (torch.bfloat16, torch.float16), KVFormat.FP8: (torch.uint8, torch.float8_e4m3fn),
+                 KVFormat.NVFP4: (torch.uint8,)}
 
 
 def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv_dtype, page_size,
                      k_scale_cache, v_scale_cache, max_splits, arch):
     """Validate the arguments of :func:`decode_attention` and ask the planner for the launch."""
-    if kv_dtype not in KV_MODES:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
+    modes = kv_formats(kv_dtype)
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         _fail("q", "expected a (batch, q_heads, head_dim) tensor")
     if q.dtype not in _ACT:
@@ -424,28 +417,27 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
     if q.stride(2) != 1:
         _fail("q", "head_dim must be contiguous")
     batch, hq, d = q.shape
-    modes = KV_MODES[kv_dtype]
     if not isinstance(k_cache, torch.Tensor) or k_cache.dim() != 3:
         _fail("k_cache", "expected a (slots, kv_heads, width) tensor")
     hkv = k_cache.shape[1]
     if hq % hkv:
         _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
     for name, t, mode in (("k_cache", k_cache, modes[0]), ("v_cache", v_cache, modes[1])):
-        width = d // 2 if mode == 2 else d
+        width = d // 2 if mode == KVFormat.NVFP4 else d
         want = _CACHE_DTYPES[mode]
         if not isinstance(t, torch.Tensor) or t.dtype not in want:
             _fail(name, f"dtype {getattr(t, 'dtype', None)} does not hold kv_dtype={kv_dtype!r}; "
                         f"expected {[str(w) for w in want]}")
         if t.dim() != 3 or t.shape[1:] != (hkv, width) or t.stride(2) != 1:
             _fail(name, f"expected (slots, {hkv}, {width}) with contiguous last dim, got {tuple(t.shape)}")
-        if mode == 2 and not nvfp4_rows_aligned(t):
+        if mode == KVFormat.NVFP4 and not nvfp4_rows_aligned(t):
             _fail(name, "nvfp4 rows must start on 4-byte boundaries (data pointer and strides multiples of 4)")
         if t.device != q.device:
             _fail(name, f"is on {t.device}, q is on {q.device}")
-    if modes[0] == 0 and k_cache.dtype != q.dtype:
+    if modes[0] == KVFormat.PLAIN and k_cache.dtype != q.dtype:
         _fail("k_cache", f"bf16/fp16 pools must match q's dtype {q.dtype}")
     for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
-        if mode == 2 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
+        if mode == KVFormat.NVFP4 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
                           or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1):
             _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) uint8/float8_e4m3fn scale tensor")
     for name, t, n in (("kv_indptr", kv_indptr, batch + 1), ("seq_lens", seq_lens, batch)):
@@ -456,14 +448,13 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
         _fail("kv_indices", "expected a 1-D int32/int64 tensor")
     if page_size not in planner.PAGE_SIZES:
         _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
-    if arch is None:
-        arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.device.type == "cuda" else None
+    arch = planner.launch_arch(q.device, arch)
+    sms = planner.device_sms(q.device) if q.device.type == "cuda" else None
     plan = dict(arch=arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
                 page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
     cfg = planner.plan_decode(**plan)
-    kc = k_cache.view(torch.uint8) if modes[0] == 1 else k_cache
-    vc = v_cache.view(torch.uint8) if modes[1] == 1 else v_cache
+    kc = k_cache.view(torch.uint8) if modes[0] == KVFormat.FP8 else k_cache
+    vc = v_cache.view(torch.uint8) if modes[1] == KVFormat.FP8 else v_cache
     return cfg, dict(modes=modes, kv_heads=hkv, k_cache=kc, v_cache=vc, plan=plan)
 
 
@@ -473,13 +464,12 @@ def aot_cases(arch: int):
     seen = set()
     for inp, batch in ((inp, batch) for inp in planner.decode_domain() for batch in (1, 16, 64, 4096)):
         cfg = planner.plan_decode(arch, **inp, batch=batch, fp4_mma=False)   # the tile may depend on the grid
-        k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
+        k_mode, v_mode = (int(f) for f in kv_formats(inp["kv_dtype"]))
         q_t = f"*{inp['q_dtype']}"
-        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
+        cache_t = q_t if k_mode == KVFormat.PLAIN else "*u8"
         cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
-                  K_MODE=k_mode, V_MODE=v_mode, MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
+                  K_MODE=int(k_mode), V_MODE=int(v_mode), MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
                   HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, PREFETCH=cfg.prefetch,
-                  LOOP_STAGES=cfg.loop_stages or None, HEADS_INNER=cfg.heads_inner,
                   **tile_flags(k_mode, v_mode, cfg.hw_fp8))
         for direct in (False, True):    # one split and no LSE: the output stored by the split stage
             key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages, cfg.maxnreg, direct)
@@ -498,7 +488,7 @@ def aot_cases(arch: int):
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                          paged=inp["page_size"] > 1, block_h=cfg.block_h, block_n=cfg.block_n,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages, hw_fp8=cfg.hw_fp8,
-                         prefetch=cfg.prefetch, loop_stages=cfg.loop_stages, direct=direct)
+                         prefetch=cfg.prefetch, direct=direct)
             opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
             if cfg.maxnreg:
                 label["maxnreg"] = opts["maxnreg"] = cfg.maxnreg

@@ -270,7 +270,6 @@ def decode_split_nvfp4_kernel(
     MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
     KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr, OFF32: gl.constexpr,
     PREFETCH: gl.constexpr, DIRECT: gl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0, v_scale=1.0,
-    HEADS_INNER: gl.constexpr = False,
 ):
     KB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
     QA: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
@@ -279,14 +278,10 @@ def decode_split_nvfp4_kernel(
     R: gl.constexpr = HEAD_DIM // 32
     RV: gl.constexpr = HEAD_DIM // 64
 
-    if HEADS_INNER:     # grid (kv_heads, batch, splits): a request's heads run side by side
-        kvh = gl.program_id(0)
-        b = gl.program_id(1)
-        n_kvh = gl.num_programs(0)
-    else:
-        b = gl.program_id(0)
-        kvh = gl.program_id(1)
-        n_kvh = gl.num_programs(1)
+    # grid (kv_heads, batch, splits): the programs reading one token's rows (a KV head each) run side by side
+    kvh = gl.program_id(0)
+    b = gl.program_id(1)
+    n_kvh = gl.num_programs(0)
     sid = gl.program_id(2)
     seq_len = gl.load(seq_lens_ptr + b)
     base = gl.load(kv_indptr_ptr + b)
@@ -434,7 +429,7 @@ def aot_cases(arch: int):
 def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
     cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, NH=nh, PAGE=inp["page_size"],
               MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False, KWL=kwl, VWL=vwl,
-              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct, HEADS_INNER=cfg.heads_inner)
+              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct)
     sig = {"q_ptr": f"*{inp['q_dtype']}", "k_cache_ptr": "*u8", "v_cache_ptr": "*u8", "k_scale_ptr": "*u8",
            "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "seq_lens_ptr": "*i32",
            "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "qk_scale": "fp32", "logit_cap": "fp32",

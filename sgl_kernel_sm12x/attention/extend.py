@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from .kv_tile import (KV_MODES, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_kv_raw, load_raw,
+from ..formats import KVFormat, kv_formats
+from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
                       nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
@@ -47,10 +48,10 @@ def extend_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
-    FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False, PREFETCH: tl.constexpr = False,
+    FP4_PTX: tl.constexpr = False, F16_MMA: tl.constexpr = False,
     UNMASKED: tl.constexpr = True, PREFIX_STAGES: tl.constexpr = None, HEAVY_FIRST: tl.constexpr = False,
     QUANT_PREFIX_UNMASKED: tl.constexpr = False, DIAG_IN_LOOP: tl.constexpr = False,
-    PREFIX_LOOP: tl.constexpr = True, ROTATE: tl.constexpr = False,
+    PREFIX_LOOP: tl.constexpr = True,
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -86,9 +87,9 @@ def extend_kernel(
     q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
     if F16_MMA:
         q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dtp)
-    if K_MODE == 2:
+    if K_MODE == FMT_NVFP4:
         q_lo, q_hi = _halves(q)
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         acc_lo = tl.zeros([BLOCK_M, HALF], tl.float32)
         acc_hi = tl.zeros([BLOCK_M, HALF], tl.float32)
     else:
@@ -104,23 +105,11 @@ def extend_kernel(
     vsc = v_scale_ptr + kvh * stride_vs_h
     offs_wk = raw_cols(HEAD_DIM, K_MODE)
     offs_wv = raw_cols(HEAD_DIM, V_MODE)
-    if PREFETCH and PREFIX_LOOP:
-        # register prefetch, as in decode: the raw words of prefix tile i + 1 and the slot ids of
-        # tile i + 2 are in flight while tile i is computed (the NVFP4 tiles go through inline PTX,
-        # which the loop pipeliner does not stage). Offered to the sweeps; not planned yet.
-        pos = lo + offs_n
-        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
-        kr, ksr, vr, vsr = load_kv_raw(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
-                                       offs_wk, offs_wv, n_mask, K_MODE, V_MODE)
-        pos_nx = pos + BLOCK_N
-        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, prefix_len, page_size, num_slots, flag_ptr,
-                                       PAGED)
-    # tiles [lo, p_full) are whole and every row sees them (no select); the tail, windowed tiles
-    # and the register-prefetch form take the masked loop, and so do quantized pools unless the
-    # configuration says otherwise (a second loop body put some quantized sm_86-120
-    # configurations 4-24 B into spills, AOT)
-    SPLIT: tl.constexpr = UNMASKED and not HAS_WINDOW and not PREFETCH and (
-        K_MODE == 0 and V_MODE == 0 or QUANT_PREFIX_UNMASKED)
+    # tiles [lo, p_full) are whole and every row sees them (no select); the tail and windowed
+    # tiles take the masked loop, and so do quantized pools unless the configuration says
+    # otherwise (a second loop body put some quantized sm_86-120 configurations 4-24 B into
+    # spills, AOT)
+    SPLIT: tl.constexpr = UNMASKED and not HAS_WINDOW and (K_MODE == FMT_PLAIN and V_MODE == FMT_PLAIN or QUANT_PREFIX_UNMASKED)
     p_full = lo
     if SPLIT:
         p_full = prefix_len // BLOCK_N * BLOCK_N
@@ -128,7 +117,7 @@ def extend_kernel(
     # DIAG_IN_LOOP, 16-bit pools: the partial last tile runs as the whole-tile loop's last
     # iteration, masked behind a branch (a loop of its own fills its own software pipeline; H100,
     # 4000-token prefixes: bf16 1.04-1.07x, NVFP4 1.00-1.04x slower, so not for quantized pools)
-    TAIL_IN_LOOP: tl.constexpr = SPLIT and DIAG_IN_LOOP and K_MODE == 0 and V_MODE == 0
+    TAIL_IN_LOOP: tl.constexpr = SPLIT and DIAG_IN_LOOP and K_MODE == FMT_PLAIN and V_MODE == FMT_PLAIN
     for st in tl.static_range(0 if SPLIT else 1, (1 if TAIL_IN_LOOP else 2) if PREFIX_LOOP else 0):
         if st == 0:
             a0 = lo
@@ -139,25 +128,10 @@ def extend_kernel(
             a0 = p_full
             a1 = prefix_len
         for n0 in tl.range(a0, a1, BLOCK_N, num_stages=PREFIX_STAGES):
-            if PREFETCH:
-                kr_nx, ksr_nx, vr_nx, vsr_nx = load_kv_raw(kc, ksc, vc, vsc, slot_nx, stride_kc_s, stride_ks_s,
-                                                           stride_vc_s, stride_vs_s, offs_wk, offs_wv, mask_nx,
-                                                           K_MODE, V_MODE)
-                pos_nx2 = pos_nx + BLOCK_N
-                mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, prefix_len, page_size, num_slots,
-                                                       flag_ptr, PAGED)
-            else:
-                nr = n0
-                if ROTATE and SPLIT:
-                    # whole tiles in an order rotated by the row block: the programs sharing a KV
-                    # head do not all read the same tile at the same moment
-                    if n0 < p_full:
-                        n_whole = tl.maximum((p_full - lo) // BLOCK_N, 1)
-                        nr = lo + ((n0 - lo) // BLOCK_N + mb) % n_whole * BLOCK_N
-                pos = nr + offs_n
-                n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
-                kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
-            if K_MODE == 2:
+            pos = n0 + offs_n
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
+            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+            if K_MODE == FMT_NVFP4:
                 s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
             else:
                 s = tile_scores(q, q, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
@@ -168,29 +142,26 @@ def extend_kernel(
                 if n0 >= p_full:
                     s = tl.where(vis, s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, qk_scale_prefix, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
-            if V_MODE == 0:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
+            if V_MODE == FMT_PLAIN:   # v_scale_prefix is 1 here; the multiply keeps ptxas's sm_120 allocation spill-free
                 pv = (p * v_scale_prefix).to(dtp)
             else:
                 pv = p.to(dtp)
-            if not PREFETCH:   # V loaded after the scores, as the planned (pipelined) configurations were tuned
-                vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
-            if V_MODE == 2:
+            # V loaded after the scores, as the planned (pipelined) configurations were tuned
+            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+            if V_MODE == FMT_NVFP4:
                 v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
                 acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
                 acc_hi = dot(pv, v_hi, acc_hi * alpha[:, None], DOT_FP32)
             else:
                 v = decode_tile(vr, dtp, V_MODE, HW_FP8)
                 acc = dot(pv, v, acc * alpha[:, None], DOT_FP32)
-            if PREFETCH:
-                kr, ksr, vr, vsr, n_mask, pos = kr_nx, ksr_nx, vr_nx, vsr_nx, mask_nx, pos_nx
-                pos_nx, mask_nx, slot_nx = pos_nx2, mask_nx2, slot_nx2
     # the quantized pool's V scale, applied once to the prefix part of the accumulator (in fp32);
     # NVFP4's even / odd halves are interleaved back into one accumulator, so the chunk phase runs
     # the 16-bit code whatever the pool (splitting the chunk's own K/V into halves cost a shared-
     # memory round trip of each tile)
-    if V_MODE == 2:
+    if V_MODE == FMT_NVFP4:
         acc = tl.reshape(tl.join(acc_lo * v_scale_prefix, acc_hi * v_scale_prefix), (BLOCK_M, HEAD_DIM))
-    elif V_MODE == 1:
+    elif V_MODE == FMT_FP8:
         acc = acc * v_scale_prefix
     if F16_MMA:   # the chunk's own K/V are in q's dtype
         q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
@@ -246,6 +217,8 @@ def extend_kernel(
 # --------------------------------------------------------------------------------------------------
 
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+_PLAIN2 = (KVFormat.PLAIN, KVFormat.PLAIN)          # a 16-bit pool
+_NVFP4_2 = (KVFormat.NVFP4, KVFormat.NVFP4)
 
 
 def _fail(name, msg):
@@ -255,10 +228,10 @@ def _fail(name, msg):
 def _config_constexprs(cfg: planner.ExtendConfig) -> dict:
     """The kernel constexprs a configuration sets (the launcher's and the AOT cases' one source;
     ``prefix_stages`` 0 means the tile's depth, which the kernel takes as None)."""
-    return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HW_FP8=cfg.hw_fp8, PACK=cfg.pack, PREFETCH=cfg.prefetch,
+    return dict(BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HW_FP8=cfg.hw_fp8, PACK=cfg.pack,
                 UNMASKED=cfg.unmasked, PREFIX_STAGES=cfg.prefix_stages or None, HEAVY_FIRST=cfg.heavy_first,
                 QUANT_PREFIX_UNMASKED=cfg.quant_prefix_unmasked, DIAG_IN_LOOP=cfg.diag_in_loop,
-                PREFIX_LOOP=cfg.prefix_loop, ROTATE=cfg.rotate_prefix)
+                PREFIX_LOOP=cfg.prefix_loop)
 
 
 def extend_attention(
@@ -309,9 +282,7 @@ def extend_attention(
     check_slots : as in :func:`sgl_kernel_sm12x.attention.decode.decode_attention` (out-of-pool slot
         ids are never read; True raises naming ``kv_indices`` after the launch, one sync).
     """
-    if kv_dtype not in KV_MODES:
-        _fail("kv_dtype", f"{kv_dtype!r} is not supported; supported: {list(KV_MODES)}")
-    modes = KV_MODES[kv_dtype]
+    modes = kv_formats(kv_dtype)
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             _fail(name, "expected a (tokens, heads, head_dim) tensor")
@@ -326,15 +297,16 @@ def extend_attention(
     if hq % hkv:
         _fail("q", f"q_heads={hq} must be a multiple of kv_heads={hkv}")
     for name, t, mode in (("k_cache", k_cache, modes[0]), ("v_cache", v_cache, modes[1])):
-        width = d // 2 if mode == 2 else d
-        want = {0: (q.dtype,), 1: (torch.uint8, torch.float8_e4m3fn), 2: (torch.uint8,)}[mode]
+        width = d // 2 if mode == KVFormat.NVFP4 else d
+        want = {KVFormat.PLAIN: (q.dtype,), KVFormat.FP8: (torch.uint8, torch.float8_e4m3fn),
+                KVFormat.NVFP4: (torch.uint8,)}[mode]
         if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[1:] != (hkv, width) or t.dtype not in want \
                 or t.stride(2) != 1:
             _fail(name, f"kv_dtype={kv_dtype!r} needs (slots, {hkv}, {width}) {[str(w) for w in want]}")
-        if mode == 2 and not nvfp4_rows_aligned(t):
+        if mode == KVFormat.NVFP4 and not nvfp4_rows_aligned(t):
             _fail(name, "nvfp4 rows must start on 4-byte boundaries (data pointer and strides multiples of 4)")
     for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
-        if mode == 2 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
+        if mode == KVFormat.NVFP4 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
                           or t.dtype not in (torch.uint8, torch.float8_e4m3fn)):
             _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) scale tensor")
     batch = prefix_lens.shape[0] if isinstance(prefix_lens, torch.Tensor) else -1
@@ -344,16 +316,15 @@ def extend_attention(
             _fail(name, f"expected an int32 tensor of {n} entries")
     if page_size not in planner.PAGE_SIZES:
         _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
-    if arch is None:
-        arch = planner.current_arch(q.device) if q.device.type == "cuda" else 120
+    arch = planner.launch_arch(q.device, arch)
     if max_prefix_len is not None and (not isinstance(max_prefix_len, int) or max_prefix_len < 0):
         _fail("max_prefix_len", f"must be a non-negative int or None, got {max_prefix_len!r}")
-    if max_prefix_len == 0 and modes != (0, 0) and config is None:
+    if max_prefix_len == 0 and modes != _PLAIN2 and config is None:
         # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
-        kv_dtype, modes = _ACT[q.dtype], (0, 0)
+        kv_dtype, modes = _ACT[q.dtype], _PLAIN2
         k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
     # the sm_90 Gluon kernel's pool offsets are 32-bit: larger NVFP4 / 16-bit pools keep the Triton kernel
-    fits32 = modes not in ((2, 2), (0, 0)) or offsets_fit(
+    fits32 = modes not in (_NVFP4_2, _PLAIN2) or offsets_fit(
         *(t for t in (k_cache, v_cache, k_scale_cache, v_scale_cache) if t is not None))
     gluon = fits32 and q.device.type == "cuda" and wgmma_available()
     cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
@@ -371,12 +342,12 @@ def extend_attention(
     if tokens == 0 or batch == 0 or max_extend_len <= 0:
         return out
     k_mode, v_mode = modes
-    if k_mode == 0:
+    if k_mode == KVFormat.PLAIN:
         k_scale = v_scale = 1.0
-    kc = k_cache.view(torch.uint8) if k_mode == 1 else k_cache
-    vc = v_cache.view(torch.uint8) if v_mode == 1 else v_cache
-    ks = k_scale_cache.view(torch.uint8) if k_mode == 2 else kc
-    vs = v_scale_cache.view(torch.uint8) if v_mode == 2 else vc
+    kc = k_cache.view(torch.uint8) if k_mode == KVFormat.FP8 else k_cache
+    vc = v_cache.view(torch.uint8) if v_mode == KVFormat.FP8 else v_cache
+    ks = k_scale_cache.view(torch.uint8) if k_mode == KVFormat.NVFP4 else kc
+    vs = v_scale_cache.view(torch.uint8) if v_mode == KVFormat.NVFP4 else vc
     sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
     ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
     vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
@@ -387,12 +358,8 @@ def extend_attention(
     check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
     if check_slots:
         flag.zero_()
-    for knob in ("v_late", "warp_spec"):     # variants of the NVFP4 wgmma kernel alone
-        if getattr(cfg, knob) and not (cfg.wgmma and modes == (2, 2)):
-            _fail("config", f"{knob} applies to the sm_90 wgmma kernel with an NVFP4 pool (wgmma=True, "
-                  "kv_dtype='nvfp4')")
     if cfg.wgmma:
-        if modes not in ((2, 2), (0, 0)) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
+        if modes not in (_NVFP4_2, _PLAIN2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
             _fail("config", "wgmma runs NVFP4 and 16-bit pools at head_dim 128 with a prefix phase, without a "
                   "sliding window, on the device")
         if not fits32:
@@ -418,7 +385,8 @@ def extend_attention(
         qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
         qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
         logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
-        num_slots=kc.shape[0], flag_ptr=flag, HEAD_DIM=d, PAGED=page_size > 1, K_MODE=k_mode, V_MODE=v_mode, HAS_CAP=logit_cap > 0,
+        num_slots=kc.shape[0], flag_ptr=flag, HEAD_DIM=d, PAGED=page_size > 1, K_MODE=int(k_mode), V_MODE=int(v_mode),
+        HAS_CAP=logit_cap > 0,
         HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
         **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
@@ -449,9 +417,9 @@ def aot_cases(arch: int):
         cfg = planner.plan_extend(arch, **inp)
         if cfg.wgmma:       # another kernel (extend_wgmma.aot_cases)
             continue
-        k_mode, v_mode = KV_MODES[inp["kv_dtype"]]
+        k_mode, v_mode = (int(f) for f in kv_formats(inp["kv_dtype"]))
         q_t = f"*{inp['q_dtype']}"
-        cache_t = {0: q_t, 1: "*u8", 2: "*u8"}[k_mode]
+        cache_t = q_t if k_mode == KVFormat.PLAIN else "*u8"
         cx = dict(HEAD_DIM=inp["head_dim"], PAGED=inp["page_size"] > 1, K_MODE=k_mode, V_MODE=v_mode,
                   HAS_CAP=False, HAS_WINDOW=False, DOT_FP32=False, **_config_constexprs(cfg),
                   **tile_flags(k_mode, v_mode, cfg.hw_fp8))

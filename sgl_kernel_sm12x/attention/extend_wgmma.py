@@ -1,59 +1,26 @@
-"""Extend for sm_90 (warpgroup MMA) over NVFP4 and 16-bit pools, the prefix tiles decoded (NVFP4) or
-copied (16-bit) while the tensor cores run.
-
-The Triton extend kernel (:mod:`.extend`) decodes each NVFP4 prefix tile in registers, stores it to
-shared memory and runs the tile's MMAs; Triton waits for every warpgroup MMA right after issuing it
-(the decoded operand lives in a buffer the compiler allocates inside the loop), so the decode never
-overlaps an MMA. This kernel is the same computation written in Gluon with the waits placed by
-hand, in FlashAttention-3's order (S of one tile in flight with the softmax's inputs of the next,
-PV of the last with the softmax). Per prefix tile ``j``::
+"""Extend for sm_90 (warpgroup MMA) with a cached prefix, written in Gluon so the MMA waits sit
+where FlashAttention-3 puts them. Per prefix tile ``j``::
 
     S_j = Q K_j^T                        issued asynchronously
-    decode K_{j+1}, V_j -> shared memory (while S_j runs)
+    (copies / decode of the next tiles)  while S_j runs
     PV_{j-1} = P_{j-1} V_{j-1}           issued asynchronously
-    wait for S_j; online softmax of S_j  (while PV_{j-1} runs)
-    wait for PV_{j-1}; acc *= alpha_j; P_j kept in registers for step j + 1
+    wait for S_j; online softmax of S_j  while PV_{j-1} runs
+    wait for PV_{j-1}; acc *= alpha_j
 
-K and V each have two shared buffers: K_{j+1} goes where K_{j-1} was, V_j where V_{j-2} was, both
-released before the barrier that ends step j - 1. Gluon's barrier analysis cannot tell the two
-buffers of an allocation apart, so it also puts a CTA barrier between S_j's issue and the decoded
-tile's stores, and one between those stores and PV_{j-1}'s issue: these are what keep ptxas from
-hoisting the decode above S_j's issue (it orders ALU work by data alone) and PV_{j-1}'s issue
-above the decode. Issuing PV_{j-1} right after S_j instead was 2% slower; four separate
-allocations (no barriers) let ptxas hoist the decode and spill, and feeding the decode from
-shared memory (``cp.async`` of the raw words) to pin it was slower than this order (H100,
-``benchmark/results/*-attention-fp4-fa3.log``). Against the previous order (decode of tile i + 1
-while PV_i ran, S exposed): 1 x 4k + 1k 0.268 -> 0.229 ms.
+* :func:`extend_wgmma_kernel`, 16-bit pools: K_{j+NBUF-1} and V_{j+NBUF-2} are gathered by
+  ``cp.async`` into ``NBUF`` buffers a tensor (the planner's ``num_stages``); Q stays in q's dtype.
+* :func:`extend_wgmma_ws_kernel`, NVFP4 pools, warp-specialized: a fourth warpgroup copies each
+  prefix tile's packed words into a two-stage ring, decodes K_i then V_i into the fp16 buffer the
+  MMA warpgroups released and hands it over by mbarrier; the MMA warpgroups run only waits, MMAs
+  and the softmax. The decode writes f16x2 words whose head_dim order is permuted inside each group
+  of 8 (:func:`_phys`): Q is gathered through the same permutation and the accumulator put back in
+  natural order once, after the prefix.
 
-The raw words of K_{j+2} and V_{j+1} and the slot ids of tile ``j + 3`` are loaded during step
-``j``; whole tiles run select-free, the partial last one masked; the whole tiles are visited in
-an order rotated by the row block. The decode writes f16x2 words, register ``i`` of a packed word
-holding its elements ``i`` and ``i + 4``, so a tile's head_dim comes out permuted inside each group
-of 8 (:func:`_phys`): Q is gathered through the same permutation, and the accumulator is put back
-in natural order once, after the prefix. The chunk's own keys then follow with K and V copied to
-shared memory by ``cp.async`` (K two tiles ahead, V one), against Q reloaded in natural order and
-q's dtype.
-
-A 16-bit pool (``KV16``) runs the same prefix order with ``cp.async`` in place of the decode: step
-``j`` issues S_j, then the copies of K_{j+NBUF-1} (over K_{j-1}) and V_{j+NBUF-2} (over V_{j-2})
-as one group, then PV_{j-1}, and the softmax of S_j runs while PV_{j-1} does; the step ends by
-waiting for the group issued NBUF - 2 steps before. Q stays in q's dtype and natural order for both
-phases (no permutation, no reload). With 2 buffers a tensor (the plan) each copy has one step to
-land, with 3 (224 KB) two; the H100 showed no clear difference between them
-(``benchmark/results/*-tune-extend-wgmma16.log``, ``*-attention-wgmma16*.json``).
-
-NVFP4 pools are planned on :func:`extend_wgmma_ws_kernel`, the same computation warp-specialized:
-a fourth warpgroup (72 registers a thread) copies each prefix tile's packed words by ``cp.async``
-into a two-stage ring, loads the block scales a tile ahead and decodes K_i, then V_i, into the fp16
-buffer ``i % 2`` once the two MMA warpgroups released it; mbarriers hand each buffer over
-(``*_ready``) and back (``*_empty``). The MMA warpgroups keep FlashAttention-3's order with only
-waits, MMAs and the softmax in their prefix loop, then run the chunk as above. H100: 7-11% faster
-than the kernel with the decode in the MMA warpgroups (``benchmark/results/*-tune-extend-warp-
-spec.log``). 229,444 B of shared memory (a three-stage ring would need 245,828).
-
-Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group, as in the
-Triton kernel. Scope (the planner keeps the Triton kernel elsewhere): sm_90, head_dim 128, a
-prefix to read, no sliding window; NVFP4 K and V with 4 query heads a program, or a 16-bit pool.
+Both then run the chunk's own keys (:func:`_chunk_phase`), K and V copied by ``cp.async``. Whole
+prefix tiles run select-free in an order rotated by the row block, the partial last one masked.
+Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group. Scope (the
+planner keeps the Triton kernel elsewhere): sm_90, head_dim 128, a prefix, no sliding window, pools
+under 2^31 bytes a tensor. Why this order and these buffer counts: ``benchmark/NOTES.md``.
 """
 from __future__ import annotations
 
@@ -139,19 +106,6 @@ def _load_scales(scales, slot, stride_ss, NB: gl.constexpr, SL: gl.constexpr):
     return gl.load(scales + gl.expand_dims(srows * stride_ss, 1) + gl.expand_dims(blk, 0))
 
 
-@gluon.jit
-def _load_words(cache, scales, slot, stride_s, stride_ss, NW: gl.constexpr, NB: gl.constexpr, WL: gl.constexpr,
-                SL: gl.constexpr):
-    """Packed words ``(BLOCK_N, NW)`` int32 (layout WL) and UE4M3 block scales ``(BLOCK_N, NB)``
-    (layout SL, each thread's blocks those of its words) of the slots ``slot``. Byte offsets are
-    32-bit: the launcher takes this kernel only for pools under 2^31 bytes (``kv_tile.offsets_fit``;
-    64-bit offsets cost sm_90 spills)."""
-    w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
-    words = gl.load((cache + gl.expand_dims(slot * stride_s, 1)).to(gl.pointer_type(gl.int32))
-                    + gl.expand_dims(w, 0))
-    return words, _load_scales(scales, slot, stride_ss, NB, SL)
-
-
 def _word_asm() -> str:
     """One packed word (8 codes) and an fp16 block scale ($5) -> 4 f16x2 registers: register i
     holds elements i (low half) and i + 4 (high half), times the scale (and 2^-14)."""
@@ -202,45 +156,6 @@ def _tile_pos(i, rot, n_full, BLOCK_N: gl.constexpr):
     """First position of the ``i``-th prefix tile processed: whole tiles rotated by ``rot``, then the
     tail (and past it, positions the loads clamp)."""
     return gl.where(i < n_full, (i + rot) % gl.maximum(n_full, 1), i) * BLOCK_N
-
-
-@gluon.jit
-def _prefix_step(kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n3, prefix_len, q_smem, k_words, v_words,
-                 k_smem, v_smem, s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots, flag_ptr, stride_kc_s, stride_ks_s,
-                 stride_vc_s, stride_vs_s, qk_scale, logit_cap, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                 PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr, WL: gl.constexpr,
-                 SL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr, V_LATE: gl.constexpr = False):
-    """Prefix tile ``j`` (at ``n0``), FlashAttention-3's order: S_j issued; K_{j+1} and V_j decoded,
-    while it runs, into the buffers S_{j-1} and PV_{j-2} released; PV_{j-1} issued; the softmax of
-    S_j while PV_{j-1} runs. In: K_j and V_{j-1} in shared memory, P_{j-1} in registers, the words
-    of K_{j+1} and V_j, the slots of tiles j + 1 (V's) and j + 2 (K's). Loads the words of K_{j+2}
-    and V_{j+1} and the slots of tile j + 3 (at ``n3``). ``V_LATE``: V_j is decoded after the
-    softmax instead, while PV_{j-1} runs (a tuning variant; AOT sm_90 252-254 registers, no
-    spills)."""
-    NW: gl.constexpr = HEAD_DIM // 8
-    NB: gl.constexpr = HEAD_DIM // 16
-    s_t = warpgroup_mma(q_smem, k_smem.index(j % 2).permute((1, 0)), s0, use_acc=False, is_async=True)
-    # K_{j+1} over K_{j-1} (S_{j-1} waited for before the last barrier), V_j over V_{j-2} (PV_{j-2} too)
-    k_words.index((j + 1) % 2).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-    if not V_LATE:
-        v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-    acc_t = warpgroup_mma(p_prev, v_smem.index((j + 1) % 2), acc, is_async=True)
-    kw_n, ks_n = _load_words(kc, ksc, slot_k, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-    if not V_LATE:
-        vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
-    slot_n = _slots(kv_indices_ptr, base, num_slots, flag_ptr, n3, prefix_len, BLOCK_N, PAGE, WL)
-    s = warpgroup_mma_wait(1, deps=(s_t,))
-    vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
-    p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
-    if V_LATE:      # V_j decoded while PV_{j-1} runs (its buffer: PV_{j-2}'s), after the softmax
-        v_words.index(j % 2).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-        vw_n, vs_n = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
-    acc, p_prev = warpgroup_mma_wait(0, deps=(acc_t, p_prev))
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, ROW_O), 1)
-    p_prev = gl.convert_layout(p.to(gl.float16), P_L)
-    fence_async_shared()
-    _bar()
-    return kw_n, ks_n, vw_n, vs_n, slot_k, slot_n, p_prev, m_i, l_i, acc
 
 
 @gluon.jit
@@ -394,12 +309,11 @@ def extend_wgmma_kernel(
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
-    WL: gl.constexpr, SL: gl.constexpr, XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr,
-    KS32: gl.constexpr, KV16: gl.constexpr = False, NBUF: gl.constexpr = 2, V_LATE: gl.constexpr = False,
+    XL: gl.constexpr, QS: gl.constexpr, KS: gl.constexpr, NBUF: gl.constexpr = 2,
 ):
+    """16-bit pools: the cached prefix's K / V rows gathered by ``cp.async`` into NBUF copy buffers a
+    tensor while the warpgroup MMAs run, in FlashAttention-3's order; then the chunk's own keys."""
     BT: gl.constexpr = BLOCK_M // PACK
-    NW: gl.constexpr = HEAD_DIM // 8
-    NB: gl.constexpr = HEAD_DIM // 16
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -426,15 +340,11 @@ def extend_wgmma_kernel(
     tok_x = mb * BT + r // PACK
     row_ok = gl.expand_dims(tok_x < ext_len, 1)
     q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
-    if KV16:        # a 16-bit pool: q's dtype and natural head_dim order in both phases
-        qv = gl.load(q_rows + gl.expand_dims(jj, 0), mask=row_ok, other=0.0)
-        q_smem = gl.allocate_shared_memory(dt, [BLOCK_M, HEAD_DIM], QS, qv)
-        k_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
-        v_smem = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
-    else:
-        q_smem = gl.allocate_shared_memory(gl.float16, [BLOCK_M, HEAD_DIM], QS, _q_fp16_permuted(q_rows, jj, row_ok))
-        k_bufs = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
-        v_smem = gl.allocate_shared_memory(gl.float16, [2, BLOCK_N, HEAD_DIM], KS)
+    # q's dtype and natural head_dim order in both phases
+    qv = gl.load(q_rows + gl.expand_dims(jj, 0), mask=row_ok, other=0.0)
+    q_smem = gl.allocate_shared_memory(dt, [BLOCK_M, HEAD_DIM], QS, qv)
+    k_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
+    v_smem = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], KS)
 
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
     l_i = gl.zeros([BLOCK_M], gl.float32, ROW)
@@ -442,8 +352,8 @@ def extend_wgmma_kernel(
     s0 = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, S_L)
     offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
 
-    # ---- phase 1: the cached prefix, copied (16-bit pools) or decoded (NVFP4) from the pool ---------
-    if KV16 and prefix_len > 0:
+    # ---- phase 1: the cached prefix, copied from the pool ----------------------------------------------
+    if prefix_len > 0:
         kc = k_cache_ptr + kvh * stride_kc_h
         vc = v_cache_ptr + kvh * stride_vc_h
         n_full = prefix_len // BLOCK_N
@@ -499,66 +409,10 @@ def extend_wgmma_kernel(
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
         async_copy.wait_group(0)        # the copies issued past the last tile
         _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
-    if not KV16 and prefix_len > 0:
-        kc = k_cache_ptr + kvh * stride_kc_h
-        vc = v_cache_ptr + kvh * stride_vc_h
-        ksc = k_scale_ptr + kvh * stride_ks_h
-        vsc = v_scale_ptr + kvh * stride_vs_h
-        k_words = k_bufs._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)     # f16x2 views
-        v_words = v_smem._reinterpret(gl.int32, [2, BLOCK_N, HEAD_DIM // 2], KS32)
-        # the whole tiles in an order rotated by the row block, so the programs of one KV head do
-        # not all read the same tile at the same moment; the partial tail tile last
-        n_full = prefix_len // BLOCK_N
-        n_tiles = gl.cdiv(prefix_len, BLOCK_N)
-        rot = mb % gl.maximum(n_full, 1)
-        # tile 0: K_0 decoded, S_0 and its softmax (masked: it may be the tail); then K_1 and V_0
-        n0 = _tile_pos(0, rot, n_full, BLOCK_N)
-        slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, n0, prefix_len, BLOCK_N, PAGE, WL)
-        kw, ks = _load_words(kc, ksc, slot, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-        vw, vs = _load_words(vc, vsc, slot, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
-        slot_v = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-        kw1, ks1 = _load_words(kc, ksc, slot_v, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-        slot_k = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-        k_words.index(0).store(_decode(kw, ks, BLOCK_N, HEAD_DIM, WL))
-        fence_async_shared()
-        _bar()
-        s_t = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s0, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(0, deps=(s_t,))
-        vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
-        p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
-        k_words.index(1).store(_decode(kw1, ks1, BLOCK_N, HEAD_DIM, WL))
-        v_words.index(0).store(_decode(vw, vs, BLOCK_N, HEAD_DIM, WL))
-        kw, ks = _load_words(kc, ksc, slot_k, stride_kc_s, stride_ks_s, NW, NB, WL, SL)
-        vw, vs = _load_words(vc, vsc, slot_v, stride_vc_s, stride_vs_s, NW, NB, WL, SL)
-        slot_v = slot_k
-        slot_k = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(3, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
-        p_prev = gl.convert_layout(p.to(gl.float16), P_L)
-        fence_async_shared()
-        _bar()
-        for j in range(1, n_full):          # whole tiles: no select
-            kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step(
-                kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, j, _tile_pos(j, rot, n_full, BLOCK_N),
-                _tile_pos(j + 3, rot, n_full, BLOCK_N), prefix_len, q_smem, k_words, v_words, k_bufs, v_smem,
-                s0, offs_n, kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots, flag_ptr, stride_kc_s, stride_ks_s, stride_vc_s,
-                stride_vs_s, qk_scale_prefix, logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, False, WL, SL,
-                P_L, ROW_O, V_LATE)
-        if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
-            kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step(
-                kw, ks, vw, vs, slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N,
-                n_full * BLOCK_N, prefix_len, q_smem, k_words, v_words, k_bufs, v_smem, s0, offs_n, kc, ksc, vc,
-                vsc, kv_indices_ptr, base, num_slots, flag_ptr, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, qk_scale_prefix,
-                logit_cap, BLOCK_N, HEAD_DIM, PAGE, HAS_CAP, True, WL, SL, P_L, ROW_O, V_LATE)
-        if n_tiles % 2 == 1:        # PV of the last tile (static buffer indices)
-            acc_t = warpgroup_mma(p_prev, v_smem.index(0), acc, is_async=True)
-        else:
-            acc_t = warpgroup_mma(p_prev, v_smem.index(1), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(acc_t,))
-        acc = _prefix_acc_natural(acc, v_scale_prefix, BLOCK_M, HEAD_DIM, XL, O_L)
-        _bar()     # every warpgroup's MMAs done before the buffers take the chunk's tiles
 
     _chunk_phase(q_ptr, stride_q_t, stride_q_h, k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h, o_ptr,
                  stride_o_t, stride_o_h, qo_indptr_ptr, group, qk_scale_ext, logit_cap, q_smem, k_bufs, v_smem, m_i,
-                 l_i, acc, s0, offs_n, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, XL, QS, KS, KV16, O_L, ROW, ROW_O)
+                 l_i, acc, s0, offs_n, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, XL, QS, KS, True, O_L, ROW, ROW_O)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -826,25 +680,29 @@ def _ws_constexprs(cfg, head_dim: int, page_size: int, has_cap: bool) -> dict:
                 DEC_REGS=WS_DEC_REGS)
 
 
-def _constexprs(cfg, head_dim: int, page_size: int, has_cap: bool, kv16: bool) -> dict:
-    """The kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile alike:
-    a 16-bit pool (``kv16``) takes ``cfg.num_stages`` copy buffers (at least 2), an NVFP4 pool
-    2 buffers and ``cfg.v_late``."""
+def _constexprs(cfg, head_dim: int, page_size: int, has_cap: bool) -> dict:
+    """The 16-bit kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile
+    alike: ``cfg.num_stages`` copy buffers a tensor (at least 2)."""
+    lay = layouts(head_dim, cfg.block_m, cfg.block_n, cfg.num_warps)
     return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
-                HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps, **layouts(head_dim, cfg.block_m, cfg.block_n, cfg.num_warps),
-                KV16=kv16, NBUF=max(2, cfg.num_stages) if kv16 else 2, V_LATE=cfg.v_late and not kv16)
+                HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps, XL=lay["XL"], QS=lay["QS"], KS=lay["KS"],
+                NBUF=max(2, cfg.num_stages))
 
 
 def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, flag, *, qk_scale_prefix,
-           qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg):
+           qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg, dec_regs=None):
+    """Launch the 16-bit kernel (bf16 / fp16 pool) or the warp-specialized NVFP4 one (uint8 pool).
+    ``dec_regs``: the NVFP4 decoder warpgroup's registers a thread (default :data:`WS_DEC_REGS`),
+    an override for offline sweeps (``benchmark/tune_attention.py --dec-regs``) only."""
     hq, d = q.shape[1], q.shape[2]
-    kv16 = kc.dtype in (torch.bfloat16, torch.float16)
     grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
-    if cfg.warp_spec and not kv16:
+    if kc.dtype in (torch.bfloat16, torch.float16):
+        kernel, cx, opts = extend_wgmma_kernel, _constexprs(cfg, d, page_size, logit_cap > 0), {}
+    else:
         kernel, cx, opts = extend_wgmma_ws_kernel, _ws_constexprs(cfg, d, page_size, logit_cap > 0), \
             dict(maxnreg=WS_MAXNREG)
-    else:
-        kernel, cx, opts = extend_wgmma_kernel, _constexprs(cfg, d, page_size, logit_cap > 0, kv16), {}
+        if dec_regs is not None:
+            cx["DEC_REGS"] = dec_regs
     kernel[grid](
         q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out, out.stride(0), out.stride(1),
@@ -856,38 +714,38 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
 
 
 def aot_cases_ws(arch: int):
-    """Every configuration of the warp-specialized kernel the planner can choose on ``arch``."""
-    return aot_cases(arch, warp_spec=True)
+    """Every configuration of the warp-specialized NVFP4 kernel the planner can choose on ``arch``."""
+    return aot_cases(arch, nvfp4=True)
 
 
-def aot_cases(arch: int, warp_spec: bool = False):
-    """Every configuration of this kernel (``warp_spec``: of :func:`extend_wgmma_ws_kernel`) the
+def aot_cases(arch: int, nvfp4: bool = False):
+    """Every configuration of the 16-bit kernel (``nvfp4``: of :func:`extend_wgmma_ws_kernel`) the
     planner can choose on ``arch`` (sm_90 only), for ``sm12x budget``."""
     from .. import planner
     seen = set()
     for inp in planner.extend_domain():
         cfg = planner.plan_extend(arch, **inp)
-        if not cfg.wgmma or cfg.warp_spec != warp_spec:
+        kv16 = inp["kv_dtype"] in planner.ACT_DTYPES
+        if not cfg.wgmma or kv16 == nvfp4:
             continue
         q_t = f"*{inp['q_dtype']}"
-        kv16 = inp["kv_dtype"] in planner.ACT_DTYPES
         cache_t = q_t if kv16 else "*u8"
         # the kernel specializes on the page size itself (the domain's 16 stands for every size > 1)
         for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
-            if warp_spec:
+            if nvfp4:
                 cx = _ws_constexprs(cfg, inp["head_dim"], page, False)
                 key = (q_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack)
             else:
-                cx = _constexprs(cfg, inp["head_dim"], page, False, kv16)
-                key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"],
-                       cx["V_LATE"])
+                cx = _constexprs(cfg, inp["head_dim"], page, False)
+                key = (q_t, cache_t, inp["head_dim"], page, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"])
             if key in seen:
                 continue
             seen.add(key)
             sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": cache_t,
-                   "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32", "kv_indptr_ptr": "*i32",
-                   "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32", "qk_scale_prefix": "fp32",
-                   "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32", "flag_ptr": "*i32"}
+                   "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32",
+                   "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32",
+                   "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32",
+                   "flag_ptr": "*i32"}
             for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                       "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "group", "num_slots"):
@@ -895,6 +753,6 @@ def aot_cases(arch: int, warp_spec: bool = False):
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                          page_size=page, **cfg.as_dict())
             opts = {"num_warps": cfg.num_warps}
-            if warp_spec:
+            if nvfp4:
                 opts["maxnreg"] = WS_MAXNREG
             yield label, sig, cx, opts

@@ -1,11 +1,12 @@
 """``@triton.jit`` helpers that load one tile of the paged KV pool and dequantize it in registers.
 
-One set of helpers serves every kernel of the package and every KV format (``KV_MODE``):
+One set of helpers serves every kernel of the package and every KV format (``KV_MODE``, one of
+the constexprs below, :class:`sgl_kernel_sm12x.formats.KVFormat` inside the kernels):
 
-* 0 -- bf16 / fp16 pool: loaded as is;
-* 1 -- fp8_e4m3 (per-tensor scale): e4m3 -> bf16/fp16 is exact (3 mantissa bits, exponents
+* FMT_PLAIN -- bf16 / fp16 pool: loaded as is;
+* FMT_FP8 -- fp8_e4m3 (per-tensor scale): e4m3 -> bf16/fp16 is exact (3 mantissa bits, exponents
   2^-9..448), by the sm_89+ conversion or in integer arithmetic elsewhere;
-* 2 -- nvfp4: packed codes, loaded as 32-bit words ``(tile, D // 8)`` (8 codes a word), and UE4M3
+* FMT_NVFP4 -- nvfp4: packed codes, loaded as 32-bit words ``(tile, D // 8)`` (8 codes a word), and UE4M3
   block scales. ``e2m1 * ue4m3`` has at most
   6 significant bits and stays inside bf16/fp16 range, so the dequantized tile is exact in the
   compute dtype. The low nibbles hold the even elements and the high nibbles the odd ones, so the
@@ -17,11 +18,13 @@ softmax scale (K) and the output (V).
 import triton
 import triton.language as tl
 
+from ..formats import KVFormat
 from ..fp_codes import e4m3_decode
 
-# kv_dtype -> (K format, V format) as the kernels' K_MODE / V_MODE: 0 bf16/fp16 as stored,
-# 1 fp8_e4m3, 2 nvfp4; fp8k_nvfp4v keeps K in fp8 and V in nvfp4
-KV_MODES = {"bf16": (0, 0), "fp16": (0, 0), "fp8_e4m3": (1, 1), "nvfp4": (2, 2), "fp8k_nvfp4v": (1, 2)}
+# the KV formats as the kernels' constexprs (K_MODE / V_MODE / KV_MODE take int(KVFormat))
+FMT_PLAIN = tl.constexpr(int(KVFormat.PLAIN))
+FMT_FP8 = tl.constexpr(int(KVFormat.FP8))
+FMT_NVFP4 = tl.constexpr(int(KVFormat.NVFP4))
 # the PTX tile decode returns values times this; launchers divide their per-tensor scales by it
 FP4_PTX_UNIT = 2.0 ** -14
 
@@ -59,16 +62,16 @@ def tile_flags(k_mode: int, v_mode: int, hw_fp8: bool, on_device: bool = True) -
       fp16, the hardware converts e4m3x2 -> f16x2 in one instruction (to bf16 it goes through fp32),
       and the NVFP4 PTX decode produces fp16.
     """
-    ptx = on_device and 2 in (k_mode, v_mode)
-    return dict(FP4_PTX=ptx, F16_MMA=ptx or (on_device and 1 in (k_mode, v_mode) and hw_fp8))
+    ptx = on_device and KVFormat.NVFP4 in (k_mode, v_mode)
+    return dict(FP4_PTX=ptx, F16_MMA=ptx or (on_device and KVFormat.FP8 in (k_mode, v_mode) and hw_fp8))
 
 
 def unit_scales(flags: dict, k_mode: int, v_mode: int, k_scale: float, v_scale: float) -> tuple[float, float]:
     """Per-tensor K / V scales as the kernels take them: divided by FP4_PTX_UNIT for the parts whose
     tiles the PTX decode delivers times that unit."""
-    if flags["FP4_PTX"] and k_mode == 2:
+    if flags["FP4_PTX"] and k_mode == KVFormat.NVFP4:
         k_scale /= FP4_PTX_UNIT
-    if flags["FP4_PTX"] and v_mode == 2:
+    if flags["FP4_PTX"] and v_mode == KVFormat.NVFP4:
         v_scale /= FP4_PTX_UNIT
     return k_scale, v_scale
 
@@ -76,7 +79,7 @@ def unit_scales(flags: dict, k_mode: int, v_mode: int, k_scale: float, v_scale: 
 _SLOT_FLAGS: dict = {}
 
 
-def slot_flag(device) -> "torch.Tensor":
+def slot_flag(device):
     """The device's out-of-pool flag: one int32, zero until a kernel meets a slot id outside the
     pool (:func:`slot_ids`); :func:`check_slot_flag` reads and clears it."""
     import torch
@@ -170,7 +173,7 @@ def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV
     scales ``(len(slot), len(offs_w) // 8)`` as uint8, or ``data`` again for the other formats.
     Masked rows are 0. Kept apart from the decode so a kernel can issue the loads of one tile
     while it decodes the previous one (register prefetch)."""
-    if KV_MODE == 2:
+    if KV_MODE == FMT_NVFP4:
         # the packed codes as 32-bit words (4 bytes, 8 codes each): a tile carried across loop
         # iterations stays in whole registers (bytes would be split and re-packed)
         W: tl.constexpr = offs_w.shape[0] // 4
@@ -179,7 +182,7 @@ def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV
     else:
         x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_w[None, :], mask=mask[:, None], other=0)
     sc = x
-    if KV_MODE == 2:
+    if KV_MODE == FMT_NVFP4:
         NB: tl.constexpr = offs_w.shape[0] // 8
         sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + tl.arange(0, NB)[None, :], mask=mask[:, None],
                      other=0)
@@ -190,23 +193,14 @@ def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV
 def raw_cols(HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr):
     """Column offsets of one stored row for :func:`load_raw`: the HEAD_DIM // 2 packed bytes for
     nvfp4, the HEAD_DIM elements otherwise."""
-    W: tl.constexpr = HEAD_DIM // 2 if KV_MODE == 2 else HEAD_DIM
+    W: tl.constexpr = HEAD_DIM // 2 if KV_MODE == FMT_NVFP4 else HEAD_DIM
     return tl.arange(0, W)
-
-
-@triton.jit
-def load_kv_raw(kc, ksc, vc, vsc, slot, stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s, offs_wk, offs_wv,
-                mask, K_MODE: tl.constexpr, V_MODE: tl.constexpr):
-    """The K and V tiles of the same slots as stored: ``(kr, ksr, vr, vsr)`` (see :func:`load_raw`)."""
-    kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, mask, K_MODE)
-    vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, mask, V_MODE)
-    return kr, ksr, vr, vsr
 
 
 @triton.jit
 def decode_tile(x, dtype: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr):
     """A bf16/fp16/fp8 tile as loaded by :func:`load_raw` -> ``dtype``."""
-    if KV_MODE == 1:
+    if KV_MODE == FMT_FP8:
         return fp8_to(x, dtype, HW_FP8)
     return x.to(dtype)
 
@@ -265,7 +259,7 @@ def tile_scores(q_a, q_b, kr, ksr, dt: tl.constexpr, ROWS: tl.constexpr, BLOCK_N
     """fp32 scores ``(ROWS, BLOCK_N)`` of a K tile as loaded by :func:`load_raw`: NVFP4 decoded as
     even / odd halves against ``q_a`` / ``q_b`` (q's even / odd columns), other formats decoded to
     ``dt`` against ``q_a`` (``q_b`` unused)."""
-    if K_MODE == 2:
+    if K_MODE == FMT_NVFP4:
         k_lo, k_hi = nvfp4_decode(kr, ksr, dt, FP4_PTX, HW_FP8)
         s = dot(q_a, tl.trans(k_lo), tl.zeros([ROWS, BLOCK_N], tl.float32), DOT_FP32)
         s = dot(q_b, tl.trans(k_hi), s, DOT_FP32)

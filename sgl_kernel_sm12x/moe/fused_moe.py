@@ -646,8 +646,7 @@ def fused_moe(
     out = torch.empty_like(hidden)
     if tokens == 0:
         return out
-    if arch is None:
-        arch = planner.current_arch(hidden.device) if hidden.device.type == "cuda" else 120
+    arch = planner.launch_arch(hidden.device, arch)
     if config is None:
         c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k,
                               block_shape=block_shape)

@@ -118,8 +118,7 @@ def _nvfp4_extend_check(arch: int) -> Check:
     except ValueError as e:
         return Check("nvfp4 extend", "skip", str(e)[:200])
     if cfg.wgmma:
-        how = ("a decoder warpgroup turns prefix tiles into fp16 while the MMA warpgroups run (warp-specialized)"
-               if cfg.warp_spec else "prefix tiles decoded while the tensor cores run")
+        how = "a decoder warpgroup turns prefix tiles into fp16 while the MMA warpgroups run (warp-specialized)"
         return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: {how} (pools under 2 GiB "
                                            "a tensor; larger ones: the Triton kernel)")
     why = "" if arch != 90 else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
