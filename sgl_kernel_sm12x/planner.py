@@ -186,54 +186,21 @@ class DecodeConfig:
 
 
 def _decode_tile(arch: int, head_dim: int, kv_dtype: str, rows: int = 1, page_size: int = 1):
-    """(block_n, num_warps, num_stages, maxnreg) for the split stage, from the sweeps in
-    benchmark/results/*tune-attention*.json (32/8 heads, D128, 128 x 4k and 1 x 32k):
+    """(block_n, num_warps, num_stages, maxnreg) for the Triton split stage; ``rows`` = batch x KV
+    heads. Sweeps: ``benchmark/results/*tune-attention*``, ``*-tune-decode-stages.log``.
 
-    * bf16/fp16: 64-token tiles, 4 warps, 2 stages (H200 4218 GB/s; H100 3005 GB/s, the copy
-      ceiling; 128-token tiles within 3%).
-    * fp8_e4m3: 64-token tiles, 4 warps, 3 stages (H200 1841 GB/s vs 1335 with 2 stages; H100
-      2216 GB/s). 128-token tiles measured faster on the H200 but spill 8 B at 255 registers on
-      sm_90: not taken. The register prefetch of the NVFP4 formats is slower here (H100 1873 vs
-      2216 GB/s): the loop pipeliner already stages these tiles through shared memory.
-    * NVFP4 V (nvfp4, fp8k_nvfp4v): 2 warps, register prefetch of the next raw tile (the inline-PTX
-      decode keeps the pipeliner away), stages irrelevant (1). H100, after the 32-bit-word tile
-      decode: nvfp4 64-token tiles 600 us / 45.6 us (1006 / 827 GB/s) against 746 / 52.5 us for 32
-      tokens on 4 warps; fp8k_nvfp4v 32-token tiles 592 / 44.7 us against 684 / 61.1 us (64 tokens
-      on 2 warps: 906 us). One warp or 128-token tiles on 2 warps spill. 32 tokens at head_dim 64
-      (no sweep there; keeps the programs small); 4 warps at head_dim 256 before sm_89.
-    * head_dim 256 halves the token tile (registers).
-    * sm_90, bf16/fp16 at head_dim 128: 128-token tiles on 4 warps, 3 stages (72 KB of shared
-      memory, ~200 registers: two programs a multiprocessor) at 64-256 and from 1,024 (request,
-      KV head) rows. H100, heads-inner grid, against the 64-token tile in the same runs
-      (``...-tune-attention.log``, 2026-11-27): 128 x 4k 696 against 708 us, 128 x 8k 1,382 /
-      1,413, 256 x 4k 1,384 / 1,407, 256 x 1k 354 / 366; at 64-256 rows with the split count
-      rounded down to about two waves (:func:`_triton_splits`), measured with 2 stages: 16 x 32k
-      685 / 700, 16 x 8k 177 / 181, 16 x 4k 92 / 95, 8 x 32k 348 / 354, 32 x 8k 344 / 351, 32 x 32k
-      1,365 / 1,393. Stages: 2 at 64-256 rows with page size 1 -- one process on an H100 with
-      FlashInfer beside it (``...-tune-decode-stages.log``, 2026-11-27), 2 against 3 stages at the
-      planned split counts: 8 x 32k 346 / 354 us, 16 x 32k 691 / 701, 32 x 32k 1,367 / 1,390
-      (FlashInfer 351 / 694 / 1,377); an earlier pair of sweeps had 2 stages 1.6% faster and 0.2%
-      slower at 16 x 32k. 3 stages from 1,024 rows (3 / 2 stages in the same log: 128 x 4k 694 /
-      698, 128 x 8k 1,380 / 1,396, 256 x 4k 1,382 / 1,380) and for paged pools: 2 stages spill 4 B
-      in the paged one-split bf16 variant on sm_90 (AOT). 8 warps measured up to 1% faster from
-      1,024 rows but spill 8 B in the one-split variant. Below 64 rows (batch 1 - 7) the 64-token
-      tile's many splits win (1 x 8k 12.5 against 13.7 us): those keep it.
-    * sm_90, the same pools, 512-1,023 rows with page size 1 (measured at 512: 64 requests x 8 KV
-      heads): the 128-token tile on 8 warps, 2 stages, one split, registers capped at 128. Left to
-      itself ptxas gives the one-split variant 64 registers and an 8-byte spill (96: 4 bytes; 128:
-      none, AOT). H100, one process, FlashInfer timed around each configuration
-      (``...-tune-decode-stages.log``), 64 x 1k / 4k / 8k / 32k: 95.9 / 352.7 / 694.6 / 2,767 us
-      against 92.0 / 347.9 / 693.1 / 2,802 for the 64-token tile on 4 warps (the rule before) and
-      FlashInfer 98.8 / 356.7 / 706.7 / 2,799 -- the 64-token tile was at FlashInfer's time at 32k
-      (0.998 - 1.011 in the day's runs), the capped tile is 0.971 - 0.989 of it at all four, 4%
-      slower than the 64-token tile at 1k. The uncapped (spilling) variant measured 94.6 / 349.2 /
-      689.2 / 2,743. Paged pools (not measured here) keep the 64-token tile.
-    * Splits of at least 128 tokens (``min_split_tokens``; the batch-derived ``max_splits`` caps
-      them at larger batch): at batch 1 on an H100, with the planned tiles, 128 beat 256 at every
-      length swept -- bf16 1k / 4k / 8k 7.5 / 9.7 / 11.8 us against 10.0 / 11.4 / 13.7, nvfp4
-      11.8 / 14.1 / 16.4 against 17.6 / 18.3 / 22.9
-      (``2026-11-26-nvidia-h100-80gb-hbm3-tune-decode-batch1.json``).
-    Shared memory and registers per configuration are checked by `sm12x budget --kernel decode`.
+    * bf16/fp16: 64-token tiles, 4 warps, 2 stages (at the copy ceiling on H100 / H200).
+    * fp8_e4m3: 64-token tiles, 4 warps, 3 stages (128-token tiles spill 8 B on sm_90).
+    * NVFP4 V (nvfp4, fp8k_nvfp4v): 2 warps and the register prefetch of the next raw tile (the
+      inline-PTX decode keeps the loop pipeliner away); 64 tokens for nvfp4 from head_dim 128, else 32
+      (one warp, or 128 tokens on 2 warps, spill).
+    * head_dim 256 halves the token tile (registers); sm_80/86 decode UE4M3 scales in software and
+      need 4 warps there (2 spill).
+    * sm_90 16-bit D128: the 128-token tile (two programs a multiprocessor) at 64-256 and from 1,024
+      rows; 2 stages at 64-256 rows with page size 1, 3 elsewhere (2 spill in the paged one-split
+      variant); 512-1,023 rows with page size 1 take it on 8 warps, one split, registers capped at
+      128 (ptxas alone spills 8 B there). Below 64 rows the 64-token tile's many splits win.
+    Shared memory and registers of every configuration: `sm12x budget --kernel decode`.
     """
     if kv_dtype in FP4_V:
         block_n, warps, stages = (64 if kv_dtype == "nvfp4" and head_dim >= 128 else 32), 2, 1
@@ -273,10 +240,9 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
 
 
 def _triton_splits(rows: int, sms: int, round_down: bool) -> int:
-    """Split count of the Triton split stage: enough programs for about two waves of the
-    multiprocessors, rounded up to a power of two -- or down, for the 128-token 16-bit tile on
-    sm_90 (two programs a multiprocessor: 16 x 8 rows on 132 SMs, 2 splits 685 us at 32k against
-    728 at 4; 8 x 8 rows, 4 splits 348 against 369 at 8)."""
+    """Split count of the Triton split stage: about two waves of programs, rounded up to a power of
+    two -- or down for the 128-token 16-bit tile on sm_90, which runs two programs a multiprocessor
+    (``*-tune-attention.log``)."""
     if round_down:
         return min(1 << max(0, (2 * sms // max(1, rows)).bit_length() - 1), _TRITON_SPLITS)
     want = max(1, -(-2 * sms // max(1, rows)))
@@ -289,27 +255,15 @@ def _check_splits(max_splits: int) -> None:
 
 
 def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms) -> DecodeConfig:
-    """NVFP4 pools on sm_89+ (the UE4M3 scales use the hardware fp8 conversion): the one-warp
-    kernel that decodes each K/V tile straight into ``mma.sync`` operand registers
-    (:mod:`sgl_kernel_sm12x.attention.decode_nvfp4`), token tiles of :func:`fp4_mma_block_n`, the
-    raw words of the next tile prefetched into registers, about 8 programs per multiprocessor, and
-    the grid in (KV head, request, split) order. H100 sweep (32/8 heads, D128,
-    ``...-tune-decode-fp4-mma.json``), against the Triton kernel as planned before in the same run:
-    128 x 4k 273-279 us (595), 64 x 8k 266 (592), 16 x 4k 43 (84), 1 x 32k 28 (45), 1 x 1k 8.7
-    (11.3). Splits may go to 256 here (the reduce reads them in chunks of 64): at 1 x 32k, 128
-    splits 24.5 us against 28.0 at 64 and 34.8 at 256; the price at short contexts, where most of
-    them are empty, is 1 x 8k 15.0 against 12.8 us at 64 (``...-tune-decode-fp4-mma-splits.json``).
-    Grid order: a program reads one KV head's 72 of the 576 bytes of a token (data and scales);
-    with the requests innermost, the eight heads of a token were read by programs launched
-    batch-size apart, in different waves at batch 256 -- 256 x 4k 702 us (57% of the copy
-    ceiling). With the heads innermost the 8 reads of a token's rows come close together: 489 us,
-    and 128 x 4k 261 -> 256 us (H100, 32-token tiles, 2026-11-27). Where the grid overflows one
-    wave of resident programs (:func:`fp4_mma_resident`), the split count may double or quadruple
-    so that the last wave is not a few warps a multiprocessor (:func:`_fp4_mma_wave_splits`; with
-    the heads-inner grid and 32-token tiles, 256 x 4k: 1 split (1.29 waves) 547 us, 2 splits 496,
-    4 splits 531; with 64-token tiles (8 resident, 1.94 waves at 1 split) 473 / 490 / 523, where
-    the model keeps 1). Not at head_dim 256 with more than 8 query heads a KV head: 16 x 256 fp32
-    accumulators a thread spill there (AOT, sm_89 .. sm_121)."""
+    """NVFP4 pools on sm_89+ (hardware fp8 conversion of the UE4M3 scales): the one-warp kernel that
+    decodes each tile straight into ``mma.sync`` operand registers (:mod:`.attention.decode_nvfp4`),
+    tiles of :func:`fp4_mma_block_n`, the next tile's raw words prefetched into registers, splits for
+    about 8 programs a multiprocessor (up to 256: the reduce reads them in chunks of 64), raised by
+    :func:`_fp4_mma_wave_splits` where a grid just over a whole number of waves would leave the last
+    one nearly empty. Grid (KV head, request, split): a program reads one KV head's share of a
+    token's bytes, so a token's heads are read together. Not at head_dim 256 with more than 8 query
+    heads a KV head (16 x 256 fp32 accumulators spill). Sweeps: ``*-tune-decode-fp4-mma*.json``,
+    ``*-tune-attention.log``."""
     sms = num_sms or _TYPICAL_SMS.get(lim.cc, 128)
     heads_n = 8 if group <= 8 else 16
     block_n = fp4_mma_block_n(head_dim, heads_n)
@@ -325,25 +279,18 @@ def _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_
 
 
 def fp4_mma_block_n(head_dim: int, heads_n: int) -> int:
-    """Token tile of the one-warp NVFP4 decode kernel: 64 where the kernel holds it without spills
-    (head_dim 64 / 128 with up to 8 query heads a KV head: 160-168 / 225-246 registers on sm_89 ..
-    sm_121, AOT), 32 at 16 heads (64 spills 12-72 B there), 16 at head_dim 256 (32 spills). H100,
-    heads-inner grid, 64 against 32 tokens in one run (``...-tune-attention.log``, 2026-11-27):
-    128 x 4k 232 / 256 us, 128 x 8k 464 / 506, 256 x 4k 473 / 496, 64 x 8k 234 / 259, 16 x 32k
-    240 / 261, D64 128 x 4k 141 / 168; at batch 16 x 1k and 64 x 1k, where 32 is 1-5 us faster,
-    the difference is a few microseconds."""
+    """Token tile of the one-warp NVFP4 decode kernel: 64 where it fits without spills (head_dim 64 /
+    128, up to 8 query heads a KV head), 32 at 16 heads, 16 at head_dim 256 (AOT, sm_89 .. sm_121;
+    ``*-tune-attention.log``)."""
     if head_dim == 256:
         return 16
     return 64 if heads_n == 8 else 32
 
 
 def fp4_mma_resident(head_dim: int, heads_n: int) -> int:
-    """One-warp NVFP4 decode programs resident per multiprocessor (65,536 registers, sm_89 ..
-    sm_121): 65,536 / (32 x the kernel's registers, in steps of 8), from the planned
-    configurations' AOT register counts on sm_89 .. sm_121 (`sm12x budget`; the sm_120/121 ones
-    checked by tests/test_budget.py): 64-token tiles at head_dim 64 160-168 registers and at 128
-    225-246 (GQA <= 8); 32-token tiles at GQA 16 128-168 (D64) and 215-236 (D128); head_dim 256
-    (16 tokens) 224-236. The tile is :func:`fp4_mma_block_n`'s."""
+    """One-warp NVFP4 decode programs resident per multiprocessor: 65,536 registers / (32 x the
+    kernel's registers, in steps of 8), from the planned configurations' AOT register counts on
+    sm_89 .. sm_121 (checked by ``tests/test_budget.py``). The tile is :func:`fp4_mma_block_n`'s."""
     if head_dim == 64:
         return 12
     if head_dim == 128:
@@ -352,24 +299,17 @@ def fp4_mma_resident(head_dim: int, heads_n: int) -> int:
 
 
 def _wave_cost(programs: int, per_sm: int, sms: int) -> float:
-    """Time of ``programs`` equal, memory-bound programs in units of one program's time at full
-    bandwidth: whole waves of ``per_sm`` a multiprocessor, then the last partial wave, which takes
-    as long as ``5 / 8 per_sm`` programs would even when fewer run -- too few warps to keep the
-    memory system busy. Calibrated on the H100 (12 resident, D128) before the heads-inner grid:
-    1,024 programs (7.8 a multiprocessor, one wave) 77% of the copy ceiling, 2,048 (12 + 3.5) 54%.
-    With that grid the tail costs less (256 x 4k, 32-token tiles: 1.10x the 2-split time where
-    this model says 1.24x); it still picks the faster split count at the measured points."""
+    """Time of ``programs`` equal, memory-bound programs in units of one program's time: whole waves
+    of ``per_sm`` a multiprocessor, then a partial last wave that costs at least ``5/8 per_sm``
+    programs' time (too few warps to keep memory busy; calibrated on the H100)."""
     full, tail = divmod(programs, per_sm * sms)
     return full * per_sm + (max(tail / sms, per_sm * 5 / 8) if tail else 0)
 
 
 def _fp4_mma_wave_splits(rows: int, splits: int, sms: int, per_sm: int) -> int:
-    """``splits`` unless the grid (``rows`` x ``splits`` programs) overflows one wave: then the
-    split count among ``splits`` x {1, 2, 4} with the least modelled time (:func:`_wave_cost`,
-    work a program ~ 1 / splits), a larger one only where it saves more than 5% -- the tail
-    wave of a grid just over a whole number of waves runs with a few warps a multiprocessor
-    (H100, 32-token tiles, 12 resident: 128 x 8 heads 1 split; 256 x 8 2 splits instead of 1.29
-    waves)."""
+    """``splits`` unless the grid overflows one wave of resident programs: then the split count among
+    ``splits`` x {1, 2, 4} with the least modelled time (:func:`_wave_cost`), a larger one only where it
+    saves more than 5%."""
     if rows * splits <= per_sm * sms:
         return splits
     best, best_t = splits, _wave_cost(rows * splits, per_sm, sms) / splits
@@ -452,127 +392,63 @@ class ExtendConfig:
 def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
                 page_size: int = 1, prefix: bool = True, window: bool = False, gluon: bool = True,
                 short: bool = False) -> ExtendConfig:
-    """Tiles for the extend kernel, chosen from AOT compiles for sm_120 (registers are the binding
-    limit there, not shared memory; ``sm12x budget --kernel extend`` shows every choice).
+    """Tiles of one extend launch. Registers, not shared memory, bind on sm_120 (``sm12x budget
+    --kernel extend`` shows every choice); the rules and their reasons are beside them below and in
+    :func:`_extend_tile`. Sweeps: ``benchmark/results/*tune-extend*``.
 
-    GQA packing (``pack``): with a quantized cache (FP8 / NVFP4 prefix), up to 4 query heads of a KV
-    group share a program's rows (at least 16 tokens a program), so each prefix tile is dequantized
-    once for all of them instead of once per query head -- that dequantization costs about as much
-    as the tile's MMAs. 16-bit caches keep one head a program in the Triton kernel (packed bf16 D128
-    tiles spill 24 B on sm_120, AOT, and there is no dequantization to share); sm_90's
-    warpgroup-MMA kernel packs them too (each copied tile shared).
-
-    * 232 KB parts (sm_90/100), from benchmark/results/*tune-extend.json (H200, D128, 32/8 heads):
-      bf16/fp16 D128 128 x 128 on 8 warps, 3 stages (H100, with whole tiles unmasked: 1.17-1.33x
-      the 64 x 64 one, 323-376 TFLOP/s), other head dims 64 x 64 on 4 warps, 3 stages;
-      fp8 128 x 128 on 8 warps, 3 stages at D128 on sm_90 (with the 5-stage prefix loop 272-364
-      TFLOP/s at a 4k prefix, 1.05-1.10x of 2 stages), else 2; nvfp4 D128 with 4 heads packed
-      128 x 128 on 8 warps, 3 stages (H100, after
-      the word decode: 199-247 TFLOP/s, 0.68-0.69x of bf16 with a 4k prefix; the faster 4-warp
-      128 x 64 tile spills ~1 KB), else 128 x 64 on 8 warps. D256: 64 x 32 on 8 warps.
-    * 101 KB parts (sm_86/89/120/121; sm_80 uses the same):
-      - D64: 64 x 64 on 4 warps (24 KB, ~180 registers); fp8k_nvfp4v 32-key tiles (see
-        ``_extend_tile``).
-      - D128: 64 x 64 on 8 warps (3 stages on sm_120/121 for bf16/fp16: 90.6 KB, 142 registers;
-        2 stages elsewhere, 56 KB). 4 warps reach 255 registers and spill 72-104 B: the
-        accumulator (64 x 128 fp32) alone is 64 registers a thread there.
-      - D128 nvfp4: 64 x 32 on 8 warps (3 stages on sm_120/121) -- the even/odd halves double the
-        live Q and accumulator fragments; 64-token tiles spill 24-264 B.
-      - D256: 64 x 32 on 8 warps (68-86 KB); nvfp4 32 x 32 on 8 warps (58 KB, 216 registers).
-      - sm_80 nvfp4 (UE4M3 scales decoded in software): D128 64 x 32 on 8 warps only with 4 heads
-        packed, else 32 x 32; D256 32 x 32 on 8 warps.
-    * Pipeline depth of the prefix loop (``prefix_stages``) and row-block order (``heavy_first``):
-      see the comments in the body.
-    * sm_90 at head_dim 128 with a prefix to read (``wgmma``): the Gluon kernel of
-      :mod:`.attention.extend_wgmma` for NVFP4 pools with 4 query heads a KV group packed and for
-      16-bit pools (up to 4 packed), unless ``window`` (a sliding window) or not ``gluon`` (no
-      device to run it: the Triton interpreter; pools over 2^31 bytes).
+    GQA packing (``pack``): with a quantized pool, up to 4 query heads of a KV group share a
+    program's rows, so each prefix tile is dequantized once for all of them (the dequantization
+    costs about as much as the tile's MMAs); 16-bit pools pack only in sm_90's warpgroup-MMA kernel.
+    ``prefix`` False: the host knows nothing is cached (no prefix phase compiled). ``short``: no
+    chunk longer than :data:`SHORT_CHUNK`. ``gluon`` False: no device to run the Gluon kernels (the
+    interpreter, pools over 2^31 bytes). ``window``: a sliding window (Triton kernel only).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
     quant = kv_dtype not in ACT_DTYPES      # an fp8 / nvfp4 pool (16-bit pools hold q's dtype)
     if prefix and (lim.cc == 90
                    or lim.cc in (120, 121) and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4")):
-        # the prefix loop's K/V addresses come from a load (the slot ids), so Triton's pipeliner
-        # splits its stages between the two loads: at 2-3 stages each tile is issued one iteration
-        # ahead, after the MMAs, and waited for at once (no overlap); 5 stages keep one tile in
-        # flight. H100 (...-tune-extend-stages.log): bf16 4k prefix +5-8%, fp8 +4-10%; the
-        # sm_120 tiles' code on the H100 with mma.sync (DISABLE_MMA_V3) +5-10%. AOT: 164-230 KB
-        # on sm_90, 53-91 KB on sm_120/121, no spills (the packed NVFP4 128 x 128 tile of sm_90
-        # spilled 28 B until the chunk phase stopped splitting its K/V into even / odd halves);
-        # not sm_100 (bf16 D128 spills 20-56 B). ``prefix`` False (the host
-        # knows nothing is cached): the prefix loop never runs and its deeper pipeline cost the
-        # chunk phase 1-7% on the H100 (different register allocation), so it is left out.
+        # the slot-id load feeds the K/V addresses, so Triton's pipeliner splits the stages between
+        # the two loads: at 2-3 stages no tile is in flight during the MMAs, at 5 one is
+        # (``*-tune-extend-stages.log``). Not sm_100 (spills); not without a prefix (the unused
+        # loop's pipeline costs the chunk phase its register allocation).
         cfg = replace(cfg, prefix_stages=5)
         if lim.cc == 90 and head_dim == 128 and kv_dtype in ("bf16", "fp16", "nvfp4"):
-            # once the diagonal joined the whole-tile loop (H100, ...-tune-extend.log, machine 7):
-            # bf16 128 x 128 4 stages 1.02-1.04x of 5 with a 4k prefix; the packed NVFP4 tile 6
-            # stages 1.01-1.02x at 4k + 1k (equal at 4k + 8k); 4-8 tried
+            # with the diagonal in the whole-tile loop, 4 (16-bit) / 6 (nvfp4) measured best of 4-8
             cfg = replace(cfg, prefix_stages=6 if kv_dtype == "nvfp4" else 4)
-    # causal row blocks longest first: H100, 16-bit, no prefix, 1.02-1.06x (a long tail of short
-    # blocks instead of long ones), neutral with a 4k prefix. 16-bit pools only -- quantized pools'
-    # fresh prefills run the 16-bit launch anyway, and the reordering moves some of their tiles
-    # into spills (AOT: sm_90 packed NVFP4 128 x 128 32 B, fp8k_nvfp4v D256 8-40 B on sm_90/120/121)
+    # causal row blocks longest first (a short tail instead of a long one), 16-bit pools only:
+    # quantized pools' fresh prefills run the 16-bit launch anyway, and the reorder spills some of
+    # their tiles (AOT)
     cfg = replace(cfg, heavy_first=not quant)
     if not prefix and not quant:
-        # nothing cached: the kernel is compiled without its prefix phase. H100 bf16
-        # (...-tune-extend.log, machine 3): 1.07-1.14x at 1 x 0 + 8k, 2 x 0 + 4k, 4 x 0 + 2k (the
-        # prefix loop's code, never run, had still cost the chunk phase its registers / schedule).
-        # 16-bit pools only: the launcher runs a quantized pool's prefix-less call on the 16-bit
-        # plan anyway, and the quantized kernels without the prefix phase spill 4-24 B on sm_120
-        # (ptxas allocates them differently)
+        # nothing cached: compiled without the prefix phase, whose unused code had cost the chunk
+        # phase its schedule (``*-tune-extend.log``); quantized kernels without it spill on sm_120
         cfg = replace(cfg, prefix_loop=False)
     if (lim.cc in (86, 89) or lim.cc == 100 and prefix) and head_dim == 128 and not quant:
-        # the second (select-free) loop body spills 4 B at 64 x 32 on 8 warps on sm_86/89, and
-        # 24-28 B at 128 x 128 with the prefix loop on sm_100 (AOT)
-        cfg = replace(cfg, unmasked=False)
+        cfg = replace(cfg, unmasked=False)      # the second, select-free loop body spills there (AOT)
     if quant and not (lim.cc == 90 or lim.cc in SM12X and head_dim < 256):
-        # the chunk phase's select-free loop with a quantized pool: AOT-checked on sm_90/120/121;
-        # it spills 8-12 B at head_dim 256 on sm_120/121 (fp8 paged 64 x 32, fp8k_nvfp4v 32 x 32),
-        # 4-88 B on sm_100 (nvfp4) and sm_86 (fp8k_nvfp4v D128 32 x 32)
-        cfg = replace(cfg, unmasked=False)
+        cfg = replace(cfg, unmasked=False)      # likewise with a quantized pool, outside the AOT-checked arches
     if prefix and quant and cfg.unmasked and head_dim < 256:
-        # whole prefix tiles of quantized pools select-free too: H100 (...-tune-extend.log)
-        # nvfp4 1.04-1.11x, fp8 1.06-1.11x at a 4k prefix; the sm_120 nvfp4 tile's code on the
-        # H100 with mma.sync 1.04-1.06x (only sm_90/120/121 keep the select-free quantized loop,
-        # above). AOT: no spills on sm_90/120/121 below head_dim 256 (the
-        # sm_90 D256 tiles spill 12-104 B with it)
+        # whole prefix tiles of quantized pools select-free too (no spills on sm_90/120/121 below D256)
         cfg = replace(cfg, quant_prefix_unmasked=True)
     if lim.cc == 90 and cfg.unmasked:
-        # the causal diagonal tiles as the last iterations of the whole-tile loop (masked by a
-        # branch): a loop of their own filled its own software pipeline and waited for its one
-        # tile. H100 (...-tune-extend.log): bf16 1.03-1.06x at all six attention.py shapes,
-        # nvfp4 1.04-1.06x, fp8 1.02-1.05x at a 4k prefix. sm_120 bf16 D128 spills 12 B with it.
+        # the causal diagonal as the last, masked iterations of the whole-tile loop: a loop of its
+        # own filled its own pipeline for one tile. sm_120 bf16 D128 spills with it, so sm_90 only
         cfg = replace(cfg, diag_in_loop=True)
     pack = _gqa_pack(group, cfg.block_m) if quant else 1
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype == "nvfp4" and pack == 4:
-        # the Gluon kernel with the tile decode overlapped with the warpgroup MMAs (decode while
-        # the previous tile's PV runs, slot ids two tiles ahead, whole tiles select-free): H100
-        # (...-tune-extend-fp4-wgmma.log) 1 x 4k + 1k 0.274-0.287 -> 0.257-0.263 ms, 8 x 4k + 1k
-        # 1.97-2.02 -> 1.84-1.88, 1 x 4000 + 1k 0.28 -> 0.26; 1 x 4k + 8k (half the work in the
-        # chunk's own keys) 2.89-2.96 -> 2.99-3.02. AOT: 196 KB, 255 registers, no spills (Triton
-        # 3.6 and 3.8). Warp-specialized (``warp_spec``: a fourth warpgroup decodes, the two MMA
-        # warpgroups only wait for its mbarriers), same process (...-tune-extend-warp-spec.log):
-        # 1 x 4k + 1k 0.226 -> 0.204-0.206 ms, 8 x 4k + 1k 1.62-1.65 -> 1.45-1.48, 1 x 4k + 8k
-        # 2.72-2.76 -> 2.54-2.61, against bf16 0.202 / 1.363 / 2.344. AOT: 229,444 B, no spills
+        # the warp-specialized Gluon kernel: a decoder warpgroup feeds the two MMA warpgroups
+        # (``*-tune-extend-warp-spec.log``); 229,444 B, no spills (``budget-sm90-wgmma.json``)
         cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True)
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype in ACT_DTYPES:
-        # 16-bit pools: the same kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
-        # 4 query heads a program sharing each K / V tile. H100, one process with FlashInfer
-        # (...-tune-extend-wgmma16.log), against the Triton plan: 1 x 4k + 1k 0.213 -> 0.202 ms,
-        # 8 x 4k + 1k 1.495 -> 1.372, 1 x 4k + 8k 2.530 -> 2.322. Two copy buffers a tensor (a copy
-        # issued one tile ahead, 160 KB) rather than three (two ahead, 224 KB): three measured
-        # 0.198 / 1.486 / 2.705 ms in that sweep but 0.200 / 1.396 / 2.364 in a full attention.py
-        # run (two: 0.204 / 1.361 / 2.376 in the next), so no clear winner and the smaller one.
-        # One head a program 0.196 / 1.401 / 2.315; 64-key tiles 1.1-1.3x slower. AOT: 160 KB,
-        # 233-255 registers, no spills
+        # 16-bit pools: the Gluon kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
+        # up to 4 query heads sharing each tile; two copy buffers a tensor (three measured no
+        # clearly faster and take 224 KB: ``*-tune-extend-wgmma16.log``)
         pack = min(group, 4)
         cfg = ExtendConfig(128, 128, 8, 2, cfg.hw_fp8, wgmma=True)
     if short and not prefix and not quant and lim.cc == 90 and head_dim == 128:
-        # nothing cached and no chunk longer than SHORT_CHUNK tokens: 64 x 64 tiles on 4 warps with
-        # up to 4 query heads a program (16 tokens), against 128 x 128 on 8 warps. H100, one
-        # process with FlashInfer (...-tune-extend-short-chunk.log): 8 x 0 + 1k 0.238 -> 0.218 ms
-        # (FlashInfer 0.159); at 4 x 0 + 2k the 128-row tile stays ahead (0.378 against 0.382-0.387)
+        # nothing cached and every chunk within SHORT_CHUNK: 64 x 64 tiles on 4 warps with up to 4
+        # query heads a program give more programs (``*-tune-extend-short-chunk.log``)
         cfg = replace(cfg, block_m=64, block_n=64, num_warps=4, num_stages=3)
         pack = _gqa_pack(group, cfg.block_m)
     return replace(cfg, pack=pack)
@@ -597,28 +473,24 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
             return ExtendConfig(64, 32, 8, 2, hw_fp8)
         return ExtendConfig(32, 32, 8, 2, hw_fp8)
     if kv_dtype == "fp8k_nvfp4v" and head_dim == 64:
-        # measured wrong on an H100 (Triton 3.6) at 64-key tiles in the fp16 MMA path: 64 x 64 on 4
-        # warps and 128 x 64 on 4 or 8 (every other format at these tiles, and this one at 32-key
-        # tiles or on 8 warps at 64 x 64, right); 32-key tiles everywhere for this format
+        # 64-key tiles computed wrong results for this format on an H100 (Triton 3.6, fp16 MMA
+        # path; every other format right there): 32-key tiles everywhere for it
         return ExtendConfig(128, 32, 8, 3, hw_fp8) if lim.smem_per_block >= 200_000 else \
             ExtendConfig(64, 32, 4, 2, hw_fp8)
     if lim.smem_per_block >= 200_000:
         if head_dim == 256:
             return ExtendConfig(64, 32, 8, 2 if fp4 else 3, hw_fp8)
         if kv_dtype == "nvfp4" and head_dim == 128 and group % 4 == 0 and lim.cc == 90:
-            # H100 sweep after the 32-bit-word tile decode: 128 x 128 (pack 4) 10-19% faster than
-            # 128 x 64; 255 registers, no spills with 4 heads packed (8 B with 2; the 4-warp
-            # 128 x 64, faster still, spills ~1 KB); sm_100 spills 40 B at 128 x 128 (AOT)
+            # 128 x 128 with 4 heads packed beat 128 x 64 in the H100 sweep and fits without spills
+            # (2 heads: 8 B; sm_100: 40 B, AOT)
             return ExtendConfig(128, 128, 8, 3, hw_fp8)
         if fp4:
             return ExtendConfig(128, 64, 8, 3, hw_fp8)
         if kv_dtype == "fp8_e4m3":
-            # H100, 4-warp-group tiles with the 5-stage prefix loop: 3 stages 1.05-1.10x of 2
-            # (272-364 TFLOP/s at a 4k prefix, ...-tune-extend-stages.log)
+            # with the 5-stage prefix loop 3 stages beat 2 on sm_90 (``*-tune-extend-stages.log``)
             return ExtendConfig(128, 128, 8, 3 if head_dim == 128 and lim.cc == 90 else 2, hw_fp8)
         if head_dim == 128:
-            # H100 sweep with whole tiles unmasked: 128 x 128 on 8 warps, 3 stages 1.17-1.33x the
-            # 64 x 64 one (322-376 TFLOP/s at 8k chunk)
+            # with whole tiles unmasked, 128 x 128 on 8 warps beat 64 x 64 in the H100 sweep
             return ExtendConfig(128, 128, 8, 3, hw_fp8)
         return ExtendConfig(64, 64, 4, 3, hw_fp8)
     if lim.cc < 89 and kv_dtype == "fp8_e4m3" and head_dim == 256:
@@ -636,12 +508,10 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
     if head_dim == 64:
         return ExtendConfig(64, 64, 4, 2, hw_fp8)
     if head_dim == 128:
-        # bf16 / fp16 / nvfp4: 3 stages keep one chunk tile in flight (2 stages allot one buffer:
-        # load and MMAs alternate). On the H100 with mma.sync, the sm_120 tiles as planned for it,
-        # with the 5-stage prefix loop: bf16 64 x 64 1.07-1.08x of 2 stages, nvfp4 64 x 32 (pack 4)
-        # 1.05-1.10x. AOT sm_120: 90.6 KB / 142 registers, 53 KB / 240, no spills. fp8 likewise
-        # 1.09-1.14x with 3 stages (...-tune-extend.log; 90 KB, 166-196 registers); nvfp4
-        # at 64 x 64, faster still there, spills 96-188 B on sm_120.
+        # 3 stages keep one chunk tile in flight on sm_120/121 (2 allot one buffer: load and MMAs
+        # alternate); faster in the sm_120 tiles' mma.sync proxy on the H100
+        # (``*-tune-extend-sm120-tiles-mma-v2.json``). 8 warps: 4 spill (the 64 x 128 fp32
+        # accumulator alone is 64 registers a thread); nvfp4 64 x 64 spills on sm_120 (AOT).
         stages = 3 if kv_dtype in ("bf16", "fp16", "nvfp4", "fp8_e4m3") and lim.cc in (120, 121) else 2
         return ExtendConfig(64, 32 if fp4 else 64, 8, stages, hw_fp8)
     return ExtendConfig(32 if fp4 else 64, 32, 8, 2, hw_fp8)
@@ -709,37 +579,20 @@ def _pow2_floor(x: int) -> int:
 def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens: int, top_k: int,
              block_shape=None) -> MoeConfig:
     """Tile of one grouped GEMM of the fused MoE (``n`` outputs, ``k`` reduction) for ``tokens``
-    routed ``top_k`` ways over ``num_experts``.
+    routed ``top_k`` ways over ``num_experts``; every choice is within the arch's shared memory
+    (``sm12x budget --kernel moe``). Rules from the neighbourhood sweeps of sm_120's tiles on an H100
+    (``*-tune-moe.json``, ``*-tune-moe-sm90-fp8.json``):
 
-    Rules, each bounded by the arch's shared memory (checked by ``sm12x budget --kernel moe``), from
-    the neighbourhood sweep of sm_120's tiles timed on an H100
-    (``benchmark/results/2026-11-26-nvidia-h100-80gb-hbm3-tune-moe.json``):
-
-    * BLOCK_M follows the expected rows per expert ``tokens * top_k / E``: 16 up to 16 rows
-      (decode: most of the tile would be padding otherwise), 32 below 64, 64 at 64; above that
-      128 for 16-bit operands (the sweep: 128 beat 64 by 4-20% at 128-512 rows) and 64 for
-      per-tensor fp8 (128 was not faster there). Block-fp8, not swept yet, keeps 64 up to 512
-      rows and 128 above.
-    * BLOCK_K is 64 for 16-bit and 128 for fp8 operands (128 B of K per row either way), doubled
-      for BLOCK_M 16 (few rows: a longer K step per load was 3-7% faster); block-fp8 keeps
-      BLOCK_K a divisor of the quantization group (128), so one scale per K step.
-    * BLOCK_N 64 up to 64 rows per expert (more programs when there are few rows; at 64 rows
-      64 x 64 was the sweep's best for bf16 and fp8), else 128; block-fp8
-      keeps 64: its per-K-step partial product doubles the accumulator registers (64 x 128 sat at
-      255 registers and 128 x 128 spilled on sm_120, AOT).
-    * 4 warps, 8 for 128 x 128 tiles and block-fp8 128 x 64 (254 registers at 4 warps); stages: 4
-      (3 for 16-bit 128-row tiles, the sweep's best), one more where the arch has >= 160 KB of
-      shared memory, then fewer until the tiles fit.
-    * wgmma archs (sm_90: 227 KB of shared memory, accumulators of warpgroup MMAs): above 64 rows per
-      expert a 128 x 256 tile, 8 warps, 4 stages (BLOCK_K 64 for 16-bit, 128 for fp8: 192 / 196 KB),
-      and block-fp8 64 x 128 on 4 warps (also at 1,024 rows: 10% faster than 128 x 128 on the
-      Mixtral shape) -- the tiles SGLang's tuned H100 / H200 tables settle on at these row counts;
-      sm_120/121 cannot hold them. fp8 at 16-64 rows (H100 sweep,
-      ``2026-11-26-nvidia-h100-80gb-hbm3-tune-moe-sm90-fp8.json``): 64-row tiles, so the MMA is a
-      warpgroup one (mma.sync below 64 rows) -- block 64 x 64 x 128 / 3 stages (0.78-0.98x of the
-      planned tile's time on Mixtral and Qwen3), per-tensor 64 x 128 x 256 / 4 stages where N and
-      K >= 4,096 (0.80x on Mixtral); at 64 rows with N and K >= 4,096 128 x 128 x 128 on 8
-      warps, 3 stages (0.81x).
+    * BLOCK_M follows the rows per expert ``tokens * top_k / E``: 16 up to 16 rows, 32 below 64, 64
+      at 64; above, 128 for 16-bit operands and 64 for per-tensor fp8; block-fp8 64 up to 512 rows.
+    * BLOCK_K: 128 B of K per row (64 for 16-bit, 128 for fp8), doubled at BLOCK_M 16; block-fp8
+      keeps it a divisor of the quantization group (one scale per K step).
+    * BLOCK_N 64 up to 64 rows per expert, else 128; block-fp8 keeps 64 (its partial products
+      double the accumulator registers); 8 warps for 128 x 128 tiles; 4 stages (3 for 16-bit
+      128-row tiles), one more where the arch has >= 160 KB, fewer until the tiles fit.
+    * sm_90 (wgmma, 227 KB): above 64 rows 128 x 256 x 64/128 on 8 warps (the tiles SGLang's tuned
+      H100 tables use), block-fp8 64 x 128; fp8 at 16-64 rows 64-row tiles so the MMA is a
+      warpgroup one.
     """
     lim = arch_limits(arch)
     _check("dtype", dtype, MOE_DTYPES)

@@ -29,3 +29,13 @@ def test_demo_reports_every_format():
     assert "decode attention" in p.stdout
     # the NVFP4 pool holds 3.56x the tokens of bf16 at head_dim 128
     assert "capacity x3.56 vs bf16" in p.stdout
+
+
+def test_demo_budget_sample_compiles_each_family_with_progress():
+    """The demo's budget part: a handful of real sm_120 compiles with a line each (the whole table
+    is `sm12x budget`), so a newcomer's demo ends in minutes, not half an hour."""
+    p = subprocess.run([sys.executable, "-m", "sglang_sm12x.tools.demo", "--budget-sample"], capture_output=True,
+                       text=True, env=clean_env(), timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    lines = [ln for ln in p.stdout.splitlines() if ln.strip().startswith("[")]
+    assert len(lines) == 4 and all("fits" in ln and "of 101,376" in ln for ln in lines), p.stdout

@@ -102,9 +102,48 @@ def main(argv=None) -> int:
     _attention_demo(dev, on_gpu)
     if a.no_budget:
         return 0
-    print("\nSM12x shared-memory budget (AOT, sm_120 and sm_121):")
+    print("\nSM12x shared-memory budget: a few representative configurations compiled now for sm_120 "
+          "(ahead of time, no GPU needed):", flush=True)
     env = {k_: v_ for k_, v_ in os.environ.items() if k_ != "TRITON_INTERPRET"}
-    return subprocess.call([sys.executable, "-m", "sglang_sm12x.cli", "budget", "--arch", "120,121"], env=env)
+    rc = subprocess.call([sys.executable, "-m", "sglang_sm12x.tools.demo", "--budget-sample"], env=env)
+    _committed_budget_summary()
+    print("every configuration the planner can choose: sm12x budget --arch 120,121   (tens of minutes cold on "
+          "two cores, seconds once Triton's cache is warm)")
+    return rc
+
+
+# one configuration of each main kernel family (the budget's own cases, so the same compile path)
+_SAMPLE = (("kv_append", dict(head_dim=128, kv_dtype="nvfp4")),
+           ("decode_nvfp4", dict(head_dim=128, page_size=1, direct=False, offsets_32bit=True)),
+           ("decode", dict(head_dim=128, kv_dtype="bf16", paged=False, direct=False)),
+           ("extend", dict(head_dim=128, kv_dtype="nvfp4", paged=False)))
+
+
+def budget_sample(arch: int = 120) -> int:
+    """Compile :data:`_SAMPLE` for ``arch`` with progress; 1 if any does not fit."""
+    from sgl_kernel_sm12x import budget
+    rows = []
+    for i, (kernel, want) in enumerate(_SAMPLE, 1):
+        case = next(c for c in budget.cases([kernel], [arch]) if all(c[2].get(k) == v for k, v in want.items()))
+        print(f"  [{i}/{len(_SAMPLE)}] {kernel} {' '.join(f'{k}={v}' for k, v in want.items())} ...", end=" ",
+              flush=True)
+        r = budget.compile_one(*case)
+        rows.append(r)
+        print(f"{r.shared:,} B shared of {r.limit:,}, {r.regs} registers, {r.spill} B spilled, {r.mma}: "
+              f"{'fits' if r.fits else 'DOES NOT FIT'}" if r.shared is not None else f"ERROR {r.error}", flush=True)
+    return 0 if all(r.fits for r in rows) else 1
+
+
+def _committed_budget_summary() -> None:
+    """The checkout's committed full table, summarised (absent from an installed wheel)."""
+    import json
+    from pathlib import Path
+    table = Path(__file__).resolve().parents[3] / "benchmark" / "results" / "budget-sm120-sm121.json"
+    if table.exists():
+        rows = json.loads(table.read_text())
+        bad = sum(not r["fits"] for r in rows)
+        print(f"committed full table ({table.name}): {len(rows):,} configurations for sm_120 / sm_121, "
+              f"{len(rows) - bad:,} fit, {bad} do not")
 
 
 def serve_demo(port: int = 30177) -> int:
@@ -133,3 +172,9 @@ def serve_demo(port: int = 30177) -> int:
         print(f"  KV pool tokens at --mem-fraction-static 0.3: nvfp4 {caps['nvfp4']:,} vs bf16 {caps['bf16']:,} "
               f"= {caps['nvfp4'] / caps['bf16']:.2f}x")
     return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--budget-sample"]:
+        sys.exit(budget_sample())
+    sys.exit(main())

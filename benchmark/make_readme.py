@@ -1,0 +1,341 @@
+"""Regenerate ``benchmark/README.md`` and the headline table of the top-level README from the result
+JSONs named in :data:`SOURCES` -- the only place that says which run is current.
+
+    python benchmark/make_readme.py           # rewrite both
+    python benchmark/make_readme.py --check   # exit 1 if either is out of date (CI)
+
+Numbers are read, never typed: a table that changes changes because a result file did.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RES = HERE / "results"
+README = HERE / "README.md"
+TOP_README = HERE.parent / "README.md"
+BEGIN, END = "<!-- headline:begin (benchmark/make_readme.py) -->", "<!-- headline:end -->"
+
+# the current result file of each table (a superseded one is deleted; git keeps it)
+SOURCES = {
+    "attention": "2026-11-27-nvidia-h100-80gb-hbm3-attention-short-chunk.json",
+    "append": "2026-11-26-nvidia-h100-80gb-hbm3-append.json",
+    "moe": "2026-11-26-nvidia-h100-80gb-hbm3-moe.json",
+    "serving": "2026-11-26-nvidia-h100-80gb-hbm3-serving.json",
+    "serving_long": "2026-11-26-nvidia-h100-80gb-hbm3-serving-long.json",
+    "serving_moe": "2026-11-26-nvidia-h100-80gb-hbm3-serving-moe.json",
+    "e2e": "2026-11-26-nvidia-h100-80gb-hbm3-e2e.json",
+    "accuracy": "2026-11-26-accuracy.json",
+    "budget": "budget-sm120-sm121.json",
+    "budget_sm90": "budget-sm90-wgmma.json",
+    "aot_sglang": "aot-sglang-sm120-sm121.json",
+    "kernel_ab": "2026-12-05-nvidia-h100-80gb-hbm3-kernel-ab.json",
+}
+
+HOW_TO = """\
+## Running the benchmarks
+
+Every script runs on a CUDA device, times this project's kernels beside their peers **in the same
+run**, and writes JSON (device, versions, date) to `results/`. Medians of CUDA-event timings
+(`triton.testing`), p20/p80 beside them.
+
+| script | what it times | peers in the same run |
+|---|---|---|
+| `attention.py [--quick] [--head-dim ...]` | decode (GB/s of what must be read) and extend / prefill (TFLOP/s = 4·B·H·D·(C·P + C²/2)) | FlashInfer decode + ragged prefill, SGLang's Triton decode / extend, the copy ceiling |
+| `kernel_ab.py --tree before=DIR --tree after=.` | one-shot decode / extend at fixed shapes, source trees alternating in separate processes | the other tree |
+| `append.py` | quantize-and-append (bytes read + written) | the copy ceiling |
+| `moe.py [--breakdown]` | the fused MoE as a CUDA-graph replay | SGLang's `fused_experts` with its shipped configs |
+| `bench_serving.py` (= `sm12x bench-serving`) | servers per backend x KV dtype with SGLang's `bench_serving` client | SGLang's `triton` and `flashinfer` backends |
+| `e2e.py` | greedy agreement, KV capacity, serving smoke checks | SGLang's `triton` / `flashinfer` |
+| `accuracy/train.py`, `accuracy/evaluate.py` | perplexity / KL / top-1 of each KV format on a trained model | bf16 KV |
+| `tune_attention.py`, `tune_moe.py` | tile sweeps around the planner's choice (offline only) | the planned tile |
+| `aot_sglang.py` | SGLang's own Triton kernels compiled for sm_120/121 (no GPU) | -- |
+
+`sm12x budget --arch 120,121 --json` (no GPU) is the shared-memory / register table. After a new
+run, name its file in `SOURCES` of `make_readme.py` and run `python benchmark/make_readme.py`.
+"""
+
+
+def _load(key):
+    path = RES / SOURCES[key]
+    if not path.exists():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _link(key, text=None):
+    return f"[{text or SOURCES[key]}](results/{SOURCES[key]})"
+
+
+def _top_link(key, text):
+    return f"[{text}](benchmark/results/{SOURCES[key]})"
+
+
+def _f(x, nd=2):
+    return f"{x:,.{nd}f}"
+
+
+def _rows(d, **match):
+    return [r for r in d["rows"] if all(r.get(k) == v for k, v in match.items()) and not r.get("error")
+            and not r.get("skipped")]
+
+
+def _one(d, **match):
+    rows = _rows(d, **match)
+    return rows[0] if rows else None
+
+
+def attention_tables(d):
+    out = []
+    copy = d["copy_gbps"]
+    out.append(f"### Attention (`attention.py`, {_link('attention')})\n")
+    out.append(f"{d['device']}, {_versions(d)}; copy ceiling {copy:,.0f} GB/s; 32 q / 8 kv heads, head_dim 128, "
+               "page 1, sm_90 plan. Decode: time relative to FlashInfer's bf16 decode (lower is faster).\n")
+    out.append("| batch x context | sm12x bf16 | sm12x fp8_e4m3 | sm12x nvfp4 | SGLang Triton bf16 | nvfp4 GB/s (of copy) |")
+    out.append("|---|---|---|---|---|---|")
+    shapes = sorted({(r["batch"], r["context"], r["heads"]) for r in _rows(d, phase="decode")},
+                    key=lambda s: (s[2], s[0], s[1]))
+    for b, c, h in shapes:
+        fi = _one(d, phase="decode", provider="flashinfer", batch=b, context=c, heads=h)
+        if not fi:
+            continue
+        cells = []
+        for prov, kv in (("sm12x", "bf16"), ("sm12x", "fp8_e4m3"), ("sm12x", "nvfp4"), ("sglang_triton", "bf16")):
+            r = _one(d, phase="decode", provider=prov, kv_dtype=kv, batch=b, context=c, heads=h)
+            cells.append(_f(r["ms"] / fi["ms"], 3) if r else "--")
+        nv = _one(d, phase="decode", provider="sm12x", kv_dtype="nvfp4", batch=b, context=c, heads=h)
+        head = "" if h == "32/8" else f" ({h})"
+        out.append(f"| {b} x {c}{head} | " + " | ".join(cells) +
+                   f" | {nv['gbps']:,.0f} ({nv['gbps'] / copy:.0%}) |" if nv else " | -- |")
+    out.append("\nExtend (causal, prefix from the pool, chunk from k / v): sm12x bf16 TFLOP/s and ratios.\n")
+    out.append("| batch x prefix + chunk | sm12x bf16 TFLOP/s | vs SGLang Triton | vs FlashInfer | nvfp4 / bf16 | fp8 / bf16 |")
+    out.append("|---|---|---|---|---|---|")
+    for b, p, c in sorted({(r["batch"], r["prefix"], r["chunk"]) for r in _rows(d, phase="extend")},
+                          key=lambda s: (s[1] > 0, s[0] * (s[1] + s[2]))):
+        m = dict(phase="extend", batch=b, prefix=p, chunk=c)
+        ours = _one(d, provider="sm12x", kv_dtype="bf16", **m)
+        sg = _one(d, provider="sglang_triton", kv_dtype="bf16", **m)
+        fi = _one(d, provider="flashinfer", kv_dtype="bf16", **m)
+        nv = _one(d, provider="sm12x", kv_dtype="nvfp4", **m)
+        f8 = _one(d, provider="sm12x", kv_dtype="fp8_e4m3", **m)
+        out.append(f"| {b} x {p} + {c} | {ours['tflops']:.0f} | {sg['ms'] / ours['ms']:.2f}x | "
+                   f"{fi['ms'] / ours['ms']:.2f}x | {ours['ms'] / nv['ms']:.2f} | {ours['ms'] / f8['ms']:.2f} |")
+    return out
+
+
+def _versions(d):
+    v = d.get("versions", {})
+    return ", ".join(f"{k} {v[k]}" for k in ("flashinfer", "sglang", "triton", "torch") if k in v)
+
+
+def kernel_ab_table(d):
+    out = [f"### Slot-range check, same run before / after (`kernel_ab.py`, {_link('kernel_ab')})\n",
+           f"{d['device']}, {_versions(d)}; {len(next(iter(d['rounds'].values())))} rounds, trees alternating. "
+           "Ratio after / before of the median time (> 1: slower).\n",
+           "| call | " + " | ".join(f"{n} / {list(d['trees'])[0]}" for n in d["ratio_vs_base"]) + " |",
+           "|---|" + "---|" * len(d["ratio_vs_base"])]
+    keys = list(next(iter(d["ratio_vs_base"].values())))
+    for k in keys:
+        out.append(f"| {k} | " + " | ".join(f"{r[k]:.3f}" for r in d["ratio_vs_base"].values()) + " |")
+    return out
+
+
+def append_table(d):
+    out = [f"### KV append (`append.py`, {_link('append')})\n",
+           f"{d['device']}; fraction of the copy ceiling ({d['copy_gbps']:,.0f} GB/s), bytes read + written, "
+           "65,536 tokens x 8 heads, planned tile.\n",
+           "| head_dim | bf16 copy | fp8_e4m3 | nvfp4 (one run of slots) | nvfp4 (random slots) |", "|---|---|---|---|---|"]
+    for hd in (64, 128, 256):
+        cells = []
+        for kv, slots in (("bf16", "contiguous"), ("fp8_e4m3", "contiguous"), ("nvfp4", "contiguous"),
+                          ("nvfp4", "random")):
+            rs = [r for r in _rows(d, provider="sm12x", kv_dtype=kv, head_dim=hd, slots=slots)
+                  if r.get("planned") and r.get("tokens") == 65536]
+            cells.append(f"{rs[0]['fraction_of_copy']:.2f}" if rs else "--")
+        out.append(f"| {hd} | " + " | ".join(cells) + " |")
+    return out
+
+
+def moe_table(d):
+    out = [f"### Fused MoE (`moe.py`, {_link('moe')})\n",
+           f"{d['device']}; speed ratio sm12x / SGLang `fused_experts` (> 1: faster), CUDA-graph replay of the "
+           "whole MoE.\n"]
+    tokens = sorted({r["tokens"] for r in _rows(d, provider="sm12x")})
+    out += ["| shape | dtype | " + " | ".join(str(t) for t in tokens) + " tokens |", "|---|---|" + "---|" * len(tokens)]
+    for shape in dict.fromkeys(r["shape"] for r in _rows(d, provider="sm12x")):
+        for dt in dict.fromkeys(r["dtype"] for r in _rows(d, provider="sm12x", shape=shape)):
+            cells = []
+            for t in tokens:
+                a = _one(d, provider="sm12x", shape=shape, dtype=dt, tokens=t)
+                b = _one(d, provider="sglang_triton", shape=shape, dtype=dt, tokens=t)
+                cells.append(f"{b['ms'] / a['ms']:.2f}" if a and b else "--")
+            out.append(f"| {shape} | {dt} | " + " | ".join(cells) + " |")
+    return out
+
+
+def serving_tables(d, dl, dm):
+    out = [f"### Serving (`sm12x bench-serving`)\n",
+           f"Qwen3-8B shape, dummy weights, 1,024 in / 256 out, output tok/s ({_link('serving')}):\n"]
+    cons = sorted({r["concurrency"] for r in d["rows"] if r.get("input_len") == 1024})
+    out += ["| backend, KV | " + " | ".join(f"conc {c}" for c in cons) + " |", "|---|" + "---|" * len(cons)]
+    for be, kv in dict.fromkeys((r["backend"], r["kv_dtype"]) for r in d["rows"]):
+        cells = []
+        for c in cons:
+            r = [x for x in d["rows"] if x["backend"] == be and x["kv_dtype"] == kv and x["concurrency"] == c
+                 and x.get("input_len") == 1024 and not x.get("error")]
+            cells.append(f"{r[0]['output_throughput']:,.0f}" if r else "--")
+        out.append(f"| {be}, {kv} | " + " | ".join(cells) + " |")
+    out += [f"\nKV-bound long context, 8,192 in / 1,024 out, concurrency 64, 0.4 of the card ({_link('serving_long')}):\n",
+            "| backend, KV | KV capacity (tokens) | output tok/s | median TTFT s | median TPOT ms |", "|---|---|---|---|---|"]
+    for r in dl["rows"]:
+        if r.get("input_len") == 8192:
+            out.append(f"| {r['backend']}, {r['kv_dtype']} | {r['kv_capacity_tokens']:,} | {r['output_throughput']:,.0f} | "
+                       f"{r['median_ttft_ms'] / 1e3:.1f} | {r['median_tpot_ms']:.1f} |")
+    out += [f"\nQwen3-30B-A3B attention + expert shape, output tok/s ({_link('serving_moe')}):\n"]
+    cons = sorted({r["concurrency"] for r in dm["rows"]})
+    out += ["| backend, KV | " + " | ".join(f"conc {c}" for c in cons) + " |", "|---|" + "---|" * len(cons)]
+    for be, kv in dict.fromkeys((r["backend"], r["kv_dtype"]) for r in dm["rows"]):
+        cells = []
+        for c in cons:
+            r = [x for x in dm["rows"] if x["backend"] == be and x["kv_dtype"] == kv and x["concurrency"] == c
+                 and not x.get("error")]
+            cells.append(f"{r[0]['output_throughput']:,.0f}" if r else "--")
+        out.append(f"| {be}, {kv} | " + " | ".join(cells) + " |")
+    return out
+
+
+def accuracy_table(d):
+    out = [f"### KV-format accuracy on a trained model (`accuracy/`, {_link('accuracy')})\n",
+           "32.5M-parameter Qwen3 trained on the Python standard library; scored where attention reads the "
+           "cache. `in_process`: this project's kernels; `end_to_end`: SGLang servers vs `triton` bf16.\n",
+           "| format | path | perplexity | KL | top-1 agreement |", "|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['format']} | {r['path']} | {r['perplexity']:.3f} | {r['kl']:.1e} | {r['top1_agreement']:.4f} |")
+    return out
+
+
+def budget_table(rows, rows90, aot):
+    out = [f"### Shared-memory / register budget (`sm12x budget`, {_link('budget')})\n"]
+    by = {}
+    for r in rows:
+        by.setdefault((r["kernel"], r["arch"]), []).append(r)
+    out += ["| kernel | arch | configurations | fit | max shared B | max registers | spills |", "|---|---|---|---|---|---|---|"]
+    for (k, a), rs in sorted(by.items()):
+        out.append(f"| {k} | sm_{a} | {len(rs)} | {sum(r['fits'] for r in rs)} | "
+                   f"{max((r['shared'] or 0) for r in rs):,} | {max((r['regs'] or 0) for r in rs)} | "
+                   f"{sum(bool(r['spill']) for r in rs)} |")
+    if rows90:
+        out.append(f"\nsm_90 warpgroup-MMA extend kernels ({_link('budget_sm90')}): "
+                   + "; ".join(f"{k} {len(rs)} configurations, {sum(r['fits'] for r in rs)} fit, max "
+                               f"{max(r['shared'] or 0 for r in rs):,} B / {max(r['regs'] or 0 for r in rs)} registers"
+                               for k, rs in _group(rows90).items()))
+    if aot:
+        out.append(f"\nSGLang's own Triton kernels for sm_120/121 at SGLang's and at the patched choices: {_link('aot_sglang')}.")
+    return out
+
+
+def _group(rows):
+    g = {}
+    for r in rows:
+        g.setdefault(r["kernel"], []).append(r)
+    return g
+
+
+def headline(att, e2e, sl, budget):
+    """The top-level README's table: ratios against the peers, each linking its file."""
+    out = [BEGIN, "| result | value | source |", "|---|---|---|"]
+    if att:
+        def ratio(phase, prov, kv, peer, peer_kv="bf16", **m):
+            a, b = _one(att, phase=phase, provider=prov, kv_dtype=kv, **m), _one(att, phase=phase, provider=peer,
+                                                                                 kv_dtype=peer_kv, **m)
+            return a, b
+        dec = [(r, _one(att, phase="decode", provider="flashinfer", batch=r["batch"], context=r["context"],
+                        heads=r["heads"])) for r in _rows(att, phase="decode", provider="sm12x", kv_dtype="bf16")]
+        dec = [r["ms"] / f["ms"] for r, f in dec if f]
+        out.append(f"| bf16 decode time / FlashInfer's, {len(dec)} shapes (H100, sm_90 plan) | "
+                   f"{min(dec):.2f}-{max(dec):.2f} | {_top_link('attention', 'attention')} |")
+        a, f = ratio("decode", "sm12x", "nvfp4", "flashinfer", batch=128, context=4096, heads="32/8")
+        if a and f:
+            out.append(f"| nvfp4 decode at 128 x 4k: speed vs FlashInfer bf16 / fraction of the copy ceiling | "
+                       f"{f['ms'] / a['ms']:.2f}x / {a['gbps'] / att['copy_gbps']:.0%} | {_top_link('attention', 'attention')} |")
+        ext = _rows(att, phase="extend", provider="sm12x", kv_dtype="bf16")
+        sg = [_one(att, phase="extend", provider="sglang_triton", kv_dtype="bf16", batch=r["batch"], prefix=r["prefix"],
+                   chunk=r["chunk"])["ms"] / r["ms"] for r in ext]
+        fi = [r["ms"] / _one(att, phase="extend", provider="flashinfer", kv_dtype="bf16", batch=r["batch"],
+                             prefix=r["prefix"], chunk=r["chunk"])["ms"] for r in ext]
+        nv = [r["ms"] / _one(att, phase="extend", provider="sm12x", kv_dtype="nvfp4", batch=r["batch"],
+                             prefix=r["prefix"], chunk=r["chunk"])["ms"] for r in ext if r["prefix"]]
+        out.append(f"| bf16 extend speed vs SGLang's Triton / vs FlashInfer's ragged prefill (sm_90 plan) | "
+                   f"{min(sg):.2f}-{max(sg):.2f}x / {1 / max(fi):.2f}-{1 / min(fi):.2f}x | {_top_link('attention', 'attention')} |")
+        out.append(f"| extend with an nvfp4 prefix, speed vs our bf16 | {min(nv):.2f}-{max(nv):.2f} | "
+                   f"{_top_link('attention', 'attention')} |")
+    if sl:
+        s = {x["check"]: x for x in sl["summary"]}
+        lc = s.get("best nvfp4 vs best bf16, long context")
+        if lc:
+            out.append(f"| serving 8k in / 1k out at 0.4 of an H100: nvfp4 KV vs best bf16 configuration, output tok/s | "
+                       f"{lc['ratio']:.2f}x | {_top_link('serving_long', 'serving-long')} |")
+    if e2e:
+        out.append(f"| KV-pool tokens, nvfp4 vs bf16 (same memory) | {e2e['kv_capacity_ratio_nvfp4_vs_bf16']:.2f}x | "
+                   f"{_top_link('e2e', 'e2e')} |")
+        out.append(f"| greedy generations identical to `triton` (bf16 KV): sm12x / flashinfer / a broken sm12x | "
+                   f"{e2e['greedy_agreement']:.2f} / {e2e['reference_agreement']:.2f} / {e2e['broken_run_agreement']:.2f} | "
+                   f"{_top_link('e2e', 'e2e')} |")
+    if budget:
+        bad = sum(not r["fits"] for r in budget)
+        out.append(f"| configurations compiled for sm_120/121 within 101,376 B, no spills | "
+                   f"{len(budget) - bad:,} of {len(budget):,} | {_top_link('budget', 'budget')} |")
+    out.append(END)
+    return "\n".join(out)
+
+
+def render():
+    d = {k: _load(k) for k in SOURCES}
+    parts = ["# Benchmarks\n", "Generated by `python benchmark/make_readme.py` from the files in `results/` it names; "
+             "do not edit by hand. Design notes and the reasons behind the planner's rules: `NOTES.md`.\n", HOW_TO,
+             "## Current results\n"]
+    for key, fn in (("attention", attention_tables), ("kernel_ab", kernel_ab_table), ("append", append_table),
+                    ("moe", moe_table), ("accuracy", accuracy_table)):
+        if d[key]:
+            parts += fn(d[key]) + [""]
+    if d["serving"] and d["serving_long"] and d["serving_moe"]:
+        parts += serving_tables(d["serving"], d["serving_long"], d["serving_moe"]) + [""]
+    if d["budget"]:
+        parts += budget_table(d["budget"], d["budget_sm90"], d["aot_sglang"]) + [""]
+    missing = [SOURCES[k] for k in SOURCES if d[k] is None]
+    if missing:
+        parts.append("Not yet run (named in `SOURCES`, no file): " + ", ".join(f"`{m}`" for m in missing) + "\n")
+    return "\n".join(parts), headline(d["attention"], d["e2e"], d["serving_long"], d["budget"])
+
+
+def _with_headline(text, table):
+    a, b = text.find(BEGIN), text.find(END)
+    if a < 0 or b < 0:
+        raise SystemExit(f"{TOP_README} has no {BEGIN} ... {END} block")
+    return text[:a] + table + text[b + len(END):]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
+    a = ap.parse_args(argv)
+    bench, table = render()
+    top = _with_headline(TOP_README.read_text(), table)
+    if a.check:
+        stale = [str(p) for p, want in ((README, bench), (TOP_README, top)) if not p.exists() or p.read_text() != want]
+        if stale:
+            print("out of date (run python benchmark/make_readme.py): " + ", ".join(stale), file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(bench)
+    TOP_README.write_text(top)
+    print(f"wrote {README} and the headline table of {TOP_README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
