@@ -3,7 +3,7 @@ at the ones this project's patches pick, and report shared memory, registers and
 
 Run on a CPU machine with SGLang installed (the kernels are SGLang's, imported from it):
 
-    python benchmark/aot_sglang.py --out benchmark/results/aot-sglang-sm120.json
+    python benchmark/aot_sglang.py --out benchmark/results/aot-sglang-sm120-sm121.json
 """
 from __future__ import annotations
 

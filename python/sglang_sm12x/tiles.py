@@ -14,7 +14,7 @@ def plan_context_attention(arch: int, head_dim: int, elem_bytes: int) -> tuple[i
     SGLang picks BLOCK 128 on every arch after Ampere and 4 warps up to head_dim 64, 8 above; AOT
     compiled for sm_120 (Triton 3.8) that spills at every head_dim (88-940 B per thread, 255
     registers) and needs 131,072 B for fp32 inputs at head_dim 80-128 (327,680 B at 256). Rules
-    below, from the sweep in ``benchmark/results/aot-sglang-context-attention-sm120.json``; each
+    below, from the sweep in ``benchmark/results/aot-sglang-sm120-sm121.json``; each
     keeps registers <= ~210 so the choice survives compiler drift:
 
     * 16-bit inputs: head_dim <= 64 -> 128 x 8 warps (32 KB, 182 regs); <= 128 -> 64 x 8 (40 KB,
