@@ -30,12 +30,12 @@ def _ws_extend(q, k, v, pool, qo, kvp, kvi, pl, cfg, chunk, group, dec_regs):
     """The warp-specialized NVFP4 extend kernel launched with this script's own override of its
     decoder warpgroup's register count (the scales computed as ``extend_attention`` does)."""
     from sgl_kernel_sm12x.attention import extend_wgmma
-    from sgl_kernel_sm12x.attention.kv_tile import FP4_PTX_UNIT, slot_flag
+    from sgl_kernel_sm12x.attention.kv_tile import FP4_PTX_UNIT
     out = torch.empty_like(q)
     sm = 1.0 / math.sqrt(q.shape[2])
     ks, vs = pool["k_scale"] / FP4_PTX_UNIT, pool["v_scale"] / FP4_PTX_UNIT
     extend_wgmma.launch(q, k, v, out, pool["k_cache"], pool["v_cache"], pool["k_scale_cache"], pool["v_scale_cache"],
-                        qo, kvp, kvi, pl, slot_flag(q.device), qk_scale_prefix=sm * ks * LOG2E,
+                        qo, kvp, kvi, pl, qk_scale_prefix=sm * ks * LOG2E,
                         qk_scale_ext=sm * LOG2E, v_scale_prefix=vs, logit_cap=0.0, group=group, page_size=1,
                         max_extend_len=chunk, cfg=cfg, dec_regs=dec_regs)
     return out

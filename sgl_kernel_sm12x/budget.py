@@ -21,6 +21,7 @@ from . import planner
 # kernel family -> (module, jit function name). Every kernel of the package joins this table.
 KERNELS = {
     "kv_append": ("sgl_kernel_sm12x.kv_append", "kv_append_kernel"),
+    "check_kv_indices": ("sgl_kernel_sm12x.attention.kv_tile", "check_kv_indices_kernel"),
     "decode": ("sgl_kernel_sm12x.attention.decode", "decode_split_kernel"),
     "decode_reduce": ("sgl_kernel_sm12x.attention.decode", "decode_reduce_kernel"),
     "decode_nvfp4": ("sgl_kernel_sm12x.attention.decode_nvfp4", "decode_split_nvfp4_kernel"),
@@ -37,7 +38,7 @@ KERNELS = {
     "moe_sum": ("sgl_kernel_sm12x.moe.fused_moe", "moe_sum_kernel"),
 }
 # families whose cases come from a function other than the module's ``aot_cases``
-CASES = {"decode_reduce": "aot_cases_reduce", "extend_wgmma_ws": "aot_cases_ws", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align",
+CASES = {"check_kv_indices": "aot_cases_check", "decode_reduce": "aot_cases_reduce", "extend_wgmma_ws": "aot_cases_ws", "moe_silu_mul": "aot_cases_silu", "moe_align": "aot_cases_align",
          "moe_align_count": "aot_cases_align_count", "moe_align_offsets": "aot_cases_align_offsets",
          "moe_align_scatter": "aot_cases_align_scatter",
          "moe_quant": "aot_cases_quant", "moe_sum": "aot_cases_sum"}

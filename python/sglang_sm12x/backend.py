@@ -1,9 +1,10 @@
 """``--attention-backend sm12x``: SGLang's ``AttentionBackend`` over this project's kernels.
 
 Per batch, ``init_forward_metadata`` turns SGLang's ``req_to_token`` table into the slot lists the
-kernels read (token slots with page size 1, page ids otherwise) -- once, shared by every layer.
-Per layer, the forward writes the new K/V into the pool with the fused append kernel (bf16/fp16
-copy, FP8 E4M3, or NVFP4 quantization), then runs one attention kernel:
+kernels read (token slots with page size 1, page ids otherwise), and the batch's first layer plans
+the launch (``plan_decode_batch`` / ``plan_extend_batch``: configuration, split workspace) -- once,
+shared by every layer. Per layer, the forward writes the new K/V into the pool with the fused append
+kernel (bf16/fp16 copy, FP8 E4M3, or NVFP4 quantization), then runs the plan:
 
     decode  (one new token per request)   decode_attention: split-KV + reduce over the pool
     extend  (chunked prefill, radix hits,  extend_attention: causal over [cached prefix | new chunk];
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -26,12 +27,14 @@ import torch
 from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 
 from sgl_kernel_sm12x import planner
-from sgl_kernel_sm12x.attention.decode import decode_attention
-from sgl_kernel_sm12x.attention.extend import extend_attention
+from sgl_kernel_sm12x.attention.decode import plan_decode_batch
+from sgl_kernel_sm12x.attention.extend import plan_extend_batch
+from sgl_kernel_sm12x.attention.kv_tile import check_slot_flag, offsets_fit
 from sgl_kernel_sm12x.attention.indices import build_kv_indices
 from sgl_kernel_sm12x.kv_append import NVFP4_SCALES, append_kv
 
 logger = logging.getLogger(__name__)
+_Q_DTYPES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 # Fault injection for end-to-end checks that must be able to fail: "drop_prefix" makes extend
 # ignore the cached prefix (as a backend with broken prefix indexing would). Never set in serving.
@@ -62,6 +65,7 @@ class Sm12xMetadata:
     prefix_lens: Optional[torch.Tensor] = None       # extend
     max_extend_len: int = 0                          # extend
     max_prefix_len: Optional[int] = None             # extend, when the host knows it exactly
+    plans: dict = field(default_factory=dict)        # (q heads, kv heads, head_dim, q dtype) -> the batch's plan
 
 
 def kv_dtype_name(kv_cache_dtype, pool) -> str:
@@ -150,6 +154,7 @@ class Sm12xAttnBackend(AttentionBackend):
         check_shapes(model_runner, self.arch, self.kv_dtype, self.page_size)
         self.num_sms = planner.device_sms(self.device) if self.device.type == "cuda" else None
         self._cg = None
+        self._off32 = None
         self.forward_metadata: Optional[Sm12xMetadata] = None
         if self.kv_dtype == "nvfp4" and getattr(self.pool.quant_method, "use_trtllm_gen_native_scale_layout", False):
             raise ValueError("--attention-backend sm12x reads the linear NVFP4 scale layout, but the pool was "
@@ -295,6 +300,19 @@ class Sm12xAttnBackend(AttentionBackend):
                                "init_forward_metadata must run for this batch first")
         return md
 
+    def _offsets32(self) -> bool:
+        """Every pool tensor spans under 2^31 bytes (the sm_90 Gluon extend kernels' offsets)."""
+        if self._off32 is None:
+            p = self.pool
+            ts = [p.k_buffer[0], p.v_buffer[0]] + ([p.k_scale_buffer[0], p.v_scale_buffer[0]]
+                                                   if self.kv_dtype == "nvfp4" else [])
+            self._off32 = offsets_fit(*ts)
+        return self._off32
+
+    def _check_ids(self, md, plan, kc):
+        """Debug mode (SGLANG_SM12X_CHECK_SLOTS=1): the batch's index check read back, one sync."""
+        check_slot_flag(plan.flag, md.kv_indptr, md.kv_indices, kc.shape[0], self.page_size)
+
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
         if q3.shape[0] == 0:
@@ -306,14 +324,21 @@ class Sm12xAttnBackend(AttentionBackend):
         if save_kv_cache and k3 is not None:
             self._write_kv(layer, forward_batch, k3, v3, pool)
         kc, vc, ksc, vsc, k_scale, v_scale = pool
+        window = self._window(layer)
+        key = (hq, hkv, d, q3.dtype)
+        plan = md.plans.get(key)
+        if plan is None:            # the batch's first layer plans for all of them
+            plan = md.plans[key] = plan_extend_batch(
+                md.qo_indptr, md.kv_indptr, md.kv_indices, md.prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
+                kv_dtype=self.kv_dtype, q_dtype=_Q_DTYPES[q3.dtype], page_size=self.page_size,
+                max_extend_len=md.max_extend_len, max_prefix_len=md.max_prefix_len, offsets_32bit=self._offsets32(),
+                window=window >= 0, arch=self.arch, num_slots=kc.shape[0] if self.check_slots else None)
+            if self.check_slots:
+                self._check_ids(md, plan, kc)
         out = torch.empty(q3.shape[0], hq, d, dtype=q3.dtype, device=q3.device)
-        extend_attention(
-            q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, md.qo_indptr, md.kv_indptr, md.kv_indices, md.prefix_lens,
-            kv_dtype=self.kv_dtype, max_extend_len=md.max_extend_len, page_size=self.page_size,
-            k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
-            sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-            window_left=self._window(layer), out=out, arch=self.arch, max_prefix_len=md.max_prefix_len,
-            check_slots=self.check_slots)
+        plan.run(q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale,
+                 v_scale=v_scale, sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
+                 window_left=window, out=out)
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
@@ -326,19 +351,26 @@ class Sm12xAttnBackend(AttentionBackend):
             self._write_kv(layer, forward_batch, k3, v3, pool)
         kc, vc, ksc, vsc, k_scale, v_scale = pool
         bs = q3.shape[0]
-        q3 = q3 if q3.dtype in (torch.bfloat16, torch.float16) else q3.to(self.data_type or torch.bfloat16)
+        q3 = q3 if q3.dtype in _Q_DTYPES else q3.to(self.data_type or torch.bfloat16)
+        key = (hq, hkv, d, q3.dtype)
+        plan = md.plans.get(key)
+        if plan is None:            # the batch's first layer plans for all of them
+            ws = None
+            q_dtype = _Q_DTYPES[q3.dtype]
+            if md.in_graph:
+                plan_kw = dict(head_dim=d, kv_dtype=self.kv_dtype, q_dtype=q_dtype, group=hq // hkv,
+                               page_size=self.page_size, kv_heads=hkv, num_sms=self.num_sms)
+                cfg = planner.plan_decode(self.arch, batch=bs, **plan_kw)
+                ws = self._graph_workspace(bs, hq, d, cfg.max_splits, plan_kw)
+            check = self.check_slots and not md.in_graph
+            plan = md.plans[key] = plan_decode_batch(
+                md.kv_indptr, md.kv_indices, md.seq_lens[:bs], q_heads=hq, kv_heads=hkv, head_dim=d,
+                kv_dtype=self.kv_dtype, q_dtype=q_dtype, page_size=self.page_size, arch=self.arch, workspace=ws,
+                num_slots=kc.shape[0] if check else None)
+            if check:
+                self._check_ids(md, plan, kc)
         out = torch.empty_like(q3)
-        ws = None
-        cfg = None
-        if md.in_graph:
-            plan_kw = dict(head_dim=d, kv_dtype=self.kv_dtype, q_dtype="bf16" if q3.dtype == torch.bfloat16 else "fp16",
-                           group=hq // hkv, page_size=self.page_size, kv_heads=hkv, num_sms=self.num_sms)
-            cfg = planner.plan_decode(self.arch, batch=bs, **plan_kw)
-            ws = self._graph_workspace(bs, hq, d, cfg.max_splits, plan_kw)
-        decode_attention(
-            q3, kc, vc, md.kv_indptr, md.kv_indices, md.seq_lens[:bs], kv_dtype=self.kv_dtype,
-            page_size=self.page_size, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
-            sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-            window_left=self._window(layer), out=out, workspace=ws, arch=self.arch,
-            check_slots=self.check_slots and not md.in_graph)
+        plan.run(q3, kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
+                 sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
+                 window_left=self._window(layer), out=out)
         return out.view(bs, hq * d)

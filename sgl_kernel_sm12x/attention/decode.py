@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -17,7 +18,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_NVFP4, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from .kv_tile import (FMT_NVFP4, check_kv_indices, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
                       offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -60,7 +61,7 @@ def decode_split_kernel(
     part_o_ptr, part_lse_ptr,                              # (batch, q_heads, MAX_SPLITS, HEAD_DIM), (.., MAX_SPLITS)
     qk_scale,                                              # sm_scale * k_scale * log2(e)
     logit_cap, window_left, group, page_size, max_splits,
-    num_slots, flag_ptr,                                   # pool rows; (1,) int32 set to 1 on an out-of-pool slot
+    num_slots,                                             # pool rows: slot ids are clamped into the pool
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -135,16 +136,16 @@ def decode_split_kernel(
         # in flight while tile i is decoded and multiplied (the quantized tiles go through inline
         # PTX, which the loop pipeliner does not stage through shared memory)
         pos = lo_tok + offs_n
-        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, flag_ptr, PAGED)
+        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, PAGED)
         kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
         vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
         pos_nx = pos + BLOCK_N
-        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, num_slots, flag_ptr, PAGED)
+        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, num_slots, PAGED)
         for n0 in range(lo_tok, hi_tok, BLOCK_N):
             kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
             vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
             pos_nx2 = pos_nx + BLOCK_N
-            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, num_slots, flag_ptr,
+            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, num_slots,
                                             PAGED)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
                                                   qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
@@ -154,7 +155,7 @@ def decode_split_kernel(
     else:
         for n0 in tl.range(lo_tok, hi_tok, BLOCK_N):
             pos = n0 + offs_n
-            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, flag_ptr, PAGED)
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
@@ -232,6 +233,139 @@ def _scalar(x, name):
     return float(1.0 if x is None else x)
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """One batch's decode, planned once by :func:`plan_decode_batch` (arguments checked, launch
+    configuration chosen, split workspace sized, device properties read) and run once per layer by
+    :meth:`run`, which neither validates nor plans. The index tensors are the caller's: in CUDA-graph
+    mode, fixed buffers refilled before each replay."""
+    cfg: planner.DecodeConfig
+    k_fmt: KVFormat
+    v_fmt: KVFormat
+    batch: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    page_size: int
+    kv_indptr: torch.Tensor
+    kv_indices: torch.Tensor
+    seq_lens: torch.Tensor
+    workspace: tuple
+    flag: torch.Tensor        # set by the batch's index check (check_slots), else untouched
+    flags: tuple              # the quantized-tile constexprs (kv_tile.tile_flags), as items
+
+    def run(self, q, k_cache, v_cache, *, k_scale_cache=None, v_scale_cache=None, k_scale: float = 1.0,
+            v_scale: float = 1.0, sm_scale: float | None = None, logit_cap: float = 0.0, window_left: int = -1,
+            out=None, lse=None) -> torch.Tensor:
+        """One layer: ``q`` (batch, q_heads, head_dim), that layer's pool (as planned), per-tensor
+        scales as floats; writes and returns ``out``."""
+        cfg, d, hkv = self.cfg, self.head_dim, self.kv_heads
+        if out is None:
+            out = torch.empty_like(q)
+        if self.batch == 0:
+            return out
+        k_fmt, v_fmt = self.k_fmt, self.v_fmt
+        kc = k_cache.view(torch.uint8) if k_fmt == KVFormat.FP8 else k_cache
+        vc = v_cache.view(torch.uint8) if v_fmt == KVFormat.FP8 else v_cache
+        ks = k_scale_cache.view(torch.uint8) if k_fmt == KVFormat.NVFP4 else kc
+        vs = v_scale_cache.view(torch.uint8) if v_fmt == KVFormat.NVFP4 else vc
+        sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
+        if k_fmt == KVFormat.PLAIN:      # per-tensor scales belong to quantized pools only
+            k_scale = v_scale = 1.0
+        flags = dict(self.flags)
+        k_scale, v_scale = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
+        qk_scale = sm * k_scale * LOG2E
+        part_o, part_lse = self.workspace
+        write_lse = lse is not None
+        direct = cfg.max_splits == 1 and not write_lse
+        hq = self.q_heads
+        if cfg.fp4_mma:
+            _launch_fp4_mma(cfg, q, kc, vc, ks, vs, self.kv_indptr, self.kv_indices, self.seq_lens, part_o, part_lse,
+                            qk_scale, logit_cap, window_left, hq // hkv, self.page_size, out, direct, v_scale)
+        else:
+            decode_split_kernel[split_grid(cfg, self.batch, hkv)](
+                q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
+                k_cache_ptr=kc, v_cache_ptr=vc,
+                stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+                k_scale_ptr=ks, v_scale_ptr=vs,
+                stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+                kv_indptr_ptr=self.kv_indptr, kv_indices_ptr=self.kv_indices, seq_lens_ptr=self.seq_lens,
+                part_o_ptr=part_o, part_lse_ptr=part_lse,
+                qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
+                group=hq // hkv, page_size=self.page_size, max_splits=cfg.max_splits, num_slots=kc.shape[0],
+                BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=self.page_size > 1,
+                K_MODE=int(k_fmt), V_MODE=int(v_fmt), MIN_SPLIT_TOKENS=cfg.min_split_tokens,
+                HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
+                DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, DIRECT=direct,
+                o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
+                **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
+            )
+        if not direct:
+            decode_reduce_kernel[(self.batch, hq)](
+                part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0),
+                stride_o_h=out.stride(1), lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
+                HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
+            )
+        return out
+
+
+def plan_decode_batch(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, seq_lens: torch.Tensor, *, q_heads: int,
+                      kv_heads: int, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", page_size: int = 1,
+                      arch: int | None = None, max_splits: int | None = None, workspace=None,
+                      config: planner.DecodeConfig | None = None, num_slots: int | None = None) -> DecodePlan:
+    """Plan one batch's decode for every layer of a model (see :class:`DecodePlan`).
+
+    Parameters
+    ----------
+    kv_indptr : (batch + 1,) int32 offsets into ``kv_indices`` (tokens for page_size 1, pages otherwise).
+    kv_indices : token slots (page_size 1) or page ids, int32/int64, on the device the layers run on.
+    seq_lens : (batch,) int32 tokens per request (may be 0).
+    q_heads, kv_heads, head_dim, kv_dtype, q_dtype, page_size : the model's attention shape and pool.
+    arch : plan for this compute capability (default: the device's; CPU tensors: planner.INTERPRETER_ARCH).
+    max_splits : split-KV parallelism (default: the planner's choice for this batch).
+    workspace : preallocated ``(part_o, part_lse)`` for CUDA graphs (:func:`decode_workspace`).
+    config : override of the planner's choice, for offline tuning sweeps only.
+    num_slots : the pool's rows: given, one kernel checks the batch's ids against it and sets
+        ``plan.flag`` where one lies outside (the attention kernels clamp such ids into the pool, and
+        report nothing themselves); read it with ``kv_tile.check_slot_flag`` (one sync).
+    """
+    fmts = kv_formats(kv_dtype)
+    _check("q_dtype", q_dtype, planner.ACT_DTYPES)
+    if q_heads < 1 or kv_heads < 1 or q_heads % kv_heads:
+        _fail("q_heads", f"q_heads={q_heads} must be a positive multiple of kv_heads={kv_heads}")
+    batch = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
+    for name, t, n in (("kv_indptr", kv_indptr, batch + 1), ("seq_lens", seq_lens, batch)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int32:
+            _fail(name, f"expected an int32 tensor of {n} entries")
+    if not isinstance(kv_indices, torch.Tensor) or kv_indices.dim() != 1 or \
+            kv_indices.dtype not in (torch.int32, torch.int64):
+        _fail("kv_indices", "expected a 1-D int32/int64 tensor")
+    if page_size not in planner.PAGE_SIZES:
+        _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
+    device = seq_lens.device
+    arch = planner.launch_arch(device, arch)
+    sms = planner.device_sms(device) if device.type == "cuda" else None
+    plan = dict(arch=arch, head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=q_heads // kv_heads,
+                page_size=page_size, batch=batch, kv_heads=kv_heads, max_splits=max_splits, num_sms=sms)
+    cfg = config or planner.plan_decode(**plan)
+    if cfg.fp4_mma and (not fp4_mma_available() or fmts != (KVFormat.NVFP4, KVFormat.NVFP4)):
+        # the interpreter, or a Triton without Gluon: the Triton split stage, same split count
+        cfg = planner.plan_decode(**dict(plan, max_splits=cfg.max_splits), fp4_mma=False)
+    if workspace is None:
+        workspace = decode_workspace(batch, q_heads, head_dim, cfg.max_splits, device)
+    part_o = workspace[0]
+    if part_o.shape[0] < batch or part_o.shape[2] != cfg.max_splits:
+        _fail("workspace", f"needs at least ({batch}, {q_heads}, {cfg.max_splits}, {head_dim}) for this batch")
+    flags = tile_flags(fmts[0], fmts[1], cfg.hw_fp8, on_device=not _INTERPRET)
+    flag = slot_flag(device)
+    if num_slots is not None:
+        flag.zero_()
+        check_kv_indices(kv_indptr, kv_indices, num_slots // page_size if page_size > 1 else num_slots, flag)
+    return DecodePlan(cfg, fmts[0], fmts[1], batch, q_heads, kv_heads, head_dim, page_size, kv_indptr, kv_indices,
+                      seq_lens, tuple(workspace), flag, tuple(flags.items()))
+
+
 def decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -257,7 +391,8 @@ def decode_attention(
     config: planner.DecodeConfig | None = None,
     check_slots: bool = True,
 ) -> torch.Tensor:
-    """One decode step of paged attention.
+    """One decode step of paged attention, validated, planned and run in one call (a model runs
+    :func:`plan_decode_batch` once per batch and :meth:`DecodePlan.run` per layer instead).
 
     Parameters
     ----------
@@ -265,91 +400,35 @@ def decode_attention(
     k_cache, v_cache : one layer of the pool; (slots, kv_heads, head_dim) bf16/fp16/fp8 (uint8 or
         float8_e4m3fn) or (slots, kv_heads, head_dim // 2) uint8 for nvfp4. ``kv_dtype="fp8k_nvfp4v"``
         keeps K in fp8_e4m3 and V in nvfp4 (K carries the outlier channels that cost NVFP4 most).
-    kv_indptr : (batch + 1,) int32 offsets into ``kv_indices`` (token units for page_size 1, page
-        units otherwise).
-    kv_indices : token slots (page_size 1) or page ids (page_size > 1), int32/int64.
-    seq_lens : (batch,) int32 tokens per request (may be 0).
+    kv_indptr, kv_indices, seq_lens, page_size, max_splits, workspace, arch, config :
+        as in :func:`plan_decode_batch`.
     k_scale_cache, v_scale_cache : nvfp4 block scales (slots, kv_heads, head_dim // 16), for the
         parts held in nvfp4.
     k_scale, v_scale : per-tensor scales (FP8 scale / NVFP4 global scale); floats (read once).
     sm_scale : softmax scale, default 1/sqrt(head_dim). ``logit_cap`` > 0 applies cap*tanh(s/cap).
     window_left : sliding window; keys with ``pos >= seq_len - 1 - window_left`` are visible (-1: off).
-    max_splits : split-KV parallelism (default: the planner's choice for this batch).
-    workspace : preallocated ``(part_o, part_lse)`` for CUDA graphs (see :func:`decode_workspace`).
-    config : override of the planner's choice, for offline tuning sweeps only.
-    check_slots : a slot (or page) id outside the pool is never read -- the kernel reads slot 0 in
-        its place and sets a device flag; True reads the flag after the launch (one sync) and
-        raises ``ValueError`` naming ``kv_indices`` and the offending range.
+    check_slots : a slot (or page) id outside the pool is never read (the kernels clamp it to the
+        pool's last one); True also checks the ids on the device and reads the result after the
+        launch (one more launch and one sync; skipped inside CUDA-graph capture), raising
+        ``ValueError`` naming ``kv_indices`` and the offending range.
 
     Returns ``out`` (batch, q_heads, head_dim) in q's dtype.
     """
-    cfg, meta = plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, kv_dtype=kv_dtype,
-                                 page_size=page_size, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
-                                 max_splits=max_splits, arch=arch)
-    cfg = config or cfg
-    if cfg.fp4_mma and not fp4_mma_available():
-        # the interpreter, or a Triton without Gluon: the Triton split stage, same split count
-        cfg = planner.plan_decode(**dict(meta["plan"], max_splits=cfg.max_splits), fp4_mma=False)
+    _check_decode_layer(q, k_cache, v_cache, kv_dtype=kv_dtype, k_scale_cache=k_scale_cache,
+                        v_scale_cache=v_scale_cache, out=out)
     batch, hq, d = q.shape
-    hkv = meta["kv_heads"]
-    if out is None:
-        out = torch.empty_like(q)
-    elif out.shape != q.shape or out.dtype != q.dtype:
-        _fail("out", f"expected {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
-    if batch == 0:
-        return out
-    if workspace is None:
-        workspace = decode_workspace(batch, hq, d, cfg.max_splits, q.device)
-    part_o, part_lse = workspace
-    if part_o.shape[0] < batch or part_o.shape[2] != cfg.max_splits:
-        _fail("workspace", f"needs at least ({batch}, {hq}, {cfg.max_splits}, {d}) for this call")
-    k_mode, v_mode = meta["modes"]
-    kc, vc = meta["k_cache"], meta["v_cache"]
-    ks = k_scale_cache.view(torch.uint8) if k_mode == KVFormat.NVFP4 else kc
-    vs = v_scale_cache.view(torch.uint8) if v_mode == KVFormat.NVFP4 else vc
-    sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-    if k_mode == KVFormat.PLAIN:      # per-tensor scales belong to quantized pools only
-        k_scale = v_scale = 1.0
-    flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
-    k_scale, v_scale = unit_scales(flags, k_mode, v_mode, _scalar(k_scale, "k_scale"), _scalar(v_scale, "v_scale"))
-    qk_scale = sm * k_scale * LOG2E
-    write_lse = lse is not None
-    direct = cfg.max_splits == 1 and not write_lse
-    flag = slot_flag(q.device)
-    # no sync inside a CUDA-graph capture: a captured call never checks
     check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    plan = plan_decode_batch(kv_indptr, kv_indices, seq_lens, q_heads=hq, kv_heads=k_cache.shape[1], head_dim=d,
+                             kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], page_size=page_size, arch=arch,
+                             max_splits=max_splits, workspace=workspace, config=config,
+                             num_slots=k_cache.shape[0] if check_slots else None)
+    if plan.batch != batch:
+        _fail("seq_lens", f"holds {plan.batch} requests, q holds {batch}")
+    out = plan.run(q, k_cache, v_cache, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
+                   k_scale=_scalar(k_scale, "k_scale"), v_scale=_scalar(v_scale, "v_scale"), sm_scale=sm_scale,
+                   logit_cap=logit_cap, window_left=window_left, out=out, lse=lse)
     if check_slots:
-        flag.zero_()
-    if cfg.fp4_mma and (k_mode, v_mode) == (KVFormat.NVFP4, KVFormat.NVFP4):
-        _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                        logit_cap, window_left, hq // hkv, page_size, out, direct, v_scale, flag)
-    else:
-        decode_split_kernel[split_grid(cfg, batch, hkv)](
-            q_ptr=q, stride_q_b=q.stride(0), stride_q_h=q.stride(1),
-            k_cache_ptr=kc, v_cache_ptr=vc,
-            stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1), stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
-            k_scale_ptr=ks, v_scale_ptr=vs,
-            stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1), stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
-            kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, seq_lens_ptr=seq_lens,
-            part_o_ptr=part_o, part_lse_ptr=part_lse,
-            qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
-            group=hq // hkv, page_size=page_size, max_splits=cfg.max_splits, num_slots=kc.shape[0], flag_ptr=flag,
-            BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=page_size > 1,
-            K_MODE=int(k_mode), V_MODE=int(v_mode), MIN_SPLIT_TOKENS=cfg.min_split_tokens,
-            HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
-            DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, DIRECT=direct,
-            o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=v_scale,
-            **flags, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}),
-        )
-    if not direct:
-        decode_reduce_kernel[(batch, hq)](
-            part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1),
-            lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
-            HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
-        )
-    if check_slots:
-        check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
+        check_slot_flag(plan.flag, kv_indptr, kv_indices, k_cache.shape[0], page_size)
     return out
 
 
@@ -368,7 +447,7 @@ _OFF32_LIMIT = 2 ** 31
 
 
 def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
-                    logit_cap, window_left, group, page_size, out, direct, v_scale, flag):
+                    logit_cap, window_left, group, page_size, out, direct, v_scale):
     """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program); ``direct`` (one split,
     no LSE): it stores the output itself."""
     from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
@@ -381,7 +460,7 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         kv_indptr, kv_indices, seq_lens, part_o, part_lse,
-        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, kc.shape[0], flag,
+        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, kc.shape[0],
         HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
@@ -406,9 +485,14 @@ _CACHE_DTYPES = {KVFormat.PLAIN: (torch.bfloat16, torch.float16), KVFormat.FP8: 
                  KVFormat.NVFP4: (torch.uint8,)}
 
 
-def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv_dtype, page_size,
-                     k_scale_cache, v_scale_cache, max_splits, arch):
-    """Validate the arguments of :func:`decode_attention` and ask the planner for the launch."""
+def _check(name, value, supported):
+    if value not in supported:
+        _fail(name, f"{value!r} is not supported; supported: {list(supported)}")
+
+
+def _check_decode_layer(q, k_cache, v_cache, *, kv_dtype, k_scale_cache, v_scale_cache, out):
+    """Validate one layer's tensors of :func:`decode_attention` (the batch's are
+    :func:`plan_decode_batch`'s)."""
     modes = kv_formats(kv_dtype)
     if not isinstance(q, torch.Tensor) or q.dim() != 3:
         _fail("q", "expected a (batch, q_heads, head_dim) tensor")
@@ -438,24 +522,10 @@ def plan_decode_call(q, k_cache, v_cache, kv_indptr, kv_indices, seq_lens, *, kv
         _fail("k_cache", f"bf16/fp16 pools must match q's dtype {q.dtype}")
     for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
         if mode == KVFormat.NVFP4 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
-                          or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1):
+                                       or t.dtype not in (torch.uint8, torch.float8_e4m3fn) or t.stride(2) != 1):
             _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) uint8/float8_e4m3fn scale tensor")
-    for name, t, n in (("kv_indptr", kv_indptr, batch + 1), ("seq_lens", seq_lens, batch)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape[0] != n or t.dtype != torch.int32:
-            _fail(name, f"expected an int32 tensor of {n} entries")
-    if not isinstance(kv_indices, torch.Tensor) or kv_indices.dim() != 1 or \
-            kv_indices.dtype not in (torch.int32, torch.int64):
-        _fail("kv_indices", "expected a 1-D int32/int64 tensor")
-    if page_size not in planner.PAGE_SIZES:
-        _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
-    arch = planner.launch_arch(q.device, arch)
-    sms = planner.device_sms(q.device) if q.device.type == "cuda" else None
-    plan = dict(arch=arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
-                page_size=page_size, batch=batch, kv_heads=hkv, max_splits=max_splits, num_sms=sms)
-    cfg = planner.plan_decode(**plan)
-    kc = k_cache.view(torch.uint8) if modes[0] == KVFormat.FP8 else k_cache
-    vc = v_cache.view(torch.uint8) if modes[1] == KVFormat.FP8 else v_cache
-    return cfg, dict(modes=modes, kv_heads=hkv, k_cache=kc, v_cache=vc, plan=plan)
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype):
+        _fail("out", f"expected {tuple(q.shape)} {q.dtype}, got {tuple(out.shape)} {out.dtype}")
 
 
 def aot_cases(arch: int):
@@ -479,7 +549,7 @@ def aot_cases(arch: int):
             sig = {"q_ptr": q_t, "k_cache_ptr": cache_t, "v_cache_ptr": cache_t, "k_scale_ptr": "*u8",
                    "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32",
                    "seq_lens_ptr": "*i32", "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32",
-                   "qk_scale": "fp32", "logit_cap": "fp32", "flag_ptr": "*i32"}
+                   "qk_scale": "fp32", "logit_cap": "fp32"}
             for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
                       "page_size", "max_splits", "num_slots"):

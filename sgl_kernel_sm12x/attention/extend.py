@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -19,7 +20,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
+from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
                       nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
@@ -44,7 +45,7 @@ def extend_kernel(
     qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix,       # log2-domain softmax scales; V scale of the pool
     logit_cap, window_left, group, page_size,
-    num_slots, flag_ptr,                                 # pool rows; (1,) int32 set to 1 on an out-of-pool slot
+    num_slots,                                           # pool rows: slot ids are clamped into the pool
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
@@ -129,7 +130,7 @@ def extend_kernel(
             a1 = prefix_len
         for n0 in tl.range(a0, a1, BLOCK_N, num_stages=PREFIX_STAGES):
             pos = n0 + offs_n
-            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, flag_ptr, PAGED)
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             if K_MODE == FMT_NVFP4:
                 s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
@@ -261,7 +262,9 @@ def extend_attention(
     max_prefix_len: int | None = None,
     check_slots: bool = True,
 ) -> torch.Tensor:
-    """Causal attention of each request's new tokens over its cached prefix plus themselves.
+    """Causal attention of each request's new tokens over its cached prefix plus themselves,
+    validated, planned and run in one call (a model runs :func:`plan_extend_batch` once per batch and
+    :meth:`ExtendPlan.run` per layer instead).
 
     Parameters
     ----------
@@ -277,10 +280,10 @@ def extend_attention(
         ``extend_prefix_lens_cpu``); it must be exact. At 0 (fresh prefills) the pool is not read,
         so a quantized pool's call runs the 16-bit kernel and tile, with the chunk's own K/V
         standing in for the pool, and the kernel is compiled without its prefix phase
-        (``ExtendConfig.prefix_loop``; H100 1.07-1.14x: the unused loop's code had cost the chunk
-        phase). A configuration without the prefix phase is refused unless max_prefix_len is 0.
+        (``ExtendConfig.prefix_loop``: the unused loop's code costs the chunk phase). A
+        configuration without the prefix phase is refused unless max_prefix_len is 0.
     check_slots : as in :func:`sgl_kernel_sm12x.attention.decode.decode_attention` (out-of-pool slot
-        ids are never read; True raises naming ``kv_indices`` after the launch, one sync).
+        ids are never read; True checks them and raises naming ``kv_indices``: one launch, one sync).
     """
     modes = kv_formats(kv_dtype)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -307,8 +310,124 @@ def extend_attention(
             _fail(name, "nvfp4 rows must start on 4-byte boundaries (data pointer and strides multiples of 4)")
     for name, t, mode in (("k_scale_cache", k_scale_cache, modes[0]), ("v_scale_cache", v_scale_cache, modes[1])):
         if mode == KVFormat.NVFP4 and (not isinstance(t, torch.Tensor) or t.shape != (k_cache.shape[0], hkv, d // 16)
-                          or t.dtype not in (torch.uint8, torch.float8_e4m3fn)):
+                                       or t.dtype not in (torch.uint8, torch.float8_e4m3fn)):
             _fail(name, f"nvfp4 needs a (slots, {hkv}, {d // 16}) scale tensor")
+    if out is None:
+        out = torch.empty_like(q)
+    check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    plan = plan_extend_batch(qo_indptr, kv_indptr, kv_indices, prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
+                             kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], page_size=page_size,
+                             max_extend_len=max_extend_len, max_prefix_len=max_prefix_len,
+                             offsets_32bit=offsets_fit(*(t for t in (k_cache, v_cache, k_scale_cache, v_scale_cache)
+                                                         if t is not None)),
+                             window=window_left >= 0, arch=arch, config=config,
+                             num_slots=k_cache.shape[0] if check_slots else None)
+    if tokens == 0:
+        return out
+    plan.run(q, k, v, k_cache, v_cache, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
+             k_scale=float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale),
+             v_scale=float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale), sm_scale=sm_scale,
+             logit_cap=logit_cap, window_left=window_left, out=out)
+    if check_slots:
+        check_slot_flag(plan.flag, kv_indptr, kv_indices, k_cache.shape[0], page_size)
+    return out
+
+
+@dataclass(frozen=True)
+class ExtendPlan:
+    """One batch's extend, planned once by :func:`plan_extend_batch` and run per layer by
+    :meth:`run` (no validation, no planning there)."""
+    cfg: planner.ExtendConfig            # no sliding window
+    cfg_window: planner.ExtendConfig     # layers with a sliding window
+    k_fmt: KVFormat
+    v_fmt: KVFormat
+    chunk_as_pool: bool                  # nothing cached: the 16-bit launch, the chunk's K/V stand in for the pool
+    batch: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    page_size: int
+    max_extend_len: int
+    qo_indptr: torch.Tensor
+    kv_indptr: torch.Tensor
+    kv_indices: torch.Tensor
+    prefix_lens: torch.Tensor
+    flag: torch.Tensor                   # set by the batch's index check (num_slots given), else untouched
+
+    def run(self, q, k, v, k_cache, v_cache, *, k_scale_cache=None, v_scale_cache=None, k_scale: float = 1.0,
+            v_scale: float = 1.0, sm_scale: float | None = None, logit_cap: float = 0.0, window_left: int = -1,
+            out=None) -> torch.Tensor:
+        """One layer: ``q`` (tokens, q_heads, head_dim), ``k`` / ``v`` the same tokens' K / V in q's
+        dtype, that layer's pool as planned; writes and returns ``out``."""
+        if out is None:
+            out = torch.empty_like(q)
+        if q.shape[0] == 0 or self.batch == 0 or self.max_extend_len <= 0:
+            return out
+        cfg = self.cfg_window if window_left >= 0 else self.cfg
+        k_fmt, v_fmt = self.k_fmt, self.v_fmt
+        if self.chunk_as_pool:
+            k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
+        if k_fmt == KVFormat.PLAIN:
+            k_scale = v_scale = 1.0
+        kc = k_cache.view(torch.uint8) if k_fmt == KVFormat.FP8 else k_cache
+        vc = v_cache.view(torch.uint8) if v_fmt == KVFormat.FP8 else v_cache
+        ks = k_scale_cache.view(torch.uint8) if k_fmt == KVFormat.NVFP4 else kc
+        vs = v_scale_cache.view(torch.uint8) if v_fmt == KVFormat.NVFP4 else vc
+        d, hq, hkv = self.head_dim, self.q_heads, self.kv_heads
+        sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
+        flags = tile_flags(k_fmt, v_fmt, cfg.hw_fp8, on_device=not _INTERPRET)
+        ksf, vsf = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
+        if cfg.wgmma:
+            from .extend_wgmma import launch
+            launch(q, k, v, out, kc, vc, ks, vs, self.qo_indptr, self.kv_indptr, self.kv_indices, self.prefix_lens,
+                   qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
+                   logit_cap=logit_cap, group=hq // hkv, page_size=self.page_size,
+                   max_extend_len=self.max_extend_len, cfg=cfg)
+            return out
+        grid = (triton.cdiv(self.max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, self.batch)
+        extend_kernel[grid](
+            q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
+            k_ptr=k, v_ptr=v, stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0),
+            stride_v_h=v.stride(1),
+            o_ptr=out, stride_o_t=out.stride(0), stride_o_h=out.stride(1),
+            k_cache_ptr=kc, v_cache_ptr=vc, stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1),
+            stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
+            k_scale_ptr=ks, v_scale_ptr=vs, stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1),
+            stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
+            qo_indptr_ptr=self.qo_indptr, kv_indptr_ptr=self.kv_indptr, kv_indices_ptr=self.kv_indices,
+            prefix_lens_ptr=self.prefix_lens,
+            qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
+            logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=self.page_size,
+            num_slots=kc.shape[0], HEAD_DIM=d, PAGED=self.page_size > 1, K_MODE=int(k_fmt),
+            V_MODE=int(v_fmt), HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
+            **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        return out
+
+
+def plan_extend_batch(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indices: torch.Tensor,
+                      prefix_lens: torch.Tensor, *, q_heads: int, kv_heads: int, head_dim: int, kv_dtype: str,
+                      q_dtype: str = "bf16", page_size: int = 1, max_extend_len: int,
+                      max_prefix_len: int | None = None, offsets_32bit: bool = True, window: bool = False,
+                      arch: int | None = None, config: planner.ExtendConfig | None = None,
+                      num_slots: int | None = None) -> ExtendPlan:
+    """Plan one batch's extend for every layer of a model (see :class:`ExtendPlan`).
+
+    Parameters
+    ----------
+    qo_indptr : (batch + 1,) int32 offsets of each request's new tokens.
+    kv_indptr, kv_indices : the prefix of each request in the pool (tokens or pages).
+    prefix_lens : (batch,) int32 cached tokens per request.
+    q_heads, kv_heads, head_dim, kv_dtype, q_dtype, page_size : the model's attention shape and pool.
+    max_extend_len, max_prefix_len : as in :func:`extend_attention`.
+    offsets_32bit : every pool tensor spans under 2^31 bytes (kv_tile.offsets_fit): what the sm_90
+        Gluon kernels need; otherwise the Triton kernel runs.
+    window : some layers have a sliding window (``cfg_window``, always planned, serves them; a
+        ``config`` override is checked against it).
+    arch, config, num_slots : as in :func:`sgl_kernel_sm12x.attention.decode.plan_decode_batch`.
+    """
+    modes = kv_formats(kv_dtype)
     batch = prefix_lens.shape[0] if isinstance(prefix_lens, torch.Tensor) else -1
     for name, t, n in (("qo_indptr", qo_indptr, batch + 1), ("kv_indptr", kv_indptr, batch + 1),
                        ("prefix_lens", prefix_lens, batch)):
@@ -316,84 +435,42 @@ def extend_attention(
             _fail(name, f"expected an int32 tensor of {n} entries")
     if page_size not in planner.PAGE_SIZES:
         _fail("page_size", f"{page_size} is not supported; supported: {list(planner.PAGE_SIZES)}")
-    arch = planner.launch_arch(q.device, arch)
+    if q_heads < 1 or kv_heads < 1 or q_heads % kv_heads:
+        _fail("q_heads", f"q_heads={q_heads} must be a positive multiple of kv_heads={kv_heads}")
     if max_prefix_len is not None and (not isinstance(max_prefix_len, int) or max_prefix_len < 0):
         _fail("max_prefix_len", f"must be a non-negative int or None, got {max_prefix_len!r}")
-    if max_prefix_len == 0 and modes != _PLAIN2 and config is None:
-        # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes (never read)
-        kv_dtype, modes = _ACT[q.dtype], _PLAIN2
-        k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
-    # the sm_90 Gluon kernel's pool offsets are 32-bit: larger NVFP4 / 16-bit pools keep the Triton kernel
-    fits32 = modes not in (_NVFP4_2, _PLAIN2) or offsets_fit(
-        *(t for t in (k_cache, v_cache, k_scale_cache, v_scale_cache) if t is not None))
-    gluon = fits32 and q.device.type == "cuda" and wgmma_available()
-    cfg = planner.plan_extend(arch, head_dim=d, kv_dtype=kv_dtype, q_dtype=_ACT[q.dtype], group=hq // hkv,
-                              page_size=page_size, prefix=max_prefix_len != 0, window=window_left >= 0,
-                              gluon=gluon, short=max_extend_len <= planner.SHORT_CHUNK)
-    cfg = config or cfg
-    if not cfg.prefix_loop and max_prefix_len != 0:
-        _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
-              f"with it, got max_prefix_len={max_prefix_len!r}")
-    group = hq // hkv
-    if cfg.pack < 1 or group % cfg.pack or cfg.block_m % cfg.pack or cfg.block_m // cfg.pack < 1:
-        _fail("config", f"pack={cfg.pack} must divide the GQA group ({group}) and block_m ({cfg.block_m})")
-    if out is None:
-        out = torch.empty_like(q)
-    if tokens == 0 or batch == 0 or max_extend_len <= 0:
-        return out
-    k_mode, v_mode = modes
-    if k_mode == KVFormat.PLAIN:
-        k_scale = v_scale = 1.0
-    kc = k_cache.view(torch.uint8) if k_mode == KVFormat.FP8 else k_cache
-    vc = v_cache.view(torch.uint8) if v_mode == KVFormat.FP8 else v_cache
-    ks = k_scale_cache.view(torch.uint8) if k_mode == KVFormat.NVFP4 else kc
-    vs = v_scale_cache.view(torch.uint8) if v_mode == KVFormat.NVFP4 else vc
-    sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-    ksf = float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale)
-    vsf = float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale)
-    flags = tile_flags(k_mode, v_mode, cfg.hw_fp8, on_device=not _INTERPRET)
-    ksf, vsf = unit_scales(flags, k_mode, v_mode, ksf, vsf)
-    flag = slot_flag(q.device)
-    # no sync inside a CUDA-graph capture: a captured call never checks
-    check_slots = check_slots and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
-    if check_slots:
-        flag.zero_()
-    if cfg.wgmma:
-        if modes not in (_NVFP4_2, _PLAIN2) or window_left >= 0 or _INTERPRET or d != 128 or not cfg.prefix_loop:
+    device = prefix_lens.device
+    arch = planner.launch_arch(device, arch)
+    chunk_as_pool = max_prefix_len == 0 and modes != _PLAIN2 and config is None
+    if chunk_as_pool:       # nothing cached: the 16-bit launch, the chunk's K/V passed where the pool goes
+        kv_dtype, modes = q_dtype, _PLAIN2
+    gluon = offsets_32bit and device.type == "cuda" and wgmma_available()
+    kw = dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=q_heads // kv_heads, page_size=page_size,
+              prefix=max_prefix_len != 0, gluon=gluon, short=max_extend_len <= planner.SHORT_CHUNK)
+    cfg = config or planner.plan_extend(arch, window=False, **kw)
+    cfg_window = config or planner.plan_extend(arch, window=True, **kw)
+    group = q_heads // kv_heads
+    for c in (cfg, cfg_window):
+        if not c.prefix_loop and max_prefix_len != 0:
+            _fail("config", "prefix_loop=False compiles no prefix phase: pass max_prefix_len=0 (nothing cached) "
+                  f"with it, got max_prefix_len={max_prefix_len!r}")
+        if c.pack < 1 or group % c.pack or c.block_m % c.pack or c.block_m // c.pack < 1:
+            _fail("config", f"pack={c.pack} must divide the GQA group ({group}) and block_m ({c.block_m})")
+    for c, win in ((cfg, False), (cfg_window, window)):
+        if not c.wgmma:
+            continue
+        if modes not in (_NVFP4_2, _PLAIN2) or win or _INTERPRET or head_dim != 128 or not c.prefix_loop:
             _fail("config", "wgmma runs NVFP4 and 16-bit pools at head_dim 128 with a prefix phase, without a "
                   "sliding window, on the device")
-        if not fits32:
+        if not offsets_32bit:
             _fail("config", "wgmma takes pools whose K / V (and scale) tensors each span under 2^31 bytes; "
                   "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
-        from .extend_wgmma import launch
-        launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, flag,
-               qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf, logit_cap=logit_cap,
-               group=hq // hkv, page_size=page_size, max_extend_len=max_extend_len, cfg=cfg)
-        if check_slots:
-            check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
-        return out
-    grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, batch)
-    extend_kernel[grid](
-        q_ptr=q, stride_q_t=q.stride(0), stride_q_h=q.stride(1),
-        k_ptr=k, v_ptr=v, stride_k_t=k.stride(0), stride_k_h=k.stride(1), stride_v_t=v.stride(0),
-        stride_v_h=v.stride(1),
-        o_ptr=out, stride_o_t=out.stride(0), stride_o_h=out.stride(1),
-        k_cache_ptr=kc, v_cache_ptr=vc, stride_kc_s=kc.stride(0), stride_kc_h=kc.stride(1),
-        stride_vc_s=vc.stride(0), stride_vc_h=vc.stride(1),
-        k_scale_ptr=ks, v_scale_ptr=vs, stride_ks_s=ks.stride(0), stride_ks_h=ks.stride(1),
-        stride_vs_s=vs.stride(0), stride_vs_h=vs.stride(1),
-        qo_indptr_ptr=qo_indptr, kv_indptr_ptr=kv_indptr, kv_indices_ptr=kv_indices, prefix_lens_ptr=prefix_lens,
-        qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
-        logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=page_size,
-        num_slots=kc.shape[0], flag_ptr=flag, HEAD_DIM=d, PAGED=page_size > 1, K_MODE=int(k_mode), V_MODE=int(v_mode),
-        HAS_CAP=logit_cap > 0,
-        HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
-        **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
-    if check_slots:
-        check_slot_flag(flag, kv_indptr, kv_indices, kc.shape[0], page_size)
-    return out
+    flag = slot_flag(device)
+    if num_slots is not None:
+        flag.zero_()
+        check_kv_indices(kv_indptr, kv_indices, num_slots // page_size if page_size > 1 else num_slots, flag)
+    return ExtendPlan(cfg, cfg_window, modes[0], modes[1], chunk_as_pool, batch, q_heads, kv_heads, head_dim,
+                      page_size, int(max_extend_len), qo_indptr, kv_indptr, kv_indices, prefix_lens, flag)
 
 
 def wgmma_available() -> bool:
@@ -431,7 +508,7 @@ def aot_cases(arch: int):
                "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32",
                "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32",
                "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32",
-               "flag_ptr": "*i32"}
+               }
         for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                   "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                   "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size",

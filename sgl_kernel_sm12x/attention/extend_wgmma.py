@@ -77,21 +77,20 @@ def _permute8(x, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, O0: gl.constexpr, O
 
 
 @gluon.jit
-def _slots(kv_indices_ptr, base, num_slots, flag_ptr, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, WL: gl.constexpr):
+def _slots(kv_indices_ptr, base, num_slots, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, WL: gl.constexpr):
     """Pool slots (token indices, 32-bit) of the prefix tile at ``n0`` (positions past the prefix
     read its last token again; their scores are masked). The lookup is decode_nvfp4._row_offsets'
     (kept inline there: as a shared helper it moved instructions of a measured sm_120 decode
     configuration, though the PTX was the same)."""
     pos = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)), prefix_len - 1)
     # an id outside the pool is clamped to its last one (one unsigned minimum; a negative int32 id
-    # wraps above any pool) and flagged: no row outside the pool is read (kv_tile.slot_ids)
+    # wraps above any pool): no row outside the pool is read (kv_tile.slot_ids)
     if PAGE > 1:
         s = gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32)
         last = (num_slots // PAGE - 1).to(gl.uint32)
     else:
         s = gl.load(kv_indices_ptr + base + pos).to(gl.uint32)
         last = (num_slots - 1).to(gl.uint32)
-    gl.store(flag_ptr + pos * 0, pos * 0 + 1, mask=s > last)
     s = gl.minimum(s, last)
     if PAGE > 1:
         s = s * PAGE + (pos % PAGE).to(gl.uint32)
@@ -202,7 +201,7 @@ def _gather_rows(buf, pool, slot, stride_s, jj):
 
 @gluon.jit
 def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_len, q_smem, k_smem, v_smem, s0,
-                   offs_n, jj, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, flag_ptr, qk_scale, logit_cap,
+                   offs_n, jj, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, qk_scale, logit_cap,
                    BLOCK_N: gl.constexpr, PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr,
                    NBUF: gl.constexpr, XL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
     """Prefix tile ``j`` (at ``n0``) of a 16-bit pool, FlashAttention-3's order: S_j issued; the
@@ -214,7 +213,7 @@ def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_
     _gather_rows(v_smem.index((j + NBUF - 2) % NBUF), vc, slot_v, stride_vc_s, jj)
     async_copy.commit_group()
     acc_t = warpgroup_mma(p_prev, v_smem.index((j + NBUF - 1) % NBUF), acc, is_async=True)
-    slot_n = _slots(kv_indices_ptr, base, num_slots, flag_ptr, n_next, prefix_len, BLOCK_N, PAGE, XL)
+    slot_n = _slots(kv_indices_ptr, base, num_slots, n_next, prefix_len, BLOCK_N, PAGE, XL)
     s = warpgroup_mma_wait(1, deps=(s_t,))
     vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
     p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
@@ -305,7 +304,7 @@ def extend_wgmma_kernel(
     o_ptr, stride_o_t, stride_o_h,
     k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
     k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
-    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots, flag_ptr,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
@@ -361,16 +360,16 @@ def extend_wgmma_kernel(
         rot = mb % gl.maximum(n_full, 1)
         # copy groups: K_0 (and with 3 buffers K_1, V_0) before tile 0; step j issues K_{j+NBUF-1}
         # and V_{j+NBUF-2}
-        slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         _gather_rows(k_bufs.index(0), kc, slot, stride_kc_s, jj)
         async_copy.commit_group()
-        slot_1 = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot_1 = _slots(kv_indices_ptr, base, num_slots, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         if NBUF == 3:
             _gather_rows(k_bufs.index(1), kc, slot_1, stride_kc_s, jj)
             _gather_rows(v_smem.index(0), vc, slot, stride_vc_s, jj)
             async_copy.commit_group()
             slot_v = slot_1
-            slot_k = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+            slot_k = _slots(kv_indices_ptr, base, num_slots, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         else:
             slot_v = slot
             slot_k = slot_1
@@ -383,7 +382,7 @@ def extend_wgmma_kernel(
         _gather_rows(k_bufs.index(NBUF - 1), kc, slot_k, stride_kc_s, jj)
         _gather_rows(v_smem.index(NBUF - 2), vc, slot_v, stride_vc_s, jj)
         async_copy.commit_group()
-        slot_n = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(NBUF, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot_n = _slots(kv_indices_ptr, base, num_slots, _tile_pos(NBUF, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         s = warpgroup_mma_wait(0, deps=(s_t,))
         vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
         p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
@@ -397,13 +396,13 @@ def extend_wgmma_kernel(
             slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
                 slot_v, slot_k, p_prev, m_i, l_i, acc, j, _tile_pos(j, rot, n_full, BLOCK_N),
                 _tile_pos(j + NBUF, rot, n_full, BLOCK_N), prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj,
-                kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, flag_ptr, qk_scale_prefix, logit_cap, BLOCK_N, PAGE,
+                kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, qk_scale_prefix, logit_cap, BLOCK_N, PAGE,
                 HAS_CAP, False, NBUF, XL, P_L, ROW_O)
         if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
             slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
                 slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N, (n_full + NBUF) * BLOCK_N,
                 prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj, kc, vc, stride_kc_s, stride_vc_s,
-                kv_indices_ptr, base, num_slots, flag_ptr, qk_scale_prefix, logit_cap, BLOCK_N, PAGE, HAS_CAP, True, NBUF, XL, P_L,
+                kv_indices_ptr, base, num_slots, qk_scale_prefix, logit_cap, BLOCK_N, PAGE, HAS_CAP, True, NBUF, XL, P_L,
                 ROW_O)
         acc_t = warpgroup_mma(p_prev, v_smem.index((n_tiles - 1) % NBUF), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
@@ -440,7 +439,7 @@ def _hand_over(raw, sc, dst, empty, ready, ph, BLOCK_N: gl.constexpr, HEAD_DIM: 
 
 
 @gluon.jit
-def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, flag_ptr, prefix_len, rot, stride_kc_s, stride_ks_s,
+def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, prefix_len, rot, stride_kc_s, stride_ks_s,
                        stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready, v_empty,
                        BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE: gl.constexpr, NR: gl.constexpr,
                        WL: gl.constexpr, SL: gl.constexpr):
@@ -456,20 +455,20 @@ def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, flag_p
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     if n_tiles > 0:     # nothing cached: no slot to look up (base - 1 would be read)
         for i in gl.static_range(NR - 1):
-            slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
             _copy_words(raw_k.index(i), kc, slot, stride_kc_s, w)
             _copy_words(raw_v.index(i), vc, slot, stride_vc_s, w)
             async_copy.commit_group()
-        slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
         ks = _load_scales(ksc, slot, stride_ks_s, NB, SL)
         vs = _load_scales(vsc, slot, stride_vs_s, NB, SL)
         for i in range(n_tiles):
-            slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
+            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
                           WL)
             _copy_words(raw_k.index((i + NR - 1) % NR), kc, slot, stride_kc_s, w)
             _copy_words(raw_v.index((i + NR - 1) % NR), vc, slot, stride_vc_s, w)
             async_copy.commit_group()
-            slot = _slots(kv_indices_ptr, base, num_slots, flag_ptr, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
             ks_n = _load_scales(ksc, slot, stride_ks_s, NB, SL)
             vs_n = _load_scales(vsc, slot, stride_vs_s, NB, SL)
             async_copy.wait_group(NR - 1)       # this thread's copies of tile i landed
@@ -570,7 +569,7 @@ def extend_wgmma_ws_kernel(
     o_ptr, stride_o_t, stride_o_h,
     k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
     k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
-    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots, flag_ptr,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
@@ -624,7 +623,7 @@ def extend_wgmma_ws_kernel(
                           qk_scale_ext, v_scale_prefix, logit_cap, prefix_len, rot, q_smem, k_bufs, v_smem, k_ready,
                           k_empty, v_ready, v_empty, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, NUM_WARPS, XL, QS,
                           KS)),
-        (_decoder_partition, (kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, flag_ptr, prefix_len, rot, stride_kc_s, stride_ks_s,
+        (_decoder_partition, (kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, prefix_len, rot, stride_kc_s, stride_ks_s,
                               stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready,
                               v_empty, BLOCK_N, HEAD_DIM, PAGE, NR, WL4, SL4)),
     ], [4], [DEC_REGS])
@@ -689,7 +688,7 @@ def _constexprs(cfg, head_dim: int, page_size: int, has_cap: bool) -> dict:
                 NBUF=max(2, cfg.num_stages))
 
 
-def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, flag, *, qk_scale_prefix,
+def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix,
            qk_scale_ext, v_scale_prefix, logit_cap, group, page_size, max_extend_len, cfg, dec_regs=None):
     """Launch the 16-bit kernel (bf16 / fp16 pool) or the warp-specialized NVFP4 one (uint8 pool).
     ``dec_regs``: the NVFP4 decoder warpgroup's registers a thread (default :data:`WS_DEC_REGS`),
@@ -708,7 +707,7 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         out, out.stride(0), out.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
-        qo_indptr, kv_indptr, kv_indices, prefix_lens, kc.shape[0], flag,
+        qo_indptr, kv_indptr, kv_indices, prefix_lens, kc.shape[0],
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
         **cx, num_warps=cfg.num_warps, **opts)
 
@@ -745,7 +744,7 @@ def aot_cases(arch: int, nvfp4: bool = False):
                    "v_cache_ptr": cache_t, "k_scale_ptr": "*u8", "v_scale_ptr": "*u8", "qo_indptr_ptr": "*i32",
                    "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32",
                    "qk_scale_prefix": "fp32", "qk_scale_ext": "fp32", "v_scale_prefix": "fp32", "logit_cap": "fp32",
-                   "flag_ptr": "*i32"}
+                   }
             for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                       "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "group", "num_slots"):

@@ -90,16 +90,15 @@ def slot_flag(device):
 
 
 def check_slot_flag(flag, kv_indptr, kv_indices, num_slots: int, page_size: int) -> None:
-    """Raise (naming ``kv_indices`` and the offending range) when ``flag`` says a kernel met a slot
-    outside ``[0, num_slots)``. Reads the flag: one device sync. A checking caller zeroes the flag
-    before its launch (an unchecked call may have left it set)."""
+    """Raise (naming ``kv_indices`` and the offending range) when ``flag`` says
+    :func:`check_kv_indices` found an id outside the pool. Reads the flag: one device sync."""
     if not int(flag.item()):
         return
     used = kv_indices[: int(kv_indptr[-1].item())] if kv_indptr.numel() else kv_indices[:0]
     unit, n = ("page ids", num_slots // page_size) if page_size > 1 else ("slot ids", num_slots)
     rng = f"[{int(used.min())}, {int(used.max())}]" if used.numel() else "(none listed)"
     raise ValueError(f"kv_indices: {unit} outside the pool were listed (entries span {rng}; the pool holds {n} "
-                     f"{unit.split()[0]}s, valid [0, {n})); no row outside the pool was read")
+                     f"{unit.split()[0]}s, valid [0, {n})); the kernels read no row outside the pool")
 
 
 def nvfp4_rows_aligned(cache) -> bool:
@@ -127,33 +126,60 @@ def split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS: tl.cons
 
 
 @triton.jit
-def tile_slots(kv_indices_ptr, base, pos, end, page_size, num_slots, flag_ptr, PAGED: tl.constexpr):
-    """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end`` and list a
-    slot inside the pool, and their pool slots (:func:`slot_ids`)."""
+def tile_slots(kv_indices_ptr, base, pos, end, page_size, num_slots, PAGED: tl.constexpr):
+    """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end``, and their
+    pool slots (:func:`slot_ids`)."""
     mask = pos < end
-    slot, ok = slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, flag_ptr, PAGED)
-    return mask & ok, slot
+    return mask, slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, PAGED)
 
 
 @triton.jit
-def slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, flag_ptr, PAGED: tl.constexpr):
+def slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, PAGED: tl.constexpr):
     """Pool slots of logical positions ``pos`` of one request.
 
     not PAGED: ``kv_indices[base + pos]`` are token slots (SGLang's req_to_token rows).
     PAGED:     ``kv_indices[base + pos // page_size]`` are page ids; slot = page * P + pos % P.
 
-    Returns ``(slot, ok)``. A slot outside ``[0, num_slots)`` is never read: ``ok`` is False there
-    (callers mask the position out), the slot is replaced by 0, and ``flag_ptr[0]`` is set to 1,
-    which the launchers turn into an error naming ``kv_indices`` (:func:`check_slot_flag`).
+    An id outside the pool is never read: one unsigned minimum an id clamps it to the pool's last
+    slot (or page; a negative int32 id wraps above any pool). Such ids are reported by
+    :func:`check_kv_indices_kernel`, once per batch, not here: a store inside the attention loops
+    changed how Triton pipelines them (AOT: fewer buffered tiles, spills on sm_120).
     """
     if PAGED:
-        page = tl.load(kv_indices_ptr + base + pos // page_size, mask=mask, other=0).to(tl.int64)
-        slot = page * page_size + (pos % page_size)
-    else:
-        slot = tl.load(kv_indices_ptr + base + pos, mask=mask, other=0).to(tl.int64)
-    bad = (slot < 0) | (slot >= num_slots)
-    tl.store(flag_ptr + tl.zeros_like(pos), 1, mask=bad)
-    return tl.where(bad, 0, slot), bad == 0
+        idx = tl.load(kv_indices_ptr + base + pos // page_size, mask=mask, other=0)
+        last = (num_slots // page_size - 1).to(tl.uint32)
+        return tl.minimum(idx.to(tl.uint32), last).to(tl.int64) * page_size + (pos % page_size)
+    idx = tl.load(kv_indices_ptr + base + pos, mask=mask, other=0)
+    return tl.minimum(idx.to(tl.uint32), (num_slots - 1).to(tl.uint32)).to(tl.int64)
+
+
+@triton.jit
+def check_kv_indices_kernel(kv_indptr_ptr, kv_indices_ptr, batch, units, flag_ptr, BLOCK: tl.constexpr):
+    """``flag_ptr[0] = 1`` if any of ``kv_indices[:kv_indptr[batch]]`` lies outside ``[0, units)``
+    (slots, or pages with page size > 1): the per-batch report of what the attention kernels clamp."""
+    n = tl.load(kv_indptr_ptr + batch)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    idx = tl.load(kv_indices_ptr + offs, mask=offs < n, other=0)
+    bad = (offs < n) & (idx.to(tl.uint32) >= units.to(tl.uint32))
+    tl.store(flag_ptr, 1, mask=tl.max(bad.to(tl.int32), axis=0) > 0)
+
+
+CHECK_BLOCK = 1024
+
+
+def check_kv_indices(kv_indptr, kv_indices, units: int, flag) -> None:
+    """Launch :func:`check_kv_indices_kernel` over the batch's index list (one launch, no sync)."""
+    if kv_indices.numel():
+        check_kv_indices_kernel[(triton.cdiv(kv_indices.numel(), CHECK_BLOCK),)](
+            kv_indptr, kv_indices, kv_indptr.shape[0] - 1, units, flag, BLOCK=CHECK_BLOCK, num_warps=4)
+
+
+def aot_cases_check(arch: int):
+    """The per-batch index check, for ``sm12x budget``."""
+    for it in ("*i32", "*i64"):
+        sig = {"kv_indptr_ptr": "*i32", "kv_indices_ptr": it, "batch": "i32", "units": "i32", "flag_ptr": "*i32"}
+        yield dict(kv_indices=it[1:], block=CHECK_BLOCK, num_warps=4), sig, dict(BLOCK=CHECK_BLOCK), \
+            {"num_warps": 4, "num_stages": 1}
 
 
 @triton.jit
