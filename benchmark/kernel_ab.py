@@ -4,7 +4,7 @@
 
 Each round runs every tree in its own process (``PYTHONPATH`` = that tree), alternating, on the
 same GPU; each process times the one-shot ``decode_attention`` (CUDA-graph replay) and
-``extend_attention`` at the shapes below for bf16 and nvfp4 pools (slot checking off where the
+``extend_attention`` at the shapes below for bf16, fp8_e4m3 and nvfp4 pools (slot checking off where the
 tree has it: the kernels' cost, not a host sync). The JSON keeps every round's medians and the
 per-shape ratio after / before of the medians over rounds.
 """
@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 
-DECODE = [(128, 4096), (1, 8192), (64, 4096)]          # batch, context
-EXTEND = [(1, 4096, 1024), (8, 4096, 1024)]            # batch, prefix, chunk
+# attention.py --quick's shapes, plus 8 x 4k + 1k
+DECODE = [(128, 4096, 32), (1, 8192, 32), (64, 4096, 64)]          # batch, context, query heads (8 KV heads)
+EXTEND = [(1, 4096, 1024), (8, 4096, 1024), (1, 0, 8192)]          # batch, prefix, chunk (32 / 8 heads)
 HQ, HKV, D = 32, 8, 128
 
 
@@ -35,31 +36,31 @@ def worker() -> dict:
     nocheck = ({"check_slots": False} if "check_slots" in inspect.signature(decode_attention).parameters else {})
     dev = "cuda"
     rows = {}
-    for kv in ("bf16", "nvfp4"):
-        for batch, ctx in DECODE:
+    for kv in ("bf16", "fp8_e4m3", "nvfp4"):
+        for batch, ctx, hq in DECODE:
             pool = make_pool(kv, batch * ctx, HKV, D)
             seq = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
             indptr = torch.arange(0, (batch + 1) * ctx, ctx, dtype=torch.int32, device=dev)
             idx = torch.arange(batch * ctx, dtype=torch.int32, device=dev)
-            q = torch.randn(batch, HQ, D, device=dev, dtype=torch.bfloat16)
+            q = torch.randn(batch, hq, D, device=dev, dtype=torch.bfloat16)
             out = torch.empty_like(q)
-            ws = decode_workspace(batch, HQ, D, 256, dev)
+            ws = decode_workspace(batch, hq, D, 256, dev)
             fn = lambda: decode_attention(q, pool["k_cache"], pool["v_cache"], indptr, idx, seq, kv_dtype=kv,  # noqa
                                           k_scale_cache=pool.get("k_scale_cache"),
                                           v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
                                           v_scale=pool.get("v_scale", 1.0), out=out, **nocheck,
-                                          workspace=(ws[0][:, :, :_splits(batch, kv)].contiguous(),
-                                                     ws[1][:, :, :_splits(batch, kv)].contiguous()))
-            rows[f"decode {kv} {batch}x{ctx}"] = bench_ms(fn, graph=True)[1]
+                                          workspace=(ws[0][:, :, :_splits(batch, kv, hq)].contiguous(),
+                                                     ws[1][:, :, :_splits(batch, kv, hq)].contiguous()))
+            rows[f"decode {kv} {batch}x{ctx} {hq}/{HKV}"] = bench_ms(fn, graph=True)[1]
         for batch, prefix, chunk in EXTEND:
-            pool = make_pool(kv, batch * prefix, HKV, D)
+            pool = make_pool(kv, max(1, batch * prefix), HKV, D)
             T = batch * chunk
             q = torch.randn(T, HQ, D, device=dev, dtype=torch.bfloat16)
             k = torch.randn(T, HKV, D, device=dev, dtype=torch.bfloat16)
             v = torch.randn_like(k)
             qo = torch.arange(0, (batch + 1) * chunk, chunk, dtype=torch.int32, device=dev)
             kvp = torch.arange(batch + 1, dtype=torch.int32, device=dev) * prefix
-            kvi = torch.arange(batch * prefix, dtype=torch.int32, device=dev)
+            kvi = torch.arange(max(1, batch * prefix), dtype=torch.int32, device=dev)
             pl = torch.full((batch,), prefix, dtype=torch.int32, device=dev)
             fn = lambda: extend_attention(q, k, v, pool["k_cache"], pool["v_cache"], qo, kvp, kvi, pl,  # noqa
                                           kv_dtype=kv, max_extend_len=chunk, max_prefix_len=prefix,
@@ -70,11 +71,11 @@ def worker() -> dict:
     return rows
 
 
-def _splits(batch, kv):
+def _splits(batch, kv, hq):
     import torch
 
     from sgl_kernel_sm12x import planner
-    return planner.plan_decode(planner.current_arch(), head_dim=D, kv_dtype=kv, group=HQ // HKV, batch=batch,
+    return planner.plan_decode(planner.current_arch(), head_dim=D, kv_dtype=kv, group=hq // HKV, batch=batch,
                                kv_heads=HKV, num_sms=torch.cuda.get_device_properties(0).multi_processor_count
                                ).max_splits
 
