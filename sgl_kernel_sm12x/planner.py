@@ -506,7 +506,8 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
         return {64: ExtendConfig(64, 32, 4, 2, hw_fp8), 128: ExtendConfig(64, 32, 8, 2, hw_fp8),
                 256: ExtendConfig(32, 32, 4, 2, hw_fp8)}[head_dim]
     if head_dim == 64:
-        return ExtendConfig(64, 64, 4, 2, hw_fp8)
+        # fp8 at 64 x 64 on 4 warps spills 36 B in the paged prefix loop (ptxas log of the cubin)
+        return ExtendConfig(64, 64, 8 if kv_dtype == "fp8_e4m3" else 4, 2, hw_fp8)
     if head_dim == 128:
         # 3 stages keep one chunk tile in flight on sm_120/121 (2 allot one buffer: load and MMAs
         # alternate); faster in the sm_120 tiles' mma.sync proxy on the H100
@@ -514,6 +515,8 @@ def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendCon
         # accumulator alone is 64 registers a thread); nvfp4 64 x 64 spills on sm_120 (AOT).
         stages = 3 if kv_dtype in ("bf16", "fp16", "nvfp4", "fp8_e4m3") and lim.cc in (120, 121) else 2
         return ExtendConfig(64, 32 if fp4 else 64, 8, stages, hw_fp8)
+    if kv_dtype == "fp8k_nvfp4v":     # D256: 8 warps cap ptxas at 128 registers and spill 8-20 B (cubin log)
+        return ExtendConfig(32, 32, 4, 2, hw_fp8)
     return ExtendConfig(32 if fp4 else 64, 32, 8, 2, hw_fp8)
 
 

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_NVFP4, check_kv_indices, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from .kv_tile import (FMT_NVFP4, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
                       offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -61,7 +61,7 @@ def decode_split_kernel(
     part_o_ptr, part_lse_ptr,                              # (batch, q_heads, MAX_SPLITS, HEAD_DIM), (.., MAX_SPLITS)
     qk_scale,                                              # sm_scale * k_scale * log2(e)
     logit_cap, window_left, group, page_size, max_splits,
-    num_slots,                                             # pool rows: slot ids are clamped into the pool
+    max_id,                                                # the pool's last slot / page: ids are clamped to it
     BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, MIN_SPLIT_TOKENS: tl.constexpr,
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -136,16 +136,16 @@ def decode_split_kernel(
         # in flight while tile i is decoded and multiplied (the quantized tiles go through inline
         # PTX, which the loop pipeliner does not stage through shared memory)
         pos = lo_tok + offs_n
-        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, PAGED)
+        n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, max_id, PAGED)
         kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
         vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
         pos_nx = pos + BLOCK_N
-        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, num_slots, PAGED)
+        mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, max_id, PAGED)
         for n0 in range(lo_tok, hi_tok, BLOCK_N):
             kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
             vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
             pos_nx2 = pos_nx + BLOCK_N
-            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, num_slots,
+            mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, max_id,
                                             PAGED)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
                                                   qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
@@ -155,7 +155,7 @@ def decode_split_kernel(
     else:
         for n0 in tl.range(lo_tok, hi_tok, BLOCK_N):
             pos = n0 + offs_n
-            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, num_slots, PAGED)
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, max_id, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
@@ -292,7 +292,8 @@ class DecodePlan:
                 kv_indptr_ptr=self.kv_indptr, kv_indices_ptr=self.kv_indices, seq_lens_ptr=self.seq_lens,
                 part_o_ptr=part_o, part_lse_ptr=part_lse,
                 qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
-                group=hq // hkv, page_size=self.page_size, max_splits=cfg.max_splits, num_slots=kc.shape[0],
+                group=hq // hkv, page_size=self.page_size, max_splits=cfg.max_splits,
+                max_id=_max_id(kc.shape[0], self.page_size),
                 BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=self.page_size > 1,
                 K_MODE=int(k_fmt), V_MODE=int(v_fmt), MIN_SPLIT_TOKENS=cfg.min_split_tokens,
                 HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
@@ -450,18 +451,19 @@ def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, par
                     logit_cap, window_left, group, page_size, out, direct, v_scale):
     """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program); ``direct`` (one split,
     no LSE): it stores the output itself."""
-    from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
+    from .decode_nvfp4 import decode_split_nvfp4_kernel, launch_block_n, word_layouts
     batch, _, d = q.shape
-    kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
     # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
     off32 = offsets_fit(kc, vc, ks, vs, limit=_OFF32_LIMIT)
+    block_n = launch_block_n(cfg.block_n, d, page_size, off32)
+    kwl, vwl, ksl, vsl = word_layouts(d, block_n)
     decode_split_nvfp4_kernel[split_grid(cfg, batch, kc.shape[1])](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         kv_indptr, kv_indices, seq_lens, part_o, part_lse,
-        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, kc.shape[0],
-        HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
+        qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, _max_id(kc.shape[0], page_size),
+        HEAD_DIM=d, BLOCK_N=block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
         KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
         o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale),
@@ -552,7 +554,7 @@ def aot_cases(arch: int):
                    "qk_scale": "fp32", "logit_cap": "fp32"}
             for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                       "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group",
-                      "page_size", "max_splits", "num_slots"):
+                      "page_size", "max_splits", "max_id"):
                 sig[n] = "i32"
             sig.update(o_ptr=q_t, stride_o_b="i32", stride_o_h="i32", v_scale="fp32")    # always passed
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],

@@ -28,6 +28,8 @@ Needs Gluon (Triton >= 3.6) and a device with the fp8 conversion (sm_89+) for th
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
@@ -121,18 +123,18 @@ def perm_v(m, RV: gl.constexpr):
 
 
 @gluon.jit
-def _row_offsets(kv_indices_ptr, base, num_slots, pos, stride_s, stride_ss, PAGE: gl.constexpr,
+def _row_offsets(kv_indices_ptr, base, max_id, pos, stride_s, stride_ss, PAGE: gl.constexpr,
                  OFF32: gl.constexpr):
     """Byte offsets of the data and scale rows of logical positions ``pos`` (all inside the
     request: the caller clamps). OFF32: the pool fits in 2^31 bytes, offsets in 32-bit arithmetic.
-    An id outside the pool (slot, or page with PAGE > 1) is clamped to the pool's last one by one
-    unsigned minimum (a negative int32 id wraps above any pool): no row outside the pool is read
-    (reported per batch by kv_tile.check_kv_indices)."""
+    An id outside the pool (slot, or page with PAGE > 1) is clamped to ``max_id`` by one unsigned
+    minimum (a negative int32 id wraps above any pool): no row outside the pool is read (reported
+    per batch by kv_tile.check_kv_indices)."""
     if PAGE > 1:
-        idx = gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32)
-        idx = gl.minimum(idx, (num_slots // PAGE - 1).to(gl.uint32)) * PAGE + (pos % PAGE).to(gl.uint32)
+        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32), max_id)
+        idx = idx * PAGE + (pos % PAGE).to(gl.uint32)
     else:
-        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos).to(gl.uint32), (num_slots - 1).to(gl.uint32))
+        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos).to(gl.uint32), max_id)
     if OFF32:
         slot = idx
     else:
@@ -153,7 +155,7 @@ def _per_word(sb, NW: gl.constexpr, N: gl.constexpr):
 
 
 @gluon.jit
-def _load_k(kc, ksc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_s, stride_ss, HEAD_DIM: gl.constexpr,
+def _load_k(kc, ksc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_ss, HEAD_DIM: gl.constexpr,
             BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr, KWL: gl.constexpr,
             KSL: gl.constexpr):
     """K tile as stored: words ``(NW, BLOCK_N)`` in layout KWL and fp16 block scales ``(NB,
@@ -163,19 +165,19 @@ def _load_k(kc, ksc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_s, stri
     NB: gl.constexpr = HEAD_DIM // 16
     t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KWL))
     w = gl.arange(0, NW, layout=gl.SliceLayout(1, KWL))
-    off, soff = _row_offsets(kv_indices_ptr, base, num_slots, gl.minimum(n0 + t, hi_tok - 1), stride_s,
+    off, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + t, hi_tok - 1), stride_s,
                              stride_ss, PAGE, OFF32)
     words = gl.load((kc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
     ts = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KSL))
     blk = gl.arange(0, NB, layout=gl.SliceLayout(1, KSL))
-    _o, soff = _row_offsets(kv_indices_ptr, base, num_slots, gl.minimum(n0 + ts, hi_tok - 1), stride_s,
+    _o, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + ts, hi_tok - 1), stride_s,
                             stride_ss, PAGE, OFF32)
     sc = gl.load(ksc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
     return words, sc
 
 
 @gluon.jit
-def _load_v(vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
+def _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
             HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr,
             VWL: gl.constexpr, VSL: gl.constexpr):
     """Words ``(NW, BLOCK_N // 2)`` of the even (PARITY 0) or odd tokens of a V tile in layout VWL,
@@ -185,7 +187,7 @@ def _load_v(vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_s, stri
     NB: gl.constexpr = HEAD_DIM // 16
     u = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VWL))
     w = gl.arange(0, NW, layout=gl.SliceLayout(1, VWL))
-    off, soff = _row_offsets(kv_indices_ptr, base, num_slots, gl.minimum(n0 + 2 * u + PARITY, hi_tok - 1),
+    off, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + 2 * u + PARITY, hi_tok - 1),
                              stride_s, stride_ss, PAGE, OFF32)
     words = gl.load((vc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
     if HEAD_DIM == 64:
@@ -193,23 +195,23 @@ def _load_v(vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_s, stri
     else:
         us = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VSL))
         blk = gl.arange(0, NB, layout=gl.SliceLayout(1, VSL))
-        _o, soff = _row_offsets(kv_indices_ptr, base, num_slots,
+        _o, soff = _row_offsets(kv_indices_ptr, base, max_id,
                                 gl.minimum(n0 + 2 * us + PARITY, hi_tok - 1), stride_s, stride_ss, PAGE, OFF32)
         sc = gl.load(vsc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
     return words, sc
 
 
 @gluon.jit
-def _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_kc_s, stride_ks_s, stride_vc_s,
+def _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_kc_s, stride_ks_s, stride_vc_s,
                stride_vs_s, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
                OFF32: gl.constexpr, KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr):
     """The raw tile at ``n0``: K words and scales, then V words and scales of its even and odd
     tokens (:func:`_load_k`, :func:`_load_v`)."""
-    kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM, BLOCK_N, PAGE,
+    kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM, BLOCK_N, PAGE,
                      OFF32, KWL, KSL)
-    we, se = _load_v(vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM, BLOCK_N,
+    we, se = _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM, BLOCK_N,
                      PAGE, OFF32, VWL, VSL)
-    wo, so = _load_v(vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM, BLOCK_N,
+    wo, so = _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM, BLOCK_N,
                      PAGE, OFF32, VWL, VSL)
     return kw, ks, we, se, wo, so
 
@@ -259,7 +261,7 @@ def decode_split_nvfp4_kernel(
     kv_indptr_ptr, kv_indices_ptr, seq_lens_ptr,
     part_o_ptr, part_lse_ptr,
     qk_scale, logit_cap, window_left, group, max_splits,
-    num_slots,                              # pool rows: slot / page ids are clamped into the pool
+    max_id,                                 # the pool's last slot / page: ids are clamped to it
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NH: gl.constexpr, PAGE: gl.constexpr,
     MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
     KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr, OFF32: gl.constexpr,
@@ -313,18 +315,18 @@ def decode_split_nvfp4_kernel(
     acc = gl.zeros([HEAD_DIM, NH], gl.float32, MMA)
 
     if PREFETCH:    # the raw words and scales of tile i + 1 are in flight while tile i is computed
-        kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots, lo_tok, hi_tok, stride_kc_s,
+        kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, lo_tok, hi_tok, stride_kc_s,
                                             stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE, OFF32,
                                             KWL, VWL, KSL, VSL)
     for n0 in range(lo_tok, hi_tok, BLOCK_N):
         if PREFETCH:
             kw_c, ks_c, we_c, se_c, wo_c, so_c = kw, ks, we, se, wo, so
-            kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots,
+            kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id,
                                                 gl.minimum(n0 + BLOCK_N, hi_tok - 1), hi_tok, stride_kc_s,
                                                 stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE,
                                                 OFF32, KWL, VWL, KSL, VSL)
         else:
-            kw_c, ks_c, we_c, se_c, wo_c, so_c = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, num_slots, n0, hi_tok,
+            kw_c, ks_c, we_c, se_c, wo_c, so_c = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok,
                                                             stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
                                                             HEAD_DIM, BLOCK_N, PAGE, OFF32, KWL, VWL, KSL, VSL)
         kt = _kt_operand(kw_c, ks_c, HEAD_DIM, BLOCK_N, KB, KWL)
@@ -397,6 +399,13 @@ def word_layouts(head_dim: int, block_n: int):
     return kwl, vwl, ksl, vsl
 
 
+def launch_block_n(block_n: int, head_dim: int, page_size: int, off32: bool) -> int:
+    """The token tile a launch uses: the planner's, except 32 at head_dim 64 with page ids and
+    64-bit row offsets (pools over 2^31 bytes a tensor), where the 64-token tile spills 10 B
+    (ptxas log of the sm_120 cubin)."""
+    return 32 if head_dim == 64 and page_size > 1 and not off32 and block_n > 32 else block_n
+
+
 def aot_cases(arch: int):
     """Every configuration of this kernel the decode planner can choose on ``arch`` (both token
     tiles: the planner picks by batch), for ``sm12x budget``."""
@@ -414,10 +423,11 @@ def aot_cases(arch: int):
             if key in seen:
                 continue
             seen.add(key)
-            kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], cfg.block_n)
             for off32 in (True, False):
+                c = replace(cfg, block_n=launch_block_n(cfg.block_n, inp["head_dim"], inp["page_size"], off32))
+                kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], c.block_n)
                 for direct in (False, True):
-                    yield from _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct)
+                    yield from _aot_case(inp, c, nh, kwl, vwl, ksl, vsl, off32, direct)
 
 
 def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
@@ -430,7 +440,7 @@ def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
            }
     for n in ("stride_q_b", "stride_q_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
               "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "max_splits",
-              "num_slots"):
+              "max_id"):
         sig[n] = "i32"
     sig.update(o_ptr=f"*{inp['q_dtype']}", stride_o_b="i32", stride_o_h="i32", v_scale="fp32")   # always passed
     label = dict(head_dim=inp["head_dim"], kv_dtype="nvfp4", q_dtype=inp["q_dtype"], page_size=inp["page_size"],

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
+from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
                       nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
@@ -45,7 +45,7 @@ def extend_kernel(
     qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix,       # log2-domain softmax scales; V scale of the pool
     logit_cap, window_left, group, page_size,
-    num_slots,                                           # pool rows: slot ids are clamped into the pool
+    max_id,                                              # the pool's last slot / page: ids are clamped to it
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PAGED: tl.constexpr,
     K_MODE: tl.constexpr, V_MODE: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
     HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr, PACK: tl.constexpr = 1,
@@ -130,7 +130,7 @@ def extend_kernel(
             a1 = prefix_len
         for n0 in tl.range(a0, a1, BLOCK_N, num_stages=PREFIX_STAGES):
             pos = n0 + offs_n
-            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, num_slots, PAGED)
+            n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, max_id, PAGED)
             kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
             if K_MODE == FMT_NVFP4:
                 s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
@@ -398,7 +398,7 @@ class ExtendPlan:
             prefix_lens_ptr=self.prefix_lens,
             qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
             logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=self.page_size,
-            num_slots=kc.shape[0], HEAD_DIM=d, PAGED=self.page_size > 1, K_MODE=int(k_fmt),
+            max_id=_max_id(kc.shape[0], self.page_size), HEAD_DIM=d, PAGED=self.page_size > 1, K_MODE=int(k_fmt),
             V_MODE=int(v_fmt), HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
             **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -512,7 +512,7 @@ def aot_cases(arch: int):
         for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                   "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
                   "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size",
-                  "num_slots"):
+                  "max_id"):
             sig[n] = "i32"
         label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                      paged=inp["page_size"] > 1, **cfg.as_dict())

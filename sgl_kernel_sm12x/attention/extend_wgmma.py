@@ -35,7 +35,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                                warpgroup_mma_init, warpgroup_mma_wait)
 
 from .decode_nvfp4 import _lane_pairs
-from .kv_tile import E2M1_BYTE_REGS
+from .kv_tile import E2M1_BYTE_REGS, max_id as _max_id
 
 # a CTA-wide barrier: gl.barrier on Triton 3.8, gl.thread_barrier on 3.6
 _bar = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
@@ -77,21 +77,18 @@ def _permute8(x, ROWS: gl.constexpr, HEAD_DIM: gl.constexpr, O0: gl.constexpr, O
 
 
 @gluon.jit
-def _slots(kv_indices_ptr, base, num_slots, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, WL: gl.constexpr):
+def _slots(kv_indices_ptr, base, max_id, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, WL: gl.constexpr):
     """Pool slots (token indices, 32-bit) of the prefix tile at ``n0`` (positions past the prefix
     read its last token again; their scores are masked). The lookup is decode_nvfp4._row_offsets'
     (kept inline there: as a shared helper it moved instructions of a measured sm_120 decode
     configuration, though the PTX was the same)."""
     pos = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, WL)), prefix_len - 1)
-    # an id outside the pool is clamped to its last one (one unsigned minimum; a negative int32 id
-    # wraps above any pool): no row outside the pool is read (kv_tile.slot_ids)
+    # an id outside the pool is clamped to max_id (one unsigned minimum; a negative int32 id wraps
+    # above any pool): no row outside the pool is read (kv_tile.slot_ids)
     if PAGE > 1:
-        s = gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32)
-        last = (num_slots // PAGE - 1).to(gl.uint32)
+        s = gl.minimum(gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32), max_id)
     else:
-        s = gl.load(kv_indices_ptr + base + pos).to(gl.uint32)
-        last = (num_slots - 1).to(gl.uint32)
-    s = gl.minimum(s, last)
+        s = gl.minimum(gl.load(kv_indices_ptr + base + pos).to(gl.uint32), max_id)
     if PAGE > 1:
         s = s * PAGE + (pos % PAGE).to(gl.uint32)
     return s
@@ -201,7 +198,7 @@ def _gather_rows(buf, pool, slot, stride_s, jj):
 
 @gluon.jit
 def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_len, q_smem, k_smem, v_smem, s0,
-                   offs_n, jj, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, qk_scale, logit_cap,
+                   offs_n, jj, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, max_id, qk_scale, logit_cap,
                    BLOCK_N: gl.constexpr, PAGE: gl.constexpr, HAS_CAP: gl.constexpr, MASKED: gl.constexpr,
                    NBUF: gl.constexpr, XL: gl.constexpr, P_L: gl.constexpr, ROW_O: gl.constexpr):
     """Prefix tile ``j`` (at ``n0``) of a 16-bit pool, FlashAttention-3's order: S_j issued; the
@@ -213,7 +210,7 @@ def _prefix_step16(slot_v, slot_k, p_prev, m_i, l_i, acc, j, n0, n_next, prefix_
     _gather_rows(v_smem.index((j + NBUF - 2) % NBUF), vc, slot_v, stride_vc_s, jj)
     async_copy.commit_group()
     acc_t = warpgroup_mma(p_prev, v_smem.index((j + NBUF - 1) % NBUF), acc, is_async=True)
-    slot_n = _slots(kv_indices_ptr, base, num_slots, n_next, prefix_len, BLOCK_N, PAGE, XL)
+    slot_n = _slots(kv_indices_ptr, base, max_id, n_next, prefix_len, BLOCK_N, PAGE, XL)
     s = warpgroup_mma_wait(1, deps=(s_t,))
     vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
     p, alpha, m_i, l_i = _softmax(s, qk_scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
@@ -304,7 +301,7 @@ def extend_wgmma_kernel(
     o_ptr, stride_o_t, stride_o_h,
     k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
     k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
-    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, max_id,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
@@ -360,16 +357,16 @@ def extend_wgmma_kernel(
         rot = mb % gl.maximum(n_full, 1)
         # copy groups: K_0 (and with 3 buffers K_1, V_0) before tile 0; step j issues K_{j+NBUF-1}
         # and V_{j+NBUF-2}
-        slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot = _slots(kv_indices_ptr, base, max_id, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         _gather_rows(k_bufs.index(0), kc, slot, stride_kc_s, jj)
         async_copy.commit_group()
-        slot_1 = _slots(kv_indices_ptr, base, num_slots, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot_1 = _slots(kv_indices_ptr, base, max_id, _tile_pos(1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         if NBUF == 3:
             _gather_rows(k_bufs.index(1), kc, slot_1, stride_kc_s, jj)
             _gather_rows(v_smem.index(0), vc, slot, stride_vc_s, jj)
             async_copy.commit_group()
             slot_v = slot_1
-            slot_k = _slots(kv_indices_ptr, base, num_slots, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+            slot_k = _slots(kv_indices_ptr, base, max_id, _tile_pos(2, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         else:
             slot_v = slot
             slot_k = slot_1
@@ -382,7 +379,7 @@ def extend_wgmma_kernel(
         _gather_rows(k_bufs.index(NBUF - 1), kc, slot_k, stride_kc_s, jj)
         _gather_rows(v_smem.index(NBUF - 2), vc, slot_v, stride_vc_s, jj)
         async_copy.commit_group()
-        slot_n = _slots(kv_indices_ptr, base, num_slots, _tile_pos(NBUF, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
+        slot_n = _slots(kv_indices_ptr, base, max_id, _tile_pos(NBUF, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, XL)
         s = warpgroup_mma_wait(0, deps=(s_t,))
         vis = gl.expand_dims(n0 + offs_n < prefix_len, 0)
         p, alpha, m_i, l_i = _softmax(s, qk_scale_prefix, m_i, l_i, vis, True, HAS_CAP, logit_cap)
@@ -396,13 +393,13 @@ def extend_wgmma_kernel(
             slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
                 slot_v, slot_k, p_prev, m_i, l_i, acc, j, _tile_pos(j, rot, n_full, BLOCK_N),
                 _tile_pos(j + NBUF, rot, n_full, BLOCK_N), prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj,
-                kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, num_slots, qk_scale_prefix, logit_cap, BLOCK_N, PAGE,
+                kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base, max_id, qk_scale_prefix, logit_cap, BLOCK_N, PAGE,
                 HAS_CAP, False, NBUF, XL, P_L, ROW_O)
         if n_full > 0 and n_tiles > n_full:     # the partial tail tile, after whole ones
             slot_v, slot_k, p_prev, m_i, l_i, acc = _prefix_step16(
                 slot_v, slot_k, p_prev, m_i, l_i, acc, n_full, n_full * BLOCK_N, (n_full + NBUF) * BLOCK_N,
                 prefix_len, q_smem, k_bufs, v_smem, s0, offs_n, jj, kc, vc, stride_kc_s, stride_vc_s,
-                kv_indices_ptr, base, num_slots, qk_scale_prefix, logit_cap, BLOCK_N, PAGE, HAS_CAP, True, NBUF, XL, P_L,
+                kv_indices_ptr, base, max_id, qk_scale_prefix, logit_cap, BLOCK_N, PAGE, HAS_CAP, True, NBUF, XL, P_L,
                 ROW_O)
         acc_t = warpgroup_mma(p_prev, v_smem.index((n_tiles - 1) % NBUF), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc_t,))
@@ -439,7 +436,7 @@ def _hand_over(raw, sc, dst, empty, ready, ph, BLOCK_N: gl.constexpr, HEAD_DIM: 
 
 
 @gluon.jit
-def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, prefix_len, rot, stride_kc_s, stride_ks_s,
+def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, max_id, prefix_len, rot, stride_kc_s, stride_ks_s,
                        stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready, v_empty,
                        BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, PAGE: gl.constexpr, NR: gl.constexpr,
                        WL: gl.constexpr, SL: gl.constexpr):
@@ -455,20 +452,20 @@ def _decoder_partition(kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, prefix
     w = gl.arange(0, NW, layout=gl.SliceLayout(0, WL))
     if n_tiles > 0:     # nothing cached: no slot to look up (base - 1 would be read)
         for i in gl.static_range(NR - 1):
-            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            slot = _slots(kv_indices_ptr, base, max_id, _tile_pos(i, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
             _copy_words(raw_k.index(i), kc, slot, stride_kc_s, w)
             _copy_words(raw_v.index(i), vc, slot, stride_vc_s, w)
             async_copy.commit_group()
-        slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+        slot = _slots(kv_indices_ptr, base, max_id, _tile_pos(0, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
         ks = _load_scales(ksc, slot, stride_ks_s, NB, SL)
         vs = _load_scales(vsc, slot, stride_vs_s, NB, SL)
         for i in range(n_tiles):
-            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
+            slot = _slots(kv_indices_ptr, base, max_id, _tile_pos(i + NR - 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE,
                           WL)
             _copy_words(raw_k.index((i + NR - 1) % NR), kc, slot, stride_kc_s, w)
             _copy_words(raw_v.index((i + NR - 1) % NR), vc, slot, stride_vc_s, w)
             async_copy.commit_group()
-            slot = _slots(kv_indices_ptr, base, num_slots, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
+            slot = _slots(kv_indices_ptr, base, max_id, _tile_pos(i + 1, rot, n_full, BLOCK_N), prefix_len, BLOCK_N, PAGE, WL)
             ks_n = _load_scales(ksc, slot, stride_ks_s, NB, SL)
             vs_n = _load_scales(vsc, slot, stride_vs_s, NB, SL)
             async_copy.wait_group(NR - 1)       # this thread's copies of tile i landed
@@ -569,7 +566,7 @@ def extend_wgmma_ws_kernel(
     o_ptr, stride_o_t, stride_o_h,
     k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
     k_scale_ptr, v_scale_ptr, stride_ks_s, stride_ks_h, stride_vs_s, stride_vs_h,
-    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, num_slots,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, max_id,
     qk_scale_prefix, qk_scale_ext, v_scale_prefix, logit_cap, group,
     HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
     PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr,
@@ -623,7 +620,7 @@ def extend_wgmma_ws_kernel(
                           qk_scale_ext, v_scale_prefix, logit_cap, prefix_len, rot, q_smem, k_bufs, v_smem, k_ready,
                           k_empty, v_ready, v_empty, HEAD_DIM, BLOCK_M, BLOCK_N, PACK, HAS_CAP, NUM_WARPS, XL, QS,
                           KS)),
-        (_decoder_partition, (kc, vc, ksc, vsc, kv_indices_ptr, base, num_slots, prefix_len, rot, stride_kc_s, stride_ks_s,
+        (_decoder_partition, (kc, vc, ksc, vsc, kv_indices_ptr, base, max_id, prefix_len, rot, stride_kc_s, stride_ks_s,
                               stride_vc_s, stride_vs_s, raw_k, raw_v, k_words, v_words, k_ready, k_empty, v_ready,
                               v_empty, BLOCK_N, HEAD_DIM, PAGE, NR, WL4, SL4)),
     ], [4], [DEC_REGS])
@@ -707,7 +704,7 @@ def launch(q, k, v, out, kc, vc, ks, vs, qo_indptr, kv_indptr, kv_indices, prefi
         out, out.stride(0), out.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
-        qo_indptr, kv_indptr, kv_indices, prefix_lens, kc.shape[0],
+        qo_indptr, kv_indptr, kv_indices, prefix_lens, _max_id(kc.shape[0], page_size),
         qk_scale_prefix, qk_scale_ext, v_scale_prefix, float(logit_cap), group,
         **cx, num_warps=cfg.num_warps, **opts)
 
@@ -747,7 +744,7 @@ def aot_cases(arch: int, nvfp4: bool = False):
                    }
             for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
                       "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
-                      "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "group", "num_slots"):
+                      "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "group", "max_id"):
                 sig[n] = "i32"
             label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
                          page_size=page, **cfg.as_dict())

@@ -126,31 +126,31 @@ def split_range(seq_len, window_left, sid, max_splits, MIN_SPLIT_TOKENS: tl.cons
 
 
 @triton.jit
-def tile_slots(kv_indices_ptr, base, pos, end, page_size, num_slots, PAGED: tl.constexpr):
+def tile_slots(kv_indices_ptr, base, pos, end, page_size, max_id, PAGED: tl.constexpr):
     """``(mask, slot)`` of a tile at logical positions ``pos``: which lie before ``end``, and their
     pool slots (:func:`slot_ids`)."""
     mask = pos < end
-    return mask, slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, PAGED)
+    return mask, slot_ids(kv_indices_ptr, base, pos, mask, page_size, max_id, PAGED)
 
 
 @triton.jit
-def slot_ids(kv_indices_ptr, base, pos, mask, page_size, num_slots, PAGED: tl.constexpr):
+def slot_ids(kv_indices_ptr, base, pos, mask, page_size, max_id, PAGED: tl.constexpr):
     """Pool slots of logical positions ``pos`` of one request.
 
     not PAGED: ``kv_indices[base + pos]`` are token slots (SGLang's req_to_token rows).
     PAGED:     ``kv_indices[base + pos // page_size]`` are page ids; slot = page * P + pos % P.
 
-    An id outside the pool is never read: one unsigned minimum an id clamps it to the pool's last
-    slot (or page; a negative int32 id wraps above any pool). Such ids are reported by
+    An id outside the pool is never read: one unsigned minimum an id clamps it to ``max_id`` (the
+    pool's last slot, or page: :func:`max_id`; a negative int32 id wraps above any pool). Such ids are reported by
     :func:`check_kv_indices_kernel`, once per batch, not here: a store inside the attention loops
     changed how Triton pipelines them (AOT: fewer buffered tiles, spills on sm_120).
     """
     if PAGED:
         idx = tl.load(kv_indices_ptr + base + pos // page_size, mask=mask, other=0)
-        last = (num_slots // page_size - 1).to(tl.uint32)
-        return tl.minimum(idx.to(tl.uint32), last).to(tl.int64) * page_size + (pos % page_size)
+        # page * P + pos % P in 32 bits: a pool's slots fit in 32 bits (the caller's row offsets are 64-bit)
+        return (tl.minimum(idx.to(tl.uint32), max_id) * page_size + (pos % page_size)).to(tl.int64)
     idx = tl.load(kv_indices_ptr + base + pos, mask=mask, other=0)
-    return tl.minimum(idx.to(tl.uint32), (num_slots - 1).to(tl.uint32)).to(tl.int64)
+    return tl.minimum(idx.to(tl.uint32), max_id).to(tl.int64)
 
 
 @triton.jit
@@ -165,6 +165,12 @@ def check_kv_indices_kernel(kv_indptr_ptr, kv_indices_ptr, batch, units, flag_pt
 
 
 CHECK_BLOCK = 1024
+
+
+def max_id(num_slots: int, page_size: int) -> int:
+    """The largest valid entry of ``kv_indices`` for a pool of ``num_slots`` rows: a slot id
+    (page size 1) or a page id; the kernels clamp every id to it."""
+    return (num_slots // page_size if page_size > 1 else num_slots) - 1
 
 
 def check_kv_indices(kv_indptr, kv_indices, units: int, flag) -> None:
