@@ -194,7 +194,7 @@ def moe_table(d):
 
 
 def serving_tables(d, dl, dm):
-    out = [f"### Serving (`sm12x bench-serving`)\n",
+    out = ["### Serving (`sm12x bench-serving`)\n",
            f"Qwen3-8B shape, dummy weights, 1,024 in / 256 out, output tok/s ({_link('serving')}):\n"]
     cons = sorted({r["concurrency"] for r in d["rows"] if r.get("input_len") == 1024})
     out += ["| backend, KV | " + " | ".join(f"conc {c}" for c in cons) + " |", "|---|" + "---|" * len(cons)]

@@ -332,7 +332,7 @@ def plan_decode_batch(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, seq_len
         report nothing themselves); read it with ``kv_tile.check_slot_flag`` (one sync).
     """
     fmts = kv_formats(kv_dtype)
-    _check("q_dtype", q_dtype, planner.ACT_DTYPES)
+    planner._check("q_dtype", q_dtype, planner.ACT_DTYPES)
     if q_heads < 1 or kv_heads < 1 or q_heads % kv_heads:
         _fail("q_heads", f"q_heads={q_heads} must be a positive multiple of kv_heads={kv_heads}")
     batch = seq_lens.shape[0] if isinstance(seq_lens, torch.Tensor) else -1
@@ -485,11 +485,6 @@ def decode_workspace(batch: int, q_heads: int, head_dim: int, max_splits: int, d
 _ACT = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 _CACHE_DTYPES = {KVFormat.PLAIN: (torch.bfloat16, torch.float16), KVFormat.FP8: (torch.uint8, torch.float8_e4m3fn),
                  KVFormat.NVFP4: (torch.uint8,)}
-
-
-def _check(name, value, supported):
-    if value not in supported:
-        _fail(name, f"{value!r} is not supported; supported: {list(supported)}")
 
 
 def _check_decode_layer(q, k_cache, v_cache, *, kv_dtype, k_scale_cache, v_scale_cache, out):

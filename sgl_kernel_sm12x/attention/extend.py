@@ -353,6 +353,8 @@ class ExtendPlan:
     kv_indices: torch.Tensor
     prefix_lens: torch.Tensor
     flag: torch.Tensor                   # set by the batch's index check (num_slots given), else untouched
+    flags: tuple                         # cfg's quantized-tile constexprs (kv_tile.tile_flags), as items
+    flags_window: tuple                  # cfg_window's
 
     def run(self, q, k, v, k_cache, v_cache, *, k_scale_cache=None, v_scale_cache=None, k_scale: float = 1.0,
             v_scale: float = 1.0, sm_scale: float | None = None, logit_cap: float = 0.0, window_left: int = -1,
@@ -375,7 +377,7 @@ class ExtendPlan:
         vs = v_scale_cache.view(torch.uint8) if v_fmt == KVFormat.NVFP4 else vc
         d, hq, hkv = self.head_dim, self.q_heads, self.kv_heads
         sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-        flags = tile_flags(k_fmt, v_fmt, cfg.hw_fp8, on_device=not _INTERPRET)
+        flags = dict(self.flags_window if window_left >= 0 else self.flags)
         ksf, vsf = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
         if cfg.wgmma:
             from .extend_wgmma import launch
@@ -469,8 +471,10 @@ def plan_extend_batch(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indic
     if num_slots is not None:
         flag.zero_()
         check_kv_indices(kv_indptr, kv_indices, num_slots // page_size if page_size > 1 else num_slots, flag)
+    flags = [tuple(tile_flags(modes[0], modes[1], c.hw_fp8, on_device=not _INTERPRET).items())
+             for c in (cfg, cfg_window)]
     return ExtendPlan(cfg, cfg_window, modes[0], modes[1], chunk_as_pool, batch, q_heads, kv_heads, head_dim,
-                      page_size, int(max_extend_len), qo_indptr, kv_indptr, kv_indices, prefix_lens, flag)
+                      page_size, int(max_extend_len), qo_indptr, kv_indptr, kv_indices, prefix_lens, flag, *flags)
 
 
 def wgmma_available() -> bool:
