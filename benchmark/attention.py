@@ -1,7 +1,16 @@
 """Paged attention benchmark: this project's decode / extend kernels against FlashInfer, SGLang's own
 Triton kernels and the device copy ceiling, in one run.
 
-    python benchmark/attention.py [--quick] [--head-dim 128 256]
+    python benchmark/attention.py [--quick] [--head-dim 128 256] [--plan-arch 120]
+
+``--plan-arch 120`` times the code an SM120 card runs: every sm12x call is planned for sm_120 (its
+101,376 B of shared memory, its tiles) and the process runs with ``DISABLE_MMA_V3=1`` so Triton
+emits ``mma.sync`` on Hopper as it does on sm_120 (no warpgroup MMA); FlashInfer's prefill is
+timed with its FA2 kernels (``flashinfer_fa2``, what SGLang's ``flashinfer`` backend runs on
+SM120) beside its default choice on this card (``flashinfer``), and SGLang's Triton extend at its
+own SM12x tiles (``sglang_triton_sm120``: the module's ``CUDA_CAPABILITY`` set to ``(12, 0)``).
+Both facts are recorded in every row (``plan_arch``, ``disable_mma_v3``). Hopper's clocks, shared
+memory and memory system are not an SM120's: the ratios between providers are the result.
 
 Decode GB/s counts the bytes a kernel must read: K and V of every cached token in the pool's
 format (NVFP4: data + block scales), plus q and the output. Extend TFLOP/s counts
@@ -28,6 +37,7 @@ from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
 from sgl_kernel_sm12x.attention.extend import extend_attention  # noqa: E402
 
 DEV = "cuda"
+PLAN_ARCH = None        # --plan-arch: the arch every sm12x call is planned for (None: the device's)
 
 
 def make_pool(kv_dtype, slots, hkv, d):
@@ -55,13 +65,14 @@ def kv_bytes_per_token(kv_dtype, hkv, d):
     return (width[k_fmt] + width[v_fmt]) * hkv
 
 
-def flashinfer_decode(q, pool, indptr, indices, hkv):
+def flashinfer_decode(q, pool, indptr, indices, hkv, backend="auto"):
     """FlashInfer's paged decode (tensor-core kernel, page size 1) planned over a bf16 pool of
-    :func:`make_pool`; returns the call to time."""
+    :func:`make_pool`, with its kernel ``backend`` (``fa2``: what SM120 runs); returns the call to
+    time."""
     import flashinfer
     batch, hq, d = q.shape
     wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
-    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True)
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(wsb, "NHD", use_tensor_cores=True, backend=backend)
     w.plan(indptr, indices, torch.ones(batch, dtype=torch.int32, device=DEV), hq, hkv, d, 1,
            q_data_type=torch.bfloat16, kv_data_type=torch.bfloat16)
     kc = pool["k_cache"].view(-1, 1, hkv, d)
@@ -99,7 +110,7 @@ def decode_rows(shapes, hq, hkv, d, copy):
         for kv, pool in pools.items():
             out = torch.empty_like(q)
             from sgl_kernel_sm12x import planner
-            cfg = planner.plan_decode(planner.current_arch(), head_dim=d, kv_dtype=kv, group=hq // hkv,
+            cfg = planner.plan_decode(PLAN_ARCH or planner.current_arch(), head_dim=d, kv_dtype=kv, group=hq // hkv,
                                       batch=batch, kv_heads=hkv,
                                       num_sms=torch.cuda.get_device_properties(0).multi_processor_count)
             ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
@@ -107,14 +118,15 @@ def decode_rows(shapes, hq, hkv, d, copy):
                 q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
                 k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
                 k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
-                check_slots=False))
+                check_slots=False, arch=PLAN_ARCH))
         bf = pools["bf16"]
-        try:
-            record("flashinfer", "bf16", flashinfer_decode(q, bf, indptr, indices, hkv))
-        except Exception as e:
-            rows.append(dict(phase="decode", provider="flashinfer", kv_dtype="bf16", batch=batch, context=ctx,
-                             error=f"{type(e).__name__}: {e}"[:300]))
-            traceback.print_exc()
+        for provider, backend in (("flashinfer", "auto"), ("flashinfer_fa2", "fa2")):
+            try:
+                record(provider, "bf16", flashinfer_decode(q, bf, indptr, indices, hkv, backend))
+            except Exception as e:
+                rows.append(dict(phase="decode", provider=provider, kv_dtype="bf16", batch=batch, context=ctx,
+                                 error=f"{type(e).__name__}: {e}"[:300]))
+                traceback.print_exc()
         try:
             from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
             splits = 8
@@ -132,13 +144,14 @@ def decode_rows(shapes, hq, hkv, d, copy):
     return rows
 
 
-def flashinfer_prefill(q, qo, batch, prefix, chunk, hkv):
-    """FlashInfer's ragged causal prefill over prefix + chunk keys a request (bf16, contiguous K/V):
-    a callable running it on ``q``."""
+def flashinfer_prefill(q, qo, batch, prefix, chunk, hkv, backend="auto"):
+    """FlashInfer's ragged causal prefill over prefix + chunk keys a request (bf16, contiguous K/V)
+    with its kernel ``backend`` (``fa2``: what SM120 runs; ``auto``: FA3 on Hopper): a callable
+    running it on ``q``."""
     import flashinfer
     hq, d = q.shape[1], q.shape[2]
     wsb = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
-    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(wsb, "NHD")
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(wsb, "NHD", backend=backend)
     L = prefix + chunk
     kk = torch.randn(batch * L, hkv, d, device=DEV, dtype=torch.bfloat16)
     vv = torch.randn_like(kk)
@@ -178,22 +191,32 @@ def extend_rows(shapes, hq, hkv, d):
                 q, k, v, pool["k_cache"], pool["v_cache"], qo, kv_indptr, kv_indices, plens, kv_dtype=kv,
                 max_extend_len=chunk, max_prefix_len=prefix, k_scale_cache=pool.get("k_scale_cache"),
                 v_scale_cache=pool.get("v_scale_cache"), k_scale=pool.get("k_scale", 1.0),
-                v_scale=pool.get("v_scale", 1.0), check_slots=False))
+                v_scale=pool.get("v_scale", 1.0), check_slots=False, arch=PLAN_ARCH))
             if kv == "bf16":
                 bf = pool
+        for provider, backend in (("flashinfer", "auto"), ("flashinfer_fa2", "fa2")):
+            try:
+                record(provider, "bf16", flashinfer_prefill(q, qo, batch, prefix, chunk, hkv, backend))
+            except Exception as e:
+                rows.append(dict(label, provider=provider, kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
+                traceback.print_exc()
+        provider = "sglang_triton" if PLAN_ARCH is None or PLAN_ARCH < 120 else "sglang_triton_sm120"
         try:
-            record("flashinfer", "bf16", flashinfer_prefill(q, qo, batch, prefix, chunk, hkv))
-        except Exception as e:
-            rows.append(dict(label, provider="flashinfer", kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
-            traceback.print_exc()
-        try:
-            from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+            import sglang.kernels.ops.attention.extend_attention as sgl_ext
+            native = sgl_ext.CUDA_CAPABILITY
             o = torch.empty_like(q)
-            record("sglang_triton", "bf16", lambda: extend_attention_fwd(
-                q, k, v, o, bf["k_cache"], bf["v_cache"], qo, kv_indptr, kv_indices, None, True, None, chunk,
-                1.0, 1.0, 1 / math.sqrt(d)))
+
+            def run():
+                # SGLang picks its tiles from the module's CUDA_CAPABILITY on every call
+                sgl_ext.CUDA_CAPABILITY = (12, 0) if provider.endswith("sm120") else native
+                try:
+                    sgl_ext.extend_attention_fwd(q, k, v, o, bf["k_cache"], bf["v_cache"], qo, kv_indptr, kv_indices,
+                                                 None, True, None, chunk, 1.0, 1.0, 1 / math.sqrt(d))
+                finally:
+                    sgl_ext.CUDA_CAPABILITY = native
+            record(provider, "bf16", run)
         except Exception as e:
-            rows.append(dict(label, provider="sglang_triton", kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
+            rows.append(dict(label, provider=provider, kv_dtype="bf16", error=f"{type(e).__name__}: {e}"[:300]))
             traceback.print_exc()
     return rows
 
@@ -203,8 +226,20 @@ def main():
     ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     ap.add_argument("--skip-extend", action="store_true")
+    ap.add_argument("--plan-arch", type=int, default=None,
+                    help="plan every sm12x call for this arch (120: the SM120 path, run under DISABLE_MMA_V3=1)")
     a = ap.parse_args()
+    global PLAN_ARCH
+    if a.plan_arch is not None:
+        from sgl_kernel_sm12x import planner
+        planner.arch_limits(a.plan_arch)                  # a clear error for an unknown arch
+        if a.plan_arch != 90 and os.environ.get("DISABLE_MMA_V3") != "1":
+            # Triton reads it when it compiles: set it for the whole process, before any kernel
+            os.environ["DISABLE_MMA_V3"] = "1"
+            os.execv(sys.executable, [sys.executable] + sys.argv)
+        PLAN_ARCH = a.plan_arch
     env = environment()
+    env.update(plan_arch=PLAN_ARCH, disable_mma_v3=os.environ.get("DISABLE_MMA_V3", ""))
     copy = copy_ceiling_gbps()
     print(f"{env['device']}: copy ceiling {copy:.0f} GB/s")
     rows = [dict(phase="copy", provider="copy", gbps=copy)]
@@ -218,11 +253,15 @@ def main():
             # prefix {0, 4k} x chunk {1k, 8k} (0 + 1k batched: 8 x 0 + 1024) with batched and split
             # forms; 4000: a prefix that ends inside a tile (the masked tail of the prefix loop)
             ext = [(1, 0, 8192), (4, 0, 2048), (1, 4096, 1024), (8, 4096, 1024), (2, 0, 4096), (1, 4096, 8192),
-                   (8, 0, 1024), (1, 4000, 1024)]
+                   (8, 0, 1024), (1, 4000, 1024), (1, 0, 1024), (2, 2000, 3000), (16, 512, 512)]
             if a.quick:
                 ext = [(1, 0, 8192), (1, 4096, 1024)]
             rows += extend_rows(ext, 32, 8, d)
-    write_json("attention", {**env, "benchmark": "attention", "copy_gbps": copy, "rows": rows})
+    for r in rows:
+        r.update(plan_arch=PLAN_ARCH or env["capability"][0] * 10 + env["capability"][1],
+                 disable_mma_v3=env["disable_mma_v3"])
+    name = "attention" if PLAN_ARCH is None else f"attention-sm{PLAN_ARCH}-plan"
+    write_json(name, {**env, "benchmark": "attention", "copy_gbps": copy, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -102,6 +102,10 @@ def phase_greedy(args, res):
     runs, starts = {}, {}
     # longest start-ups first (flashinfer JIT-compiles), so with several --gpus the queue balances
     plan = [("flashinfer", {}), ("triton", {}), ("sm12x", {}), ("sm12x_broken", {"SGLANG_SM12X_FAULT": "drop_prefix"})]
+    if args.before_site:    # another release of this project, installed into its own folder, ahead on the path
+        plan.append(("sm12x_before", {"PYTHONPATH": os.pathsep.join(
+            p for p in (args.before_site, os.environ.get("PYTHONPATH", "")) if p)}))
+    plan = [item for item in plan if item[0] in args.greedy_backends or (item[0] == "sm12x_before")]
 
     def work(item, gpu, slot, live):
         name, env = item
@@ -125,7 +129,7 @@ def phase_greedy(args, res):
          "prompts": args.prompts * len(sets), "prompt_sets": len(sets), "steps": args.steps,
          "shared_prefix_tokens": args.prefix_len, "startup_s": starts}
     if "triton" in runs:
-        for name in ("sm12x", "flashinfer", "sm12x_broken"):
+        for name in ("sm12x", "flashinfer", "sm12x_broken", "sm12x_before"):
             if name in runs:
                 pooled = [r for per_set in runs[name] for r in per_set]
                 g[f"{name}_vs_triton"] = compare(pooled, [r for per_set in runs["triton"] for r in per_set])
@@ -138,6 +142,10 @@ def phase_greedy(args, res):
         res["reference_agreement"] = g["flashinfer_vs_triton"]["identical"]
     if "sm12x_broken_vs_triton" in g:
         res["broken_run_agreement"] = g["sm12x_broken_vs_triton"]["identical"]
+    if "sm12x" in runs and "sm12x_before" in runs:
+        pooled = lambda name: [r for per_set in runs[name] for r in per_set]  # noqa: E731
+        g["sm12x_vs_sm12x_before"] = compare(pooled("sm12x"), pooled("sm12x_before"))
+        res["before_after_agreement"] = g["sm12x_vs_sm12x_before"]["identical"]
 
 
 def bench(server, model, dataset, n, extra, log):
@@ -230,6 +238,11 @@ def main(argv=None):
                     help="greedy phase: comma-separated GPU indices; one server per GPU at a time, start-ups overlap")
     ap.add_argument("--greedy-model", default=str(bundled_model()))
     ap.add_argument("--greedy-layers", type=int, default=None)
+    ap.add_argument("--greedy-backends", nargs="+", default=["flashinfer", "triton", "sm12x", "sm12x_broken"],
+                    choices=["flashinfer", "triton", "sm12x", "sm12x_broken"])
+    ap.add_argument("--before-site", default=None,
+                    help="greedy phase: a folder holding another release of this project (pip install --target), "
+                         "served as sm12x_before and compared token for token with this one")
     ap.add_argument("--prompts", type=int, default=64, help="prompts per set")
     ap.add_argument("--prompt-sets", type=int, default=1, help="sets of --prompts prompts, each with its own prefix")
     ap.add_argument("--steps", type=int, default=64)

@@ -663,20 +663,16 @@ def test_wgmma_takes_only_pools_with_32_bit_offsets():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("block_n,prefetch,off32", [(16, False, True), (32, True, True), (16, True, False),
-                                                    (64, True, True)])
+@pytest.mark.parametrize("block_n,prefetch", [(16, False), (32, True), (16, True), (64, True)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
-def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch, off32, monkeypatch):
+def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
     every head_dim x GQA x page size x q dtype, the three token tiles, with and without the register
-    prefetch, 32- and 64-bit row offsets, lengths that end inside a tile, span
-    several tiles and several splits, against the float reference over the dequantized cache."""
-    from sgl_kernel_sm12x.attention import decode
-    if not off32:
-        monkeypatch.setattr(decode, "_OFF32_LIMIT", 0)
+    prefetch, lengths that end inside a tile, span several tiles and several splits, against the
+    float reference over the dequantized cache."""
     lens = [1, 15, 33, 97, 700, 2049]
     hkv = 2
     pool, indptr, indices, tok, _ = _fill_pool("nvfp4", q_dtype, lens, page, hkv, d, "cuda")
@@ -693,16 +689,12 @@ def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, pr
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("off32", [True, False])
 @pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("d,group", [(64, 4), (128, 1), (128, 8), (128, 16), (256, 4)])
-def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group, page, off32, monkeypatch):
+def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group, page, monkeypatch):
     """One split and no LSE wanted: the one-warp NVFP4 kernel normalises, applies the global V
     scale and stores the output in q's dtype itself (no reduce launch); a request without tokens
     reads zeros; the same call with an LSE (through the reduce) agrees."""
-    from sgl_kernel_sm12x.attention import decode as dec
-    if not off32:
-        monkeypatch.setattr(dec, "_OFF32_LIMIT", 0)
     lens = [0, 1, 33, 700, 2049]
     hkv = 2
     pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, page, hkv, d, "cuda")
@@ -714,6 +706,37 @@ def test_gpu_decode_nvfp4_register_operands_one_split_stores_the_output(d, group
     kw = dict(kv_dtype="nvfp4", page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale,
               v_scale=pool.v_scale, max_splits=1)
     _check_one_split_store(q, pool, indptr, indices, seq, tok, lens, torch.bfloat16, kw, monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d,page", [(64, 16), (128, 1)])
+def test_gpu_decode_nvfp4_rows_past_4gib(d, page):
+    """Rows more than 2^32 bytes from the base of their pool tensors: each row address of the
+    one-warp NVFP4 kernel is one unsigned wide multiply-add, exact for any pool."""
+    hkv, group = 2, 4
+    lens = [33, 700]
+    pool, indptr, indices, tok, _ = _fill_pool("nvfp4", "bf16", lens, page, hkv, d, "cuda")
+    row = 1 << 16
+    shift = (1 << 32) // row // page + 1                     # pages moved past 4 GiB
+    n = pool.k.shape[0]
+    big = shift * page + n
+
+    def spread(t, row_bytes):
+        buf = torch.zeros(big, row_bytes, dtype=torch.uint8, device="cuda")
+        view = buf[:, : t[0].numel() * t.element_size()].view(t.dtype).view(big, *t.shape[1:])
+        view[shift * page:] = t
+        return view
+
+    k, v = spread(pool.k, row), spread(pool.v, row)
+    ks, vs = spread(pool.ks, 64), spread(pool.vs, 64)
+    assert k.stride(0) * (big - 1) > 2 ** 32
+    q = torch.randn(len(lens), hkv * group, d, dtype=torch.bfloat16, device="cuda")
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    out = torch.full_like(q, float("nan"))
+    decode_attention(q, k, v, indptr, indices + shift, seq, kv_dtype="nvfp4", page_size=page, k_scale_cache=ks,
+                     v_scale_cache=vs, k_scale=pool.k_scale, v_scale=pool.v_scale, max_splits=2, out=out)
+    assert_decode_per_request(out, q.cpu(), pool, tok, lens, torch.bfloat16)
+    del k, v
 
 
 @pytest.mark.gpu

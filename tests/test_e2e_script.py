@@ -26,7 +26,9 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
 
     class FakeServer:
         def __init__(self, ckpt, backend, *args, env=None, port=None, **kw):
-            self.name = "sm12x_broken" if (env or {}).get("SGLANG_SM12X_FAULT") else backend
+            env = env or {}
+            self.name = ("sm12x_broken" if env.get("SGLANG_SM12X_FAULT") else
+                         "sm12x_before" if env.get("PYTHONPATH", "").startswith("/before") else backend)
             self.startup_s = 1.0
             with lock:
                 placed[self.name] = ((env or {}).get("CUDA_VISIBLE_DEVICES"), port)
@@ -54,7 +56,8 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
     monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: model)
     model = ROOT / "python" / "sglang_sm12x" / "models" / "qwen3-tiny"
     args = SimpleNamespace(greedy_model=str(model), greedy_layers=None, prompts=8, prompt_sets=3, prefix_len=16,
-                           steps=6, port=30000, logdir=str(tmp_path), gpus=gpus)
+                           steps=6, port=30000, logdir=str(tmp_path), gpus=gpus, before_site=None,
+                           greedy_backends=["flashinfer", "triton", "sm12x", "sm12x_broken"])
     res = {}
     e2e.phase_greedy(args, res)
     g = res["greedy"]
@@ -70,3 +73,10 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
     else:           # each server on one of the GPUs, on its worker's own port
         assert all((g, port) in {("0", 30000), ("1", 30010)} for g, port in placed.values()), placed
     json.dumps(res)
+    # another release beside this one (its own install folder first on the path), fewer backends
+    placed.clear()
+    args.before_site, args.greedy_backends = "/before/site", ["triton", "sm12x"]
+    res = {}
+    e2e.phase_greedy(args, res)
+    assert set(placed) == {"triton", "sm12x", "sm12x_before"}
+    assert res["before_after_agreement"] == 1.0 and res["greedy_agreement"] == 1.0

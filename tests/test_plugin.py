@@ -516,3 +516,30 @@ def test_backend_checks_slot_ids_only_in_debug_mode(env, monkeypatch):
         assert torch.isfinite(out.float()).all()
     be.forward_metadata = B.Sm12xMetadata(True, i32(0, 2), i32(3, 7), seq_lens=i32(2))
     assert torch.isfinite(be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False).float()).all()
+
+
+def test_plan_arch_env_is_checked(monkeypatch):
+    """SGLANG_SM12X_PLAN_ARCH (a testing aid): names the arch every launch is planned for; an
+    unknown arch is refused naming the variable; on an sm_90 device an mma.sync arch needs
+    DISABLE_MMA_V3=1."""
+    import torch
+    from sgl_kernel_sm12x import planner
+    from sglang_sm12x import backend as B
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(B.PLAN_ARCH_ENV, raising=False)
+    assert B.plan_arch(cpu) == planner.INTERPRETER_ARCH
+    monkeypatch.setenv(B.PLAN_ARCH_ENV, "121")
+    assert B.plan_arch(cpu) == 121
+    monkeypatch.setenv(B.PLAN_ARCH_ENV, "77")
+    with pytest.raises(ValueError, match="SGLANG_SM12X_PLAN_ARCH='77'.*supported"):
+        B.plan_arch(cpu)
+    monkeypatch.setattr(planner, "launch_arch", lambda device, arch=None: 90)
+    monkeypatch.setenv(B.PLAN_ARCH_ENV, "120")
+    monkeypatch.delenv("DISABLE_MMA_V3", raising=False)
+    with pytest.raises(ValueError, match="DISABLE_MMA_V3=1"):
+        B.plan_arch(cpu)
+    monkeypatch.setenv("DISABLE_MMA_V3", "1")
+    assert B.plan_arch(cpu) == 120
+    monkeypatch.setenv(B.PLAN_ARCH_ENV, "90")
+    monkeypatch.delenv("DISABLE_MMA_V3")
+    assert B.plan_arch(cpu) == 90

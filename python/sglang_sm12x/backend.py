@@ -46,6 +46,7 @@ NVFP4_SCALES_ENV = "SGLANG_SM12X_NVFP4_SCALES"
 # each) and raise naming kv_indices. SGLang builds the index lists from req_to_token itself, so the
 # serving path does not check; the kernels never read outside the pool either way.
 CHECK_SLOTS_ENV = "SGLANG_SM12X_CHECK_SLOTS"
+PLAN_ARCH_ENV = "SGLANG_SM12X_PLAN_ARCH"
 
 
 @dataclass
@@ -124,6 +125,25 @@ def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None
                          f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
 
 
+def plan_arch(device) -> int:
+    """The arch every launch is planned for: the device's own, or, as a testing aid, the one named
+    by SGLANG_SM12X_PLAN_ARCH (e.g. 120 on a Hopper card to run the SM120 path). An arch whose
+    tensor cores are ``mma.sync`` needs DISABLE_MMA_V3=1 on a Hopper card, or Triton would still
+    emit warpgroup MMA with the other arch's tiles."""
+    want = os.environ.get(PLAN_ARCH_ENV, "").strip()
+    if not want:
+        return planner.launch_arch(device)
+    try:
+        arch = planner.arch_limits(int(want)).cc
+    except ValueError as e:
+        raise ValueError(f"{PLAN_ARCH_ENV}={want!r}: {e}") from None
+    native = planner.launch_arch(device)
+    if native == 90 and arch != 90 and os.environ.get("DISABLE_MMA_V3") != "1":
+        raise ValueError(f"{PLAN_ARCH_ENV}={arch} on an sm_90 device needs DISABLE_MMA_V3=1 in the server's "
+                         f"environment (Triton emits warpgroup MMA otherwise, which an sm_{arch} card lacks)")
+    return arch
+
+
 class Sm12xAttnBackend(AttentionBackend):
     """Attention for MHA/GQA models on SM120/121 (and SM80-SM100) with bf16/fp16, FP8 or NVFP4 KV."""
 
@@ -150,7 +170,7 @@ class Sm12xAttnBackend(AttentionBackend):
         cfg = model_runner.model_config
         self.max_context_len = int(cfg.context_len)
         self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
-        self.arch = planner.launch_arch(self.device)
+        self.arch = plan_arch(self.device)
         check_shapes(model_runner, self.arch, self.kv_dtype, self.page_size)
         self.num_sms = planner.device_sms(self.device) if self.device.type == "cuda" else None
         self._cg = None

@@ -444,28 +444,24 @@ def fp4_mma_available() -> bool:
 
 
 _FP4_MMA = None
-_OFF32_LIMIT = 2 ** 31
 
 
 def _launch_fp4_mma(cfg, q, kc, vc, ks, vs, kv_indptr, kv_indices, seq_lens, part_o, part_lse, qk_scale,
                     logit_cap, window_left, group, page_size, out, direct, v_scale):
     """The NVFP4 split stage of :mod:`.decode_nvfp4` (one warp a program); ``direct`` (one split,
     no LSE): it stores the output itself."""
-    from .decode_nvfp4 import decode_split_nvfp4_kernel, launch_block_n, word_layouts
+    from .decode_nvfp4 import decode_split_nvfp4_kernel, word_layouts
     batch, _, d = q.shape
-    # 32-bit row offsets when every row of the four pool tensors lies within 2^31 bytes of its base
-    off32 = offsets_fit(kc, vc, ks, vs, limit=_OFF32_LIMIT)
-    block_n = launch_block_n(cfg.block_n, d, page_size, off32)
-    kwl, vwl, ksl, vsl = word_layouts(d, block_n)
+    kwl, vwl, ksl, vsl = word_layouts(d, cfg.block_n)
     decode_split_nvfp4_kernel[split_grid(cfg, batch, kc.shape[1])](
         q, q.stride(0), q.stride(1),
         kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
         ks, vs, ks.stride(0), ks.stride(1), vs.stride(0), vs.stride(1),
         kv_indptr, kv_indices, seq_lens, part_o, part_lse,
         qk_scale, float(logit_cap), int(window_left), group, cfg.max_splits, _max_id(kc.shape[0], page_size),
-        HEAD_DIM=d, BLOCK_N=block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
+        HEAD_DIM=d, BLOCK_N=cfg.block_n, NH=8 if group <= 8 else 16, PAGE=page_size,
         MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0,
-        KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct,
+        KWL=kwl, VWL=vwl, KSL=ksl, VSL=vsl, PREFETCH=cfg.prefetch, DIRECT=direct,
         o_ptr=out, stride_o_b=out.stride(0), stride_o_h=out.stride(1), v_scale=float(v_scale),
         num_warps=1)
 

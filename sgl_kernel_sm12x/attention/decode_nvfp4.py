@@ -28,8 +28,6 @@ Needs Gluon (Triton >= 3.6) and a device with the fp8 conversion (sm_89+) for th
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from triton.experimental import gluon
 import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
@@ -123,23 +121,35 @@ def perm_v(m, RV: gl.constexpr):
 
 
 @gluon.jit
-def _row_offsets(kv_indices_ptr, base, max_id, pos, stride_s, stride_ss, PAGE: gl.constexpr,
-                 OFF32: gl.constexpr):
-    """Byte offsets of the data and scale rows of logical positions ``pos`` (all inside the
-    request: the caller clamps). OFF32: the pool fits in 2^31 bytes, offsets in 32-bit arithmetic.
-    An id outside the pool (slot, or page with PAGE > 1) is clamped to ``max_id`` by one unsigned
-    minimum (a negative int32 id wraps above any pool): no row outside the pool is read (reported
-    per batch by kv_tile.check_kv_indices)."""
+def _mad_wide(a, b, c):
+    """``a * b + c``: the full 64-bit product of two unsigned 32-bit values plus a 64-bit value, one
+    ``mad.wide.u32`` (one IMAD.WIDE.U32; the compiler's own lowering of an unsigned offset added to
+    a pointer takes three instructions)."""
+    return gl.inline_asm_elementwise("mad.wide.u32 $0, $1, $2, $3;", "=l,r,r,l", [a, b, c], dtype=gl.int64,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _rows(kv_indices_ptr, base, max_id, n0, hi_tok, rel, data_ptr, stride_s, scale_ptr, stride_ss,
+          PAGE: gl.constexpr):
+    """Pointers to the data (int32 words) and scale rows of the tokens ``n0 + rel`` of a request
+    (``rel`` a tile's token offsets; those at or past ``hi_tok`` read its last token again: their
+    scores are masked). An id outside the pool (slot, or page with PAGE > 1) is clamped to
+    ``max_id`` by one unsigned minimum (a negative int32 id wraps above any pool): no row outside
+    the pool is read (reported per batch by kv_tile.check_kv_indices). Every address is one
+    unsigned wide multiply-add on a uniform base: exact for any pool, whatever its size."""
+    rel = gl.minimum(rel, hi_tok - 1 - n0).to(gl.uint32)
     if PAGE > 1:
-        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32), max_id)
-        idx = idx * PAGE + (pos % PAGE).to(gl.uint32)
+        pos = n0.to(gl.uint32) + rel
+        ids = _mad_wide(pos // PAGE, 4, (kv_indices_ptr + base).to(gl.int64))
+        idx = gl.minimum(gl.load(ids.to(gl.pointer_type(gl.int32))).to(gl.uint32), max_id)
+        idx = idx * PAGE + pos % PAGE
     else:
-        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos).to(gl.uint32), max_id)
-    if OFF32:
-        slot = idx
-    else:
-        slot = idx.to(gl.int64)
-    return slot * stride_s, slot * stride_ss
+        ids = _mad_wide(rel, 4, (kv_indices_ptr + base + n0).to(gl.int64))
+        idx = gl.minimum(gl.load(ids.to(gl.pointer_type(gl.int32))).to(gl.uint32), max_id)
+    drow = (data_ptr + idx.to(gl.uint64) * stride_s.to(gl.uint32).to(gl.uint64)).to(gl.pointer_type(gl.int32))
+    srow = scale_ptr + idx.to(gl.uint64) * stride_ss.to(gl.uint32).to(gl.uint64)
+    return drow, srow
 
 
 @gluon.jit
@@ -156,7 +166,7 @@ def _per_word(sb, NW: gl.constexpr, N: gl.constexpr):
 
 @gluon.jit
 def _load_k(kc, ksc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_ss, HEAD_DIM: gl.constexpr,
-            BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr, KWL: gl.constexpr,
+            BLOCK_N: gl.constexpr, PAGE: gl.constexpr, KWL: gl.constexpr,
             KSL: gl.constexpr):
     """K tile as stored: words ``(NW, BLOCK_N)`` in layout KWL and fp16 block scales ``(NB,
     BLOCK_N)`` in layout KSL (each thread's words lie in its blocks). Positions past ``hi_tok``
@@ -165,20 +175,18 @@ def _load_k(kc, ksc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_
     NB: gl.constexpr = HEAD_DIM // 16
     t = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KWL))
     w = gl.arange(0, NW, layout=gl.SliceLayout(1, KWL))
-    off, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + t, hi_tok - 1), stride_s,
-                             stride_ss, PAGE, OFF32)
-    words = gl.load((kc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
+    drow, _s = _rows(kv_indices_ptr, base, max_id, n0, hi_tok, t, kc, stride_s, ksc, stride_ss, PAGE)
+    words = gl.load(gl.expand_dims(drow, 0) + gl.expand_dims(w, 1))
     ts = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, KSL))
     blk = gl.arange(0, NB, layout=gl.SliceLayout(1, KSL))
-    _o, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + ts, hi_tok - 1), stride_s,
-                            stride_ss, PAGE, OFF32)
-    sc = gl.load(ksc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
+    _d, srow = _rows(kv_indices_ptr, base, max_id, n0, hi_tok, ts, kc, stride_s, ksc, stride_ss, PAGE)
+    sc = gl.load(gl.expand_dims(srow, 0) + gl.expand_dims(blk, 1))
     return words, sc
 
 
 @gluon.jit
 def _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_ss, PARITY: gl.constexpr,
-            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr, OFF32: gl.constexpr,
+            HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
             VWL: gl.constexpr, VSL: gl.constexpr):
     """Words ``(NW, BLOCK_N // 2)`` of the even (PARITY 0) or odd tokens of a V tile in layout VWL,
     and their block scales: ``(NB, BLOCK_N // 2)`` in layout VSL, or per word in VWL at head_dim 64
@@ -187,32 +195,31 @@ def _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_s, stride_
     NB: gl.constexpr = HEAD_DIM // 16
     u = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VWL))
     w = gl.arange(0, NW, layout=gl.SliceLayout(1, VWL))
-    off, soff = _row_offsets(kv_indices_ptr, base, max_id, gl.minimum(n0 + 2 * u + PARITY, hi_tok - 1),
-                             stride_s, stride_ss, PAGE, OFF32)
-    words = gl.load((vc + gl.expand_dims(off, 0)).to(gl.pointer_type(gl.int32)) + gl.expand_dims(w, 1))
+    drow, srow = _rows(kv_indices_ptr, base, max_id, n0, hi_tok, 2 * u + PARITY, vc, stride_s, vsc, stride_ss, PAGE)
+    words = gl.load(gl.expand_dims(drow, 0) + gl.expand_dims(w, 1))
     if HEAD_DIM == 64:
-        sc = gl.load(vsc + gl.expand_dims(soff, 0) + gl.expand_dims(w // 2, 1))
+        sc = gl.load(gl.expand_dims(srow, 0) + gl.expand_dims(w // 2, 1))
     else:
         us = gl.arange(0, BLOCK_N // 2, layout=gl.SliceLayout(0, VSL))
         blk = gl.arange(0, NB, layout=gl.SliceLayout(1, VSL))
-        _o, soff = _row_offsets(kv_indices_ptr, base, max_id,
-                                gl.minimum(n0 + 2 * us + PARITY, hi_tok - 1), stride_s, stride_ss, PAGE, OFF32)
-        sc = gl.load(vsc + gl.expand_dims(soff, 0) + gl.expand_dims(blk, 1))
+        _d, srow = _rows(kv_indices_ptr, base, max_id, n0, hi_tok, 2 * us + PARITY, vc, stride_s, vsc, stride_ss,
+                         PAGE)
+        sc = gl.load(gl.expand_dims(srow, 0) + gl.expand_dims(blk, 1))
     return words, sc
 
 
 @gluon.jit
 def _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_kc_s, stride_ks_s, stride_vc_s,
                stride_vs_s, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
-               OFF32: gl.constexpr, KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr):
+               KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr):
     """The raw tile at ``n0``: K words and scales, then V words and scales of its even and odd
     tokens (:func:`_load_k`, :func:`_load_v`)."""
     kw, ks = _load_k(kc, ksc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_kc_s, stride_ks_s, HEAD_DIM, BLOCK_N, PAGE,
-                     OFF32, KWL, KSL)
+                     KWL, KSL)
     we, se = _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_vc_s, stride_vs_s, 0, HEAD_DIM, BLOCK_N,
-                     PAGE, OFF32, VWL, VSL)
+                     PAGE, VWL, VSL)
     wo, so = _load_v(vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok, stride_vc_s, stride_vs_s, 1, HEAD_DIM, BLOCK_N,
-                     PAGE, OFF32, VWL, VSL)
+                     PAGE, VWL, VSL)
     return kw, ks, we, se, wo, so
 
 
@@ -264,7 +271,7 @@ def decode_split_nvfp4_kernel(
     max_id,                                 # the pool's last slot / page: ids are clamped to it
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, NH: gl.constexpr, PAGE: gl.constexpr,
     MIN_SPLIT_TOKENS: gl.constexpr, HAS_CAP: gl.constexpr, HAS_WINDOW: gl.constexpr,
-    KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr, OFF32: gl.constexpr,
+    KWL: gl.constexpr, VWL: gl.constexpr, KSL: gl.constexpr, VSL: gl.constexpr,
     PREFETCH: gl.constexpr, DIRECT: gl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0, v_scale=1.0,
 ):
     KB: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
@@ -316,7 +323,7 @@ def decode_split_nvfp4_kernel(
 
     if PREFETCH:    # the raw words and scales of tile i + 1 are in flight while tile i is computed
         kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, lo_tok, hi_tok, stride_kc_s,
-                                            stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE, OFF32,
+                                            stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE,
                                             KWL, VWL, KSL, VSL)
     for n0 in range(lo_tok, hi_tok, BLOCK_N):
         if PREFETCH:
@@ -324,11 +331,11 @@ def decode_split_nvfp4_kernel(
             kw, ks, we, se, wo, so = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id,
                                                 gl.minimum(n0 + BLOCK_N, hi_tok - 1), hi_tok, stride_kc_s,
                                                 stride_ks_s, stride_vc_s, stride_vs_s, HEAD_DIM, BLOCK_N, PAGE,
-                                                OFF32, KWL, VWL, KSL, VSL)
+                                                KWL, VWL, KSL, VSL)
         else:
             kw_c, ks_c, we_c, se_c, wo_c, so_c = _load_tile(kc, ksc, vc, vsc, kv_indices_ptr, base, max_id, n0, hi_tok,
                                                             stride_kc_s, stride_ks_s, stride_vc_s, stride_vs_s,
-                                                            HEAD_DIM, BLOCK_N, PAGE, OFF32, KWL, VWL, KSL, VSL)
+                                                            HEAD_DIM, BLOCK_N, PAGE, KWL, VWL, KSL, VSL)
         kt = _kt_operand(kw_c, ks_c, HEAD_DIM, BLOCK_N, KB, KWL)
         s = mma_v2(qv, kt, gl.zeros([16, BLOCK_N], gl.float32, MMA))
         if NH == 8:   # rows 8..15 of S are padding: keep rows 0..7 (row bit 3 is a register bit)
@@ -399,13 +406,6 @@ def word_layouts(head_dim: int, block_n: int):
     return kwl, vwl, ksl, vsl
 
 
-def launch_block_n(block_n: int, head_dim: int, page_size: int, off32: bool) -> int:
-    """The token tile a launch uses: the planner's, except 32 at head_dim 64 with page ids and
-    64-bit row offsets (pools over 2^31 bytes a tensor), where the 64-token tile spills 10 B
-    (ptxas log of the sm_120 cubin)."""
-    return 32 if head_dim == 64 and page_size > 1 and not off32 and block_n > 32 else block_n
-
-
 def aot_cases(arch: int):
     """Every configuration of this kernel the decode planner can choose on ``arch`` (both token
     tiles: the planner picks by batch), for ``sm12x budget``."""
@@ -423,17 +423,15 @@ def aot_cases(arch: int):
             if key in seen:
                 continue
             seen.add(key)
-            for off32 in (True, False):
-                c = replace(cfg, block_n=launch_block_n(cfg.block_n, inp["head_dim"], inp["page_size"], off32))
-                kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], c.block_n)
-                for direct in (False, True):
-                    yield from _aot_case(inp, c, nh, kwl, vwl, ksl, vsl, off32, direct)
+            kwl, vwl, ksl, vsl = word_layouts(inp["head_dim"], cfg.block_n)
+            for direct in (False, True):
+                yield from _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, direct)
 
 
-def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
+def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, direct=False):
     cx = dict(HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, NH=nh, PAGE=inp["page_size"],
               MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False, HAS_WINDOW=False, KWL=kwl, VWL=vwl,
-              KSL=ksl, VSL=vsl, OFF32=off32, PREFETCH=cfg.prefetch, DIRECT=direct)
+              KSL=ksl, VSL=vsl, PREFETCH=cfg.prefetch, DIRECT=direct)
     sig = {"q_ptr": f"*{inp['q_dtype']}", "k_cache_ptr": "*u8", "v_cache_ptr": "*u8", "k_scale_ptr": "*u8",
            "v_scale_ptr": "*u8", "kv_indptr_ptr": "*i32", "kv_indices_ptr": "*i32", "seq_lens_ptr": "*i32",
            "part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "qk_scale": "fp32", "logit_cap": "fp32",
@@ -444,6 +442,6 @@ def _aot_case(inp, cfg, nh, kwl, vwl, ksl, vsl, off32, direct=False):
         sig[n] = "i32"
     sig.update(o_ptr=f"*{inp['q_dtype']}", stride_o_b="i32", stride_o_h="i32", v_scale="fp32")   # always passed
     label = dict(head_dim=inp["head_dim"], kv_dtype="nvfp4", q_dtype=inp["q_dtype"], page_size=inp["page_size"],
-                 heads_n=nh, block_n=cfg.block_n, num_warps=1, offsets_32bit=off32, prefetch=cfg.prefetch,
+                 heads_n=nh, block_n=cfg.block_n, num_warps=1, prefetch=cfg.prefetch,
                  direct=direct)
     yield label, sig, cx, {"num_warps": 1, "num_stages": 1}

@@ -114,7 +114,7 @@ def main(argv=None) -> int:
 
 # one configuration of each main kernel family (the budget's own cases, so the same compile path)
 _SAMPLE = (("kv_append", dict(head_dim=128, kv_dtype="nvfp4")),
-           ("decode_nvfp4", dict(head_dim=128, page_size=1, direct=False, offsets_32bit=True)),
+           ("decode_nvfp4", dict(head_dim=128, page_size=1, direct=False)),
            ("decode", dict(head_dim=128, kv_dtype="bf16", paged=False, direct=False)),
            ("extend", dict(head_dim=128, kv_dtype="nvfp4", paged=False)))
 
