@@ -121,32 +121,22 @@ def perm_v(m, RV: gl.constexpr):
 
 
 @gluon.jit
-def _mad_wide(a, b, c):
-    """``a * b + c``: the full 64-bit product of two unsigned 32-bit values plus a 64-bit value, one
-    ``mad.wide.u32`` (one IMAD.WIDE.U32; the compiler's own lowering of an unsigned offset added to
-    a pointer takes three instructions)."""
-    return gl.inline_asm_elementwise("mad.wide.u32 $0, $1, $2, $3;", "=l,r,r,l", [a, b, c], dtype=gl.int64,
-                                     is_pure=True, pack=1)
-
-
-@gluon.jit
 def _rows(kv_indices_ptr, base, max_id, n0, hi_tok, rel, data_ptr, stride_s, scale_ptr, stride_ss,
           PAGE: gl.constexpr):
     """Pointers to the data (int32 words) and scale rows of the tokens ``n0 + rel`` of a request
     (``rel`` a tile's token offsets; those at or past ``hi_tok`` read its last token again: their
     scores are masked). An id outside the pool (slot, or page with PAGE > 1) is clamped to
     ``max_id`` by one unsigned minimum (a negative int32 id wraps above any pool): no row outside
-    the pool is read (reported per batch by kv_tile.check_kv_indices). Every address is one
-    unsigned wide multiply-add on a uniform base: exact for any pool, whatever its size."""
+    the pool is read (reported per batch by kv_tile.check_kv_indices). The offsets are unsigned:
+    an id's address is taken from the tile's first id with no 64-bit sign extension, and a row's
+    address is one 32 x 32 -> 64-bit multiply-add (IMAD.WIDE.U32), exact for any pool size."""
     rel = gl.minimum(rel, hi_tok - 1 - n0).to(gl.uint32)
     if PAGE > 1:
         pos = n0.to(gl.uint32) + rel
-        ids = _mad_wide(pos // PAGE, 4, (kv_indices_ptr + base).to(gl.int64))
-        idx = gl.minimum(gl.load(ids.to(gl.pointer_type(gl.int32))).to(gl.uint32), max_id)
+        idx = gl.minimum(gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32), max_id)
         idx = idx * PAGE + pos % PAGE
     else:
-        ids = _mad_wide(rel, 4, (kv_indices_ptr + base + n0).to(gl.int64))
-        idx = gl.minimum(gl.load(ids.to(gl.pointer_type(gl.int32))).to(gl.uint32), max_id)
+        idx = gl.minimum(gl.load(kv_indices_ptr + (base + n0) + rel).to(gl.uint32), max_id)
     drow = (data_ptr + idx.to(gl.uint64) * stride_s.to(gl.uint32).to(gl.uint64)).to(gl.pointer_type(gl.int32))
     srow = scale_ptr + idx.to(gl.uint64) * stride_ss.to(gl.uint32).to(gl.uint64)
     return drow, srow
