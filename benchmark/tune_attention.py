@@ -75,6 +75,9 @@ def main():
     ap.add_argument("--wgmma", type=int, nargs="+", default=None,
                     help="extend, nvfp4 on sm_90: the Gluon kernel overlapping the tile decode with the MMAs (1) "
                     "or the Triton kernel (0)")
+    ap.add_argument("--mma2", type=int, nargs="+", default=None,
+                    help="extend, 16-bit pools at head_dim 64 / 128: the Gluon mma.sync kernel of extend_mma (1) or the "
+                    "Triton kernel (0); its tiles give each warp 16 whole rows (block_m = 16 x warps)")
     ap.add_argument("--dec-regs", type=int, nargs="+", default=None,
                     help="extend, nvfp4 on the sm_90 wgmma kernel: the decoder warpgroup's registers a thread "
                     "(default: the kernel's); passed to the launch as this script's own override")
@@ -91,6 +94,8 @@ def main():
     ap.add_argument("--flashinfer", action="store_true",
                     help="time FlashInfer's bf16 kernel on each shape in the same run (decode: paged decode; "
                     "extend: ragged causal prefill)")
+    ap.add_argument("--flashinfer-backend", default="auto",
+                    help="FlashInfer's kernel backend for --flashinfer (fa2: what an SM120 card runs)")
     ap.add_argument("--tolerance", type=float, default=3e-2,
                     help="largest |output - planned configuration's output| accepted")
     a = ap.parse_args()
@@ -124,7 +129,7 @@ def main():
                 knobs = {"prefix_stages": [int(x) for x in a.prefix_stages or [plan.prefix_stages]]}
                 for field, given in (("heavy_first", a.heavy_first), ("quant_prefix_unmasked", a.quant_prefix_unmasked),
                                      ("diag_in_loop", a.diag_in_loop), ("prefix_loop", a.prefix_loop),
-                                     ("wgmma", a.wgmma)):
+                                     ("wgmma", a.wgmma), ("mma2", a.mma2)):
                     knobs[field] = [bool(x) for x in given] if given else [getattr(plan, field)]
                 knobs["prefix_loop"] = [x or prefix > 0 for x in knobs["prefix_loop"]]
                 cands = dict.fromkeys([plan] + [
@@ -133,9 +138,10 @@ def main():
                     for (bm, bn, nw, ns), pk, *vals in itertools.product(tiles, a.pack, *knobs.values())
                     if (hq // hkv) % pk == 0 and bm // pk >= 8
                     and (not dict(zip(knobs, vals))["wgmma"]
-                         or kv in ("nvfp4", "bf16", "fp16") and prefix > 0 and bm == 128 and nw in (4, 8))])
+                         or kv in ("nvfp4", "bf16", "fp16") and prefix > 0 and bm == 128 and nw in (4, 8))
+                    and (not dict(zip(knobs, vals))["mma2"] or kv in ("bf16", "fp16") and bm == 16 * nw)])
                 if a.flashinfer:
-                    fi_ms = bench_ms(flashinfer_prefill(q, qo, batch, prefix, chunk, hkv), warmup=5, rep=30)[1]
+                    fi_ms = bench_ms(flashinfer_prefill(q, qo, batch, prefix, chunk, hkv, a.flashinfer_backend), warmup=5, rep=30)[1]
                     rows.append(dict(phase="extend", provider="flashinfer", kv_dtype="bf16", batch=batch,
                                      prefix=prefix, chunk=chunk, ms=fi_ms, tflops=flops / fi_ms / 1e9))
                     print(f"extend flashinfer {batch}x{prefix}+{chunk:<5} {fi_ms:7.3f} ms "
@@ -175,7 +181,7 @@ def main():
                     print(f"extend {kv:<9} {batch}x{prefix}+{chunk:<5} bm={bm} bn={bn} w={nw} st={ns} pack={cfg.pack} "
                           f"ps={cfg.prefix_stages} hf={int(cfg.heavy_first)} "
                           f"qu={int(cfg.quant_prefix_unmasked)} dl={int(cfg.diag_in_loop)} pl={int(cfg.prefix_loop)} "
-                          f"wg={int(cfg.wgmma)}{' dec_regs=%d' % dec_regs if dec_regs else ''} "
+                          f"wg={int(cfg.wgmma)} m2={int(cfg.mma2)}{' dec_regs=%d' % dec_regs if dec_regs else ''} "
                           f"{ms:7.3f} ms {flops / ms / 1e9:6.1f} TFLOP/s{'  <- plan' if cfg == plan else ''}"
                           f"{'  MISMATCH %.3g' % diff if diff > a.tolerance else ''}")
         write_json("tune-extend", {**env, "benchmark": "tune_extend", "plan_arch": arch,
@@ -212,7 +218,7 @@ def main():
                                            for bn, mst, msp, pf in itertools.product(a.block_n, splits, max_splits,
                                                                                      a.prefetch)))
             if a.flashinfer and kv == "bf16":
-                fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv), graph=True)[1]
+                fi_ms = bench_ms(flashinfer_decode(q, pool, indptr, indices, hkv, a.flashinfer_backend), graph=True)[1]
                 rows.append(dict(phase="decode", provider="flashinfer", kv_dtype=kv, batch=batch, context=ctx,
                                  ms=fi_ms, gbps=nbytes / fi_ms / 1e6))
                 print(f"decode flashinfer b={batch:<4} ctx={ctx:<6} {fi_ms * 1e3:8.1f} us "

@@ -28,6 +28,7 @@ KERNELS = {
     "extend": ("sgl_kernel_sm12x.attention.extend", "extend_kernel"),
     "extend_wgmma": ("sgl_kernel_sm12x.attention.extend_wgmma", "extend_wgmma_kernel"),
     "extend_wgmma_ws": ("sgl_kernel_sm12x.attention.extend_wgmma", "extend_wgmma_ws_kernel"),
+    "extend_mma": ("sgl_kernel_sm12x.attention.extend_mma", "extend_mma_kernel"),
     "moe": ("sgl_kernel_sm12x.moe.fused_moe", "moe_gemm_kernel"),
     "moe_silu_mul": ("sgl_kernel_sm12x.moe.fused_moe", "silu_mul_kernel"),
     "moe_align": ("sgl_kernel_sm12x.moe.fused_moe", "moe_align_kernel"),

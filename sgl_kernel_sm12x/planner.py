@@ -383,6 +383,8 @@ class ExtendConfig:
     prefix_loop: bool = True    # False: compiled without the prefix phase (the host knows nothing is cached)
     wgmma: bool = False     # sm_90 with a prefix: the Gluon warpgroup-MMA kernels of extend_wgmma (16-bit pools:
     #                         prefix tiles copied, num_stages copy buffers; NVFP4: a decoder warpgroup)
+    mma2: bool = False      # 16-bit pools on the mma.sync arches: the Gluon kernel of extend_mma (FlashAttention-2's
+    #                         order: whole rows a warp, Q in registers, cp.async stages, num_stages buffers)
 
     def as_dict(self):
         return asdict(self)

@@ -563,6 +563,67 @@ def _sm90():
     return HAS_CUDA and torch.cuda.get_device_capability() == (9, 0)
 
 
+def _sm80_plus():
+    return HAS_CUDA and torch.cuda.get_device_capability() >= (8, 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm80_plus(), reason="mma.sync Gluon kernel: sm_80 or newer")
+@pytest.mark.parametrize("tile", [(128, 32, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
+                         ids=lambda t: "x".join(map(str, t)))
+@pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("page", [1, 16, 64])
+@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("d", [64, 128])
+def test_gpu_extend_mma2_16bit_pool(d, group, page, q_dtype, tile):
+    """The mma.sync Gluon extend kernel (whole rows a warp, Q in registers, cp.async stages) on a
+    16-bit pool: both head_dims, every GQA ratio with 1, 2 or 4 heads packed, page sizes,
+    prefixes and chunks that are not multiples of the tiles, a request without a prefix beside ones
+    with one, a one-token chunk; then with a soft cap; then nothing cached (no prefix phase)."""
+    bm, bn, nw, ns = tile
+    if d == 128 and bn == 64:
+        pytest.skip("128 x 64 at head_dim 128 needs more than 255 registers a thread")
+    pack = planner._gqa_pack(group, bm)
+    cfg = planner.ExtendConfig(bm, bn, nw, ns, False, pack=pack, mma2=True)
+    hkv = 2 if group <= 8 else 1
+    _run_extend(q_dtype, q_dtype, d, hkv, group, page, [37, 0, 300, 129], [23, 130, 1, 200], "cuda", config=cfg,
+                max_prefix_len=300)
+    _run_extend(q_dtype, q_dtype, d, hkv, group, page, [1000, 513], [300, 77], "cuda", config=cfg,
+                max_prefix_len=1000, logit_cap=30.0)
+    if page == 1:
+        fresh = dataclasses.replace(cfg, prefix_loop=False)
+        _run_extend(q_dtype, q_dtype, d, hkv, group, page, [0, 0, 0], [1, 700, 129], "cuda", config=fresh,
+                    max_prefix_len=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm80_plus(), reason="mma.sync Gluon kernel: sm_80 or newer")
+def test_gpu_extend_mma2_nan_stays_in_its_request_and_bad_ids_are_clamped():
+    """A NaN in one request's cached K stays in that request; an out-of-pool slot id is read as
+    the pool's last slot (clamped), never outside the pool."""
+    d, hkv, group = 128, 2, 4
+    lens = [300, 200]
+    pool, indptr, indices, tok, _ = _fill_pool("bf16", "bf16", lens, 1, hkv, d, "cuda")
+    pool.k[int(tok[0][5])] = float("nan")
+    T = 64
+    q = torch.randn(2 * T, hkv * group, d, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(2 * T, hkv, d, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn_like(k)
+    qo = torch.tensor([0, T, 2 * T], dtype=torch.int32, device="cuda")
+    cfg = planner.ExtendConfig(128, 32, 8, 3, False, pack=4, mma2=True)
+    out = torch.full_like(q, float("nan"))
+    extend_attention(q, k, v, pool.k, pool.v, qo, indptr, indices, torch.tensor(lens, dtype=torch.int32,
+                     device="cuda"), kv_dtype="bf16", max_extend_len=T, out=out, config=cfg, max_prefix_len=300)
+    assert torch.isnan(out[:T]).all() and torch.isfinite(out[T:]).all()
+    bad = _poison_one_request(indptr, indices, 1, pool.k.shape[0])
+    _finite_last_page(pool, 1, hkv, d, "cuda")
+    out2 = torch.full_like(q, float("nan"))
+    extend_attention(q, k, v, pool.k, pool.v, qo, indptr, bad, torch.tensor(lens, dtype=torch.int32,
+                     device="cuda"), kv_dtype="bf16", max_extend_len=T, out=out2, config=cfg, max_prefix_len=300,
+                     check_slots=False)
+    assert torch.isfinite(out2[T:]).all()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
@@ -901,3 +962,19 @@ def test_extend_out_of_pool_slots_are_masked_and_named(kv_dtype, page, device):
     kk, vv = torch.cat([kp, k[a:].float().cpu()]), torch.cat([vp, v[a:].float().cpu()])
     ref = attention_ref(q[a:].float().cpu(), kk, vv)
     assert_attn(out[a:].cpu(), ref, "request 1", atol=tolerance(ref, lowp_ref(q[a:].float().cpu(), kk, vv, dt)))
+
+
+def test_extend_mma2_config_is_refused_where_it_cannot_run():
+    """The mma.sync Gluon kernel runs 16-bit pools at head_dim 64 / 128 on a device: a config asking
+    for it elsewhere (the interpreter, a quantized pool, head_dim 256, 8 warps on 64 rows) is
+    refused naming ``config``."""
+    from sgl_kernel_sm12x.attention.extend import plan_extend_batch
+    z = torch.zeros(2, dtype=torch.int32)
+    one = torch.zeros(1, dtype=torch.int32)
+    kw = dict(q_heads=8, kv_heads=2, max_extend_len=16, max_prefix_len=16)
+    for d, kv, cfg in ((128, "bf16", planner.ExtendConfig(128, 32, 8, 3, mma2=True)),
+                       (128, "nvfp4", planner.ExtendConfig(128, 32, 8, 3, mma2=True)),
+                       (256, "bf16", planner.ExtendConfig(128, 32, 8, 3, mma2=True)),
+                       (128, "bf16", planner.ExtendConfig(64, 32, 8, 3, mma2=True))):
+        with pytest.raises(ValueError, match="config.*mma2"):
+            plan_extend_batch(z, z, one, one[:1], head_dim=d, kv_dtype=kv, config=cfg, **kw)

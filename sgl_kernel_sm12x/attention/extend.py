@@ -379,6 +379,12 @@ class ExtendPlan:
         sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
         flags = dict(self.flags_window if window_left >= 0 else self.flags)
         ksf, vsf = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
+        if cfg.mma2:
+            from .extend_mma import launch
+            launch(q, k, v, out, kc, vc, self.qo_indptr, self.kv_indptr, self.kv_indices, self.prefix_lens,
+                   qk_scale_prefix=sm * LOG2E, qk_scale_ext=sm * LOG2E, logit_cap=logit_cap, group=hq // hkv,
+                   page_size=self.page_size, max_extend_len=self.max_extend_len, cfg=cfg, prefix=cfg.prefix_loop)
+            return out
         if cfg.wgmma:
             from .extend_wgmma import launch
             launch(q, k, v, out, kc, vc, ks, vs, self.qo_indptr, self.kv_indptr, self.kv_indices, self.prefix_lens,
@@ -467,6 +473,15 @@ def plan_extend_batch(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indic
         if not offsets_32bit:
             _fail("config", "wgmma takes pools whose K / V (and scale) tensors each span under 2^31 bytes; "
                   "larger pools run the Triton kernel (plan_extend(..., gluon=False))")
+    for c, win in ((cfg, False), (cfg_window, window)):
+        if not c.mma2:
+            continue
+        if c.wgmma or modes != _PLAIN2 or win or head_dim not in (64, 128) or not mma2_available():
+            _fail("config", "mma2 runs 16-bit pools (bf16 / fp16) at head_dim 64 and 128, without a sliding window, "
+                  "on a device (Gluon, Triton >= 3.6)")
+        if c.num_warps * 16 != c.block_m:
+            _fail("config", f"mma2 gives each warp 16 whole rows: block_m={c.block_m} must be 16 x num_warps "
+                  f"({c.num_warps})")
     flag = slot_flag(device)
     if num_slots is not None:
         flag.zero_()
@@ -489,6 +504,18 @@ def wgmma_available() -> bool:
 _WGMMA = None
 
 
+def mma2_available() -> bool:
+    """Whether the mma.sync Gluon extend kernel (:mod:`.extend_mma`) can run here: not the
+    interpreter, Triton 3.6 or newer."""
+    global _MMA2
+    if _MMA2 is None:
+        _MMA2 = gluon_kernel_usable(".extend_mma", _INTERPRET)
+    return _MMA2
+
+
+_MMA2 = None
+
+
 def aot_cases(arch: int):
     seen = set()
     # with a sliding window (or under the interpreter) sm_90's NVFP4 plan stays on this kernel
@@ -496,7 +523,7 @@ def aot_cases(arch: int):
     for inp in (dict(i, window=w, gluon=g) for i in planner.extend_domain() for w in (False, True)
                 for g in (True, False)):
         cfg = planner.plan_extend(arch, **inp)
-        if cfg.wgmma:       # another kernel (extend_wgmma.aot_cases)
+        if cfg.wgmma or cfg.mma2:       # another kernel (extend_wgmma / extend_mma.aot_cases)
             continue
         k_mode, v_mode = (int(f) for f in kv_formats(inp["kv_dtype"]))
         q_t = f"*{inp['q_dtype']}"

@@ -1,0 +1,298 @@
+"""Extend (prefill, chunked prefill, prefix hit) for the ``mma.sync`` architectures -- sm_80 to
+sm_90 without warpgroup MMA, and sm_120 / sm_121 -- written in Gluon so the tile order is
+FlashAttention-2's and not the compiler's:
+
+* 128 query rows on 8 warps (64 on 4), each warp owning 16 whole rows: the row maximum and sum are
+  quad shuffles, never a shared-memory exchange between warps;
+* Q loaded into MMA operand registers once, kept there for every key tile;
+* K and V tiles gathered by ``cp.async`` into ``NBUF`` swizzled buffers a tensor (prefix rows by
+  slot id from the pool, the chunk's rows straight from k / v), one tile group in flight per
+  stage, one CTA barrier a tile; operands read by ``ldmatrix``;
+* the scores' accumulator is the P operand of the next MMA: converted to bf16 / fp16 in registers,
+  no shared-memory round trip;
+* exp2 with the softmax scale folded into the row maximum's subtraction (one FMA an element).
+
+Rows are ``BLOCK_M // PACK`` query tokens times ``PACK`` query heads of one KV group (GQA
+packing: each K / V tile is read once for ``PACK`` heads). Scope: 16-bit pools (bf16 / fp16: the
+pool holds q's dtype), head_dim 64 and 128, no sliding window; the planner keeps the Triton kernel
+of :mod:`.extend` for the rest. An id outside the pool is clamped to ``max_id`` (one unsigned
+minimum, as everywhere): no row outside the pool is read.
+"""
+from __future__ import annotations
+
+import functools
+
+import triton
+from triton.experimental import gluon
+import triton.experimental.gluon.language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
+
+from .kv_tile import max_id as _max_id
+
+# a CTA-wide barrier: gl.barrier on Triton 3.8, gl.thread_barrier on 3.6
+_bar = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
+
+
+@gluon.jit
+def _softmax(s, scale, m_i, l_i, vis, MASKED: gl.constexpr, HAS_CAP: gl.constexpr, logit_cap):
+    """One online-softmax step on raw scores ``s`` (log2-domain ``scale``); ``vis`` applies when
+    ``MASKED``. Without a soft cap the scale is applied to the row maximum once and folds into the
+    exponent's subtraction."""
+    if HAS_CAP:
+        s = s * scale
+        t = gl.exp2((2.0 / logit_cap) * gl.abs(s))
+        th = 1.0 - 2.0 / (t + 1.0)
+        s = gl.where(s < 0, -logit_cap * th, logit_cap * th) * 1.4426950408889634
+        scale = 1.0
+    if MASKED:
+        s = gl.where(vis, s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1) * scale)
+    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = gl.exp2(m_i - m_use)
+    p = gl.exp2(s * scale - gl.expand_dims(m_use, 1))
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def _slot_rows(kv_indices_ptr, base, max_id, n0, prefix_len, BLOCK_N: gl.constexpr, PAGE: gl.constexpr,
+               XL: gl.constexpr):
+    """Pool rows (slots, unsigned 32-bit) of the prefix tile at ``n0``; positions past the prefix
+    read its last token again (their scores are masked)."""
+    pos = gl.minimum(n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, XL)), prefix_len - 1)
+    if PAGE > 1:
+        s = gl.minimum(gl.load(kv_indices_ptr + base + pos // PAGE).to(gl.uint32), max_id)
+        s = s * PAGE + (pos % PAGE).to(gl.uint32)
+    else:
+        s = gl.minimum(gl.load(kv_indices_ptr + base + pos).to(gl.uint32), max_id)
+    return s
+
+
+@gluon.jit
+def _gather(k_buf, v_buf, kc, vc, slot, stride_kc_s, stride_vc_s, jj):
+    """cp.async of the K and V rows of pool slots ``slot`` into one stage's buffers."""
+    async_copy.async_copy_global_to_shared(
+        k_buf, kc + gl.expand_dims(slot.to(gl.uint64) * stride_kc_s.to(gl.uint32).to(gl.uint64), 1)
+        + gl.expand_dims(jj, 0))
+    async_copy.async_copy_global_to_shared(
+        v_buf, vc + gl.expand_dims(slot.to(gl.uint64) * stride_vc_s.to(gl.uint32).to(gl.uint64), 1)
+        + gl.expand_dims(jj, 0))
+
+
+@gluon.jit
+def _copy_chunk(k_buf, v_buf, k_rows, v_rows, q0, stride_k_t, stride_v_t, n0, hi, t_x, jj):
+    """cp.async of the chunk's own K and V rows ``n0 ..`` (rows at or past ``hi`` zero-filled)."""
+    j = n0 + t_x
+    ok = gl.expand_dims(j < hi, 1)
+    async_copy.async_copy_global_to_shared(
+        k_buf, gl.expand_dims(k_rows + (q0 + j).to(gl.int64) * stride_k_t, 1) + gl.expand_dims(jj, 0), mask=ok)
+    async_copy.async_copy_global_to_shared(
+        v_buf, gl.expand_dims(v_rows + (q0 + j).to(gl.int64) * stride_v_t, 1) + gl.expand_dims(jj, 0), mask=ok)
+
+
+@gluon.jit
+def _tile(q_op, k_buf, v_buf, m_i, l_i, acc, vis, scale, logit_cap, MASKED: gl.constexpr, HAS_CAP: gl.constexpr,
+          MMA: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """One key tile from shared memory: S = Q K^T, the online softmax, O = O * alpha + P V."""
+    KOP: gl.constexpr = gl.DotOperandLayout(1, MMA, 2)
+    POP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    k_op = k_buf.permute((1, 0)).load(KOP)
+    s = mma_v2(q_op, k_op, gl.zeros([BLOCK_M, BLOCK_N], gl.float32, MMA))
+    p, alpha, m_i, l_i = _softmax(s, scale, m_i, l_i, vis, MASKED, HAS_CAP, logit_cap)
+    p_op = gl.convert_layout(p.to(q_op.dtype), POP)
+    v_op = v_buf.load(KOP)
+    acc = mma_v2(p_op, v_op, acc * gl.expand_dims(alpha, 1))
+    return m_i, l_i, acc
+
+
+@gluon.jit
+def _prefix_phase(q_op, k_bufs, v_bufs, m_i, l_i, acc, kc, vc, stride_kc_s, stride_vc_s, kv_indices_ptr, base,
+                  max_id, prefix_len, qk_scale, logit_cap, jj, HAS_CAP: gl.constexpr, PAGE: gl.constexpr,
+                  NBUF: gl.constexpr, MMA: gl.constexpr, XL: gl.constexpr, BLOCK_M: gl.constexpr,
+                  BLOCK_N: gl.constexpr):
+    """The cached prefix, gathered from the pool: tile j's K and V land while tiles j - NBUF + 1
+    .. j - 1 are computed; the slot ids of the tile after the one being issued are loaded a step
+    ahead. Whole tiles select-free, the partial last one masked."""
+    n_tiles = gl.cdiv(prefix_len, BLOCK_N)
+    n_full = prefix_len // BLOCK_N
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, MMA))
+    # tiles 0 .. NBUF - 2 in flight before the loop, one commit group each
+    slot = _slot_rows(kv_indices_ptr, base, max_id, 0, prefix_len, BLOCK_N, PAGE, XL)
+    for i in gl.static_range(NBUF - 1):
+        _gather(k_bufs.index(i), v_bufs.index(i), kc, vc, slot, stride_kc_s, stride_vc_s, jj)
+        async_copy.commit_group()
+        slot = _slot_rows(kv_indices_ptr, base, max_id, (i + 1) * BLOCK_N, prefix_len, BLOCK_N, PAGE, XL)
+    for j in range(0, n_tiles):
+        async_copy.wait_group(NBUF - 2)     # this thread's copies of tile j landed
+        _bar()                              # everyone's; and tile j - 1's buffers are read
+        nxt = j + NBUF - 1                  # issued into the buffers tile j - 1 used
+        _gather(k_bufs.index(nxt % NBUF), v_bufs.index(nxt % NBUF), kc, vc, slot, stride_kc_s, stride_vc_s, jj)
+        async_copy.commit_group()
+        slot = _slot_rows(kv_indices_ptr, base, max_id, (nxt + 1) * BLOCK_N, prefix_len, BLOCK_N, PAGE, XL)
+        if j < n_full:
+            m_i, l_i, acc = _tile(q_op, k_bufs.index(j % NBUF), v_bufs.index(j % NBUF), m_i, l_i, acc, None,
+                                  qk_scale, logit_cap, False, HAS_CAP, MMA, BLOCK_M, BLOCK_N)
+        else:
+            vis = gl.expand_dims(j * BLOCK_N + offs_n < prefix_len, 0)
+            m_i, l_i, acc = _tile(q_op, k_bufs.index(j % NBUF), v_bufs.index(j % NBUF), m_i, l_i, acc, vis,
+                                  qk_scale, logit_cap, True, HAS_CAP, MMA, BLOCK_M, BLOCK_N)
+    async_copy.wait_group(0)        # the copies issued past the last tile (clamped rows)
+    _bar()                          # every warp done with the buffers before the chunk's tiles
+    return m_i, l_i, acc
+
+
+@gluon.jit
+def extend_mma_kernel(
+    q_ptr, stride_q_t, stride_q_h,
+    k_ptr, v_ptr, stride_k_t, stride_k_h, stride_v_t, stride_v_h,
+    o_ptr, stride_o_t, stride_o_h,
+    k_cache_ptr, v_cache_ptr, stride_kc_s, stride_kc_h, stride_vc_s, stride_vc_h,
+    qo_indptr_ptr, kv_indptr_ptr, kv_indices_ptr, prefix_lens_ptr, max_id,
+    qk_scale_prefix, qk_scale_ext, logit_cap, group,
+    HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, PACK: gl.constexpr,
+    PAGE: gl.constexpr, HAS_CAP: gl.constexpr, NUM_WARPS: gl.constexpr, NBUF: gl.constexpr,
+    PREFIX: gl.constexpr, XL: gl.constexpr, SMEM: gl.constexpr,
+):
+    """One program: ``BLOCK_M // PACK`` chunk tokens x ``PACK`` query heads of one request. The
+    cached prefix (PREFIX: compiled in) from the pool, then the chunk's own keys, causal."""
+    MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, 8])
+    QOP: gl.constexpr = gl.DotOperandLayout(0, MMA, 2)
+    ROW: gl.constexpr = gl.SliceLayout(1, MMA)
+    BT: gl.constexpr = BLOCK_M // PACK
+    dt: gl.constexpr = q_ptr.dtype.element_ty
+
+    mb = gl.program_id(0)
+    hb = gl.program_id(1)
+    b = gl.program_id(2)
+    q0 = gl.load(qo_indptr_ptr + b)
+    ext_len = gl.load(qo_indptr_ptr + b + 1) - q0
+    if mb * BT >= ext_len:
+        return
+    kvh = hb * PACK // group
+
+    # Q: token mb * BT + r // PACK, head hb * PACK + r % PACK; into operand registers once
+    r = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, XL))
+    jj = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, XL))
+    tok_x = mb * BT + r // PACK
+    q_rows = gl.expand_dims(q_ptr + (q0 + tok_x).to(gl.int64) * stride_q_t + (hb * PACK + r % PACK) * stride_q_h, 1)
+    qv = gl.load(q_rows + gl.expand_dims(jj, 0), mask=gl.expand_dims(tok_x < ext_len, 1), other=0.0)
+    q_smem = gl.allocate_shared_memory(dt, [BLOCK_M, HEAD_DIM], SMEM, qv)
+    k_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], SMEM)
+    v_bufs = gl.allocate_shared_memory(dt, [NBUF, BLOCK_N, HEAD_DIM], SMEM)
+    _bar()
+    q_op = q_smem.load(QOP)
+
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, ROW)
+    l_i = gl.zeros([BLOCK_M], gl.float32, ROW)
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, MMA)
+
+    if PREFIX:
+        prefix_len = gl.load(prefix_lens_ptr + b)
+        if prefix_len > 0:
+            m_i, l_i, acc = _prefix_phase(
+                q_op, k_bufs, v_bufs, m_i, l_i, acc, k_cache_ptr + kvh * stride_kc_h, v_cache_ptr + kvh * stride_vc_h,
+                stride_kc_s, stride_vc_s, kv_indices_ptr, gl.load(kv_indptr_ptr + b), max_id, prefix_len,
+                qk_scale_prefix, logit_cap, jj, HAS_CAP, PAGE, NBUF, MMA, XL, BLOCK_M, BLOCK_N)
+
+    # the chunk's own keys 0 .. hi (causal): whole tiles below the block's first row select-free
+    k_rows = k_ptr + kvh * stride_k_h
+    v_rows = v_ptr + kvh * stride_v_h
+    t_x = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, XL))
+    hi = gl.minimum(ext_len, (mb + 1) * BT)
+    n_tiles = gl.cdiv(hi, BLOCK_N)
+    n_free = (mb * BT) // BLOCK_N          # tiles every row of the block sees whole
+    tok_s = gl.expand_dims(mb * BT + gl.arange(0, BLOCK_M, layout=ROW) // PACK, 1)
+    offs_n = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, MMA))
+    for i in gl.static_range(NBUF - 1):
+        _copy_chunk(k_bufs.index(i), v_bufs.index(i), k_rows, v_rows, q0, stride_k_t, stride_v_t, i * BLOCK_N, hi,
+                    t_x, jj)
+        async_copy.commit_group()
+    for j in range(0, n_tiles):
+        async_copy.wait_group(NBUF - 2)
+        _bar()
+        nxt = j + NBUF - 1
+        _copy_chunk(k_bufs.index(nxt % NBUF), v_bufs.index(nxt % NBUF), k_rows, v_rows, q0, stride_k_t, stride_v_t,
+                    nxt * BLOCK_N, hi, t_x, jj)
+        async_copy.commit_group()
+        if j < n_free:
+            m_i, l_i, acc = _tile(q_op, k_bufs.index(j % NBUF), v_bufs.index(j % NBUF), m_i, l_i, acc, None,
+                                  qk_scale_ext, logit_cap, False, HAS_CAP, MMA, BLOCK_M, BLOCK_N)
+        else:
+            vis = gl.expand_dims(j * BLOCK_N + offs_n, 0) <= tok_s
+            m_i, l_i, acc = _tile(q_op, k_bufs.index(j % NBUF), v_bufs.index(j % NBUF), m_i, l_i, acc, vis,
+                                  qk_scale_ext, logit_cap, True, HAS_CAP, MMA, BLOCK_M, BLOCK_N)
+    async_copy.wait_group(0)
+
+    # normalized rows (a row that saw no key -- none here: the diagonal is always visible)
+    o = gl.convert_layout((acc / gl.expand_dims(l_i, 1)).to(dt), XL)
+    o_rows = gl.expand_dims(o_ptr + (q0 + tok_x).to(gl.int64) * stride_o_t + (hb * PACK + r % PACK) * stride_o_h, 1)
+    gl.store(o_rows + gl.expand_dims(jj, 0), o, mask=gl.expand_dims(tok_x < ext_len, 1))
+
+
+# --------------------------------------------------------------------------------------------------
+# host side
+# --------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def layouts(head_dim: int, num_warps: int):
+    """The register layout of 16-bit rows (8 columns, 16 bytes, a thread: one ``cp.async`` each)
+    and the swizzled shared layout ``ldmatrix`` reads without bank conflicts."""
+    tx = head_dim // 8
+    xl = gl.BlockedLayout([1, 8], [32 // tx, tx], [num_warps, 1], [1, 0])
+    smem = gl.SwizzledSharedLayout(8, 1, 8, order=[1, 0])
+    return dict(XL=xl, SMEM=smem)
+
+
+def constexprs(cfg, head_dim: int, page_size: int, has_cap: bool, prefix: bool) -> dict:
+    """The kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile alike:
+    ``cfg.num_stages`` copy buffers a tensor (at least 2)."""
+    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
+                HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps, NBUF=max(2, cfg.num_stages), PREFIX=prefix,
+                **layouts(head_dim, cfg.num_warps))
+
+
+def launch(q, k, v, out, kc, vc, qo_indptr, kv_indptr, kv_indices, prefix_lens, *, qk_scale_prefix, qk_scale_ext,
+           logit_cap, group, page_size, max_extend_len, cfg, prefix: bool):
+    """Launch over a bf16 / fp16 pool. ``prefix`` False: nothing is cached (no prefix phase
+    compiled)."""
+    hq, d = q.shape[1], q.shape[2]
+    grid = (triton.cdiv(max_extend_len, cfg.block_m // cfg.pack), hq // cfg.pack, prefix_lens.shape[0])
+    extend_mma_kernel[grid](
+        q, q.stride(0), q.stride(1), k, v, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out, out.stride(0), out.stride(1),
+        kc, vc, kc.stride(0), kc.stride(1), vc.stride(0), vc.stride(1),
+        qo_indptr, kv_indptr, kv_indices, prefix_lens, _max_id(kc.shape[0], page_size),
+        qk_scale_prefix, qk_scale_ext, float(logit_cap), group,
+        **constexprs(cfg, d, page_size, logit_cap > 0, prefix), num_warps=cfg.num_warps)
+
+
+def aot_cases(arch: int):
+    """Every configuration of this kernel the planner can choose on ``arch``, for ``sm12x budget``."""
+    from .. import planner
+    seen = set()
+    for inp in planner.extend_domain():
+        for prefix in (True, False):
+            cfg = planner.plan_extend(arch, **dict(inp, prefix=prefix))
+            if not cfg.mma2:
+                continue
+            q_t = f"*{inp['q_dtype']}"
+            for page in (1,) if inp["page_size"] == 1 else planner.PAGE_SIZES[1:]:
+                if page > 1 and not prefix:
+                    continue
+                cx = constexprs(cfg, inp["head_dim"], page, False, prefix)
+                key = (q_t, inp["head_dim"], page, prefix, cfg.block_m, cfg.block_n, cfg.pack, cx["NBUF"],
+                       cfg.num_warps)
+                if key in seen:
+                    continue
+                seen.add(key)
+                sig = {"q_ptr": q_t, "k_ptr": q_t, "v_ptr": q_t, "o_ptr": q_t, "k_cache_ptr": q_t,
+                       "v_cache_ptr": q_t, "qo_indptr_ptr": "*i32", "kv_indptr_ptr": "*i32",
+                       "kv_indices_ptr": "*i32", "prefix_lens_ptr": "*i32", "qk_scale_prefix": "fp32",
+                       "qk_scale_ext": "fp32", "logit_cap": "fp32"}
+                for n in ("stride_q_t", "stride_q_h", "stride_k_t", "stride_k_h", "stride_v_t", "stride_v_h",
+                          "stride_o_t", "stride_o_h", "stride_kc_s", "stride_kc_h", "stride_vc_s", "stride_vc_h",
+                          "group", "max_id"):
+                    sig[n] = "i32"
+                label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
+                             page_size=page, prefix=prefix, **cfg.as_dict())
+                yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": 1}
