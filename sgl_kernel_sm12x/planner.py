@@ -448,11 +448,12 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # clearly faster and take 224 KB: ``*-tune-extend-wgmma16.log``)
         pack = min(group, 4)
         cfg = ExtendConfig(128, 128, 8, 2, cfg.hw_fp8, wgmma=True)
-    if gluon and not window and not quant and head_dim in (64, 128) and lim.cc in (80, 86, 89, 120, 121):
-        # 16-bit pools on the mma.sync arches: the Gluon kernel in FlashAttention-2's order (16 whole
-        # rows a warp, Q in registers); at head_dim 128 a 64-key tile needs over 255 registers a
-        # thread (AOT: 32-100 B spilled), 32 keys fit (81,920 B, no spills); up to 4 query heads
-        # share each K / V tile
+    if gluon and not window and kv_dtype in ACT_DTYPES + ("nvfp4",) and head_dim in (64, 128) \
+            and lim.cc in (80, 86, 89, 120, 121):
+        # 16-bit and NVFP4 pools on the mma.sync arches: the Gluon kernel in FlashAttention-2's order
+        # (16 whole rows a warp, Q in registers; NVFP4 prefix tiles decoded once by the CTA into
+        # shared memory); at head_dim 128 a 64-key tile needs over 255 registers a thread (AOT:
+        # 32-100 B spilled), 32 keys fit (81,920 B, no spills); up to 4 query heads share each tile
         cfg = ExtendConfig(128, 32 if head_dim == 128 else 64, 8, 3, False, prefix_loop=prefix, mma2=True)
         return replace(cfg, pack=_gqa_pack(group, cfg.block_m))
     if short and not prefix and not quant and lim.cc == 90 and head_dim == 128:

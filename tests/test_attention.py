@@ -572,27 +572,30 @@ def _sm80_plus():
 @pytest.mark.parametrize("tile", [(128, 32, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2), (128, 64, 8, 3)],
                          ids=lambda t: "x".join(map(str, t)))
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
+@pytest.mark.parametrize("pool", ["16bit", "nvfp4"])
 @pytest.mark.parametrize("page", [1, 16, 64])
 @pytest.mark.parametrize("group", planner.GQA_GROUPS)
 @pytest.mark.parametrize("d", [64, 128])
-def test_gpu_extend_mma2_16bit_pool(d, group, page, q_dtype, tile):
-    """The mma.sync Gluon extend kernel (whole rows a warp, Q in registers, cp.async stages) on a
-    16-bit pool: both head_dims, every GQA ratio with 1, 2 or 4 heads packed, page sizes,
-    prefixes and chunks that are not multiples of the tiles, a request without a prefix beside ones
-    with one, a one-token chunk; then with a soft cap; then nothing cached (no prefix phase)."""
+def test_gpu_extend_mma2(d, group, page, pool, q_dtype, tile):
+    """The mma.sync Gluon extend kernel (whole rows a warp, Q in registers, cp.async stages; NVFP4
+    prefix tiles decoded by the CTA into shared memory) on 16-bit and NVFP4 pools: both head_dims,
+    every GQA ratio with 1, 2 or 4 heads packed, page sizes, prefixes and chunks that are not
+    multiples of the tiles, a request without a prefix beside ones with one, a one-token chunk;
+    then with a soft cap; then nothing cached (no prefix phase)."""
     bm, bn, nw, ns = tile
     if d == 128 and bn == 64:
         pytest.skip("128 x 64 at head_dim 128 needs more than 255 registers a thread")
+    kv = q_dtype if pool == "16bit" else "nvfp4"
     pack = planner._gqa_pack(group, bm)
     cfg = planner.ExtendConfig(bm, bn, nw, ns, False, pack=pack, mma2=True)
     hkv = 2 if group <= 8 else 1
-    _run_extend(q_dtype, q_dtype, d, hkv, group, page, [37, 0, 300, 129], [23, 130, 1, 200], "cuda", config=cfg,
+    _run_extend(kv, q_dtype, d, hkv, group, page, [37, 0, 300, 129], [23, 130, 1, 200], "cuda", config=cfg,
                 max_prefix_len=300)
-    _run_extend(q_dtype, q_dtype, d, hkv, group, page, [1000, 513], [300, 77], "cuda", config=cfg,
+    _run_extend(kv, q_dtype, d, hkv, group, page, [1000, 513], [300, 77], "cuda", config=cfg,
                 max_prefix_len=1000, logit_cap=30.0)
-    if page == 1:
+    if page == 1 and pool == "16bit":
         fresh = dataclasses.replace(cfg, prefix_loop=False)
-        _run_extend(q_dtype, q_dtype, d, hkv, group, page, [0, 0, 0], [1, 700, 129], "cuda", config=fresh,
+        _run_extend(kv, q_dtype, d, hkv, group, page, [0, 0, 0], [1, 700, 129], "cuda", config=fresh,
                     max_prefix_len=0)
 
 

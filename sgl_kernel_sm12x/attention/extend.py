@@ -381,8 +381,8 @@ class ExtendPlan:
         ksf, vsf = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
         if cfg.mma2:
             from .extend_mma import launch
-            launch(q, k, v, out, kc, vc, self.qo_indptr, self.kv_indptr, self.kv_indices, self.prefix_lens,
-                   qk_scale_prefix=sm * LOG2E, qk_scale_ext=sm * LOG2E, logit_cap=logit_cap, group=hq // hkv,
+            launch(q, k, v, out, kc, vc, ks, vs, self.qo_indptr, self.kv_indptr, self.kv_indices, self.prefix_lens,
+                   sm_scale=sm, k_scale=float(k_scale), v_scale=float(v_scale), logit_cap=logit_cap, group=hq // hkv,
                    page_size=self.page_size, max_extend_len=self.max_extend_len, cfg=cfg, prefix=cfg.prefix_loop)
             return out
         if cfg.wgmma:
@@ -476,8 +476,8 @@ def plan_extend_batch(qo_indptr: torch.Tensor, kv_indptr: torch.Tensor, kv_indic
     for c, win in ((cfg, False), (cfg_window, window)):
         if not c.mma2:
             continue
-        if c.wgmma or modes != _PLAIN2 or win or head_dim not in (64, 128) or not mma2_available():
-            _fail("config", "mma2 runs 16-bit pools (bf16 / fp16) at head_dim 64 and 128, without a sliding window, "
+        if c.wgmma or modes not in (_PLAIN2, _NVFP4_2) or win or head_dim not in (64, 128) or not mma2_available():
+            _fail("config", "mma2 runs 16-bit and NVFP4 pools at head_dim 64 and 128, without a sliding window, "
                   "on a device (Gluon, Triton >= 3.6)")
         if c.num_warps * 16 != c.block_m:
             _fail("config", f"mma2 gives each warp 16 whole rows: block_m={c.block_m} must be 16 x num_warps "
