@@ -163,7 +163,7 @@ def kv_append_domain():
 # --------------------------------------------------------------------------------------------------
 
 PAGE_SIZES = (1, 16, 64)
-GQA_GROUPS = (1, 2, 4, 8, 16)          # q heads per kv head
+GQA_GROUPS = tuple(range(1, 17))       # q heads per kv head: any ratio up to 16 (unused MMA rows masked)
 MAX_SPLITS_CAP = 256      # split-KV programs per (request, kv head) any decode launch accepts
 _TRITON_SPLITS = 64       # the most the Triton split stage is planned with
 
@@ -448,9 +448,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         cfg = ExtendConfig(128, 128, 8, 1, cfg.hw_fp8, wgmma=True)
     if prefix and gluon and not window and lim.cc == 90 and head_dim == 128 and kv_dtype in ACT_DTYPES:
         # 16-bit pools: the Gluon kernel, prefix tiles copied by cp.async in FlashAttention-3's order,
-        # up to 4 query heads sharing each tile; two copy buffers a tensor (three measured no
-        # clearly faster and take 224 KB: ``*-tune-extend-wgmma16.log``)
-        pack = min(group, 4)
+        # up to 4 query heads sharing each tile (dividing the group); two copy buffers a tensor
+        # (three measured no clearly faster and take 224 KB: ``*-tune-extend-wgmma16.log``)
+        pack = _gqa_pack(group, 128)
         cfg = ExtendConfig(128, 128, 8, 2, cfg.hw_fp8, wgmma=True)
     if MMA2_PLANNED and gluon and not window and kv_dtype in ACT_DTYPES + ("nvfp4",) and head_dim in (64, 128) \
             and lim.cc in (80, 86, 89, 120, 121):
@@ -469,12 +469,12 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
 
 
 def _gqa_pack(group: int, block_m: int) -> int:
-    """Query heads of one KV group packed into a program's rows: up to 4, dividing the group, with
-    at least 16 tokens a program."""
-    pack = min(group, 4)
-    while pack > 1 and (group % pack or block_m // pack < 16):
-        pack //= 2
-    return pack
+    """Query heads of one KV group packed into a program's rows: 4 or 2 where that divides the
+    group (6: 2; 3, 5, 7: none), with at least 16 tokens a program."""
+    for pack in (4, 2):     # powers of two: they divide block_m
+        if group % pack == 0 and block_m // pack >= 16:
+            return pack
+    return 1
 
 
 def _extend_tile(lim, head_dim: int, kv_dtype: str, group: int = 1) -> ExtendConfig:
@@ -542,7 +542,7 @@ def extend_domain():
                     continue
                 for page_size in (1, 16):     # the kernel specializes on paged or not; 16 stands for > 1
                     # the group matters through the GQA packing (1, 2 or 4 heads a program) alone
-                    # (16-bit pools pack only in sm_90's warpgroup-MMA kernel)
+                    # (16-bit pools pack only in the Gluon kernels)
                     for group in (1, 2, 4):
                         for prefix in (True, False):    # False: the host knows nothing is cached
                             yield dict(head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,

@@ -55,6 +55,12 @@ def assert_decode_per_request(out, q, pool, tok, lens, act, what=""):
         assert_attn(out[i:i + 1], ref, f"request {i} (len {L}{what})", atol=tol)
 
 
+# the matrices run the power-of-two ratios; the others (3, 5, 6, 7: Llama-3.2-3B, Qwen3-14B,
+# MiniMax, Qwen2.5-VL) have their own tests below, every format and both phases
+MATRIX_GROUPS = (1, 2, 4, 8, 16)
+ODD_GROUPS = (3, 5, 6, 7)
+
+
 def _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device, slots=None):
     slots = slots or max(64, (sum(lens) // page + len(lens) + 2) * page * 2)
     kvind_ptr, kv_indices, tok = paged_layout(lens, page, slots, device)
@@ -76,7 +82,7 @@ def _lens(n, hi, device_big=False):
 
 
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 def test_decode_matrix(fmt, d, group, page, device):
@@ -94,7 +100,7 @@ def test_decode_matrix(fmt, d, group, page, device):
 
 
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 def test_extend_matrix(fmt, d, group, page, device):
@@ -125,6 +131,43 @@ def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, con
         ref = attention_ref(q[a:b].float(), kk, vv, **kw)
         tol = tolerance(ref, lowp_ref(q[a:b].float(), kk, vv, dt, **kw))
         assert_attn(out[a:b], ref, f"request {i} (prefix {P}, chunk {E})", atol=tol)
+
+
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("group", ODD_GROUPS)
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+def test_odd_gqa_ratios_decode_and_extend(fmt, group, page, device):
+    """GQA ratios that are not powers of two (3, 5, 6, 7), every format, both phases: the MMA rows
+    past the group are masked in decode, extend packs only heads that divide the group (6: two),
+    against the float reference over the dequantized cache."""
+    kv_dtype, q_dtype = fmt
+    d, hkv = 64, 2
+    lens = [1, int(torch.randint(2, 150, ()))]
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    out = torch.full_like(q, float("nan")).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     max_splits=2, out=out)
+    assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
+    _run_extend(kv_dtype, q_dtype, d, hkv, group, page, [0, int(torch.randint(1, 90, ()))],
+                [int(torch.randint(1, 40, ())), 1], device)
+
+
+def test_every_gqa_ratio_up_to_16_is_planned():
+    """Every ratio 1..16 plans in both phases on every arch; extend's head packing divides the
+    group; 17 is refused naming the argument."""
+    for arch in (80, 89, 90, 120, 121):
+        for group in range(1, 17):
+            for kv in ("bf16", "nvfp4"):
+                d = planner.plan_decode(arch, head_dim=128, kv_dtype=kv, group=group, batch=4, kv_heads=8)
+                assert d.block_h >= group
+                for prefix in (True, False):
+                    e = planner.plan_extend(arch, head_dim=128, kv_dtype=kv, group=group, prefix=prefix)
+                    assert group % e.pack == 0 and e.block_m % e.pack == 0
+    with pytest.raises(ValueError, match="group"):
+        planner.plan_decode(120, head_dim=128, kv_dtype="bf16", group=17)
 
 
 @pytest.mark.parametrize("pack", [2, 4, 8])
@@ -549,7 +592,7 @@ def test_extend_short_fresh_chunk_plan(q_dtype, device):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 def test_gpu_extend_short_fresh_chunks(group, q_dtype):
     """The planned launch (max_extend_len <= SHORT_CHUNK, nothing cached): every GQA ratio, a
     one-token chunk, a chunk of exactly SHORT_CHUNK tokens, an NVFP4 pool's fresh prefill (run on the
@@ -574,7 +617,7 @@ def _sm80_plus():
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("pool", ["16bit", "nvfp4"])
 @pytest.mark.parametrize("page", [1, 16, 64])
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 @pytest.mark.parametrize("d", [64, 128])
 def test_gpu_extend_mma2(d, group, page, pool, q_dtype, tile):
     """The mma.sync Gluon extend kernel (whole rows a warp, Q in registers, cp.async stages; NVFP4
@@ -631,7 +674,7 @@ def test_gpu_extend_mma2_nan_stays_in_its_request_and_bad_ids_are_clamped():
 @pytest.mark.skipif(not _sm90(), reason="warpgroup MMA kernel: sm_90 only")
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 def test_gpu_extend_nvfp4_wgmma(group, page, q_dtype):
     """The sm_90 NVFP4 extend kernel that decodes prefix tiles in a warpgroup of its own while the
     MMA warpgroups run: every GQA ratio and page size, prefixes and chunks that are not multiples
@@ -730,7 +773,7 @@ def test_wgmma_takes_only_pools_with_32_bit_offsets():
 @pytest.mark.parametrize("block_n,prefetch", [(16, False), (32, True), (16, True), (64, True)])
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
-@pytest.mark.parametrize("group", planner.GQA_GROUPS)
+@pytest.mark.parametrize("group", MATRIX_GROUPS)
 @pytest.mark.parametrize("d", planner.HEAD_DIMS)
 def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):

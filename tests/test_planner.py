@@ -258,7 +258,7 @@ def test_extend_sm90_16bit_prefix_takes_the_wgmma_kernel():
             for page in planner.PAGE_SIZES:
                 c = planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=group, page_size=page)
                 assert c.wgmma and (c.block_m, c.block_n, c.num_warps, c.num_stages) == (128, 128, 8, 2), (kv, group)
-                assert c.pack == min(group, 4) and group % c.pack == 0
+                assert c.pack == planner._gqa_pack(group, 128) and group % c.pack == 0 and 128 % c.pack == 0
         for kw in (dict(window=True), dict(gluon=False), dict(prefix=False)):
             assert not planner.plan_extend(90, head_dim=128, kv_dtype=kv, q_dtype=kv, group=4, **kw).wgmma
         for arch, d in ((90, 64), (90, 256), (100, 128), (120, 128), (121, 128), (89, 128)):
