@@ -543,3 +543,30 @@ def test_plan_arch_env_is_checked(monkeypatch):
     monkeypatch.setenv(B.PLAN_ARCH_ENV, "90")
     monkeypatch.delenv("DISABLE_MMA_V3")
     assert B.plan_arch(cpu) == 90
+
+
+@pytest.mark.parametrize("kw", [dict(sinks=torch.zeros(2)), dict(k_rope=torch.zeros(1)), dict(return_lse=True)],
+                         ids=lambda k: next(iter(k)))
+def test_backend_refuses_unknown_attention_kwargs_by_name(kw, monkeypatch):
+    """An attention keyword argument the backend does not implement (gpt-oss's sinks, MLA's k_rope,
+    return_lse) is refused naming it, in both phases, never dropped; passed as None it is
+    accepted."""
+    import sglang_sm12x.backend as B
+
+    monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
+    pool = SimpleNamespace(k_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2,
+                           v_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
+                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
+    be = B.Sm12xAttnBackend(runner)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    lay = _layer(0, 2, 1, 64, "bf16")
+    q = torch.randn(1, 128).to(torch.bfloat16)
+    name = next(iter(kw))
+    for fwd in (be.forward_decode, be.forward_extend):
+        with pytest.raises(NotImplementedError, match=rf"{fwd.__name__}.*'{name}'"):
+            fwd(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, **kw)
+    be.forward_metadata = B.Sm12xMetadata(True, i32(0, 2), i32(3, 7), seq_lens=i32(2))
+    out = be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, **{name: None})
+    assert torch.isfinite(out.float()).all()

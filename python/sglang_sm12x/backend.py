@@ -125,6 +125,17 @@ def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None
                          f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
 
 
+def _refuse_kwargs(where: str, kwargs: dict):
+    """Attention keyword arguments this backend does not implement (``sinks``, ``k_rope``,
+    ``return_lse``, ...) are refused by name: dropping one would compute something else. Those
+    passed as None (a model's way of saying "none") are accepted."""
+    given = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
+    if given:
+        raise NotImplementedError(f"--attention-backend sm12x {where}: attention keyword argument(s) {given} "
+                                  "are not supported by this backend (they would be ignored, giving other "
+                                  "results); use another --attention-backend for this model")
+
+
 def plan_arch(device) -> int:
     """The arch every launch is planned for: the device's own, or, as a testing aid, the one named
     by SGLANG_SM12X_PLAN_ARCH (e.g. 120 on a Hopper card to run the SM120 path). An arch whose
@@ -334,6 +345,7 @@ class Sm12xAttnBackend(AttentionBackend):
         check_slot_flag(plan.flag, md.kv_indptr, md.kv_indices, kc.shape[0], self.page_size)
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        _refuse_kwargs("forward_extend", kwargs)
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
         if q3.shape[0] == 0:
             return q3.new_empty((0, hq * d))
@@ -362,6 +374,7 @@ class Sm12xAttnBackend(AttentionBackend):
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+        _refuse_kwargs("forward_decode", kwargs)
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
         if q3.shape[0] == 0:
             return q3.new_empty((0, hq * d))
