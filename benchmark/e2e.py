@@ -12,6 +12,10 @@ Phases (run one or several; each merges its results into ``--out`` JSON):
            generated-shared-prefix workloads on an nvfp4 sm12x server.
   serve    one server per --models entry with nvfp4 sm12x and a short bench (does it serve?).
   tp2      nvfp4 sm12x at --tp-size 2 vs 1 on a random-init checkpoint: greedy tokens and logprobs.
+  ttft     prefill-bound serving: --ttft-requests prompts of --ttft-input tokens (8,192), 16 output
+           tokens, all at once, on SGLang's flashinfer backend and on sm12x planned for sm_120
+           (SGLANG_SM12X_PLAN_ARCH=120 with DISABLE_MMA_V3=1: the SM120 code path) -- median TTFT,
+           and which FlashInfer prefill kernel the server's log names.
 
 usage: python benchmark/e2e.py --phase greedy nvfp4 --out benchmark/results/DATE-DEVICE-e2e.json
 """
@@ -206,6 +210,45 @@ def phase_serve(args, res):
     res["failures"] = res.get("failures", 0) + sum(x.get("failed", 1) if "error" not in x else 100 for x in out)
 
 
+def phase_ttft(args, res):
+    """Median TTFT of long prompts: SGLang's flashinfer backend against sm12x at the sm_120 plan,
+    one server at a time on the same checkpoint (dummy weights: attention's cost does not depend
+    on them)."""
+    model = args.ttft_model
+    extra = ["--random-input-len", str(args.ttft_input), "--random-output-len", "16", "--random-range-ratio", "1.0",
+             "--max-concurrency", str(args.ttft_requests)]
+    out = {"model": Path(model).name, "input_len": args.ttft_input, "requests": args.ttft_requests, "rows": []}
+    for name, backend, env in (("flashinfer", "flashinfer", {}),
+                               ("sm12x_sm120_plan", "sm12x", {"SGLANG_SM12X_PLAN_ARCH": "120",
+                                                              "DISABLE_MMA_V3": "1"})):
+        log = f"{args.logdir}/ttft-{name}.log"
+        try:
+            with Server(model, backend, "--load-format", "dummy", "--disable-radix-cache", port=args.port, env=env,
+                        log=log, mem_fraction=0.6) as s:
+                b = bench(s, model, "random-ids", args.ttft_requests, extra, f"{args.logdir}/ttft-{name}")
+                row = {"name": name, "backend": backend, "env": env, "startup_s": round(s.startup_s, 1), **b}
+        except Exception as e:  # noqa: BLE001
+            row = {"name": name, "backend": backend, "env": env, "error": str(e)[-1500:]}
+        if backend == "flashinfer" and Path(log).exists():
+            row["flashinfer_prefill_kernel"] = flashinfer_kernel_named(Path(log).read_text(errors="replace"))
+        out["rows"].append(row)
+    by = {r["name"]: r for r in out["rows"]}
+    if all("median_ttft_ms" in by.get(n, {}) for n in ("flashinfer", "sm12x_sm120_plan")):
+        out["ttft_ratio_sm12x_vs_flashinfer"] = by["sm12x_sm120_plan"]["median_ttft_ms"] / by["flashinfer"][
+            "median_ttft_ms"]
+    res["ttft_sm120_plan"] = out
+    res["failures"] = res.get("failures", 0) + sum(r.get("failed", 0) if "error" not in r else args.ttft_requests
+                                                   for r in out["rows"])
+
+
+def flashinfer_kernel_named(log: str) -> str:
+    """Which FlashInfer prefill kernel family a server log names ("fa2", "fa3", or unknown): its JIT
+    builds and backend lines mention the module they load."""
+    low = log.lower()
+    found = [k for k in ("fa3", "fa2") if k in low]
+    return ",".join(found) or "not named in the log"
+
+
 def phase_tp2(args, res):
     """nvfp4 sm12x at --tp-size 2 against --tp-size 1: the same greedy tokens and logprobs."""
     ckpt = make_checkpoint(args.tp_model, "/tmp/e2e-ckpt-tp", layers=args.tp_layers)
@@ -230,7 +273,7 @@ def phase_tp2(args, res):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve", "tp2"], required=True)
+    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve", "tp2", "ttft"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp") + "/e2e-logs")
     ap.add_argument("--port", type=int, default=30123)
@@ -251,6 +294,9 @@ def main(argv=None):
     ap.add_argument("--num-requests", type=int, default=500)
     ap.add_argument("--models", nargs="*", default=[])
     ap.add_argument("--serve-args", default="", help="extra server arguments for --phase serve, one string")
+    ap.add_argument("--ttft-model", default=str(bundled_model()))
+    ap.add_argument("--ttft-input", type=int, default=8192)
+    ap.add_argument("--ttft-requests", type=int, default=32)
     ap.add_argument("--tp-model", default=str(bundled_model()))
     ap.add_argument("--tp-layers", type=int, default=None)
     ap.add_argument("--tp-configs", nargs="+", type=lambda x: tuple(x.split(":")),
@@ -269,7 +315,7 @@ def main(argv=None):
     res.setdefault("tp2_ok", None)
     for ph in args.phase:
         t0 = time.time()
-        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2}[ph](args, res)
+        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2, "ttft": phase_ttft}[ph](args, res)
         res.setdefault("phase_wall_s", {})[ph] = round(time.time() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))

@@ -80,3 +80,35 @@ def test_greedy_phase_pools_prompt_sets_and_catches_a_broken_run(tmp_path, monke
     e2e.phase_greedy(args, res)
     assert set(placed) == {"triton", "sm12x", "sm12x_before"}
     assert res["before_after_agreement"] == 1.0 and res["greedy_agreement"] == 1.0
+
+
+def test_ttft_phase_compares_flashinfer_with_the_sm120_plan(tmp_path, monkeypatch):
+    """The ttft phase: one server a backend, sm12x under SGLANG_SM12X_PLAN_ARCH=120 and
+    DISABLE_MMA_V3=1; the ratio of median TTFTs and the FlashInfer kernel named in its log."""
+    e2e = _e2e()
+    started = []
+
+    class FakeServer:
+        def __init__(self, model, backend, *args, env=None, log=None, **kw):
+            started.append((backend, dict(env or {}), args))
+            self.startup_s = 1.0
+            if backend == "flashinfer":
+                Path(log).write_text("... flashinfer: building batch_prefill_fa2 module ...")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(e2e, "Server", FakeServer)
+    monkeypatch.setattr(e2e, "bench", lambda s, model, ds, n, extra, log: {
+        "completed": n, "failed": 0, "median_ttft_ms": 100.0 if "flashinfer" in log else 90.0})
+    args = SimpleNamespace(ttft_model="m", ttft_input=8192, ttft_requests=32, port=30000, logdir=str(tmp_path))
+    res = {}
+    e2e.phase_ttft(args, res)
+    t = res["ttft_sm120_plan"]
+    assert [b for b, _, _ in started] == ["flashinfer", "sm12x"]
+    assert started[1][1] == {"SGLANG_SM12X_PLAN_ARCH": "120", "DISABLE_MMA_V3": "1"}
+    assert t["ttft_ratio_sm12x_vs_flashinfer"] == 0.9 and res["failures"] == 0
+    assert t["rows"][0]["flashinfer_prefill_kernel"] == "fa2"
