@@ -316,13 +316,14 @@ class _ModelConfig(SimpleNamespace):
 
 
 @pytest.mark.parametrize("heads,kv_heads,d,tp,match", [
-    (40, 8, 128, 1, "cannot serve this model.*group"),          # Qwen3-14B's GQA 5
-    (48, 8, 128, 1, "cannot serve this model.*group"),          # GQA 6
+    (136, 8, 128, 1, "cannot serve this model.*group"),         # GQA 17
+    (64, 2, 128, 1, "cannot serve this model.*group"),          # GQA 32
     (32, 8, 96, 1, "head_dim"),
-    (40, 8, 128, 2, "cannot serve this model.*group"),          # 20 / 4 per GPU
+    (68, 4, 128, 2, "cannot serve this model.*group"),          # 34 / 2 per GPU: 17
 ])
 def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, match):
-    """What the planners would refuse at the first forward is refused when the backend is built."""
+    """What the planners would refuse at the first forward is refused when the backend is built;
+    every GQA ratio up to 16 builds (Qwen3-14B's 5, MiniMax's 6, Qwen2.5-VL's 7, ...)."""
     from sglang_sm12x.backend import Sm12xAttnBackend
 
     pool = SimpleNamespace(k_buffer=[], v_buffer=[])
@@ -334,6 +335,9 @@ def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, mat
         Sm12xAttnBackend(runner)
     mc.num_attention_heads, mc.head_dim = 32, 128            # a shape the kernels serve builds
     Sm12xAttnBackend(runner)
+    for q_heads in (40, 48, 56, 24):                           # GQA 5, 6, 7, 3 over 8 KV heads
+        mc.num_attention_heads, mc.num_key_value_heads = q_heads * tp, 8 * tp
+        Sm12xAttnBackend(runner)
 
 
 def test_backend_refuses_sliding_window_pools():
