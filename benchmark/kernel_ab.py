@@ -33,11 +33,15 @@ def worker() -> dict:
     from sgl_kernel_sm12x.attention.decode import decode_attention, decode_workspace
     from sgl_kernel_sm12x.attention.extend import extend_attention
 
+    import re
+    only = re.compile(os.environ.get("KERNEL_AB_ONLY", ""))
     nocheck = ({"check_slots": False} if "check_slots" in inspect.signature(decode_attention).parameters else {})
     dev = "cuda"
     rows = {}
     for kv in ("bf16", "fp8_e4m3", "nvfp4"):
         for batch, ctx, hq in DECODE:
+            if not only.search(f"decode {kv} {batch}x{ctx} {hq}/{HKV}"):
+                continue
             pool = make_pool(kv, batch * ctx, HKV, D)
             seq = torch.full((batch,), ctx, dtype=torch.int32, device=dev)
             indptr = torch.arange(0, (batch + 1) * ctx, ctx, dtype=torch.int32, device=dev)
@@ -53,6 +57,8 @@ def worker() -> dict:
                                                      ws[1][:, :, :_splits(batch, kv, hq)].contiguous()))
             rows[f"decode {kv} {batch}x{ctx} {hq}/{HKV}"] = bench_ms(fn, graph=True)[1]
         for batch, prefix, chunk in EXTEND:
+            if not only.search(f"extend {kv} {batch}x{prefix}+{chunk}"):
+                continue
             pool = make_pool(kv, max(1, batch * prefix), HKV, D)
             T = batch * chunk
             q = torch.randn(T, HQ, D, device=dev, dtype=torch.bfloat16)
@@ -88,7 +94,9 @@ def main():
     ap.add_argument("--tree", action="append", required=True, help="NAME=PATH (repeatable; the first is the base)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--name", default="kernel-ab")
+    ap.add_argument("--only", default="", help="a regular expression: time only the rows whose name it finds")
     a = ap.parse_args()
+    os.environ["KERNEL_AB_ONLY"] = a.only
     trees = [t.split("=", 1) for t in a.tree]
     runs = {n: [] for n, _ in trees}
     here = os.path.dirname(os.path.abspath(__file__))
