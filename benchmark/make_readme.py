@@ -32,8 +32,8 @@ SOURCES = {
     "budget": "budget-sm120-sm121.json",
     "budget_sm90": "budget-sm90-wgmma.json",
     "aot_sglang": "aot-sglang-sm120-sm121.json",
-    "kernel_ab": "2026-12-05-nvidia-h100-80gb-hbm3-kernel-ab.json",
-    "kernel_ab_clamp": "2026-12-05-nvidia-h100-80gb-hbm3-kernel-ab-noclamp.json",
+    "attention_sm120": "2026-12-06-nvidia-h100-80gb-hbm3-attention-sm120-plan.json",
+    "kernel_ab": "2026-12-06-nvidia-h100-80gb-hbm3-kernel-ab.json",
     "backend_host": "2026-12-05-nvidia-h100-80gb-hbm3-backend-host.json",
 }
 
@@ -89,6 +89,51 @@ def _rows(d, **match):
 def _one(d, **match):
     rows = _rows(d, **match)
     return rows[0] if rows else None
+
+
+def sm120_tables(d):
+    """The code an SM120 card runs (the sm_120 plan, mma.sync), timed on the card at hand."""
+    out = [f"### The SM120 path (`attention.py --plan-arch {d['plan_arch']}`, {_link('attention_sm120')})\n",
+           f"{d['device']}, {_versions(d)}; every sm12x call planned for sm_{d['plan_arch']} and run with "
+           f"DISABLE_MMA_V3={d['disable_mma_v3']} (Triton emits mma.sync, as on sm_120; the Gluon kernels are "
+           "mma.sync by construction); 32 q / 8 kv heads, head_dim 128, page 1. This card's clocks, memory and "
+           "shared memory are not an SM120's: the ratios between providers are the result. "
+           + ("SGLang's rows are missing where the run had no SGLang. " if not _rows(d, provider="sglang_triton_sm120")
+              else "") + "\n",
+           "Decode: time relative to FlashInfer's bf16 decode (lower is faster).\n",
+           "| batch x context | sm12x bf16 | FlashInfer FA2 | sm12x fp8_e4m3 | sm12x nvfp4 | nvfp4 speed vs FlashInfer bf16 |",
+           "|---|---|---|---|---|---|"]
+    for b, c, h in sorted({(r["batch"], r["context"], r["heads"]) for r in _rows(d, phase="decode")},
+                          key=lambda s: (s[2], s[0], s[1])):
+        m = dict(phase="decode", batch=b, context=c, heads=h)
+        fi = _one(d, provider="flashinfer", **m)
+        if not fi:
+            continue
+        cells = []
+        for prov, kv in (("sm12x", "bf16"), ("flashinfer_fa2", "bf16"), ("sm12x", "fp8_e4m3"), ("sm12x", "nvfp4")):
+            r = _one(d, provider=prov, kv_dtype=kv, **m)
+            cells.append(_f(r["ms"] / fi["ms"], 3) if r else "--")
+        nv = _one(d, provider="sm12x", kv_dtype="nvfp4", **m)
+        cells.append(f"{fi['ms'] / nv['ms']:.2f}x" if nv else "--")
+        out.append(f"| {b} x {c}{'' if h == '32/8' else f' ({h})'} | " + " | ".join(cells) + " |")
+    out += ["\nExtend (causal): sm12x bf16 TFLOP/s and speed ratios (> 1: sm12x faster; nvfp4 / fp8: speed of that "
+            "pool's prefix against our bf16).\n",
+            "| batch x prefix + chunk | sm12x bf16 TFLOP/s | vs FlashInfer FA2 | vs FlashInfer (its choice here) | "
+            "vs SGLang Triton (SM12x tiles) | nvfp4 / bf16 | fp8 / bf16 |",
+            "|---|---|---|---|---|---|---|"]
+    for b, p, c in sorted({(r["batch"], r["prefix"], r["chunk"]) for r in _rows(d, phase="extend")},
+                          key=lambda s: (s[1] > 0, s[0] * (s[1] + s[2]))):
+        m = dict(phase="extend", batch=b, prefix=p, chunk=c)
+        ours = _one(d, provider="sm12x", kv_dtype="bf16", **m)
+        if not ours:
+            continue
+        peer = lambda prov: (lambda r: f"{r['ms'] / ours['ms']:.2f}x" if r else "--")(  # noqa: E731
+            _one(d, provider=prov, kv_dtype="bf16", **m))
+        fmt = lambda kv: (lambda r: f"{ours['ms'] / r['ms']:.2f}" if r else "--")(  # noqa: E731
+            _one(d, provider="sm12x", kv_dtype=kv, **m))
+        out.append(f"| {b} x {p} + {c} | {ours['tflops']:.0f} | {peer('flashinfer_fa2')} | {peer('flashinfer')} | "
+                   f"{peer('sglang_triton_sm120')} | {fmt('nvfp4')} | {fmt('fp8_e4m3')} |")
+    return out
 
 
 def attention_tables(d):
@@ -261,9 +306,36 @@ def _group(rows):
     return g
 
 
-def headline(att, e2e, sl, budget):
-    """The top-level README's table: ratios against the peers, each linking its file."""
+def headline(att, e2e, sl, budget, sm120=None):
+    """The top-level README's table: ratios against the peers, each linking its file; the SM120
+    path first."""
     out = [BEGIN, "| result | value | source |", "|---|---|---|"]
+    if sm120:
+        src = _top_link("attention_sm120", "sm120-plan")
+        ext = [r for r in _rows(sm120, phase="extend", provider="sm12x", kv_dtype="bf16")]
+        fa2 = [f["ms"] / r["ms"] for r in ext if (f := _one(sm120, phase="extend", provider="flashinfer_fa2",
+                                                             kv_dtype="bf16", batch=r["batch"], prefix=r["prefix"],
+                                                             chunk=r["chunk"]))]
+        nv = [r["ms"] / n["ms"] for r in ext if r["prefix"] and (n := _one(
+            sm120, phase="extend", provider="sm12x", kv_dtype="nvfp4", batch=r["batch"], prefix=r["prefix"],
+            chunk=r["chunk"]))]
+        dec = [r["ms"] / f["ms"] for r in _rows(sm120, phase="decode", provider="sm12x", kv_dtype="bf16")
+               if (f := _one(sm120, phase="decode", provider="flashinfer", batch=r["batch"], context=r["context"],
+                             heads=r["heads"]))]
+        if fa2:
+            out.append(f"| **SM120 path** (sm_120 plan, mma.sync; H100): bf16 extend speed vs FlashInfer FA2, "
+                       f"{len(fa2)} shapes | {min(fa2):.2f}-{max(fa2):.2f}x | {src} |")
+        if nv:
+            out.append(f"| **SM120 path**: extend with an nvfp4 prefix, speed vs our bf16 | "
+                       f"{min(nv):.2f}-{max(nv):.2f} | {src} |")
+        if dec:
+            out.append(f"| **SM120 path**: bf16 decode time / FlashInfer's, {len(dec)} shapes | "
+                       f"{min(dec):.2f}-{max(dec):.2f} | {src} |")
+        a = _one(sm120, phase="decode", provider="sm12x", kv_dtype="nvfp4", batch=128, context=4096, heads="32/8")
+        f = _one(sm120, phase="decode", provider="flashinfer", kv_dtype="bf16", batch=128, context=4096, heads="32/8")
+        if a and f:
+            out.append(f"| **SM120 path**: nvfp4 decode at 128 x 4k, speed vs FlashInfer bf16 | "
+                       f"{f['ms'] / a['ms']:.2f}x | {src} |")
     if att:
         def ratio(phase, prov, kv, peer, peer_kv="bf16", **m):
             a, b = _one(att, phase=phase, provider=prov, kv_dtype=kv, **m), _one(att, phase=phase, provider=peer,
@@ -314,9 +386,10 @@ def render():
     parts = ["# Benchmarks\n", "Generated by `python benchmark/make_readme.py` from the files in `results/` it names; "
              "do not edit by hand. Design notes and the reasons behind the planner's rules: `NOTES.md`.\n", HOW_TO,
              "## Current results\n"]
-    for key, fn in (("attention", attention_tables), ("kernel_ab", kernel_ab_table),
-                    ("kernel_ab_clamp", lambda x: kernel_ab_table(
-                        x, "kernel_ab_clamp", "The out-of-pool clamp alone: this release with and without it")),
+    for key, fn in (("attention_sm120", sm120_tables), ("attention", attention_tables),
+                    ("kernel_ab", lambda x: kernel_ab_table(
+                        x, "kernel_ab", "This release against the previous one and against itself without the "
+                        "out-of-pool clamp, kernel time")),
                     ("backend_host", backend_host_table), ("append", append_table),
                     ("moe", moe_table), ("accuracy", accuracy_table)):
         if d[key]:
@@ -328,7 +401,7 @@ def render():
     missing = [SOURCES[k] for k in SOURCES if d[k] is None]
     if missing:
         parts.append("Not yet run (named in `SOURCES`, no file): " + ", ".join(f"`{m}`" for m in missing) + "\n")
-    return "\n".join(parts), headline(d["attention"], d["e2e"], d["serving_long"], d["budget"])
+    return "\n".join(parts), headline(d["attention"], d["e2e"], d["serving_long"], d["budget"], d["attention_sm120"])
 
 
 def _with_headline(text, table):

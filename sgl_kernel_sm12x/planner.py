@@ -390,10 +390,6 @@ class ExtendConfig:
         return asdict(self)
 
 
-# the mma.sync Gluon extend kernel (extend_mma) is planned once its GPU tests have passed on a device
-MMA2_PLANNED = False
-
-
 @functools.lru_cache(maxsize=4096)      # called on every extend launch: the host path is part of prefill latency
 def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16", group: int = 1,
                 page_size: int = 1, prefix: bool = True, window: bool = False, gluon: bool = True,
@@ -452,7 +448,7 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
         # (three measured no clearly faster and take 224 KB: ``*-tune-extend-wgmma16.log``)
         pack = _gqa_pack(group, 128)
         cfg = ExtendConfig(128, 128, 8, 2, cfg.hw_fp8, wgmma=True)
-    if MMA2_PLANNED and gluon and not window and kv_dtype in ACT_DTYPES + ("nvfp4",) and head_dim in (64, 128) \
+    if gluon and not window and kv_dtype in ACT_DTYPES + ("nvfp4",) and head_dim in (64, 128) \
             and lim.cc in (80, 86, 89, 120, 121):
         # 16-bit and NVFP4 pools on the mma.sync arches: the Gluon kernel in FlashAttention-2's order
         # (16 whole rows a warp, Q in registers; NVFP4 prefix tiles decoded once by the CTA into

@@ -208,15 +208,17 @@ def test_doctor_says_which_nvfp4_decode_runs(monkeypatch):
 
 
 def test_doctor_says_which_nvfp4_extend_runs(monkeypatch):
-    """One information line: the sm_90 warpgroup-MMA Gluon kernel where it can run, the Triton
-    extend kernel everywhere else (SM12x included) -- never a failure."""
+    """One information line: the sm_90 warpgroup-MMA Gluon kernel, the mma.sync Gluon kernel on
+    SM12x, where Gluon can run; the Triton extend kernel where it cannot -- never a failure."""
     from sglang_sm12x.tools import doctor
     from sgl_kernel_sm12x.attention import extend
     monkeypatch.setattr(extend, "_WGMMA", True)
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "warpgroup-MMA" in c.detail and "sm_90" in c.detail and "decoder warpgroup" in c.detail
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=120, probe=_ok_probe), "nvfp4 extend")
-    assert c.status == "ok" and "Triton extend kernel" in c.detail
+    assert c.status == "ok" and "mma.sync kernel" in c.detail and "sm_120" in c.detail
     monkeypatch.setattr(extend, "_WGMMA", False)
+    c = _status(doctor.run_checks(no_gpu=True, expect_arch=121, probe=_ok_probe), "nvfp4 extend")
+    assert c.status == "ok" and "Triton extend kernel" in c.detail and "no Gluon" in c.detail
     c = _status(doctor.run_checks(no_gpu=True, expect_arch=90, probe=_ok_probe), "nvfp4 extend")
     assert c.status == "ok" and "Triton extend kernel" in c.detail and "no Gluon" in c.detail

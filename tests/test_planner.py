@@ -135,7 +135,7 @@ def test_wave_cost_model():
 
 @pytest.mark.parametrize("arch", sorted(planner.ARCH_LIMITS))
 def test_attention_budget_cases_cover_planner(arch):
-    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend, extend_wgmma
+    from sgl_kernel_sm12x.attention import decode, decode_nvfp4, extend, extend_mma, extend_wgmma
     dec = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["paged"], lab["block_h"], lab["block_n"],
             lab["num_warps"], lab["num_stages"]) for lab, *_ in decode.aot_cases(arch)}
     mma = {(lab["head_dim"], lab["q_dtype"], lab["page_size"], lab["heads_n"], lab["block_n"])
@@ -161,6 +161,10 @@ def test_attention_budget_cases_cover_planner(arch):
     wg = {(lab["head_dim"], lab["kv_dtype"], lab["q_dtype"], lab["page_size"] > 1, lab["block_m"], lab["block_n"],
            lab["pack"], lab["num_stages"])
           for lab, *_ in itertools.chain(extend_wgmma.aot_cases(arch), extend_wgmma.aot_cases_ws(arch))}
+    # without a prefix phase the pool's format and page size are not compiled in
+    m2 = {(lab["head_dim"], lab["kv_dtype"] if lab["prefix"] else "-", lab["q_dtype"], lab["page_size"] > 1,
+           lab["prefix"], lab["block_m"], lab["block_n"], lab["pack"], lab["num_stages"])
+          for lab, *_ in extend_mma.aot_cases(arch)}
     for inp in planner.decode_domain():     # extend is planned over the same inputs, with and without a prefix
         for prefix, window, gluon, short in ((True, False, True, False), (False, False, True, False),
                                              (True, True, True, False), (False, False, True, True),
@@ -170,9 +174,15 @@ def test_attention_budget_cases_cover_planner(arch):
                 assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                         c.pack, c.num_stages) in wg
                 continue
+            if c.mma2:
+                assert (inp["head_dim"], inp["kv_dtype"] if prefix else "-", inp["q_dtype"],
+                        inp["page_size"] > 1 and prefix, prefix, c.block_m, c.block_n, c.pack, c.num_stages) in m2, \
+                    (arch, inp, c)
+                continue
             assert (inp["head_dim"], inp["kv_dtype"], inp["q_dtype"], inp["page_size"] > 1, c.block_m, c.block_n,
                     c.num_warps, c.num_stages, c.prefix_stages) in ext
     assert bool(wg) == (planner.arch_limits(arch).cc == 90)
+    assert bool(m2) == (planner.arch_limits(arch).cc in (80, 86, 89, 120, 121))
 
 
 @pytest.mark.parametrize("arch", [80, 86, 89, 90, 100, 120, 121])
@@ -185,10 +195,10 @@ def test_extend_deep_prefix_pipeline_only_where_a_prefix_is_read(arch):
         assert c.prefix_stages == 0 or c.num_stages < c.prefix_stages <= 6, (arch, inp, c)
         if not inp["prefix"]:
             assert c.prefix_stages == 0, (arch, inp, c)
-            assert c.prefix_loop == (inp["kv_dtype"] not in ("bf16", "fp16")), (arch, inp, c)
+            assert c.prefix_loop == (inp["kv_dtype"] not in ("bf16", "fp16") and not c.mma2), (arch, inp, c)
         else:
             assert c.prefix_loop, (arch, inp, c)
-        if not c.wgmma:     # the Triton kernel's launch order (the Gluon kernel has its own)
+        if not c.wgmma and not c.mma2:     # the Triton kernel's launch order (the Gluon kernels have their own)
             assert c.heavy_first == (inp["kv_dtype"] in ("bf16", "fp16")), (arch, inp, c)
 
 

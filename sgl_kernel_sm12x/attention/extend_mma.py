@@ -371,7 +371,8 @@ def layouts(head_dim: int, block_n: int, num_warps: int):
 def constexprs(cfg, head_dim: int, page_size: int, has_cap: bool, prefix: bool, fp4: bool = False) -> dict:
     """The kernel's constexprs for ``cfg`` -- the launch's and ``sm12x budget``'s compile alike:
     ``cfg.num_stages`` copy buffers a tensor (at least 2)."""
-    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack, PAGE=page_size,
+    return dict(HEAD_DIM=head_dim, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, PACK=cfg.pack,
+                PAGE=page_size if prefix else 1,           # no prefix phase: no page lookups
                 HAS_CAP=has_cap, NUM_WARPS=cfg.num_warps, NBUF=max(2, cfg.num_stages), PREFIX=prefix,
                 KV_FP4=fp4 and prefix, **layouts(head_dim, cfg.block_n, cfg.num_warps))
 

@@ -31,9 +31,9 @@ FP4_PTX_UNIT = 2.0 ** -14
 
 def offsets_fit(*tensors, limit: int = 2 ** 31) -> bool:
     """Whether every pool tensor (K / V codes, block scales) spans under ``limit`` bytes: what the
-    Gluon NVFP4 kernels' 32-bit byte offsets need (decode has a 64-bit variant for larger pools;
-    extend's spilled on sm_90, so larger pools keep the Triton extend kernel). 2^31 bytes is over
-    4 M tokens a layer at 8 KV heads, D128."""
+    sm_90 Gluon extend kernels' 32-bit byte offsets need (a 64-bit variant spilled there, so larger
+    pools keep the Triton extend kernel; the decode kernels' row addresses are 64-bit products
+    throughout). 2^31 bytes is over 4 M tokens a layer at 8 KV heads, D128."""
     return all(t.shape[0] * t.stride(0) * t.element_size() < limit for t in tensors)
 
 

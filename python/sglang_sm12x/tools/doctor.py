@@ -121,7 +121,10 @@ def _nvfp4_extend_check(arch: int) -> Check:
         how = "a decoder warpgroup turns prefix tiles into fp16 while the MMA warpgroups run (warp-specialized)"
         return Check("nvfp4 extend", "ok", f"warpgroup-MMA kernel (Gluon) for sm_{arch}: {how} (pools under 2 GiB "
                                            "a tensor; larger ones: the Triton kernel)")
-    why = "" if arch != 90 else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
+    if cfg.mma2:
+        return Check("nvfp4 extend", "ok", f"mma.sync kernel (Gluon) for sm_{arch}: each prefix tile decoded once "
+                                           "by the CTA into shared memory, FlashAttention-2's order")
+    why = "" if arch not in (80, 86, 89, 90, 120, 121) else " (this Triton has no Gluon 3.6+, or the interpreter is on)"
     return Check("nvfp4 extend", "ok", f"Triton extend kernel, tiles dequantized in registers{why}")
 
 
