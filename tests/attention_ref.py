@@ -50,11 +50,13 @@ class Pool:
         return (deq(self.k_fmt, self.k, self.ks, self.k_scale), deq(self.v_fmt, self.v, self.vs, self.v_scale))
 
 
-def attention_ref(q, k, v, *, causal_offset=None, sm_scale=None, logit_cap=0.0, window_left=-1):
+def attention_ref(q, k, v, *, causal_offset=None, sm_scale=None, logit_cap=0.0, window_left=-1, sinks=None):
     """q (m, hq, d), k/v (n, hkv, d) float32 -> (m, hq, d) float32.
 
     Query i sits at absolute position ``causal_offset + i`` (default n - m: the last m keys are the
     queries' own tokens) and sees keys j <= its position, and with a window only j >= pos - window_left.
+    ``sinks`` (hq,): a logit per head joining every row's softmax as an extra column whose value is
+    zero (gpt-oss's attention sinks).
     """
     m, hq, d = q.shape
     n, hkv, _ = k.shape
@@ -72,7 +74,11 @@ def attention_ref(q, k, v, *, causal_offset=None, sm_scale=None, logit_cap=0.0, 
     if window_left >= 0:
         vis &= kpos >= qpos - window_left
     s = s.masked_fill(~vis[None], float("-inf"))
-    p = torch.softmax(s, dim=-1)
+    if sinks is not None:
+        col = sinks.float().cpu().view(hq, 1, 1).expand(hq, m, 1)
+        p = torch.softmax(torch.cat([s, col], dim=-1), dim=-1)[..., :-1]
+    else:
+        p = torch.softmax(s, dim=-1)
     p = torch.nan_to_num(p, nan=0.0) if not torch.isnan(kk).any() else p
     return torch.einsum("hmn,nhd->mhd", p, vv)
 

@@ -46,12 +46,12 @@ def assert_attn(out, ref, what, atol):
     assert_close_attn(out, ref, what, atol=atol, rtol=RTOL[out.dtype])
 
 
-def assert_decode_per_request(out, q, pool, tok, lens, act, what=""):
+def assert_decode_per_request(out, q, pool, tok, lens, act, what="", **kw):
     """Each request's decode output against the float reference over its dequantized cache."""
     for i, L in enumerate(lens):
         k, v = pool.dequant(tok[i])
-        ref = attention_ref(q[i:i + 1].float(), k, v)
-        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, act))
+        ref = attention_ref(q[i:i + 1].float(), k, v, **kw)
+        tol = tolerance(ref, lowp_ref(q[i:i + 1].float(), k, v, act, **kw))
         assert_attn(out[i:i + 1], ref, f"request {i} (len {L}{what})", atol=tol)
 
 
@@ -153,6 +153,52 @@ def test_odd_gqa_ratios_decode_and_extend(fmt, group, page, device):
     assert_decode_per_request(out, q, pool, tok, lens, ACT[q_dtype])
     _run_extend(kv_dtype, q_dtype, d, hkv, group, page, [0, int(torch.randint(1, 90, ()))],
                 [int(torch.randint(1, 40, ())), 1], device)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("fp8_e4m3", "fp16"), ("nvfp4", "bf16")], ids=lambda f: f[0])
+def test_decode_attention_sinks(fmt, page, splits, device):
+    """Attention sinks (gpt-oss): exp(sink) joins each head's softmax denominator; one split (the
+    one-split store is bypassed for the reduce) and several; sinks both far below and above the
+    scores; a request without tokens reads zeros; against the float reference."""
+    kv_dtype, q_dtype = fmt
+    d, hkv, group = 64, 2, 4
+    lens = [0, 1, int(torch.randint(40, 200, ()))]
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, device)
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    sinks = torch.cat([torch.randn(hkv * group - 2) * 2, torch.tensor([-30.0, 8.0])]).to(device)
+    out = torch.full_like(q, float("nan")).to(device)
+    seq = torch.tensor(lens, dtype=torch.int32, device=device)
+    decode_attention(q.to(device), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                     k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                     max_splits=splits, out=out, sinks=sinks)
+    assert (out[0] == 0).all()
+    assert_decode_per_request(out[1:], q[1:], pool, tok[1:], lens[1:], ACT[q_dtype], sinks=sinks)
+
+
+@pytest.mark.parametrize("window", [-1, 50])
+@pytest.mark.parametrize("fmt", [("bf16", "bf16"), ("nvfp4", "bf16")], ids=lambda f: f[0])
+def test_extend_attention_sinks(fmt, window, device):
+    """Attention sinks in extend, with and without a sliding window, a cached prefix and a fresh
+    prefill in one batch, paged: against the float reference."""
+    kv_dtype, q_dtype = fmt
+    sinks = (torch.randn(8) * 2).to(device)
+    _run_extend(kv_dtype, q_dtype, 64, 2, 4, 16, [0, 130], [50, 33], device, sinks=sinks, window_left=window)
+
+
+def test_sinks_are_checked():
+    """A sinks tensor of the wrong shape, dtype or device is refused naming ``sinks``."""
+    q = torch.zeros(2, 8, 64, dtype=torch.bfloat16)
+    kc = torch.zeros(16, 2, 64, dtype=torch.bfloat16)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    for bad in (torch.zeros(4), torch.zeros(8, dtype=torch.int32), torch.zeros(8, 1)):
+        with pytest.raises(ValueError, match="sinks: expected a contiguous \\(8,\\)"):
+            decode_attention(q, kc, kc, i32(0, 1, 2), i32(0, 1), i32(1, 1), kv_dtype="bf16", sinks=bad)
+        with pytest.raises(ValueError, match="sinks"):
+            extend_attention(q[0:2], kc[:2], kc[:2], kc, kc, i32(0, 2), i32(0, 0), i32(0), i32(0), max_extend_len=2,
+                             kv_dtype="bf16",
+                             sinks=bad)
 
 
 def test_every_gqa_ratio_up_to_16_is_planned():

@@ -549,12 +549,12 @@ def test_plan_arch_env_is_checked(monkeypatch):
     assert B.plan_arch(cpu) == 90
 
 
-@pytest.mark.parametrize("kw", [dict(sinks=torch.zeros(2)), dict(k_rope=torch.zeros(1)), dict(return_lse=True)],
+@pytest.mark.parametrize("kw", [dict(idx_q=torch.zeros(2)), dict(k_rope=torch.zeros(1)), dict(return_lse=True)],
                          ids=lambda k: next(iter(k)))
 def test_backend_refuses_unknown_attention_kwargs_by_name(kw, monkeypatch):
-    """An attention keyword argument the backend does not implement (gpt-oss's sinks, MLA's k_rope,
-    return_lse) is refused naming it, in both phases, never dropped; passed as None it is
-    accepted."""
+    """An attention keyword argument the backend does not implement (a sparse indexer's idx_q,
+    MLA's k_rope, return_lse) is refused naming it, in both phases, never dropped; passed as None
+    it is accepted."""
     import sglang_sm12x.backend as B
 
     monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
@@ -574,3 +574,29 @@ def test_backend_refuses_unknown_attention_kwargs_by_name(kw, monkeypatch):
     be.forward_metadata = B.Sm12xMetadata(True, i32(0, 2), i32(3, 7), seq_lens=i32(2))
     out = be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, **{name: None})
     assert torch.isfinite(out.float()).all()
+
+
+def test_backend_passes_attention_sinks(monkeypatch):
+    """gpt-oss's ``sinks`` reach the kernels (decode: the reduce adds exp(sink) to each head's
+    denominator): against the float reference; a sinks tensor of the wrong length is refused."""
+    import sglang_sm12x.backend as B
+    from attention_ref import attention_ref
+
+    monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
+    kb = torch.randn(8, 1, 64).to(torch.bfloat16)
+    vb = torch.randn(8, 1, 64).to(torch.bfloat16)
+    pool = SimpleNamespace(k_buffer=[kb] * 2, v_buffer=[vb] * 2)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
+                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
+    be = B.Sm12xAttnBackend(runner)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    lay = _layer(0, 2, 1, 64, "bf16")
+    q = torch.randn(1, 128).to(torch.bfloat16)
+    sinks = torch.tensor([1.5, -2.0])
+    be.forward_metadata = B.Sm12xMetadata(True, i32(0, 3), i32(3, 4, 5), seq_lens=i32(3))
+    out = be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=sinks)
+    ref = attention_ref(q.view(1, 2, 64).float(), kb[3:6].float(), vb[3:6].float(), sm_scale=lay.scaling, sinks=sinks)
+    torch.testing.assert_close(out.view(1, 2, 64).float(), ref, atol=2e-2, rtol=2e-2)
+    with pytest.raises(ValueError, match="sinks"):
+        be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=torch.zeros(3))

@@ -29,7 +29,7 @@ from sglang.srt.layers.attention.base_attn_backend import AttentionBackend
 from sgl_kernel_sm12x import planner
 from sgl_kernel_sm12x.attention.decode import plan_decode_batch
 from sgl_kernel_sm12x.attention.extend import plan_extend_batch
-from sgl_kernel_sm12x.attention.kv_tile import check_slot_flag, offsets_fit
+from sgl_kernel_sm12x.attention.kv_tile import check_sinks, check_slot_flag, offsets_fit
 from sgl_kernel_sm12x.attention.indices import build_kv_indices
 from sgl_kernel_sm12x.kv_append import NVFP4_SCALES, append_kv
 
@@ -125,9 +125,16 @@ def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None
                          f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
 
 
+def _sinks(sinks, q_heads: int, device):
+    """A layer's attention sinks (gpt-oss: one logit a query head of this rank), checked."""
+    if sinks is not None:
+        check_sinks(sinks, q_heads, device)
+    return sinks
+
+
 def _refuse_kwargs(where: str, kwargs: dict):
-    """Attention keyword arguments this backend does not implement (``sinks``, ``k_rope``,
-    ``return_lse``, ...) are refused by name: dropping one would compute something else. Those
+    """Attention keyword arguments this backend does not implement (``k_rope``, ``return_lse``,
+    ...) are refused by name: dropping one would compute something else. Those
     passed as None (a model's way of saying "none") are accepted."""
     given = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
     if given:
@@ -344,7 +351,7 @@ class Sm12xAttnBackend(AttentionBackend):
         """Debug mode (SGLANG_SM12X_CHECK_SLOTS=1): the batch's index check read back, one sync."""
         check_slot_flag(plan.flag, md.kv_indptr, md.kv_indices, kc.shape[0], self.page_size)
 
-    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+    def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, sinks=None, **kwargs):
         _refuse_kwargs("forward_extend", kwargs)
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
         if q3.shape[0] == 0:
@@ -370,10 +377,10 @@ class Sm12xAttnBackend(AttentionBackend):
         out = torch.empty(q3.shape[0], hq, d, dtype=q3.dtype, device=q3.device)
         plan.run(q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale,
                  v_scale=v_scale, sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-                 window_left=window, out=out)
+                 window_left=window, out=out, sinks=_sinks(sinks, hq, q3.device))
         return out.view(-1, hq * d)
 
-    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, sinks=None, **kwargs):
         _refuse_kwargs("forward_decode", kwargs)
         q3, k3, v3, hq, hkv, d = self._heads(layer, q, k, v)
         if q3.shape[0] == 0:
@@ -405,5 +412,5 @@ class Sm12xAttnBackend(AttentionBackend):
         out = torch.empty_like(q3)
         plan.run(q3, kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
                  sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-                 window_left=self._window(layer), out=out)
+                 window_left=self._window(layer), out=out, sinks=_sinks(sinks, hq, q3.device))
         return out.view(bs, hq * d)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_NVFP4, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from .kv_tile import (check_sinks, FMT_NVFP4, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
                       offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -189,8 +189,11 @@ def decode_reduce_kernel(
     lse_ptr,                                   # (batch, q_heads) natural-log LSE, or unused
     v_scale,
     HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr, WRITE_LSE: tl.constexpr,
+    sinks_ptr=None, HAS_SINKS: tl.constexpr = False,   # (q_heads,) attention-sink logits (natural log)
 ):
-    """Merge the splits of one (request, q head); splits are read in chunks of at most 64."""
+    """Merge the splits of one (request, q head); splits are read in chunks of at most 64. An
+    attention sink adds ``exp(sink)`` to the softmax denominator (a key every query sees whose
+    value is zero)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     row = b * tl.num_programs(1) + h
@@ -200,6 +203,9 @@ def decode_reduce_kernel(
     m = tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + offs_s), 0)
     for c in tl.static_range(CH, MAX_SPLITS, CH):
         m = tl.maximum(m, tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + c + offs_s), 0))
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + h).to(tl.float32) * 1.4426950408889634
+        m = tl.maximum(m, sink)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     acc = tl.zeros([HEAD_DIM], tl.float32)
     den = 0.0
@@ -211,6 +217,8 @@ def decode_reduce_kernel(
                      mask=valid[:, None], other=0.0)
         den += tl.sum(w, 0)
         acc += tl.sum(po * w[:, None], 0)
+    if HAS_SINKS:
+        den += tl.exp2(sink - m_safe)
     o = acc / tl.where(den > 0, den, 1.0) * v_scale
     tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty))
     if WRITE_LSE:
@@ -256,9 +264,10 @@ class DecodePlan:
 
     def run(self, q, k_cache, v_cache, *, k_scale_cache=None, v_scale_cache=None, k_scale: float = 1.0,
             v_scale: float = 1.0, sm_scale: float | None = None, logit_cap: float = 0.0, window_left: int = -1,
-            out=None, lse=None) -> torch.Tensor:
+            out=None, lse=None, sinks=None) -> torch.Tensor:
         """One layer: ``q`` (batch, q_heads, head_dim), that layer's pool (as planned), per-tensor
-        scales as floats; writes and returns ``out``."""
+        scales as floats; ``sinks`` (q_heads,) attention-sink logits or None; writes and returns
+        ``out``."""
         cfg, d, hkv = self.cfg, self.head_dim, self.kv_heads
         if out is None:
             out = torch.empty_like(q)
@@ -277,7 +286,7 @@ class DecodePlan:
         qk_scale = sm * k_scale * LOG2E
         part_o, part_lse = self.workspace
         write_lse = lse is not None
-        direct = cfg.max_splits == 1 and not write_lse
+        direct = cfg.max_splits == 1 and not write_lse and sinks is None     # sinks: through the reduce
         hq = self.q_heads
         if cfg.fp4_mma:
             _launch_fp4_mma(cfg, q, kc, vc, ks, vs, self.kv_indptr, self.kv_indices, self.seq_lens, part_o, part_lse,
@@ -307,6 +316,7 @@ class DecodePlan:
                 part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0),
                 stride_o_h=out.stride(1), lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
                 HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
+                **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
             )
         return out
 
@@ -391,6 +401,7 @@ def decode_attention(
     arch: int | None = None,
     config: planner.DecodeConfig | None = None,
     check_slots: bool = True,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decode step of paged attention, validated, planned and run in one call (a model runs
     :func:`plan_decode_batch` once per batch and :meth:`DecodePlan.run` per layer instead).
@@ -412,9 +423,13 @@ def decode_attention(
         pool's last one); True also checks the ids on the device and reads the result after the
         launch (one more launch and one sync; skipped inside CUDA-graph capture), raising
         ``ValueError`` naming ``kv_indices`` and the offending range.
+    sinks : (q_heads,) attention-sink logits (gpt-oss): ``exp(sink)`` joins each head's softmax
+        denominator, as a key every query sees with a zero value. None: no sink.
 
     Returns ``out`` (batch, q_heads, head_dim) in q's dtype.
     """
+    check_sinks(sinks, q.shape[1] if isinstance(q, torch.Tensor) and q.dim() == 3 else -1,
+                q.device if isinstance(q, torch.Tensor) else "cpu")
     _check_decode_layer(q, k_cache, v_cache, kv_dtype=kv_dtype, k_scale_cache=k_scale_cache,
                         v_scale_cache=v_scale_cache, out=out)
     batch, hq, d = q.shape
@@ -427,7 +442,7 @@ def decode_attention(
         _fail("seq_lens", f"holds {plan.batch} requests, q holds {batch}")
     out = plan.run(q, k_cache, v_cache, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
                    k_scale=_scalar(k_scale, "k_scale"), v_scale=_scalar(v_scale, "v_scale"), sm_scale=sm_scale,
-                   logit_cap=logit_cap, window_left=window_left, out=out, lse=lse)
+                   logit_cap=logit_cap, window_left=window_left, out=out, lse=lse, sinks=sinks)
     if check_slots:
         check_slot_flag(plan.flag, kv_indptr, kv_indices, k_cache.shape[0], page_size)
     return out

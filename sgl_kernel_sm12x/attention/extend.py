@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
+from .kv_tile import (check_sinks, FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
                       nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
@@ -53,6 +53,7 @@ def extend_kernel(
     UNMASKED: tl.constexpr = True, PREFIX_STAGES: tl.constexpr = None, HEAVY_FIRST: tl.constexpr = False,
     QUANT_PREFIX_UNMASKED: tl.constexpr = False, DIAG_IN_LOOP: tl.constexpr = False,
     PREFIX_LOOP: tl.constexpr = True,
+    sinks_ptr=None, HAS_SINKS: tl.constexpr = False,      # (q_heads,) attention-sink logits (natural log)
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -208,7 +209,13 @@ def extend_kernel(
             v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
             acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
-    inv_l = 1.0 / l_i
+    if HAS_SINKS:   # exp(sink) joins the denominator: a key every query sees, with a zero value
+        sink = tl.load(sinks_ptr + h).to(tl.float32) * 1.4426950408889634
+        m_f = tl.maximum(m_i, sink)
+        keep = tl.exp2(m_i - m_f)
+        inv_l = keep / (l_i * keep + tl.exp2(sink - m_f))
+    else:
+        inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h
     tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
 
@@ -261,6 +268,7 @@ def extend_attention(
     config: planner.ExtendConfig | None = None,
     max_prefix_len: int | None = None,
     check_slots: bool = True,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of each request's new tokens over its cached prefix plus themselves,
     validated, planned and run in one call (a model runs :func:`plan_extend_batch` once per batch and
@@ -284,6 +292,8 @@ def extend_attention(
         configuration without the prefix phase is refused unless max_prefix_len is 0.
     check_slots : as in :func:`sgl_kernel_sm12x.attention.decode.decode_attention` (out-of-pool slot
         ids are never read; True checks them and raises naming ``kv_indices``: one launch, one sync).
+    sinks : as in :func:`sgl_kernel_sm12x.attention.decode.decode_attention` (the Triton kernel runs
+        them).
     """
     modes = kv_formats(kv_dtype)
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -294,6 +304,7 @@ def extend_attention(
         if t.stride(2) != 1:
             _fail(name, "head_dim must be contiguous")
     tokens, hq, d = q.shape
+    check_sinks(sinks, hq, q.device)
     hkv = k.shape[1]
     if k.shape != (tokens, hkv, d) or v.shape != k.shape or k.dtype != q.dtype or v.dtype != q.dtype:
         _fail("k", f"k and v must be ({tokens}, kv_heads, {d}) in {q.dtype}")
@@ -327,7 +338,7 @@ def extend_attention(
     plan.run(q, k, v, k_cache, v_cache, k_scale_cache=k_scale_cache, v_scale_cache=v_scale_cache,
              k_scale=float(k_scale.item() if isinstance(k_scale, torch.Tensor) else k_scale),
              v_scale=float(v_scale.item() if isinstance(v_scale, torch.Tensor) else v_scale), sm_scale=sm_scale,
-             logit_cap=logit_cap, window_left=window_left, out=out)
+             logit_cap=logit_cap, window_left=window_left, out=out, sinks=sinks)
     if check_slots:
         check_slot_flag(plan.flag, kv_indptr, kv_indices, k_cache.shape[0], page_size)
     return out
@@ -358,14 +369,17 @@ class ExtendPlan:
 
     def run(self, q, k, v, k_cache, v_cache, *, k_scale_cache=None, v_scale_cache=None, k_scale: float = 1.0,
             v_scale: float = 1.0, sm_scale: float | None = None, logit_cap: float = 0.0, window_left: int = -1,
-            out=None) -> torch.Tensor:
+            out=None, sinks=None) -> torch.Tensor:
         """One layer: ``q`` (tokens, q_heads, head_dim), ``k`` / ``v`` the same tokens' K / V in q's
-        dtype, that layer's pool as planned; writes and returns ``out``."""
+        dtype, that layer's pool as planned; ``sinks`` (q_heads,) attention-sink logits or None
+        (the Triton kernel, planned as ``cfg_window``, takes them); writes and returns ``out``."""
         if out is None:
             out = torch.empty_like(q)
         if q.shape[0] == 0 or self.batch == 0 or self.max_extend_len <= 0:
             return out
-        cfg = self.cfg_window if window_left >= 0 else self.cfg
+        cfg = self.cfg_window if window_left >= 0 or sinks is not None else self.cfg
+        if sinks is not None and (cfg.wgmma or cfg.mma2):
+            _fail("config", "attention sinks run on the Triton extend kernel (wgmma=False, mma2=False)")
         k_fmt, v_fmt = self.k_fmt, self.v_fmt
         if self.chunk_as_pool:
             k_cache, v_cache, k_scale_cache, v_scale_cache = k, v, None, None
@@ -377,7 +391,7 @@ class ExtendPlan:
         vs = v_scale_cache.view(torch.uint8) if v_fmt == KVFormat.NVFP4 else vc
         d, hq, hkv = self.head_dim, self.q_heads, self.kv_heads
         sm = (1.0 / math.sqrt(d)) if sm_scale is None else float(sm_scale)
-        flags = dict(self.flags_window if window_left >= 0 else self.flags)
+        flags = dict(self.flags_window if window_left >= 0 or sinks is not None else self.flags)
         ksf, vsf = unit_scales(flags, k_fmt, v_fmt, float(k_scale), float(v_scale))
         if cfg.mma2:
             from .extend_mma import launch
@@ -409,6 +423,7 @@ class ExtendPlan:
             max_id=_max_id(kc.shape[0], self.page_size), HEAD_DIM=d, PAGED=self.page_size > 1, K_MODE=int(k_fmt),
             V_MODE=int(v_fmt), HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
             **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags,
+            **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         return out

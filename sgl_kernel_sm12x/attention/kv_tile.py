@@ -29,6 +29,21 @@ FMT_NVFP4 = tl.constexpr(int(KVFormat.NVFP4))
 FP4_PTX_UNIT = 2.0 ** -14
 
 
+def check_sinks(sinks, q_heads: int, device) -> None:
+    """``sinks``: None, or one attention-sink logit per query head -- a contiguous (q_heads,) float32 /
+    bf16 / fp16 tensor on the layer's device."""
+    import torch
+    if sinks is None:
+        return
+    if not isinstance(sinks, torch.Tensor) or sinks.shape != (q_heads,) or not sinks.is_contiguous() \
+            or sinks.dtype not in (torch.float32, torch.bfloat16, torch.float16) \
+            or sinks.device != torch.device(device):
+        got = (f"{tuple(sinks.shape)} {sinks.dtype} on {sinks.device}" if isinstance(sinks, torch.Tensor)
+               else type(sinks).__name__)
+        raise ValueError(f"sinks: expected a contiguous ({q_heads},) float32/bf16/fp16 tensor on {device} (one "
+                         f"logit a query head), got {got}")
+
+
 def offsets_fit(*tensors, limit: int = 2 ** 31) -> bool:
     """Whether every pool tensor (K / V codes, block scales) spans under ``limit`` bytes: what the
     sm_90 Gluon extend kernels' 32-bit byte offsets need (a 64-bit variant spilled there, so larger
