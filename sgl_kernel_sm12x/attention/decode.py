@@ -579,8 +579,13 @@ def aot_cases_reduce(arch: int):
     for d in planner.HEAD_DIMS:
         for ms in splits:
             for q_dtype in planner.ACT_DTYPES:
-                sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": f"*{q_dtype}", "lse_ptr": "*fp32",
-                       "stride_o_b": "i32", "stride_o_h": "i32", "v_scale": "fp32"}
-                cx = dict(HEAD_DIM=d, MAX_SPLITS=ms, WRITE_LSE=True)
-                yield (dict(head_dim=d, max_splits=ms, q_dtype=q_dtype, num_warps=4), sig, cx,
-                       {"num_warps": 4, "num_stages": 1})
+                for sinks in (False, True):     # attention sinks (gpt-oss): one logit a head
+                    sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": f"*{q_dtype}",
+                           "lse_ptr": "*fp32", "stride_o_b": "i32", "stride_o_h": "i32", "v_scale": "fp32"}
+                    cx = dict(HEAD_DIM=d, MAX_SPLITS=ms, WRITE_LSE=True, HAS_SINKS=sinks)
+                    if sinks:
+                        sig["sinks_ptr"] = "*fp32"
+                    else:
+                        cx["sinks_ptr"] = None
+                    yield (dict(head_dim=d, max_splits=ms, q_dtype=q_dtype, num_warps=4, sinks=sinks), sig, cx,
+                           {"num_warps": 4, "num_stages": 1})

@@ -535,8 +535,9 @@ def aot_cases(arch: int):
     seen = set()
     # with a sliding window (or under the interpreter) sm_90's NVFP4 plan stays on this kernel
     # gluon=False: where the Gluon kernel cannot run (pools over 2^31 bytes, Triton < 3.6)
-    for inp in (dict(i, window=w, gluon=g) for i in planner.extend_domain() for w in (False, True)
-                for g in (True, False)):
+    # attention sinks run the window plan (ExtendPlan.run): its configurations with sinks too
+    for inp, sinks in ((dict(i, window=w, gluon=g), sk) for i in planner.extend_domain() for w in (False, True)
+                       for g in (True, False) for sk in ((False, True) if w else (False,))):
         cfg = planner.plan_extend(arch, **inp)
         if cfg.wgmma or cfg.mma2:       # another kernel (extend_wgmma / extend_mma.aot_cases)
             continue
@@ -545,7 +546,7 @@ def aot_cases(arch: int):
         cache_t = q_t if k_mode == KVFormat.PLAIN else "*u8"
         cx = dict(HEAD_DIM=inp["head_dim"], PAGED=inp["page_size"] > 1, K_MODE=k_mode, V_MODE=v_mode,
                   HAS_CAP=False, HAS_WINDOW=False, DOT_FP32=False, **_config_constexprs(cfg),
-                  **tile_flags(k_mode, v_mode, cfg.hw_fp8))
+                  **tile_flags(k_mode, v_mode, cfg.hw_fp8), HAS_SINKS=sinks)
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
         if key in seen:
             continue
@@ -560,6 +561,10 @@ def aot_cases(arch: int):
                   "stride_ks_s", "stride_ks_h", "stride_vs_s", "stride_vs_h", "window_left", "group", "page_size",
                   "max_id"):
             sig[n] = "i32"
+        if sinks:
+            sig["sinks_ptr"] = "*fp32"
+        else:
+            cx["sinks_ptr"] = None
         label = dict(head_dim=inp["head_dim"], kv_dtype=inp["kv_dtype"], q_dtype=inp["q_dtype"],
-                     paged=inp["page_size"] > 1, **cfg.as_dict())
+                     paged=inp["page_size"] > 1, **cfg.as_dict(), **({"sinks": True} if sinks else {}))
         yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
