@@ -77,8 +77,12 @@ def extend_kernel(
     qpos = prefix_len + offs_m                              # absolute positions
     offs_n = tl.arange(0, BLOCK_N)
     q_rows = q_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_q_t + h[:, None] * stride_q_h
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
+    if HAS_SINKS:   # the sink as a first key every query sees, with a zero value: exp(sink) in the denominator
+        m_i = tl.load(sinks_ptr + h).to(tl.float32) * 1.4426950408889634
+        l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+    else:
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
     HALF: tl.constexpr = HEAD_DIM // 2
     offs_d = tl.arange(0, HEAD_DIM)
     # the prefix phase runs its MMAs in dtp: fp16 for quantized pools on CUDA devices (e4m3 and
@@ -209,13 +213,7 @@ def extend_kernel(
             v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
             acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
-    if HAS_SINKS:   # exp(sink) joins the denominator: a key every query sees, with a zero value
-        sink = tl.load(sinks_ptr + h).to(tl.float32) * 1.4426950408889634
-        m_f = tl.maximum(m_i, sink)
-        keep = tl.exp2(m_i - m_f)
-        inv_l = keep / (l_i * keep + tl.exp2(sink - m_f))
-    else:
-        inv_l = 1.0 / l_i
+    inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h
     tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
 
