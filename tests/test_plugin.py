@@ -491,6 +491,15 @@ def test_0517_cell_size_gives_back_the_fp8_workspace(monkeypatch):
     assert bf16 / (per_layer * layers) >= 3.55
 
 
+def _small_backend(B, kb, vb):
+    """A backend over a two-layer bf16 pool of 8 slots (K ``kb`` / V ``vb`` in every layer)."""
+    pool = SimpleNamespace(k_buffer=[kb] * 2, v_buffer=[vb] * 2)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
+                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
+    return B.Sm12xAttnBackend(runner)
+
+
 @pytest.mark.parametrize("env", ["1", "0", None])
 def test_backend_checks_slot_ids_only_in_debug_mode(env, monkeypatch):
     """SGLANG_SM12X_CHECK_SLOTS=1: the batch's first layer checks its index list against the pool
@@ -502,12 +511,7 @@ def test_backend_checks_slot_ids_only_in_debug_mode(env, monkeypatch):
         monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
     else:
         monkeypatch.setenv(B.CHECK_SLOTS_ENV, env)
-    pool = SimpleNamespace(k_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2,
-                           v_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2)
-    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
-                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
-                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
-    be = B.Sm12xAttnBackend(runner)
+    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16), torch.zeros(8, 1, 64, dtype=torch.bfloat16))
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
     q = torch.randn(1, 128).to(torch.bfloat16)
@@ -558,12 +562,7 @@ def test_backend_refuses_unknown_attention_kwargs_by_name(kw, monkeypatch):
     import sglang_sm12x.backend as B
 
     monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
-    pool = SimpleNamespace(k_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2,
-                           v_buffer=[torch.zeros(8, 1, 64, dtype=torch.bfloat16)] * 2)
-    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
-                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
-                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
-    be = B.Sm12xAttnBackend(runner)
+    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16), torch.zeros(8, 1, 64, dtype=torch.bfloat16))
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
     q = torch.randn(1, 128).to(torch.bfloat16)
@@ -585,11 +584,7 @@ def test_backend_passes_attention_sinks(monkeypatch):
     monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
     kb = torch.randn(8, 1, 64).to(torch.bfloat16)
     vb = torch.randn(8, 1, 64).to(torch.bfloat16)
-    pool = SimpleNamespace(k_buffer=[kb] * 2, v_buffer=[vb] * 2)
-    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 8)),
-                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
-                     model_config=SimpleNamespace(context_len=8), sliding_window_size=None, dtype=torch.bfloat16)
-    be = B.Sm12xAttnBackend(runner)
+    be = _small_backend(B, kb, vb)
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
     q = torch.randn(1, 128).to(torch.bfloat16)

@@ -38,31 +38,11 @@ import triton.experimental.gluon.language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from .decode_nvfp4 import _lane_pairs
-from .extend_wgmma import _decode, _phys, _q_fp16_permuted
+from .extend_wgmma import _decode, _phys, _q_fp16_permuted, _softmax
 from .kv_tile import E2M1_BYTE_REGS, FP4_PTX_UNIT, max_id as _max_id
 
 # a CTA-wide barrier: gl.barrier on Triton 3.8, gl.thread_barrier on 3.6
 _bar = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
-
-
-@gluon.jit
-def _softmax(s, scale, m_i, l_i, vis, MASKED: gl.constexpr, HAS_CAP: gl.constexpr, logit_cap):
-    """One online-softmax step on raw scores ``s`` (log2-domain ``scale``); ``vis`` applies when
-    ``MASKED``. Without a soft cap the scale is applied to the row maximum once and folds into the
-    exponent's subtraction."""
-    if HAS_CAP:
-        s = s * scale
-        t = gl.exp2((2.0 / logit_cap) * gl.abs(s))
-        th = 1.0 - 2.0 / (t + 1.0)
-        s = gl.where(s < 0, -logit_cap * th, logit_cap * th) * 1.4426950408889634
-        scale = 1.0
-    if MASKED:
-        s = gl.where(vis, s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, 1) * scale)
-    m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = gl.exp2(m_i - m_use)
-    p = gl.exp2(s * scale - gl.expand_dims(m_use, 1))
-    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
 
 
 @gluon.jit
