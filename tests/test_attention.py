@@ -111,7 +111,8 @@ def test_extend_matrix(fmt, d, group, page, device):
     _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device)
 
 
-def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, config=None, max_prefix_len=None, **kw):
+def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, config=None, max_prefix_len=None,
+                arch=None, **kw):
     pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, prefix, page, hkv, d, device)
     T = sum(ext)
     dt = ACT[q_dtype]
@@ -122,7 +123,7 @@ def _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, device, con
                      torch.tensor(prefix, dtype=torch.int32, device=device), kv_dtype=kv_dtype,
                      max_extend_len=max(ext), page_size=page, k_scale_cache=pool.ks, v_scale_cache=pool.vs,
                      k_scale=pool.k_scale, v_scale=pool.v_scale, out=out, config=config, max_prefix_len=max_prefix_len,
-                     **kw)
+                     arch=arch, **kw)
     for i, (P, E) in enumerate(zip(prefix, ext)):
         kp, vp = pool.dequant(tok[i]) if P else (torch.zeros(0, hkv, d),) * 2
         a, b = int(qo[i]), int(qo[i + 1])
@@ -646,6 +647,37 @@ def test_gpu_extend_short_fresh_chunks(group, q_dtype):
     _run_extend(q_dtype, q_dtype, 128, 2, group, 1, [0, 0, 0], [1, 333, planner.SHORT_CHUNK], "cuda",
                 max_prefix_len=0)
     _run_extend("nvfp4", q_dtype, 128, 2, group, 16, [0, 0], [700, 64], "cuda", max_prefix_len=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("group", MATRIX_GROUPS + ODD_GROUPS)
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
+def test_gpu_sm120_plan(fmt, d, group, page):
+    """What an sm_120 card runs: decode and extend planned for arch 120 (run under
+    DISABLE_MMA_V3=1 on a Hopper card, Triton emits mma.sync as it does on sm_120), every format x
+    head_dim x GQA ratio, page sizes 1 and 16; a one-token request, lengths past several tiles, a
+    cached prefix beside a fresh prefill, then attention sinks (fp32 per query head)."""
+    kv_dtype, q_dtype = fmt
+    hkv = 2 if group <= 8 else 1
+    lens = [1, 0, int(torch.randint(300, 1500, ()))]
+    pool, indptr, indices, tok, _ = _fill_pool(kv_dtype, q_dtype, lens, page, hkv, d, "cuda")
+    q = torch.randn(len(lens), hkv * group, d).to(ACT[q_dtype])
+    seq = torch.tensor(lens, dtype=torch.int32, device="cuda")
+    sinks = (torch.randn(hkv * group) * 2).cuda()
+    for kw in ({}, {"sinks": sinks}):
+        out = torch.full_like(q, float("nan")).cuda()
+        decode_attention(q.cuda(), pool.k, pool.v, indptr, indices, seq, kv_dtype=kv_dtype, page_size=page,
+                         k_scale_cache=pool.ks, v_scale_cache=pool.vs, k_scale=pool.k_scale, v_scale=pool.v_scale,
+                         out=out, arch=120, **kw)
+        assert (out[1] == 0).all()
+        keep = [0, 2]
+        assert_decode_per_request(out[keep], q[keep], pool, [tok[i] for i in keep], [lens[i] for i in keep],
+                                  ACT[q_dtype], **kw)
+    prefix, ext = [0, 700, 129], [500, 1, 333]
+    _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, "cuda", arch=120)
+    _run_extend(kv_dtype, q_dtype, d, hkv, group, page, prefix, ext, "cuda", arch=120, sinks=sinks)
 
 
 def _sm90():

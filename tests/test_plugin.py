@@ -340,14 +340,23 @@ def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, mat
         Sm12xAttnBackend(runner)
 
 
-def test_backend_refuses_sliding_window_pools():
+def test_backend_refuses_pools_it_cannot_address_at_start():
+    """A hybrid linear-attention pool (no K/V buffers of its own) and a unified allocator's virtual
+    slot ids are refused when the backend is built, naming the reason."""
     from sglang_sm12x.backend import check_runner
 
-    class SWAKVPool:
-        k_buffer = v_buffer = []
+    class HybridLinearKVPool:
+        pass
 
-    with pytest.raises(ValueError, match="SWAKVPool"):
-        check_runner(SimpleNamespace(model_config=None), SWAKVPool())
+    with pytest.raises(ValueError, match="HybridLinearKVPool"):
+        check_runner(SimpleNamespace(model_config=None), HybridLinearKVPool())
+    mha = SimpleNamespace(k_buffer=[], v_buffer=[])
+    unified = SimpleNamespace(model_config=None, token_to_kv_pool_allocator=SimpleNamespace(translate_kv_loc=id))
+    with pytest.raises(ValueError, match="virtual ids"):
+        check_runner(unified, mha)
+    with pytest.raises(ValueError, match="virtual ids"):
+        check_runner(SimpleNamespace(kv_index_translator=SimpleNamespace(is_translating=True)), mha)
+    check_runner(SimpleNamespace(kv_index_translator=SimpleNamespace(is_translating=False)), mha)
 
 
 def test_backend_rejects_an_unknown_nvfp4_scale_rule(monkeypatch):
@@ -595,3 +604,170 @@ def test_backend_passes_attention_sinks(monkeypatch):
     torch.testing.assert_close(out.view(1, 2, 64).float(), ref, atol=2e-2, rtol=2e-2)
     with pytest.raises(ValueError, match="sinks"):
         be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=torch.zeros(3))
+
+
+def _swa_pool(kv, size, page, hkv, d, swa_ids, full_ids):
+    """SGLang's hybrid sliding-window pool over two MHA pools (NVFP4: one quantization method)."""
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+    from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
+
+    layers = len(swa_ids) + len(full_ids)
+    kw = {}
+    if kv == "nvfp4":
+        from sglang.srt.layers.quantization.fp4_kv_cache_quant_method import NVFP4KVCacheMethod
+
+        qm = NVFP4KVCacheMethod(num_layers=layers, device=DEV)
+        if hasattr(qm, "configure_attention_backends"):
+            qm.configure_attention_backends("sm12x", "sm12x")
+        _hooks.native_for_sm12x(qm)
+        qm.k_scales_float, qm.v_scales_float = [GLOBAL[kv][0]] * layers, [GLOBAL[kv][1]] * layers
+        kw["quant_method"] = qm
+        dtype = torch.float4_e2m1fn_x2
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}[kv]
+    pool = SWAKVPool(size=size, size_swa=size, page_size=page, dtype=dtype, head_num=hkv, head_dim=d,
+                     swa_attention_layer_ids=swa_ids, full_attention_layer_ids=full_ids, device=DEV,
+                     token_to_kv_pool_class=MHATokenToKVPool, enable_memory_saver=False, **kw)
+    return pool, dtype
+
+
+def _swa_dequant(sub, local, kv, layer, slots):
+    k, v = sub.k_buffer[local][slots].cpu(), sub.v_buffer[local][slots].cpu()
+    if kv == "nvfp4":
+        ks, vs = GLOBAL[kv]
+        return (nvfp4.dequantize_nvfp4(k, sub.k_scale_buffer[local][slots].cpu(), ks),
+                nvfp4.dequantize_nvfp4(v, sub.v_scale_buffer[local][slots].cpu(), vs))
+    if kv == "fp8_e4m3":
+        return nvfp4.dequantize_fp8(k.view(torch.uint8), layer.k_scale_float), \
+            nvfp4.dequantize_fp8(v.view(torch.uint8), layer.v_scale_float)
+    return k.float(), v.float()
+
+
+@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("page", [1, 16])
+def test_backend_sliding_window_pool(kv, page, monkeypatch):
+    """gpt-oss's layout: SGLang's SWAKVPool with a window layer and a full-attention layer. The
+    window layer writes its K/V at the window sub-pool's slots (the full-to-window table), and
+    reads only its window: the pages wholly before each request's window are "evicted" between
+    steps (remapped to a page of NaN), which a read outside the window would turn into NaN output.
+    Fresh prefill, chunked prefill over a cached prefix, then decode -- eager and CUDA-graph
+    metadata -- every output against the float reference over the dequantized sub-pools."""
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    monkeypatch.delenv("SGLANG_SM12X_FAULT", raising=False)
+    hq, hkv, d, W = 4, 2, 64, 20
+    size, max_ctx = 1024, 96
+    pool, dtype = _swa_pool(kv, size, page, hkv, d, swa_ids=[0], full_ids=[1])
+    n_pages = size // page
+    # full slot -> window slot, page-preserving; page 0 of the window pool is the evicted tokens' (NaN)
+    perm = torch.randperm(n_pages - 1) + 1
+    mapping = (perm[:, None] * page + torch.arange(page)).flatten()
+    mapping = torch.cat([torch.zeros(page, dtype=torch.long), mapping])[:size].clone()
+    pool.register_mapping(mapping.to(DEV))
+    nan_page = torch.arange(page)
+    swa = pool.swa_kv_pool
+    for buf in (swa.k_buffer[0], swa.v_buffer[0]):
+        buf.view(torch.uint8)[nan_page] = 0xFF if kv != "bf16" else 0
+        if kv == "bf16":
+            buf[nan_page] = float("nan")
+    if kv == "nvfp4":
+        swa.k_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F       # E4M3 NaN block scales
+        swa.v_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F
+    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
+    rows = torch.tensor([5, 0, 3], device=DEV)
+    fperm = (torch.randperm(n_pages - 2) + 1).tolist()
+    for i, r in enumerate(rows.tolist()):
+        pages = torch.tensor(fperm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
+        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
+            .to(torch.int32).to(DEV)
+    runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
+                     kv_cache_dtype=dtype, model_config=SimpleNamespace(context_len=max_ctx),
+                     sliding_window_size=W, dtype=torch.bfloat16)
+    be = Sm12xAttnBackend(runner)
+    assert be.swa is pool and be.kv_dtype == kv
+    win = _layer(0, hq, hkv, d, kv)
+    win.sliding_window_size = W
+    full = _layer(1, hq, hkv, d, kv)
+    bs = len(rows)
+
+    def evict(seq, keep):
+        """Remap every page wholly before each request's next window to the NaN page."""
+        for r, s in zip(rows.tolist(), seq):
+            first = max(0, s - keep)
+            for p0 in range(0, first // page * page, page):
+                slot = int(r2t.req_to_token[r, p0])
+                mapping[slot:slot + page] = torch.arange(page)
+        pool.register_mapping(mapping.to(DEV))
+
+    def check(o, L, q, prefix, ext, k=None, v=None):
+        """Extend: the chunk's own K/V are the kernel's inputs (k, v), the prefix comes from the
+        pool; decode: everything from the pool."""
+        t0 = 0
+        for i, (r, p, e) in enumerate(zip(rows.tolist(), prefix, ext)):
+            s = p if k is not None else p + e
+            sub, local, _ = be._layer_slot(L)
+            slots = r2t.req_to_token[r, :s].long().cpu()
+            if L is win:                               # the keys its queries can see, in the window pool
+                slots = mapping[slots[max(0, p - W):]]
+            kk, vv = _swa_dequant(sub, local, kv, L, slots.to(DEV))
+            if k is not None:
+                kk = torch.cat([kk, k[t0:t0 + e].view(e, hkv, d).float()])
+                vv = torch.cat([vv, v[t0:t0 + e].view(e, hkv, d).float()])
+            ref = attention_ref(q[t0:t0 + e].view(e, hq, d).float(), kk, vv, sm_scale=L.scaling,
+                                window_left=W if L is win else -1)
+            assert_close_attn(o[t0:t0 + e].view(e, hq, d), ref, f"{kv} page {page} layer {L.layer_id} req {i} "
+                              f"(prefix {p}, chunk {e})", atol=2e-2, rtol=2 ** -7)
+            t0 += e
+
+    def run_extend(prefix, ext, mode):
+        seq = [p + e for p, e in zip(prefix, ext)]
+        loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
+        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
+                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
+                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
+                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
+                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
+                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        be.init_forward_metadata(fb)
+        for L in (win, full):
+            q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
+            k = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
+            v = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
+            o = be.forward(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            check(o, L, q, prefix, ext, k, v)
+        return seq
+
+    first = [1, 45, 33]
+    seq = run_extend([0] * bs, first, ForwardMode.EXTEND)
+    evict(seq, W)
+    seq = run_extend(seq, [30, 1, 7], ForwardMode.MIXED)
+    evict(seq, W + 1)
+    # decode, eager and through the CUDA-graph buffers
+    for graph in (False, True):
+        seq = [s + 1 for s in seq]
+        loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
+        fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
+                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
+                          out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+        if graph:
+            be.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+            be.init_forward_metadata_out_graph(fb)
+        else:
+            be.init_forward_metadata(fb)
+        for L in (win, full):
+            q = torch.randn(bs, hq * d, dtype=torch.bfloat16)
+            k = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+            v = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+            o = be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            check(o, L, q, [s - 1 for s in seq], [1] * bs)
+        evict(seq, W + 1)
+    # the window layer's new tokens went to the window sub-pool, the full layer's to the full one
+    assert torch.equal(be.forward_metadata.swa_loc.cpu(), mapping[loc.cpu()])
+    # a window layer wider than the lists is refused, not read short
+    wide = _layer(0, hq, hkv, d, kv)
+    wide.sliding_window_size = W + 5
+    with pytest.raises(ValueError, match="sliding window 25"):
+        be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), wide, fb)

@@ -66,12 +66,27 @@ class Sm12xMetadata:
     prefix_lens: Optional[torch.Tensor] = None       # extend
     max_extend_len: int = 0                          # extend
     max_prefix_len: Optional[int] = None             # extend, when the host knows it exactly
-    plans: dict = field(default_factory=dict)        # (q heads, kv heads, head_dim, q dtype) -> the batch's plan
+    window: Optional["WindowLists"] = None           # sliding-window layers' lists (models with a window)
+    swa_loc: Optional[torch.Tensor] = None           # the batch's write slots in a hybrid pool's window sub-pool
+    plans: dict = field(default_factory=dict)        # (q heads, kv heads, head_dim, q dtype, window) -> plan
+
+
+@dataclass
+class WindowLists:
+    """The tokens a sliding-window layer reads: each request's last ``window + 1`` (decode) or the
+    ``window`` before its chunk (extend), from a page boundary, in the window sub-pool's slots when
+    the pool is SGLang's hybrid ``SWAKVPool``. The kernels' masks are relative to the list, so
+    dropping whole pages in front changes nothing but the bytes read (and never reaches the tokens a
+    hybrid pool has evicted)."""
+    kv_indptr: torch.Tensor
+    kv_indices: torch.Tensor
+    lens: torch.Tensor                               # decode: tokens listed; extend: prefix tokens listed
+    max_prefix_len: Optional[int] = None             # extend
 
 
 def kv_dtype_name(kv_cache_dtype, pool) -> str:
     """SGLang's pool dtype -> the kernels' ``kv_dtype``; raises for formats the kernels lack."""
-    qm = getattr(pool, "quant_method", None)
+    qm = getattr(sub_pools(pool)[0], "quant_method", None)
     if getattr(qm, "name", None) == "nvfp4":
         return "nvfp4"
     if getattr(qm, "name", None) not in (None, "unquantized"):
@@ -84,11 +99,32 @@ def kv_dtype_name(kv_cache_dtype, pool) -> str:
     return names[kv_cache_dtype]
 
 
+def swa_pool(pool):
+    """SGLang's hybrid sliding-window pool (full-attention and window sub-pools, a full-to-window
+    slot table), or None for a plain pool."""
+    if all(hasattr(pool, a) for a in ("layers_mapping", "full_kv_pool", "swa_kv_pool", "translate_loc_from_full_to_swa")):
+        return pool
+    return None
+
+
+def sub_pools(pool) -> list:
+    """The MHA pools that hold K/V: the pool itself, or a hybrid pool's two."""
+    sp = swa_pool(pool)
+    return [pool] if sp is None else [sp.full_kv_pool, sp.swa_kv_pool]
+
+
 def check_runner(model_runner, pool) -> None:
     """What this backend cannot serve, refused at start-up with the reason (not mid-request)."""
-    if not all(hasattr(pool, a) for a in ("k_buffer", "v_buffer")) or type(pool).__name__.startswith(("SWA", "Hybrid")):
-        raise ValueError(f"--attention-backend sm12x needs SGLang's MHA token-to-KV pool; this model uses "
-                         f"{type(pool).__name__} (sliding-window or hybrid pools are not supported yet)")
+    kind = type(pool).__name__
+    if not all(hasattr(p, a) for p in sub_pools(pool) for a in ("k_buffer", "v_buffer")):
+        raise ValueError(f"--attention-backend sm12x needs SGLang's MHA token-to-KV pool or its sliding-window "
+                         f"pool (SWAKVPool) over MHA pools; this model uses {kind}")
+    alloc = getattr(model_runner, "token_to_kv_pool_allocator", None)
+    translator = getattr(model_runner, "kv_index_translator", None)
+    if hasattr(alloc, "translate_kv_loc") or getattr(translator, "is_translating", False):
+        raise ValueError(f"--attention-backend sm12x reads req_to_token's slots directly; this server's KV "
+                         f"allocator ({type(alloc).__name__}) hands out virtual ids (unified memory pools): "
+                         "start without the unified-memory option")
     spec = getattr(model_runner, "spec_algorithm", None)
     if spec is not None and hasattr(spec, "is_none") and not spec.is_none():
         raise ValueError("--attention-backend sm12x does not support speculative decoding yet "
@@ -188,13 +224,21 @@ class Sm12xAttnBackend(AttentionBackend):
         cfg = model_runner.model_config
         self.max_context_len = int(cfg.context_len)
         self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
+        self.swa = swa_pool(self.pool)
+        # window layers read lists cut to this many keys before each query (SGLang's window_left)
+        w = self.sliding_window_size
+        self.window = int(w) if w is not None and w >= 0 else -1
+        if self.swa is not None and self.window < 0:
+            raise ValueError("--attention-backend sm12x: a sliding-window KV pool (SWAKVPool) without a model "
+                             "sliding window size")
         self.arch = plan_arch(self.device)
         check_shapes(model_runner, self.arch, self.kv_dtype, self.page_size)
         self.num_sms = planner.device_sms(self.device) if self.device.type == "cuda" else None
         self._cg = None
         self._off32 = None
         self.forward_metadata: Optional[Sm12xMetadata] = None
-        if self.kv_dtype == "nvfp4" and getattr(self.pool.quant_method, "use_trtllm_gen_native_scale_layout", False):
+        if self.kv_dtype == "nvfp4" and any(getattr(p.quant_method, "use_trtllm_gen_native_scale_layout", False)
+                                            for p in sub_pools(self.pool)):
             raise ValueError("--attention-backend sm12x reads the linear NVFP4 scale layout, but the pool was "
                              "built with the TRT-LLM native layout; the plugin's registration did not run "
                              "before the pool was created (is the sglang_sm12x plugin loaded?)")
@@ -221,7 +265,8 @@ class Sm12xAttnBackend(AttentionBackend):
                 total = total // self.page_size + bs
             kv_indptr, kv_indices = build_kv_indices(
                 self.req_to_token, fb.req_pool_indices, fb.seq_lens, page_size=self.page_size, total=total)
-            self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=fb.seq_lens.to(torch.int32))
+            self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=fb.seq_lens.to(torch.int32),
+                                                  window=self._window_lists(fb.req_pool_indices, fb.seq_lens, True))
             return
         prefix = fb.extend_prefix_lens
         if _FAULT == "drop_prefix":
@@ -243,7 +288,44 @@ class Sm12xAttnBackend(AttentionBackend):
             max_ext = int(fb.extend_seq_lens.max().item())
         self.forward_metadata = Sm12xMetadata(False, kv_indptr, kv_indices, qo_indptr=qo_indptr,
                                               prefix_lens=prefix.to(torch.int32), max_extend_len=int(max_ext),
-                                              max_prefix_len=max_prefix)
+                                              max_prefix_len=max_prefix,
+                                              window=self._window_lists(fb.req_pool_indices, prefix, False,
+                                                                        fb.extend_prefix_lens_cpu if not _FAULT
+                                                                        else None))
+
+    def _window_units(self, decode: bool) -> int:
+        """Most list entries a request's window takes (tokens, or pages with a page in front)."""
+        keys = self.window + 1 if decode else self.window
+        return keys if self.page_size == 1 else math.ceil(keys / self.page_size) + 1
+
+    def _window_lists(self, rows, lens, decode: bool, lens_cpu=None, bufs=None) -> Optional[WindowLists]:
+        """The window layers' lists (None for models without a window): the last ``window + 1``
+        tokens of each sequence in decode, the ``window`` tokens before each chunk in extend, from
+        the page they start in; a hybrid pool's window slots in place of the full pool's."""
+        if self.window < 0:
+            return None
+        keep = self.window + 1 if decode else self.window
+        lens = lens.to(torch.int32)
+        first = torch.clamp(lens - keep, min=0)
+        start = first if self.page_size == 1 else first // self.page_size * self.page_size
+        wlens = lens - start
+        if bufs:                     # captured graphs read the lengths at a fixed address
+            bufs[2][: wlens.shape[0]].copy_(wlens)
+            wlens = bufs[2][: wlens.shape[0]]
+        mapping = None
+        if self.swa is not None:
+            mapping = self.swa.full_to_swa_index_mapping
+            if mapping is None:
+                raise RuntimeError("sm12x: the sliding-window pool has no full-to-window slot table yet")
+        max_prefix = None
+        if lens_cpu is not None:
+            p = self.page_size
+            max_prefix = max((L - (max(0, L - keep) // p * p) for L in lens_cpu), default=0)
+        kw = dict(kv_indptr=bufs[0], kv_indices=bufs[1]) if bufs else \
+            dict(total=rows.shape[0] * self._window_units(decode))
+        indptr, indices = build_kv_indices(self.req_to_token, rows, wlens, page_size=self.page_size, start=start,
+                                           mapping=mapping, **kw)
+        return WindowLists(indptr, indices, wlens, max_prefix)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         """Max-size buffers for decode graphs; every captured batch size views into them."""
@@ -254,6 +336,11 @@ class Sm12xAttnBackend(AttentionBackend):
             seq_lens=torch.ones(max_bs, dtype=torch.int32, device=self.device),
             ws_o=None, ws_lse=None, max_bs=max_bs,
         )
+        if self.window >= 0:
+            self._cg.update(w_indptr=torch.zeros(max_bs + 1, dtype=torch.int32, device=self.device),
+                            w_indices=torch.zeros(max_bs * self._window_units(True), dtype=torch.int32,
+                                                  device=self.device),
+                            w_lens=torch.ones(max_bs, dtype=torch.int32, device=self.device))
 
     def _graph_workspace(self, bs, hq, d, max_splits, plan_kw):
         """Views of one split-stage buffer shared by every captured batch size, sized once for the
@@ -282,7 +369,12 @@ class Sm12xAttnBackend(AttentionBackend):
         kv_indptr, kv_indices = build_kv_indices(
             self.req_to_token, fb.req_pool_indices[:bs], seq_lens, page_size=self.page_size,
             kv_indptr=cg["kv_indptr"], kv_indices=cg["kv_indices"])
-        self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens, in_graph=True)
+        window = None
+        if self.window >= 0:
+            window = self._window_lists(fb.req_pool_indices[:bs], seq_lens, True,
+                                        bufs=(cg["w_indptr"], cg["w_indices"], cg["w_lens"]))
+        self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens, in_graph=True,
+                                              window=window)
 
     def init_forward_metadata_in_graph(self, forward_batch):
         return None
@@ -290,28 +382,52 @@ class Sm12xAttnBackend(AttentionBackend):
     # ------------------------------------------------------------------------------------------
     # forward
     # ------------------------------------------------------------------------------------------
+    def _layer_slot(self, layer):
+        """(the MHA pool holding the layer, its index there, is it a hybrid pool's window sub-pool)."""
+        lid = layer.layer_id
+        if self.swa is not None:
+            local, is_swa = self.swa.layers_mapping[lid]
+            return (self.swa.swa_kv_pool if is_swa else self.swa.full_kv_pool), local, bool(is_swa)
+        return self.pool, lid - getattr(self.pool, "start_layer", 0), False
+
     def _layer_pool(self, layer):
         """(k_cache, v_cache, k_scale_cache, v_scale_cache, k_scale, v_scale) of one layer."""
         lid = layer.layer_id
-        local = lid - getattr(self.pool, "start_layer", 0)
-        kc, vc = self.pool.k_buffer[local], self.pool.v_buffer[local]
+        sub, local, _ = self._layer_slot(layer)
+        kc, vc = sub.k_buffer[local], sub.v_buffer[local]
         if self.kv_dtype == "nvfp4":
-            qm = self.pool.quant_method
-            return (kc, vc, self.pool.k_scale_buffer[local], self.pool.v_scale_buffer[local],
-                    float(qm.k_scales_float[lid]), float(qm.v_scales_float[lid]))
+            qm = sub.quant_method
+            ks = qm.k_scales_float[lid] if lid < len(qm.k_scales_float) else 1.0
+            vs = qm.v_scales_float[lid] if lid < len(qm.v_scales_float) else 1.0
+            return kc, vc, sub.k_scale_buffer[local], sub.v_scale_buffer[local], float(ks), float(vs)
         if self.kv_dtype == "fp8_e4m3":
             ks = getattr(layer, "k_scale_float", None)
             vs = getattr(layer, "v_scale_float", None)
             return kc, vc, None, None, float(1.0 if ks is None else ks), float(1.0 if vs is None else vs)
         return kc, vc, None, None, 1.0, 1.0
 
-    def _write_kv(self, layer, forward_batch, k, v, pool):
+    def _write_kv(self, layer, forward_batch, k, v, pool, in_window_pool: bool):
         kc, vc, ksc, vsc, k_scale, v_scale = pool
         loc = forward_batch.out_cache_loc
         if not isinstance(loc, torch.Tensor):       # 0.5.23 KVWriteLoc
             loc = loc.loc
+        if in_window_pool:                          # the same tokens' slots in the window sub-pool
+            md = self.forward_metadata
+            if md.swa_loc is None:
+                md.swa_loc = self.swa.translate_loc_from_full_to_swa(loc)
+            loc = md.swa_loc
         append_kv(k, v, loc, kc, vc, kv_dtype=self.kv_dtype, k_scale_cache=ksc, v_scale_cache=vsc,
                   k_scale=k_scale, v_scale=v_scale, check_slots=False, nvfp4_scales=self.nvfp4_scales, arch=self.arch)
+
+    def _layer_lists(self, md, layer, in_window_pool: bool) -> Optional[WindowLists]:
+        """The window lists for a sliding-window layer, None for a full-attention one."""
+        w = self._window(layer)
+        if w < 0 and not in_window_pool:
+            return None
+        if md.window is None or w < 0 or w > self.window:
+            raise ValueError(f"sm12x: layer {layer.layer_id} has sliding window {w}, but the backend lists "
+                             f"{self.window} keys (the model's sliding_window_size) for window layers")
+        return md.window
 
     @staticmethod
     def _heads(layer, q, k, v):
@@ -341,15 +457,16 @@ class Sm12xAttnBackend(AttentionBackend):
     def _offsets32(self) -> bool:
         """Every pool tensor spans under 2^31 bytes (the sm_90 Gluon extend kernels' offsets)."""
         if self._off32 is None:
-            p = self.pool
-            ts = [p.k_buffer[0], p.v_buffer[0]] + ([p.k_scale_buffer[0], p.v_scale_buffer[0]]
-                                                   if self.kv_dtype == "nvfp4" else [])
+            ts = []
+            for p in sub_pools(self.pool):
+                ts += [p.k_buffer[0], p.v_buffer[0]] + ([p.k_scale_buffer[0], p.v_scale_buffer[0]]
+                                                        if self.kv_dtype == "nvfp4" else [])
             self._off32 = offsets_fit(*ts)
         return self._off32
 
-    def _check_ids(self, md, plan, kc):
+    def _check_ids(self, kv_indptr, kv_indices, plan, kc):
         """Debug mode (SGLANG_SM12X_CHECK_SLOTS=1): the batch's index check read back, one sync."""
-        check_slot_flag(plan.flag, md.kv_indptr, md.kv_indices, kc.shape[0], self.page_size)
+        check_slot_flag(plan.flag, kv_indptr, kv_indices, kc.shape[0], self.page_size)
 
     def forward_extend(self, q, k, v, layer, forward_batch, save_kv_cache=True, sinks=None, **kwargs):
         _refuse_kwargs("forward_extend", kwargs)
@@ -359,21 +476,27 @@ class Sm12xAttnBackend(AttentionBackend):
         md = self._metadata(decode=False)
         if getattr(layer, "is_cross_attention", False):
             raise NotImplementedError("--attention-backend sm12x does not support cross attention")
+        in_window_pool = self._layer_slot(layer)[2]
         pool = self._layer_pool(layer)
         if save_kv_cache and k3 is not None:
-            self._write_kv(layer, forward_batch, k3, v3, pool)
+            self._write_kv(layer, forward_batch, k3, v3, pool, in_window_pool)
         kc, vc, ksc, vsc, k_scale, v_scale = pool
         window = self._window(layer)
-        key = (hq, hkv, d, q3.dtype)
+        wl = self._layer_lists(md, layer, in_window_pool)
+        if wl is None:
+            indptr, indices, prefix_lens, max_prefix = md.kv_indptr, md.kv_indices, md.prefix_lens, md.max_prefix_len
+        else:
+            indptr, indices, prefix_lens, max_prefix = wl.kv_indptr, wl.kv_indices, wl.lens, wl.max_prefix_len
+        key = (hq, hkv, d, q3.dtype, wl is not None)
         plan = md.plans.get(key)
-        if plan is None:            # the batch's first layer plans for all of them
+        if plan is None:            # the batch's first layer of this kind plans for all of them
             plan = md.plans[key] = plan_extend_batch(
-                md.qo_indptr, md.kv_indptr, md.kv_indices, md.prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
+                md.qo_indptr, indptr, indices, prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
                 kv_dtype=self.kv_dtype, q_dtype=_Q_DTYPES[q3.dtype], page_size=self.page_size,
-                max_extend_len=md.max_extend_len, max_prefix_len=md.max_prefix_len, offsets_32bit=self._offsets32(),
+                max_extend_len=md.max_extend_len, max_prefix_len=max_prefix, offsets_32bit=self._offsets32(),
                 window=window >= 0, arch=self.arch, num_slots=kc.shape[0] if self.check_slots else None)
             if self.check_slots:
-                self._check_ids(md, plan, kc)
+                self._check_ids(indptr, indices, plan, kc)
         out = torch.empty(q3.shape[0], hq, d, dtype=q3.dtype, device=q3.device)
         plan.run(q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale,
                  v_scale=v_scale, sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
@@ -386,13 +509,17 @@ class Sm12xAttnBackend(AttentionBackend):
         if q3.shape[0] == 0:
             return q3.new_empty((0, hq * d))
         md = self._metadata(decode=True)
+        in_window_pool = self._layer_slot(layer)[2]
         pool = self._layer_pool(layer)
         if save_kv_cache and k3 is not None:
-            self._write_kv(layer, forward_batch, k3, v3, pool)
+            self._write_kv(layer, forward_batch, k3, v3, pool, in_window_pool)
         kc, vc, ksc, vsc, k_scale, v_scale = pool
         bs = q3.shape[0]
         q3 = q3 if q3.dtype in _Q_DTYPES else q3.to(self.data_type or torch.bfloat16)
-        key = (hq, hkv, d, q3.dtype)
+        wl = self._layer_lists(md, layer, in_window_pool)
+        indptr, indices, lens = (md.kv_indptr, md.kv_indices, md.seq_lens) if wl is None else \
+            (wl.kv_indptr, wl.kv_indices, wl.lens)
+        key = (hq, hkv, d, q3.dtype, wl is not None)
         plan = md.plans.get(key)
         if plan is None:            # the batch's first layer plans for all of them
             ws = None
@@ -404,11 +531,11 @@ class Sm12xAttnBackend(AttentionBackend):
                 ws = self._graph_workspace(bs, hq, d, cfg.max_splits, plan_kw)
             check = self.check_slots and not md.in_graph
             plan = md.plans[key] = plan_decode_batch(
-                md.kv_indptr, md.kv_indices, md.seq_lens[:bs], q_heads=hq, kv_heads=hkv, head_dim=d,
+                indptr, indices, lens[:bs], q_heads=hq, kv_heads=hkv, head_dim=d,
                 kv_dtype=self.kv_dtype, q_dtype=q_dtype, page_size=self.page_size, arch=self.arch, workspace=ws,
                 num_slots=kc.shape[0] if check else None)
             if check:
-                self._check_ids(md, plan, kc)
+                self._check_ids(indptr, indices, plan, kc)
         out = torch.empty_like(q3)
         plan.run(q3, kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
                  sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
