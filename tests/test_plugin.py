@@ -771,3 +771,74 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     wide.sliding_window_size = W + 5
     with pytest.raises(ValueError, match="sliding window 25"):
         be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), wide, fb)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-model attention-backend allow-lists (gpt-oss, Llama-4)
+# ------------------------------------------------------------------------------------------------
+
+GPT_OSS_CONFIG = {
+    "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "hidden_size": 256, "head_dim": 64,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "num_hidden_layers": 2, "intermediate_size": 256,
+    "num_local_experts": 4, "num_experts_per_tok": 2, "experts_per_token": 2, "sliding_window": 128,
+    "layer_types": ["sliding_attention", "full_attention"], "vocab_size": 1024, "max_position_embeddings": 4096,
+    "rope_theta": 150000, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16", "attention_bias": True,
+    "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                     "original_max_position_embeddings": 4096}}
+
+
+@pytest.mark.skipif(REL != "0.5.23", reason="resolution pipeline of SGLang 0.5.23")
+def test_gpt_oss_allow_list_admits_sm12x_and_no_other(tmp_path):
+    """SGLang asserts a fixed backend list for gpt-oss; with the plugin, sm12x passes it (in both
+    phases), while a backend that is not on the list (flashinfer) is still refused."""
+    import json
+    import shutil
+
+    for f in TINY.glob("tokenizer*"):
+        shutil.copy(f, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(GPT_OSS_CONFIG))
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.arg_groups.overrides import resolved_view
+
+    sa = prepare_server_args(["--model-path", str(tmp_path), "--device", "cpu", "--attention-backend", "sm12x"])
+    sa.resolve_once()
+    assert resolved_view(sa).attention_backend == "sm12x"
+    sa = prepare_server_args(["--model-path", str(tmp_path), "--device", "cpu", "--attention-backend", "flashinfer"])
+    with pytest.raises(AssertionError, match="GptOssForCausalLM requires one of"):
+        sa.resolve_once()
+
+
+def test_allow_list_hook_0517_aliases_only_for_listed_models(monkeypatch):
+    """0.5.17's ServerArgs._handle_model_specific_adjustments (stand-in reading the module's
+    resolved_view, as the real one does): for gpt-oss / Llama-4 with sm12x in both phases the
+    backend assertion sees a listed backend; for other models or backends nothing changes, and the
+    module's resolved_view is restored afterwards."""
+    import sglang.srt.server_args as sa
+
+    def view_of(backend):
+        return SimpleNamespace(attention_backend=backend, prefill_attention_backend=None,
+                               decode_attention_backend=None, other=7)
+
+    current = {}
+    monkeypatch.setattr(sa, "resolved_view", lambda args: view_of(current["backend"]), raising=False)
+    keep = sa.resolved_view
+
+    def original(self):
+        v = sa.resolved_view(self)
+        assert v.attention_backend in {"fa3", "triton"}, f"required for Llama4 model but got {v.attention_backend}"
+        return v.other
+
+    def args(backend, arch):
+        current["backend"] = backend
+        return SimpleNamespace(_resolved_attention_backends=lambda: (backend, backend),
+                               get_model_config=lambda: SimpleNamespace(
+                                   hf_config=SimpleNamespace(architectures=[arch])))
+
+    for arch in _hooks.ALLOW_LISTED:
+        assert _hooks.model_adjustments_0517(original, args("sm12x", arch)) == 7
+        assert sa.resolved_view is keep
+    with pytest.raises(AssertionError, match="got sm12x"):
+        _hooks.model_adjustments_0517(original, args("sm12x", "Qwen3ForCausalLM"))
+    with pytest.raises(AssertionError, match="got flashinfer"):
+        _hooks.model_adjustments_0517(original, args("flashinfer", "GptOssForCausalLM"))
+    assert sa.resolved_view is keep

@@ -5,6 +5,7 @@ Every hook changes behaviour only when both the prefill and the decode backend r
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from . import BACKEND
@@ -108,6 +109,82 @@ def register_argument_hooks(rel: str) -> None:
     _register_quant_method_hook(rel)
 
 
+# ------------------------------------------------------------------------------------------------
+# per-model attention-backend allow-lists
+# ------------------------------------------------------------------------------------------------
+
+# Architectures whose SGLang adjustments assert a fixed list of attention backends, and whose
+# attention sm12x serves (sinks and sliding-window pools: gpt-oss; chunked local layers: Llama-4).
+ALLOW_LISTED = ("GptOssForCausalLM", "Llama4ForCausalLM", "Llama4ForConditionalGeneration")
+_BACKEND_FIELDS = ("attention_backend", "prefill_attention_backend", "decode_attention_backend")
+# the listed backend whose checks sm12x passes for these models (same features: sinks, windows)
+_ALIAS = "triton"
+
+
+class _AliasView:
+    """A read-only server-args view that reports ``sm12x`` as ``_ALIAS`` in the backend fields."""
+
+    def __init__(self, view):
+        object.__setattr__(self, "_view", view)
+
+    def __getattr__(self, name):
+        value = getattr(self._view, name)
+        return _ALIAS if name in _BACKEND_FIELDS and value == BACKEND else value
+
+
+@contextlib.contextmanager
+def _backend_seen_as_alias(module, name="resolved_view"):
+    """While the model's adjustments run, ``module.<name>(server_args)`` returns an alias view (the
+    adjustments only read it; nothing else of the step depends on the backend for these models)."""
+    original = getattr(module, name)
+    setattr(module, name, lambda *a, **k: _AliasView(original(*a, **k)))
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def _architecture(model_config) -> str | None:
+    archs = getattr(getattr(model_config, "hf_config", None), "architectures", None) or [None]
+    return archs[0]
+
+
+def model_adjustments_0523(server_args, previous):
+    """Resolution step ``handle_model_specific_adjustments`` (0.5.23): for the allow-listed
+    architectures with sm12x in both phases, SGLang's backend assertion sees sm12x as a listed
+    backend; every other model and backend runs the step unchanged."""
+    from sglang.srt.arg_groups import model_hook
+    from sglang.srt.arg_groups.overrides import model_config_of
+
+    if not uses_sm12x(*_backends_0523(server_args)):
+        return previous(server_args)
+    try:
+        arch = _architecture(model_config_of(server_args))
+    except Exception:           # no model config to key on (an instance connector): SGLang decides
+        return previous(server_args)
+    if arch not in ALLOW_LISTED:
+        return previous(server_args)
+    with _backend_seen_as_alias(model_hook):
+        return previous(server_args)
+
+
+def model_adjustments_0517(original, self, *args, **kwargs):
+    """AROUND ``ServerArgs._handle_model_specific_adjustments`` (0.5.17), as
+    :func:`model_adjustments_0523`."""
+    import sglang.srt.server_args as sa
+
+    if not uses_sm12x(*self._resolved_attention_backends()):
+        return original(self, *args, **kwargs)
+    try:
+        arch = _architecture(self.get_model_config())
+    except Exception:
+        return original(self, *args, **kwargs)
+    if arch not in ALLOW_LISTED:
+        return original(self, *args, **kwargs)
+    with _backend_seen_as_alias(sa):
+        return original(self, *args, **kwargs)
+
+
 def _register_0523() -> None:
     from sglang.srt.arg_groups import resolution_hooks
     from sglang.srt.arg_groups.overrides import resolving_view, use_mla_backend
@@ -133,6 +210,7 @@ def _register_0523() -> None:
 
     _add_resolution_hook(resolution_hooks, "handle_kv4_compatibility", kv4_compatibility)
     _add_resolution_hook(resolution_hooks, "handle_nvfp4_prefill_kv_dequant_dtype", nvfp4_prefill_dequant)
+    _add_resolution_hook(resolution_hooks, "handle_model_specific_adjustments", model_adjustments_0523)
 
 
 def _add_resolution_hook(resolution_hooks, name, fn):
@@ -172,6 +250,8 @@ def _register_0517() -> None:
     _register_once(HookRegistry, HookType,
                    "sglang.srt.model_executor.pool_configurator.DefaultPoolConfigurator._compute_cell_size",
                    cell_size_0517)
+    _register_once(HookRegistry, HookType, "sglang.srt.server_args.ServerArgs._handle_model_specific_adjustments",
+                   model_adjustments_0517)
 
 
 def torch_element_size(dtype) -> int:
