@@ -842,3 +842,135 @@ def test_allow_list_hook_0517_aliases_only_for_listed_models(monkeypatch):
     with pytest.raises(AssertionError, match="got flashinfer"):
         _hooks.model_adjustments_0517(original, args("flashinfer", "GptOssForCausalLM"))
     assert sa.resolved_view is keep
+
+
+@pytest.mark.parametrize("pool_kind", ["mha", "swa"])
+@pytest.mark.parametrize("kv", ["bf16", "nvfp4"])
+@pytest.mark.parametrize("page", [1, 16])
+def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
+    """Llama-4's chunked local attention: a layer with use_irope sees only the keys of its query's
+    own chunk of attention_chunk_size tokens. Extend batches whose new tokens cross chunk
+    boundaries (split into virtual requests), a cached prefix that ends inside a chunk and on a
+    boundary, then decode (eager and CUDA-graph metadata) -- on a plain pool and on a hybrid pool
+    whose window sub-pool holds the local layers, pages before the current chunk evicted to NaN;
+    the full-attention layer beside it sees everything. Every row against the float reference."""
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    monkeypatch.delenv("SGLANG_SM12X_FAULT", raising=False)
+    hq, hkv, d, C = 4, 2, 64, 32
+    size, max_ctx = 1024, 160
+    n_pages = size // page
+    mapping = None
+    if pool_kind == "swa":
+        pool, dtype = _swa_pool(kv, size, page, hkv, d, swa_ids=[0], full_ids=[1])
+        perm = torch.randperm(n_pages - 1) + 1
+        mapping = torch.cat([torch.zeros(page, dtype=torch.long),
+                             (perm[:, None] * page + torch.arange(page)).flatten()])[:size].clone()
+        pool.register_mapping(mapping.to(DEV))
+        swa = pool.swa_kv_pool
+        nan_page = torch.arange(page)
+        if kv == "bf16":
+            swa.k_buffer[0][nan_page] = float("nan")
+            swa.v_buffer[0][nan_page] = float("nan")
+        else:
+            swa.k_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F
+            swa.v_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F
+    else:
+        pool, dtype = _make_pool(kv, size, page, hkv, d, 2)
+    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
+    rows = torch.tensor([5, 0, 3], device=DEV)
+    fperm = (torch.randperm(n_pages - 2) + 1).tolist()
+    for i, r in enumerate(rows.tolist()):
+        pages = torch.tensor(fperm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
+        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
+            .to(torch.int32).to(DEV)
+    runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
+                     kv_cache_dtype=dtype, model_config=SimpleNamespace(context_len=max_ctx),
+                     sliding_window_size=C, attention_chunk_size=C, dtype=torch.bfloat16)
+    be = Sm12xAttnBackend(runner)
+    assert be.chunk == C and be.window == -1
+    local = _layer(0, hq, hkv, d, kv)
+    local.use_irope = True
+    full = _layer(1, hq, hkv, d, kv)
+    full.use_irope = False
+    bs = len(rows)
+
+    def layer_kv(L, r, n):
+        """Dequantized K/V of the first n tokens of row r as layer L stores them."""
+        slots = r2t.req_to_token[r, :n].long().cpu()
+        if pool_kind == "swa":
+            sub, local_id, in_win = be._layer_slot(L)
+            slots = mapping[slots] if in_win else slots
+            return _swa_dequant(sub, local_id, kv, L, slots.to(DEV))
+        return _dequant(pool, kv, L, slots.to(DEV))
+
+    def check(o, L, q, prefix, ext, k=None, v=None):
+        t0 = 0
+        for i, (r, p, e) in enumerate(zip(rows.tolist(), prefix, ext)):
+            kk, vv = layer_kv(L, r, p if k is not None else p + e)
+            if k is not None:
+                kk = torch.cat([kk, k[t0:t0 + e].view(e, hkv, d).float()])
+                vv = torch.cat([vv, v[t0:t0 + e].view(e, hkv, d).float()])
+            for j in range(e):
+                pos = p + j
+                lo = pos // C * C if L is local else 0
+                ref = attention_ref(q[t0 + j].view(1, hq, d).float(), kk[lo:pos + 1], vv[lo:pos + 1],
+                                    sm_scale=L.scaling)
+                assert_close_attn(o[t0 + j].view(1, hq, d), ref, f"{pool_kind} {kv} page {page} layer "
+                                  f"{L.layer_id} req {i} position {pos} (prefix {p})", atol=2e-2, rtol=2 ** -7)
+            t0 += e
+
+    def evict(seq):
+        if pool_kind != "swa":
+            return
+        for r, s in zip(rows.tolist(), seq):
+            for p0 in range(0, max(0, s - 1) // C * C, page):
+                slot = int(r2t.req_to_token[r, p0])
+                mapping[slot:slot + page] = torch.arange(page)
+        pool.register_mapping(mapping.to(DEV))
+
+    def run_extend(prefix, ext, mode):
+        seq = [p + e for p, e in zip(prefix, ext)]
+        loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
+        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
+                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
+                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
+                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
+                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
+                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        be.init_forward_metadata(fb)
+        for L in (local, full):
+            q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
+            k = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
+            v = torch.randn(sum(ext), hkv * d, dtype=torch.bfloat16)
+            o = be.forward(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            check(o, L, q, prefix, ext, k, v)
+        return seq
+
+    # fresh prefill crossing one and two chunk boundaries; then chunks over prefixes that end inside
+    # a chunk (45), on a boundary (64) and one token before one (31)
+    seq = run_extend([0] * bs, [45, 64, 31], ForwardMode.EXTEND)
+    evict(seq)
+    seq = run_extend(seq, [40, 1, 70], ForwardMode.MIXED)
+    evict(seq)
+    for graph in (False, True):
+        seq = [s + 1 for s in seq]
+        loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
+        fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
+                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
+                          out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+        if graph:
+            be.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+            be.init_forward_metadata_out_graph(fb)
+        else:
+            be.init_forward_metadata(fb)
+        for L in (local, full):
+            q = torch.randn(bs, hq * d, dtype=torch.bfloat16)
+            k = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+            v = torch.randn(bs, hkv * d, dtype=torch.bfloat16)
+            o = be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
+            check(o, L, q, [s - 1 for s in seq], [1] * bs)
+        evict(seq)

@@ -67,6 +67,7 @@ class Sm12xMetadata:
     max_extend_len: int = 0                          # extend
     max_prefix_len: Optional[int] = None             # extend, when the host knows it exactly
     window: Optional["WindowLists"] = None           # sliding-window layers' lists (models with a window)
+    local: Optional["WindowLists"] = None            # chunked local layers' lists (Llama-4)
     swa_loc: Optional[torch.Tensor] = None           # the batch's write slots in a hybrid pool's window sub-pool
     plans: dict = field(default_factory=dict)        # (q heads, kv heads, head_dim, q dtype, window) -> plan
 
@@ -82,6 +83,8 @@ class WindowLists:
     kv_indices: torch.Tensor
     lens: torch.Tensor                               # decode: tokens listed; extend: prefix tokens listed
     max_prefix_len: Optional[int] = None             # extend
+    qo_indptr: Optional[torch.Tensor] = None         # extend, chunked local layers: the virtual requests'
+    max_extend_len: Optional[int] = None             # query rows (see Sm12xAttnBackend._local_lists)
 
 
 def kv_dtype_name(kv_cache_dtype, pool) -> str:
@@ -227,8 +230,15 @@ class Sm12xAttnBackend(AttentionBackend):
         self.swa = swa_pool(self.pool)
         # window layers read lists cut to this many keys before each query (SGLang's window_left)
         w = self.sliding_window_size
-        self.window = int(w) if w is not None and w >= 0 else -1
-        if self.swa is not None and self.window < 0:
+        # chunked local attention (Llama-4): layers with use_irope see only their query's chunk
+        c = getattr(model_runner, "attention_chunk_size", None)
+        self.chunk = int(c) if c else 0
+        if self.chunk and self.chunk % self.page_size:
+            raise ValueError(f"--attention-backend sm12x: attention chunk size {self.chunk} is not a multiple of "
+                             f"--page-size {self.page_size}")
+        # SGLang reports the chunk as the sliding window of such models; no layer has that window
+        self.window = int(w) if w is not None and w >= 0 and not (self.chunk and w == self.chunk) else -1
+        if self.swa is not None and self.window < 0 and not self.chunk:
             raise ValueError("--attention-backend sm12x: a sliding-window KV pool (SWAKVPool) without a model "
                              "sliding window size")
         self.arch = plan_arch(self.device)
@@ -266,7 +276,8 @@ class Sm12xAttnBackend(AttentionBackend):
             kv_indptr, kv_indices = build_kv_indices(
                 self.req_to_token, fb.req_pool_indices, fb.seq_lens, page_size=self.page_size, total=total)
             self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=fb.seq_lens.to(torch.int32),
-                                                  window=self._window_lists(fb.req_pool_indices, fb.seq_lens, True))
+                                                  window=self._window_lists(fb.req_pool_indices, fb.seq_lens, True),
+                                                  local=self._local_decode_lists(fb.req_pool_indices, fb.seq_lens))
             return
         prefix = fb.extend_prefix_lens
         if _FAULT == "drop_prefix":
@@ -291,7 +302,68 @@ class Sm12xAttnBackend(AttentionBackend):
                                               max_prefix_len=max_prefix,
                                               window=self._window_lists(fb.req_pool_indices, prefix, False,
                                                                         fb.extend_prefix_lens_cpu if not _FAULT
-                                                                        else None))
+                                                                        else None),
+                                              local=self._local_extend_lists(fb, prefix))
+
+    def _mapping(self):
+        """A hybrid pool's full-to-window slot table (its window layers' slots), or None."""
+        if self.swa is None:
+            return None
+        if self.swa.full_to_swa_index_mapping is None:
+            raise RuntimeError("sm12x: the sliding-window pool has no full-to-window slot table yet")
+        return self.swa.full_to_swa_index_mapping
+
+    def _local_units(self) -> int:
+        return self.chunk if self.page_size == 1 else self.chunk // self.page_size + 1
+
+    def _local_decode_lists(self, rows, seq_lens, bufs=None) -> Optional[WindowLists]:
+        """Chunked local layers in decode: each sequence's tokens from the start of its last
+        token's chunk (a multiple of the page size)."""
+        if not self.chunk:
+            return None
+        lens = seq_lens.to(torch.int32)
+        start = torch.clamp(lens - 1, min=0) // self.chunk * self.chunk
+        llens = lens - start
+        if bufs:
+            bufs[2][: llens.shape[0]].copy_(llens)
+            llens = bufs[2][: llens.shape[0]]
+        kw = dict(kv_indptr=bufs[0], kv_indices=bufs[1]) if bufs else dict(total=rows.shape[0] * self._local_units())
+        indptr, indices = build_kv_indices(self.req_to_token, rows, llens, page_size=self.page_size, start=start,
+                                           mapping=self._mapping(), **kw)
+        return WindowLists(indptr, indices, llens)
+
+    def _local_extend_lists(self, fb, prefix) -> Optional[WindowLists]:
+        """Chunked local layers in extend: each request's new tokens split where they cross a chunk
+        boundary into virtual requests (the rows stay where they are); a virtual request's prefix is
+        its chunk's tokens before it, read from the pool (this batch's tokens are written before
+        attention runs), so plain causal attention over it is the chunked local mask."""
+        if not self.chunk:
+            return None
+        pre = fb.extend_prefix_lens_cpu if fb.extend_prefix_lens_cpu is not None and not _FAULT else prefix.tolist()
+        ext = fb.extend_seq_lens_cpu if fb.extend_seq_lens_cpu is not None else fb.extend_seq_lens.tolist()
+        rows_all = fb.req_pool_indices.tolist()
+        C = self.chunk
+        qo, rows, starts, lens = [0], [], [], []
+        for r, p, e in zip(rows_all, pre, ext):
+            a, end = int(p), int(p) + int(e)
+            while a < end:
+                cs = a // C * C
+                b = min(end, cs + C)
+                rows.append(r)
+                starts.append(cs)
+                lens.append(a - cs)
+                qo.append(qo[-1] + b - a)
+                a = b
+        if not rows:            # nothing to attend (empty chunks): one empty virtual request
+            rows, starts, lens, qo = [rows_all[0] if rows_all else 0], [0], [0], [0, 0]
+        dev = self.device
+        t = lambda v: torch.tensor(v, dtype=torch.int32, device=dev)  # noqa: E731
+        rows_t, lens_t = t(rows), t(lens)
+        units = sum(-(-L // self.page_size) for L in lens)
+        indptr, indices = build_kv_indices(self.req_to_token, rows_t, lens_t, page_size=self.page_size,
+                                           start=t(starts), mapping=self._mapping(), total=units)
+        return WindowLists(indptr, indices, lens_t, max_prefix_len=max(lens), qo_indptr=t(qo),
+                           max_extend_len=max(b - a for a, b in zip(qo, qo[1:])))
 
     def _window_units(self, decode: bool) -> int:
         """Most list entries a request's window takes (tokens, or pages with a page in front)."""
@@ -312,11 +384,7 @@ class Sm12xAttnBackend(AttentionBackend):
         if bufs:                     # captured graphs read the lengths at a fixed address
             bufs[2][: wlens.shape[0]].copy_(wlens)
             wlens = bufs[2][: wlens.shape[0]]
-        mapping = None
-        if self.swa is not None:
-            mapping = self.swa.full_to_swa_index_mapping
-            if mapping is None:
-                raise RuntimeError("sm12x: the sliding-window pool has no full-to-window slot table yet")
+        mapping = self._mapping()
         max_prefix = None
         if lens_cpu is not None:
             p = self.page_size
@@ -341,6 +409,10 @@ class Sm12xAttnBackend(AttentionBackend):
                             w_indices=torch.zeros(max_bs * self._window_units(True), dtype=torch.int32,
                                                   device=self.device),
                             w_lens=torch.ones(max_bs, dtype=torch.int32, device=self.device))
+        if self.chunk:
+            self._cg.update(l_indptr=torch.zeros(max_bs + 1, dtype=torch.int32, device=self.device),
+                            l_indices=torch.zeros(max_bs * self._local_units(), dtype=torch.int32, device=self.device),
+                            l_lens=torch.ones(max_bs, dtype=torch.int32, device=self.device))
 
     def _graph_workspace(self, bs, hq, d, max_splits, plan_kw):
         """Views of one split-stage buffer shared by every captured batch size, sized once for the
@@ -373,8 +445,12 @@ class Sm12xAttnBackend(AttentionBackend):
         if self.window >= 0:
             window = self._window_lists(fb.req_pool_indices[:bs], seq_lens, True,
                                         bufs=(cg["w_indptr"], cg["w_indices"], cg["w_lens"]))
+        local = None
+        if self.chunk:
+            local = self._local_decode_lists(fb.req_pool_indices[:bs], seq_lens,
+                                             bufs=(cg["l_indptr"], cg["l_indices"], cg["l_lens"]))
         self.forward_metadata = Sm12xMetadata(True, kv_indptr, kv_indices, seq_lens=seq_lens, in_graph=True,
-                                              window=window)
+                                              window=window, local=local)
 
     def init_forward_metadata_in_graph(self, forward_batch):
         return None
@@ -420,8 +496,12 @@ class Sm12xAttnBackend(AttentionBackend):
                   k_scale=k_scale, v_scale=v_scale, check_slots=False, nvfp4_scales=self.nvfp4_scales, arch=self.arch)
 
     def _layer_lists(self, md, layer, in_window_pool: bool) -> Optional[WindowLists]:
-        """The window lists for a sliding-window layer, None for a full-attention one."""
+        """The lists of a sliding-window or chunked local layer, None for a full-attention one."""
         w = self._window(layer)
+        if self.chunk and getattr(layer, "use_irope", False):
+            if self.swa is not None and not in_window_pool:
+                raise ValueError(f"sm12x: chunked local layer {layer.layer_id} is not in the window sub-pool")
+            return md.local
         if w < 0 and not in_window_pool:
             return None
         if md.window is None or w < 0 or w > self.window:
@@ -483,17 +563,20 @@ class Sm12xAttnBackend(AttentionBackend):
         kc, vc, ksc, vsc, k_scale, v_scale = pool
         window = self._window(layer)
         wl = self._layer_lists(md, layer, in_window_pool)
+        qo_indptr, max_ext = md.qo_indptr, md.max_extend_len
         if wl is None:
             indptr, indices, prefix_lens, max_prefix = md.kv_indptr, md.kv_indices, md.prefix_lens, md.max_prefix_len
         else:
             indptr, indices, prefix_lens, max_prefix = wl.kv_indptr, wl.kv_indices, wl.lens, wl.max_prefix_len
-        key = (hq, hkv, d, q3.dtype, wl is not None)
+            if wl.qo_indptr is not None:        # chunked local: virtual requests
+                qo_indptr, max_ext = wl.qo_indptr, wl.max_extend_len
+        key = (hq, hkv, d, q3.dtype, None if wl is None else id(wl))
         plan = md.plans.get(key)
         if plan is None:            # the batch's first layer of this kind plans for all of them
             plan = md.plans[key] = plan_extend_batch(
-                md.qo_indptr, indptr, indices, prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
+                qo_indptr, indptr, indices, prefix_lens, q_heads=hq, kv_heads=hkv, head_dim=d,
                 kv_dtype=self.kv_dtype, q_dtype=_Q_DTYPES[q3.dtype], page_size=self.page_size,
-                max_extend_len=md.max_extend_len, max_prefix_len=max_prefix, offsets_32bit=self._offsets32(),
+                max_extend_len=max_ext, max_prefix_len=max_prefix, offsets_32bit=self._offsets32(),
                 window=window >= 0, arch=self.arch, num_slots=kc.shape[0] if self.check_slots else None)
             if self.check_slots:
                 self._check_ids(indptr, indices, plan, kc)
@@ -519,7 +602,7 @@ class Sm12xAttnBackend(AttentionBackend):
         wl = self._layer_lists(md, layer, in_window_pool)
         indptr, indices, lens = (md.kv_indptr, md.kv_indices, md.seq_lens) if wl is None else \
             (wl.kv_indptr, wl.kv_indices, wl.lens)
-        key = (hq, hkv, d, q3.dtype, wl is not None)
+        key = (hq, hkv, d, q3.dtype, None if wl is None else id(wl))
         plan = md.plans.get(key)
         if plan is None:            # the batch's first layer plans for all of them
             ws = None
