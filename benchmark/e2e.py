@@ -27,6 +27,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -117,8 +118,10 @@ def phase_greedy(args, res):
         if gpu is not None:
             env = dict(env, CUDA_VISIBLE_DEVICES=visible_device(gpu))
         try:
+            # the other release's server starts outside this checkout, whose packages would shadow it
+            cwd = tempfile.gettempdir() if name == "sm12x_before" else None
             with Server(ckpt, backend, "--cuda-graph-max-bs", "64", port=args.port + 10 * slot, env=env,
-                        log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3) as s, live.holding(s):
+                        log=f"{args.logdir}/greedy-{name}.log", mem_fraction=0.3, cwd=cwd) as s, live.holding(s):
                 starts[name] = round(s.startup_s, 1)
                 out = []
                 for ps in sets:

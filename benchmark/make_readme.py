@@ -35,6 +35,7 @@ SOURCES = {
     "attention_sm120": "2026-12-06-nvidia-h100-80gb-hbm3-attention-sm120-plan.json",
     "kernel_ab": "2026-12-06-nvidia-h100-80gb-hbm3-kernel-ab.json",
     "backend_host": "2026-12-05-nvidia-h100-80gb-hbm3-backend-host.json",
+    "e2e_sm120": "2026-12-06-nvidia-h100-80gb-hbm3-e2e.json",
 }
 
 HOW_TO = """\
@@ -133,6 +134,28 @@ def sm120_tables(d):
             _one(d, provider="sm12x", kv_dtype=kv, **m))
         out.append(f"| {b} x {p} + {c} | {ours['tflops']:.0f} | {peer('flashinfer_fa2')} | {peer('flashinfer')} | "
                    f"{peer('sglang_triton_sm120')} | {fmt('nvfp4')} | {fmt('fp8_e4m3')} |")
+    return out
+
+
+def e2e_sm120_table(d):
+    out = [f"### Servers ({_link('e2e_sm120')})\n", f"{d['device']}, SGLang {d['sglang']}, torch {d['torch']}.\n",
+           "| check | value |", "|---|---|"]
+    t = d.get("ttft_sm120_plan")
+    if t:
+        rows = {r["name"]: r for r in t["rows"]}
+        for name, r in rows.items():
+            out.append(f"| median TTFT, {t['requests']} x {t['input_len']:,}-token prompts, {name} | "
+                       f"{r['median_ttft_ms']:.0f} ms ({r['failed']} failed) |")
+        out.append(f"| TTFT ratio sm12x (sm_120 plan) / flashinfer | {t['ttft_ratio_sm12x_vs_flashinfer']:.3f} |")
+    g = d.get("greedy", {}).get("sm12x_vs_triton")
+    if g:
+        out.append(f"| greedy generations identical to `triton` (bf16 KV, {d['greedy']['prompts']} prompts x "
+                   f"{d['greedy']['steps']} steps) | {g['identical']:.3f} |")
+    b = d.get("greedy_before_after", {}).get("sm12x_vs_sm12x_before")
+    if b:
+        out.append(f"| greedy generations identical to the previous release / largest top-1 logprob difference | "
+                   f"{b['identical']:.3f} / {b['max_top1_logprob_diff']:.3g} |")
+    out += [""] + [f"* {n}" for n in d.get("notes", [])]
     return out
 
 
@@ -306,7 +329,7 @@ def _group(rows):
     return g
 
 
-def headline(att, e2e, sl, budget, sm120=None):
+def headline(att, e2e, sl, budget, sm120=None, e2e12=None):
     """The top-level README's table: ratios against the peers, each linking its file; the SM120
     path first."""
     out = [BEGIN, "| result | value | source |", "|---|---|---|"]
@@ -325,6 +348,12 @@ def headline(att, e2e, sl, budget, sm120=None):
         if fa2:
             out.append(f"| **SM120 path** (sm_120 plan, mma.sync; H100): bf16 extend speed vs FlashInfer FA2, "
                        f"{len(fa2)} shapes | {min(fa2):.2f}-{max(fa2):.2f}x | {src} |")
+        sg = [s_["ms"] / r["ms"] for r in ext if (s_ := _one(sm120, phase="extend", provider="sglang_triton_sm120",
+                                                              kv_dtype="bf16", batch=r["batch"], prefix=r["prefix"],
+                                                              chunk=r["chunk"]))]
+        if sg:
+            out.append(f"| **SM120 path**: bf16 extend speed vs SGLang's Triton at its SM12x tiles | "
+                       f"{min(sg):.2f}-{max(sg):.2f}x | {src} |")
         if nv:
             out.append(f"| **SM120 path**: extend with an nvfp4 prefix, speed vs our bf16 | "
                        f"{min(nv):.2f}-{max(nv):.2f} | {src} |")
@@ -336,6 +365,11 @@ def headline(att, e2e, sl, budget, sm120=None):
         if a and f:
             out.append(f"| **SM120 path**: nvfp4 decode at 128 x 4k, speed vs FlashInfer bf16 | "
                        f"{f['ms'] / a['ms']:.2f}x | {src} |")
+    if e2e12 and e2e12.get("ttft_sm120_plan"):
+        t = e2e12["ttft_sm120_plan"]
+        out.append(f"| **SM120 path** in a server: median TTFT of {t['requests']} x {t['input_len']:,}-token prompts, "
+                   f"sm12x / SGLang `flashinfer` (FA3 on this H100) | {t['ttft_ratio_sm12x_vs_flashinfer']:.2f} | "
+                   f"{_top_link('e2e_sm120', 'e2e')} |")
     if att:
         def ratio(phase, prov, kv, peer, peer_kv="bf16", **m):
             a, b = _one(att, phase=phase, provider=prov, kv_dtype=kv, **m), _one(att, phase=phase, provider=peer,
@@ -373,6 +407,9 @@ def headline(att, e2e, sl, budget, sm120=None):
         out.append(f"| greedy generations identical to `triton` (bf16 KV): sm12x / flashinfer / a broken sm12x | "
                    f"{e2e['greedy_agreement']:.2f} / {e2e['reference_agreement']:.2f} / {e2e['broken_run_agreement']:.2f} | "
                    f"{_top_link('e2e', 'e2e')} |")
+    if e2e12 and e2e12.get("before_after_agreement") is not None:
+        out.append(f"| greedy generations identical to the previous release | {e2e12['before_after_agreement']:.2f} | "
+                   f"{_top_link('e2e_sm120', 'e2e')} |")
     if budget:
         bad = sum(not r["fits"] for r in budget)
         out.append(f"| configurations compiled for sm_120/121 within 101,376 B, no spills | "
@@ -390,6 +427,7 @@ def render():
                     ("kernel_ab", lambda x: kernel_ab_table(
                         x, "kernel_ab", "This release against the previous one and against itself without the "
                         "out-of-pool clamp, kernel time")),
+                    ("e2e_sm120", e2e_sm120_table),
                     ("backend_host", backend_host_table), ("append", append_table),
                     ("moe", moe_table), ("accuracy", accuracy_table)):
         if d[key]:
@@ -401,7 +439,8 @@ def render():
     missing = [SOURCES[k] for k in SOURCES if d[k] is None]
     if missing:
         parts.append("Not yet run (named in `SOURCES`, no file): " + ", ".join(f"`{m}`" for m in missing) + "\n")
-    return "\n".join(parts), headline(d["attention"], d["e2e"], d["serving_long"], d["budget"], d["attention_sm120"])
+    return "\n".join(parts), headline(d["attention"], d["e2e"], d["serving_long"], d["budget"], d["attention_sm120"],
+                                      d["e2e_sm120"])
 
 
 def _with_headline(text, table):

@@ -426,7 +426,7 @@ def test_gpu_backend_decode_cuda_graph_replay(kv, page):
     # fill every slot of every request through the backend's append path (one big extend-like write)
     all_loc = r2t.req_to_token[:bs].flatten().long()
     k = torch.randn(all_loc.numel(), hkv, d, device="cuda", dtype=torch.bfloat16)
-    be._write_kv(L, SimpleNamespace(out_cache_loc=all_loc), k, torch.randn_like(k), be._layer_pool(L))
+    be._write_kv(L, SimpleNamespace(out_cache_loc=all_loc), k, torch.randn_like(k), be._layer_pool(L), False)
     rows = torch.arange(bs, device="cuda")
     q = torch.randn(bs, hq * d, device="cuda", dtype=torch.bfloat16)
 
@@ -520,10 +520,11 @@ def test_backend_checks_slot_ids_only_in_debug_mode(env, monkeypatch):
         monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
     else:
         monkeypatch.setenv(B.CHECK_SLOTS_ENV, env)
-    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16), torch.zeros(8, 1, 64, dtype=torch.bfloat16))
-    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16, device=DEV),
+                        torch.zeros(8, 1, 64, dtype=torch.bfloat16, device=DEV))
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=DEV)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
-    q = torch.randn(1, 128).to(torch.bfloat16)
+    q = torch.randn(1, 128).to(torch.bfloat16).to(DEV)
     be.forward_metadata = B.Sm12xMetadata(True, i32(0, 2), i32(3, 4000), seq_lens=i32(2))
     if env == "1":
         with pytest.raises(ValueError, match=r"kv_indices: slot ids outside the pool.*\[3, 4000\]"):
@@ -571,10 +572,11 @@ def test_backend_refuses_unknown_attention_kwargs_by_name(kw, monkeypatch):
     import sglang_sm12x.backend as B
 
     monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
-    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16), torch.zeros(8, 1, 64, dtype=torch.bfloat16))
-    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    be = _small_backend(B, torch.zeros(8, 1, 64, dtype=torch.bfloat16, device=DEV),
+                        torch.zeros(8, 1, 64, dtype=torch.bfloat16, device=DEV))
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=DEV)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
-    q = torch.randn(1, 128).to(torch.bfloat16)
+    q = torch.randn(1, 128).to(torch.bfloat16).to(DEV)
     name = next(iter(kw))
     for fwd in (be.forward_decode, be.forward_extend):
         with pytest.raises(NotImplementedError, match=rf"{fwd.__name__}.*'{name}'"):
@@ -593,17 +595,18 @@ def test_backend_passes_attention_sinks(monkeypatch):
     monkeypatch.delenv(B.CHECK_SLOTS_ENV, raising=False)
     kb = torch.randn(8, 1, 64).to(torch.bfloat16)
     vb = torch.randn(8, 1, 64).to(torch.bfloat16)
-    be = _small_backend(B, kb, vb)
-    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    be = _small_backend(B, kb.to(DEV), vb.to(DEV))
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=DEV)  # noqa: E731
     lay = _layer(0, 2, 1, 64, "bf16")
     q = torch.randn(1, 128).to(torch.bfloat16)
     sinks = torch.tensor([1.5, -2.0])
     be.forward_metadata = B.Sm12xMetadata(True, i32(0, 3), i32(3, 4, 5), seq_lens=i32(3))
-    out = be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=sinks)
+    out = be.forward_decode(q.to(DEV), None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=sinks.to(DEV))
     ref = attention_ref(q.view(1, 2, 64).float(), kb[3:6].float(), vb[3:6].float(), sm_scale=lay.scaling, sinks=sinks)
-    torch.testing.assert_close(out.view(1, 2, 64).float(), ref, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(out.view(1, 2, 64).float().cpu(), ref, atol=2e-2, rtol=2e-2)
     with pytest.raises(ValueError, match="sinks"):
-        be.forward_decode(q, None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=torch.zeros(3))
+        be.forward_decode(q.to(DEV), None, None, lay, SimpleNamespace(), save_kv_cache=False,
+                          sinks=torch.zeros(3, device=DEV))
 
 
 def _swa_pool(kv, size, page, hkv, d, swa_ids, full_ids):

@@ -126,12 +126,13 @@ class Server:
     """``with Server(model, backend, ...) as s: s.generate(...)`` -- the process dies with the block."""
 
     def __init__(self, model, backend, *args, port=30123, log=None, env=None, timeout=600, mem_fraction=0.5,
-                 launcher=None):
+                 launcher=None, cwd=None):
         self.model, self.backend, self.args, self.port = str(model), backend, list(args), port
         self.launcher = list(launcher or [sys.executable, "-m", "sglang.launch_server"])
         self.log_path = Path(log or f"/tmp/sglang-{backend}-{port}.log")
         self.env = dict(os.environ, **(env or {}))
         self.timeout, self.mem_fraction = timeout, mem_fraction
+        self.cwd = cwd                   # `python -m` puts the working folder first on sys.path
         self.proc = None
         self.startup_s = None
 
@@ -152,7 +153,7 @@ class Server:
         self._log.flush()
         t0 = time.time()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.cwd)
         while time.time() - t0 < self.timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server ({self.backend}) exited with {self.proc.returncode}:\n{self.tail()}")
