@@ -221,11 +221,80 @@ def extend_rows(shapes, hq, hkv, d):
     return rows
 
 
+def model_rows(copy):
+    """Decode layers of the models the backend serves beyond Qwen3 / Llama shapes, laid out as the
+    backend runs them: gpt-oss's window layer (64 / 8 heads, head_dim 64, sinks, window 128: the
+    backend lists only each request's last 128 tokens) and its full layer at batch 64 x 8k, beside
+    SGLang's Triton decode on the same lists and sinks; Qwen3-14B's GQA 5 (40 / 8) beside the 32 / 8
+    shape at batch 64 x 4k (GB/s of what is read)."""
+    from sgl_kernel_sm12x import planner
+    rows = []
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cases = [("gpt-oss window layer", 64, 8, 64, 64, 8192, 127, True),
+             ("gpt-oss full layer", 64, 8, 64, 64, 8192, -1, True),
+             ("Qwen3-14B (GQA 5)", 40, 8, 128, 64, 4096, -1, False),
+             ("32 / 8 reference", 32, 8, 128, 64, 4096, -1, False)]
+    for name, hq, hkv, d, batch, ctx, window, has_sinks in cases:
+        listed = ctx if window < 0 else min(ctx, window + 1)       # keys the lists hold per request
+        pools = {kv: make_pool(kv, batch * ctx, hkv, d) for kv in ("bf16", "fp8_e4m3", "nvfp4")}
+        start = ctx - listed
+        indptr = torch.arange(0, (batch + 1) * listed, listed, dtype=torch.int32, device=DEV)
+        indices = (torch.arange(batch, device=DEV)[:, None] * ctx + start
+                   + torch.arange(listed, device=DEV)[None, :]).flatten().to(torch.int32)
+        seq = torch.full((batch,), listed, dtype=torch.int32, device=DEV)
+        q = torch.randn(batch, hq, d, device=DEV, dtype=torch.bfloat16)
+        sinks = torch.randn(hq, device=DEV, dtype=torch.float32) if has_sinks else None
+
+        def record(provider, kv, fn):
+            base = dict(phase="model_decode", model=name, provider=provider, kv_dtype=kv, batch=batch, context=ctx,
+                        keys_read=listed, heads=f"{hq}/{hkv}", head_dim=d, window_left=window, sinks=has_sinks)
+            try:
+                p20, ms, p80 = bench_ms(fn, graph=True)
+            except Exception as e:
+                rows.append(dict(base, error=f"{type(e).__name__}: {e}"[:300]))
+                print(f"model {name} {provider} {kv} ERROR {e}"[:200])
+                return
+            nbytes = batch * listed * kv_bytes_per_token(kv, hkv, d) + 2 * q.numel() * 2
+            gbps = nbytes / ms / 1e6
+            rows.append(dict(base, ms=ms, p20_ms=p20, p80_ms=p80, bytes=nbytes, gbps=gbps,
+                             fraction_of_copy=gbps / copy))
+            print(f"model {name:<22} {provider:<13} {kv:<9} {ms * 1e3:9.1f} us {gbps:7.0f} GB/s")
+
+        for kv, pool in pools.items():
+            out = torch.empty_like(q)
+            cfg = planner.plan_decode(PLAN_ARCH or planner.current_arch(), head_dim=d, kv_dtype=kv, group=hq // hkv,
+                                      batch=batch, kv_heads=hkv, num_sms=sms)
+            ws = decode_workspace(batch, hq, d, cfg.max_splits, DEV)
+            record("sm12x", kv, lambda: decode_attention(
+                q, pool["k_cache"], pool["v_cache"], indptr, indices, seq, kv_dtype=kv,
+                k_scale_cache=pool.get("k_scale_cache"), v_scale_cache=pool.get("v_scale_cache"),
+                k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
+                check_slots=False, arch=PLAN_ARCH, window_left=window, sinks=sinks))
+        try:
+            from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+            bf = pools["bf16"]
+            splits = 8
+            logits = torch.empty(batch, hq, splits, d, dtype=torch.float32, device=DEV)
+            lse = torch.empty(batch, hq, splits, dtype=torch.float32, device=DEV)
+            nsp = torch.full((batch,), splits, dtype=torch.int32, device=DEV)
+            o = torch.empty_like(q)
+            record("sglang_triton", "bf16", lambda: decode_attention_fwd(
+                q, bf["k_cache"], bf["v_cache"], o, indptr, indices, logits, lse, nsp, splits, 1 / math.sqrt(d),
+                1.0, 1.0, sinks=sinks))
+        except Exception as e:
+            rows.append(dict(phase="model_decode", model=name, provider="sglang_triton", kv_dtype="bf16",
+                             error=f"{type(e).__name__}: {e}"[:300]))
+            traceback.print_exc()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
     ap.add_argument("--quick", action="store_true", help="a few shapes only")
     ap.add_argument("--skip-extend", action="store_true")
+    ap.add_argument("--models", action="store_true",
+                    help="only the model-shaped decode layers (gpt-oss window / full layer, Qwen3-14B's GQA 5)")
     ap.add_argument("--plan-arch", type=int, default=None,
                     help="plan every sm12x call for this arch (120: the SM120 path, run under DISABLE_MMA_V3=1)")
     a = ap.parse_args()
@@ -243,6 +312,14 @@ def main():
     copy = copy_ceiling_gbps()
     print(f"{env['device']}: copy ceiling {copy:.0f} GB/s")
     rows = [dict(phase="copy", provider="copy", gbps=copy)]
+    if a.models:
+        rows += model_rows(copy)
+        for r in rows:
+            r.update(plan_arch=PLAN_ARCH or env["capability"][0] * 10 + env["capability"][1],
+                     disable_mma_v3=env["disable_mma_v3"])
+        name = "attention-models" if PLAN_ARCH is None else f"attention-models-sm{PLAN_ARCH}-plan"
+        write_json(name, {**env, "benchmark": "attention", "copy_gbps": copy, "rows": rows})
+        return
     dec = [(b, c) for b in (1, 16, 64, 128, 256) for c in (1024, 4096, 8192, 32768) if b * c <= (1 << 21)]
     if a.quick:
         dec = [(1, 8192), (128, 4096)]

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from . import planner
-from .attention.kv_tile import FMT_NVFP4, FMT_PLAIN
+from .attention.kv_tile import FMT_NVFP4, FMT_PLAIN, col_mask, dim_constexprs
 from .formats import KVFormat, kv_formats
 from .fp_codes import e2m1_decode, e2m1_encode, e4m3_decode, e4m3_encode, e4m3_encode_hw
 from .nvfp4 import BLOCK_SIZE, SCALE_RULES as NVFP4_SCALES
@@ -28,11 +28,13 @@ def _append_rows(
     dst_ptr, stride_dst_s,                        # (slots, HEAD_DIM) pool of one head
     gscale_ptr,                                   # (1,) fp32 per-tensor scale (FP8 only)
     tok, slot, mask,
-    HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
+    HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr, DIM: tl.constexpr = 0,
 ):
-    """Plain copy (FMT_PLAIN) or FP8 e4m3 (FMT_FP8) of whole rows."""
+    """Plain copy (FMT_PLAIN) or FP8 e4m3 (FMT_FP8) of whole rows (``DIM``: the true width of a
+    row padded to HEAD_DIM)."""
     offs_d = tl.arange(0, HEAD_DIM)
-    x_in = tl.load(src_ptr + tok[:, None] * stride_src_t + offs_d[None, :], mask=mask[:, None], other=0.0)
+    cm = col_mask(mask, offs_d, DIM, DIM != 0)
+    x_in = tl.load(src_ptr + tok[:, None] * stride_src_t + offs_d[None, :], mask=cm, other=0.0)
     if KV_MODE == FMT_PLAIN:
         out = x_in.to(dst_ptr.dtype.element_ty)
     else:
@@ -41,7 +43,7 @@ def _append_rows(
             out = e4m3_encode_hw(x_in.to(tl.float32) * rcp)
         else:
             out = e4m3_encode(x_in.to(tl.float32) * rcp).to(tl.uint8)
-    tl.store(dst_ptr + slot[:, None] * stride_dst_s + offs_d[None, :], out, mask=mask[:, None])
+    tl.store(dst_ptr + slot[:, None] * stride_dst_s + offs_d[None, :], out, mask=cm)
 
 
 @triton.jit
@@ -141,6 +143,7 @@ def kv_append_kernel(
     num_tokens, num_slots,
     HEAD_DIM: tl.constexpr, BLOCK_ROWS: tl.constexpr, KV_MODE: tl.constexpr, HW_FP8: tl.constexpr,
     DO_K: tl.constexpr = True, DO_V: tl.constexpr = True, MSE_SCALES: tl.constexpr = False,
+    DIM: tl.constexpr = 0,                         # head_dim when HEAD_DIM is its padded width (96)
 ):
     """Grid: (heads, cdiv(tokens, BLOCK_ROWS)). Heads vary fastest so the programs writing the
     heads of one slot run together and their partial-sector writes merge in L2. A lane is a whole
@@ -152,6 +155,8 @@ def kv_append_kernel(
     in_range = tok < num_tokens
     slot = tl.load(loc_ptr + tok, mask=in_range, other=0).to(tl.int64)
     mask = in_range & (slot >= 0) & (slot < num_slots)       # never write outside the pool
+    if KV_MODE == FMT_NVFP4 and DIM != 0:                      # the padded row's blocks past DIM
+        mask = mask & (lane % LANES_PER_ROW < DIM // 16)
     tok = tok.to(tl.int64)
     k_src = k_ptr + head * stride_k_h
     v_src = v_ptr + head * stride_v_h
@@ -168,10 +173,10 @@ def kv_append_kernel(
     else:
         if DO_K:
             _append_rows(k_src, stride_k_t, k_dst, stride_kc_s, k_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE,
-                         HW_FP8)
+                         HW_FP8, DIM)
         if DO_V:
             _append_rows(v_src, stride_v_t, v_dst, stride_vc_s, v_gscale_ptr, tok, slot, mask, HEAD_DIM, KV_MODE,
-                         HW_FP8)
+                         HW_FP8, DIM)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,6 +185,7 @@ def kv_append_kernel(
 
 def _fail(name, msg):
     raise ValueError(f"{name}: {msg}")
+
 
 
 def _check_tensor(name, t, *, ndim=None, dtypes=None, device=None, shape=None, contiguous=False):
@@ -336,7 +342,7 @@ def append_kv(
         stride_vs_s=v_scale_cache.stride(0), stride_vs_h=v_scale_cache.stride(1),
         k_gscale_ptr=kg, v_gscale_ptr=vg,
         num_tokens=tokens, num_slots=slots,
-        HEAD_DIM=head_dim, BLOCK_ROWS=cfg.block_rows, KV_MODE=int(mode),
+        **dim_constexprs(head_dim), BLOCK_ROWS=cfg.block_rows, KV_MODE=int(mode),
         HW_FP8=cfg.hw_fp8 and not _INTERPRET, DO_K=_parts[0], DO_V=_parts[1],
         MSE_SCALES=mode == KVFormat.NVFP4 and nvfp4_scales == "mse", num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -366,7 +372,7 @@ def aot_cases(arch: int):
         # fp8k_nvfp4v appends K alone with the fp8 plan and V alone with the nvfp4 plan
         parts = [(True, True)] + ([(True, False)] if mode == KVFormat.FP8 else [(False, True)] if mode == KVFormat.NVFP4 else [])
         for (do_k, do_v), mse in ((p, m) for p in parts for m in ((False, True) if mode == KVFormat.NVFP4 else (False,))):
-            cx = {"HEAD_DIM": inp["head_dim"], "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8,
+            cx = {**dim_constexprs(inp["head_dim"]), "BLOCK_ROWS": cfg.block_rows, "KV_MODE": mode, "HW_FP8": cfg.hw_fp8,
                   "DO_K": do_k, "DO_V": do_v, "MSE_SCALES": mse}
             label = {"head_dim": inp["head_dim"], "kv_dtype": inp["kv_dtype"], "act_dtype": act, **cfg.as_dict()}
             if not (do_k and do_v):

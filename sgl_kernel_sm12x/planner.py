@@ -101,7 +101,10 @@ def launch_arch(device, arch: int | None = None) -> int:
 # Domains shared by the kernels
 # --------------------------------------------------------------------------------------------------
 
-HEAD_DIMS = (64, 128, 256)
+HEAD_DIMS = (64, 96, 128, 256)
+# head_dims that are not powers of two run the Triton kernels on a tile padded to the next power
+# of two (masked columns), with that width's tiles; the Gluon kernels take powers of two only
+PADDED_HEAD_DIMS = {96: 128}
 # the storage formats, named once (formats.py); fp8k_nvfp4v appends as one fp8 and one nvfp4 half
 KV_DTYPES = tuple(_formats.KV_DTYPES)
 POOL_KV_DTYPES, FP8_K, FP4_V, ACT_DTYPES = _formats.POOL_KV_DTYPES, _formats.FP8_K, _formats.FP4_V, _formats.ACT_DTYPES
@@ -146,7 +149,8 @@ def plan_kv_append(arch: int, head_dim: int, kv_dtype: str, act_dtype: str = "bf
     elems, warps = _APPEND_TILE.get(kv_dtype, _APPEND_TILE["copy"])
     # sm_80 has no FP8 conversion instruction; there the software encoder (same bits) runs
     hw_fp8 = kv_dtype == "fp8_e4m3" and arch >= 89
-    return AppendConfig(block_rows=max(1, elems // head_dim), num_warps=warps, hw_fp8=hw_fp8)
+    width = PADDED_HEAD_DIMS.get(head_dim, head_dim)      # the kernel's tile width
+    return AppendConfig(block_rows=max(1, elems // width), num_warps=warps, hw_fp8=hw_fp8)
 
 
 def kv_append_domain():
@@ -226,6 +230,10 @@ def plan_decode(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     """Split-stage configuration of one decode call (``fp4_mma`` False: never the register-operand
     NVFP4 kernel, for launchers that cannot run it)."""
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
+    if head_dim in PADDED_HEAD_DIMS:
+        return plan_decode(arch, head_dim=PADDED_HEAD_DIMS[head_dim], kv_dtype=kv_dtype, q_dtype=q_dtype,
+                           group=group, page_size=page_size, batch=batch, kv_heads=kv_heads, max_splits=max_splits,
+                           num_sms=num_sms, fp4_mma=False)
     if fp4_mma and kv_dtype == "nvfp4" and lim.cc >= 89 and not (head_dim == 256 and group > 8):
         return _plan_decode_fp4_mma(lim, head_dim, group, batch, kv_heads, max_splits, num_sms)
     block_n, warps, stages, maxnreg = _decode_tile(arch, head_dim, kv_dtype, batch * kv_heads, page_size)
@@ -406,6 +414,9 @@ def plan_extend(arch: int, *, head_dim: int, kv_dtype: str, q_dtype: str = "bf16
     interpreter, pools over 2^31 bytes). ``window``: a sliding window (Triton kernel only).
     """
     lim = _check_attention(arch, head_dim, kv_dtype, q_dtype, group, page_size)
+    if head_dim in PADDED_HEAD_DIMS:
+        return plan_extend(arch, head_dim=PADDED_HEAD_DIMS[head_dim], kv_dtype=kv_dtype, q_dtype=q_dtype, group=group,
+                           page_size=page_size, prefix=prefix, window=window, gluon=False, short=short)
     cfg = _extend_tile(lim, head_dim, kv_dtype, group)
     quant = kv_dtype not in ACT_DTYPES      # an fp8 / nvfp4 pool (16-bit pools hold q's dtype)
     if prefix and (lim.cc == 90

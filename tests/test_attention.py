@@ -567,7 +567,7 @@ def test_nvfp4_pool_rows_must_be_word_aligned(device):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
 def test_gpu_decode_large(fmt, d):
     kv_dtype, q_dtype = fmt
     lens = [1, 4097, 2048, 777] + [int(x) for x in torch.randint(1, 3000, (12,))]
@@ -623,7 +623,7 @@ def test_gpu_decode_512_rows(fmt, page):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
 def test_gpu_extend_large(fmt, d):
     _run_extend(fmt[0], fmt[1], d, 8, 4, 16, [0, 2000, 513], [1500, 700, 1], "cuda")
 
@@ -652,7 +652,7 @@ def test_gpu_extend_short_fresh_chunks(group, q_dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("page", [1, 16])
 @pytest.mark.parametrize("group", MATRIX_GROUPS + ODD_GROUPS)
-@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("d", planner.HEAD_DIMS)
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f"{f[0]}-{f[1]}")
 def test_gpu_sm120_plan(fmt, d, group, page):
     """What an sm_120 card runs: decode and extend planned for arch 120 (run under
@@ -852,7 +852,7 @@ def test_wgmma_takes_only_pools_with_32_bit_offsets():
 @pytest.mark.parametrize("q_dtype", ["bf16", "fp16"])
 @pytest.mark.parametrize("page", planner.PAGE_SIZES)
 @pytest.mark.parametrize("group", MATRIX_GROUPS)
-@pytest.mark.parametrize("d", planner.HEAD_DIMS)
+@pytest.mark.parametrize("d", [64, 128, 256])  # the Gluon kernel: powers of two
 def test_gpu_decode_nvfp4_register_operands(d, group, page, q_dtype, block_n, prefetch):
     """The one-warp NVFP4 split stage (tiles decoded into MMA operand registers, head_dim permuted):
     every head_dim x GQA x page size x q dtype, the three token tiles, with and without the register

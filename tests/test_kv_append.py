@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA, assert_bytes_equal
-from sgl_kernel_sm12x import nvfp4
+from sgl_kernel_sm12x import nvfp4, planner
 from sgl_kernel_sm12x.kv_append import append_kv
 
 POISON = 0xA5
@@ -78,20 +78,20 @@ def run_case(kv_dtype, act, head_dim, heads, tokens, device, strided=False, g=(1
 SHAPES = [(1, 1), (3, 17), (8, 64), (16, 5)]   # (heads, tokens)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 @pytest.mark.parametrize("act", ["bf16", "fp16"])
 @pytest.mark.parametrize("heads,tokens", SHAPES)
 def test_nvfp4_bit_exact(head_dim, act, heads, tokens, device):
     run_case("nvfp4", act, head_dim, heads, tokens, device, g=(1.0, 1.0))
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 @pytest.mark.parametrize("act", ["bf16", "fp16"])
 def test_nvfp4_bit_exact_513_tokens_global_scales(head_dim, act, device):
     run_case("nvfp4", act, head_dim, 2, 513, device, g=(0.37, 2.5))
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 @pytest.mark.parametrize("act", ["bf16", "fp16"])
 @pytest.mark.parametrize("heads,tokens", [(1, 1), (4, 33), (16, 9)])
 def test_fp8_bit_exact(head_dim, act, heads, tokens, device):
@@ -99,7 +99,7 @@ def test_fp8_bit_exact(head_dim, act, heads, tokens, device):
 
 
 @pytest.mark.parametrize("act", ["bf16", "fp16"])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 def test_plain_copy_exact(act, head_dim, device):
     run_case(act, act, head_dim, 3, 21, device)
 
@@ -209,7 +209,7 @@ def test_zero_tokens_is_a_no_op(device):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv_dtype", ["nvfp4", "fp8_e4m3"])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 @pytest.mark.parametrize("act", ["bf16", "fp16"])
 def test_gpu_16k_tokens_bit_exact(kv_dtype, head_dim, act):
     run_case(kv_dtype, act, head_dim, 8, 16384, "cuda", g=(0.8, 1.3))
@@ -257,7 +257,7 @@ def _sq_err(x, data, scales, g):
     return ((d - x.float()) ** 2).view(*x.shape[:-1], x.shape[-1] // 16, 16).sum(-1)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", planner.HEAD_DIMS)
 @pytest.mark.parametrize("g", [1.0, 0.37])
 def test_nvfp4_mse_scales_match_the_reference_search(head_dim, g, device):
     """The kernel's scale search picks the reference's code in every block but near-ties (the two

@@ -318,7 +318,7 @@ class _ModelConfig(SimpleNamespace):
 @pytest.mark.parametrize("heads,kv_heads,d,tp,match", [
     (136, 8, 128, 1, "cannot serve this model.*group"),         # GQA 17
     (64, 2, 128, 1, "cannot serve this model.*group"),          # GQA 32
-    (32, 8, 96, 1, "head_dim"),
+    (32, 8, 80, 1, "head_dim"),
     (68, 4, 128, 2, "cannot serve this model.*group"),          # 34 / 2 per GPU: 17
 ])
 def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, match):
@@ -333,8 +333,10 @@ def test_backend_refuses_unplannable_shapes_at_start(heads, kv_heads, d, tp, mat
                      tp_size=tp, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match=match):
         Sm12xAttnBackend(runner)
-    mc.num_attention_heads, mc.head_dim = 32, 128            # a shape the kernels serve builds
-    Sm12xAttnBackend(runner)
+    for d_ok in (64, 96, 128, 256):                            # shapes the kernels serve build
+        mc.num_attention_heads, mc.head_dim = 32, d_ok
+        Sm12xAttnBackend(runner)
+    mc.head_dim = 128
     for q_heads in (40, 48, 56, 24):                           # GQA 5, 6, 7, 3 over 8 KV heads
         mc.num_attention_heads, mc.num_key_value_heads = q_heads * tp, 8 * tp
         Sm12xAttnBackend(runner)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (check_sinks, FMT_NVFP4, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, nvfp4_decode, nvfp4_rows_aligned,
+from .kv_tile import (check_sinks, FMT_NVFP4, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, slot_flag, dot, gluon_kernel_usable, load_raw, col_mask, dim_constexprs, nvfp4_decode, nvfp4_rows_aligned,
                       offsets_fit, online_softmax_step, split_range, tile_flags, tile_scores, tile_slots, unit_scales)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -67,6 +67,7 @@ def decode_split_kernel(
     HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     FP4_PTX: tl.constexpr, F16_MMA: tl.constexpr, PREFETCH: tl.constexpr = False,
     DIRECT: tl.constexpr = False, o_ptr=None, stride_o_b=0, stride_o_h=0, v_scale=1.0,
+    DIM: tl.constexpr = 0,                                 # head_dim when HEAD_DIM is its padded tile (96)
 ):
     # grid (kv_heads, batch, splits): the programs reading one token's rows (a KV head each) run side by side
     kvh = tl.program_id(0)
@@ -83,12 +84,14 @@ def decode_split_kernel(
     dt = q_ptr.dtype.element_ty
     out_row = (b * n_kvh * group + q_head) * max_splits + sid
     offs_d = tl.arange(0, HEAD_DIM)
+    PAD: tl.constexpr = DIM != 0
+    DM: tl.constexpr = DIM if PAD else HEAD_DIM
     # DIRECT (one split, no LSE wanted): the program's result is the output -- normalised, V-scaled
     # and stored in q's dtype here, no reduce launch
     if lo_tok >= hi_tok:      # this split has no tokens: mark it empty for the reduce
         if DIRECT:            # (an empty request's output is zeros, as the reduce writes it)
             tl.store(_out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head) + offs_d[None, :],
-                     tl.zeros([BLOCK_H, HEAD_DIM], o_ptr.dtype.element_ty), mask=h_mask[:, None])
+                     tl.zeros([BLOCK_H, HEAD_DIM], o_ptr.dtype.element_ty), mask=col_mask(h_mask, offs_d, DM, PAD))
         else:
             tl.store(part_lse_ptr + out_row, tl.full([BLOCK_H], float("-inf"), tl.float32), mask=h_mask)
         return
@@ -104,13 +107,13 @@ def decode_split_kernel(
     # q_a / q_b: even / odd elements of q for an NVFP4 K (q_b unused otherwise); acc_a / acc_b the
     # accumulators of the even / odd output elements for an NVFP4 V (acc_b unused otherwise)
     if K_MODE == FMT_NVFP4:
-        q_a = tl.load(q_row + 2 * offs_p[None, :], mask=h_mask[:, None], other=0.0)
-        q_b = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=h_mask[:, None], other=0.0)
+        q_a = tl.load(q_row + 2 * offs_p[None, :], mask=col_mask(h_mask, 2 * offs_p, DM, PAD), other=0.0)
+        q_b = tl.load(q_row + 2 * offs_p[None, :] + 1, mask=col_mask(h_mask, 2 * offs_p, DM, PAD), other=0.0)
         if F16_MMA:
             q_a = tl.clamp(q_a.to(tl.float32), -65504.0, 65504.0).to(dt)
             q_b = tl.clamp(q_b.to(tl.float32), -65504.0, 65504.0).to(dt)
     else:
-        q_a = tl.load(q_row + offs_d[None, :], mask=h_mask[:, None], other=0.0)
+        q_a = tl.load(q_row + offs_d[None, :], mask=col_mask(h_mask, offs_d, DM, PAD), other=0.0)
         if F16_MMA:
             q_a = tl.clamp(q_a.to(tl.float32), -65504.0, 65504.0).to(dt)
         q_b = q_a
@@ -137,13 +140,13 @@ def decode_split_kernel(
         # PTX, which the loop pipeliner does not stage through shared memory)
         pos = lo_tok + offs_n
         n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, max_id, PAGED)
-        kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
-        vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+        kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE, DIM)
+        vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE, DIM)
         pos_nx = pos + BLOCK_N
         mask_nx, slot_nx = tile_slots(kv_indices_ptr, base, pos_nx, hi_tok, page_size, max_id, PAGED)
         for n0 in range(lo_tok, hi_tok, BLOCK_N):
-            kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE)
-            vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE)
+            kr_nx, ksr_nx = load_raw(kc, ksc, slot_nx, stride_kc_s, stride_ks_s, offs_wk, mask_nx, K_MODE, DIM)
+            vr_nx, vsr_nx = load_raw(vc, vsc, slot_nx, stride_vc_s, stride_vs_s, offs_wv, mask_nx, V_MODE, DIM)
             pos_nx2 = pos_nx + BLOCK_N
             mask_nx2, slot_nx2 = tile_slots(kv_indices_ptr, base, pos_nx2, hi_tok, page_size, max_id,
                                             PAGED)
@@ -156,29 +159,31 @@ def decode_split_kernel(
         for n0 in tl.range(lo_tok, hi_tok, BLOCK_N):
             pos = n0 + offs_n
             n_mask, slot = tile_slots(kv_indices_ptr, base, pos, hi_tok, page_size, max_id, PAGED)
-            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
-            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE, DIM)
+            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE, DIM)
             m_i, l_i, acc_a, acc_b = _attend_tile(q_a, q_b, kr, ksr, vr, vsr, n_mask, m_i, l_i, acc_a, acc_b,
                                                   qk_scale, logit_cap, dt, BLOCK_H, BLOCK_N, K_MODE, V_MODE,
                                                   HAS_CAP, HW_FP8, DOT_FP32, FP4_PTX)
 
-    o_row = part_o_ptr + out_row[:, None] * HEAD_DIM
+    o_row = part_o_ptr + out_row[:, None] * DM
     inv_l = 1.0 / l_i
+    ev = col_mask(h_mask, 2 * offs_p, DM, PAD)          # NVFP4 V: even / odd output columns
+    od_ = col_mask(h_mask, 2 * offs_p + 1, DM, PAD)
+    full = col_mask(h_mask, offs_d, DM, PAD)
     if DIRECT:
         od = o_ptr.dtype.element_ty
         o_rows = _out_rows(o_ptr, b, stride_o_b, stride_o_h, q_head)
         if V_MODE == FMT_NVFP4:
-            tl.store(o_rows + 2 * offs_p[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
-            tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_b * (inv_l * v_scale)[:, None]).to(od),
-                     mask=h_mask[:, None])
+            tl.store(o_rows + 2 * offs_p[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=ev)
+            tl.store(o_rows + 2 * offs_p[None, :] + 1, (acc_b * (inv_l * v_scale)[:, None]).to(od), mask=od_)
         else:
-            tl.store(o_rows + offs_d[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=h_mask[:, None])
+            tl.store(o_rows + offs_d[None, :], (acc_a * (inv_l * v_scale)[:, None]).to(od), mask=full)
         return
     if V_MODE == FMT_NVFP4:
-        tl.store(o_row + 2 * offs_p[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
-        tl.store(o_row + 2 * offs_p[None, :] + 1, acc_b * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + 2 * offs_p[None, :], acc_a * inv_l[:, None], mask=ev)
+        tl.store(o_row + 2 * offs_p[None, :] + 1, acc_b * inv_l[:, None], mask=od_)
     else:
-        tl.store(o_row + offs_d[None, :], acc_a * inv_l[:, None], mask=h_mask[:, None])
+        tl.store(o_row + offs_d[None, :], acc_a * inv_l[:, None], mask=full)
     tl.store(part_lse_ptr + out_row, m_i + tl.log2(l_i), mask=h_mask)
 
 
@@ -190,6 +195,7 @@ def decode_reduce_kernel(
     v_scale,
     HEAD_DIM: tl.constexpr, MAX_SPLITS: tl.constexpr, WRITE_LSE: tl.constexpr,
     sinks_ptr=None, HAS_SINKS: tl.constexpr = False,   # (q_heads,) attention-sink logits (natural log)
+    DIM: tl.constexpr = 0,                             # head_dim when HEAD_DIM is its padded tile (96)
 ):
     """Merge the splits of one (request, q head); splits are read in chunks of at most 64. An
     attention sink adds ``exp(sink)`` to the softmax denominator (a key every query sees whose
@@ -200,6 +206,8 @@ def decode_reduce_kernel(
     CH: tl.constexpr = MAX_SPLITS if MAX_SPLITS < 64 else 64
     offs_s = tl.arange(0, CH)
     offs_d = tl.arange(0, HEAD_DIM)
+    PAD: tl.constexpr = DIM != 0
+    DM: tl.constexpr = DIM if PAD else HEAD_DIM
     m = tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + offs_s), 0)
     for c in tl.static_range(CH, MAX_SPLITS, CH):
         m = tl.maximum(m, tl.max(tl.load(part_lse_ptr + row * MAX_SPLITS + c + offs_s), 0))
@@ -213,14 +221,17 @@ def decode_reduce_kernel(
         lse = tl.load(part_lse_ptr + row * MAX_SPLITS + c + offs_s)
         w = tl.exp2(lse - m_safe)             # empty splits (-inf) weigh 0
         valid = lse > float("-inf")
-        po = tl.load(part_o_ptr + (row * MAX_SPLITS + c + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-                     mask=valid[:, None], other=0.0)
+        po = tl.load(part_o_ptr + (row * MAX_SPLITS + c + offs_s)[:, None] * DM + offs_d[None, :],
+                     mask=col_mask(valid, offs_d, DM, PAD), other=0.0)
         den += tl.sum(w, 0)
         acc += tl.sum(po * w[:, None], 0)
     if HAS_SINKS:
         den += tl.exp2(sink - m_safe)
     o = acc / tl.where(den > 0, den, 1.0) * v_scale
-    tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty))
+    if PAD:
+        tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty), mask=offs_d < DM)
+    else:
+        tl.store(o_ptr + b * stride_o_b + h * stride_o_h + offs_d, o.to(o_ptr.dtype.element_ty))
     if WRITE_LSE:
         tl.store(lse_ptr + row, (m + tl.log2(den)) / 1.4426950408889634)
 
@@ -231,6 +242,7 @@ def decode_reduce_kernel(
 
 def _fail(name, msg):
     raise ValueError(f"{name}: {msg}")
+
 
 
 def _scalar(x, name):
@@ -303,7 +315,7 @@ class DecodePlan:
                 qk_scale=qk_scale, logit_cap=float(logit_cap), window_left=int(window_left),
                 group=hq // hkv, page_size=self.page_size, max_splits=cfg.max_splits,
                 max_id=_max_id(kc.shape[0], self.page_size),
-                BLOCK_H=cfg.block_h, HEAD_DIM=d, BLOCK_N=cfg.block_n, PAGED=self.page_size > 1,
+                BLOCK_H=cfg.block_h, BLOCK_N=cfg.block_n, PAGED=self.page_size > 1, **dim_constexprs(d),
                 K_MODE=int(k_fmt), V_MODE=int(v_fmt), MIN_SPLIT_TOKENS=cfg.min_split_tokens,
                 HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, HW_FP8=cfg.hw_fp8 and not _INTERPRET,
                 DOT_FP32=_INTERPRET, PREFETCH=cfg.prefetch, DIRECT=direct,
@@ -315,7 +327,7 @@ class DecodePlan:
             decode_reduce_kernel[(self.batch, hq)](
                 part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0),
                 stride_o_h=out.stride(1), lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
-                HEAD_DIM=d, MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4,
+                MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4, **dim_constexprs(d),
                 **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
             )
         return out
@@ -360,6 +372,8 @@ def plan_decode_batch(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, seq_len
     plan = dict(arch=arch, head_dim=head_dim, kv_dtype=kv_dtype, q_dtype=q_dtype, group=q_heads // kv_heads,
                 page_size=page_size, batch=batch, kv_heads=kv_heads, max_splits=max_splits, num_sms=sms)
     cfg = config or planner.plan_decode(**plan)
+    if cfg.fp4_mma and head_dim in planner.PADDED_HEAD_DIMS:
+        _fail("config", f"the one-warp NVFP4 kernel (fp4_mma) needs a power-of-two head_dim, got {head_dim}")
     if cfg.fp4_mma and (not fp4_mma_available() or fmts != (KVFormat.NVFP4, KVFormat.NVFP4)):
         # the interpreter, or a Triton without Gluon: the Triton split stage, same split count
         cfg = planner.plan_decode(**dict(plan, max_splits=cfg.max_splits), fp4_mma=False)
@@ -545,7 +559,7 @@ def aot_cases(arch: int):
         k_mode, v_mode = (int(f) for f in kv_formats(inp["kv_dtype"]))
         q_t = f"*{inp['q_dtype']}"
         cache_t = q_t if k_mode == KVFormat.PLAIN else "*u8"
-        cx = dict(BLOCK_H=cfg.block_h, HEAD_DIM=inp["head_dim"], BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
+        cx = dict(BLOCK_H=cfg.block_h, **dim_constexprs(inp["head_dim"]), BLOCK_N=cfg.block_n, PAGED=inp["page_size"] > 1,
                   K_MODE=int(k_mode), V_MODE=int(v_mode), MIN_SPLIT_TOKENS=cfg.min_split_tokens, HAS_CAP=False,
                   HAS_WINDOW=False, HW_FP8=cfg.hw_fp8, DOT_FP32=False, PREFETCH=cfg.prefetch,
                   **tile_flags(k_mode, v_mode, cfg.hw_fp8))
@@ -582,7 +596,7 @@ def aot_cases_reduce(arch: int):
                 for sinks in (False, True):     # attention sinks (gpt-oss): one logit a head
                     sig = {"part_o_ptr": "*fp32", "part_lse_ptr": "*fp32", "o_ptr": f"*{q_dtype}",
                            "lse_ptr": "*fp32", "stride_o_b": "i32", "stride_o_h": "i32", "v_scale": "fp32"}
-                    cx = dict(HEAD_DIM=d, MAX_SPLITS=ms, WRITE_LSE=True, HAS_SINKS=sinks)
+                    cx = dict(**dim_constexprs(d), MAX_SPLITS=ms, WRITE_LSE=True, HAS_SINKS=sinks)
                     if sinks:
                         sig["sinks_ptr"] = "*fp32"
                     else:

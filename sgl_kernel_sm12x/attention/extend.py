@@ -20,7 +20,7 @@ import triton.language as tl
 
 from .. import planner
 from ..formats import KVFormat, kv_formats
-from .kv_tile import (check_sinks, FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw,
+from .kv_tile import (check_sinks, FMT_FP8, FMT_NVFP4, FMT_PLAIN, check_kv_indices, max_id as _max_id, check_slot_flag, decode_tile, dot, gluon_kernel_usable, load_raw, col_mask, dim_constexprs,
                       nvfp4_decode, slot_flag,
                       nvfp4_rows_aligned, offsets_fit, raw_cols, softmax_step, tile_flags, tile_scores, tile_slots,
                       unit_scales)
@@ -54,6 +54,7 @@ def extend_kernel(
     QUANT_PREFIX_UNMASKED: tl.constexpr = False, DIAG_IN_LOOP: tl.constexpr = False,
     PREFIX_LOOP: tl.constexpr = True,
     sinks_ptr=None, HAS_SINKS: tl.constexpr = False,      # (q_heads,) attention-sink logits (natural log)
+    DIM: tl.constexpr = 0,                               # head_dim when HEAD_DIM is its padded tile (96)
 ):
     BT: tl.constexpr = BLOCK_M // PACK                      # query tokens per program
     hb = tl.program_id(1)
@@ -85,12 +86,13 @@ def extend_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
     HALF: tl.constexpr = HEAD_DIM // 2
     offs_d = tl.arange(0, HEAD_DIM)
+    PAD: tl.constexpr = DIM != 0
     # the prefix phase runs its MMAs in dtp: fp16 for quantized pools on CUDA devices (e4m3 and
     # e2m1 x ue4m3 are exact in fp16, q saturates at +-65504), the chunk phase in q's dtype
     dtp = dt
     if F16_MMA:
         dtp = tl.float16
-    q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+    q = tl.load(q_rows + offs_d[None, :], mask=col_mask(m_mask, offs_d, DIM, PAD), other=0.0)
     if F16_MMA:
         q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(dtp)
     if K_MODE == FMT_NVFP4:
@@ -136,7 +138,7 @@ def extend_kernel(
         for n0 in tl.range(a0, a1, BLOCK_N, num_stages=PREFIX_STAGES):
             pos = n0 + offs_n
             n_mask, slot = tile_slots(kv_indices_ptr, base, pos, prefix_len, page_size, max_id, PAGED)
-            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE)
+            kr, ksr = load_raw(kc, ksc, slot, stride_kc_s, stride_ks_s, offs_wk, n_mask, K_MODE, DIM)
             if K_MODE == FMT_NVFP4:
                 s = tile_scores(q_lo, q_hi, kr, ksr, dtp, BLOCK_M, BLOCK_N, K_MODE, HW_FP8, DOT_FP32, FP4_PTX)
             else:
@@ -153,7 +155,7 @@ def extend_kernel(
             else:
                 pv = p.to(dtp)
             # V loaded after the scores, as the planned (pipelined) configurations were tuned
-            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE)
+            vr, vsr = load_raw(vc, vsc, slot, stride_vc_s, stride_vs_s, offs_wv, n_mask, V_MODE, DIM)
             if V_MODE == FMT_NVFP4:
                 v_lo, v_hi = nvfp4_decode(vr, vsr, dtp, FP4_PTX, HW_FP8)
                 acc_lo = dot(pv, v_lo, acc_lo * alpha[:, None], DOT_FP32)
@@ -170,7 +172,7 @@ def extend_kernel(
     elif V_MODE == FMT_FP8:
         acc = acc * v_scale_prefix
     if F16_MMA:   # the chunk's own K/V are in q's dtype
-        q = tl.load(q_rows + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+        q = tl.load(q_rows + offs_d[None, :], mask=col_mask(m_mask, offs_d, DIM, PAD), other=0.0)
 
     # ---- phase 2: the chunk's own keys, causal ----------------------------------------------------
     k_rows = k_ptr + kvh * stride_k_h
@@ -201,7 +203,8 @@ def extend_kernel(
             j = n0 + offs_n
             n_mask = j < ext_len
             rows = (q0 + j).to(tl.int64)
-            k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            k = tl.load(k_rows + rows[:, None] * stride_k_t + offs_d[None, :], mask=col_mask(n_mask, offs_d, DIM, PAD),
+                        other=0.0)
             s = dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_FP32)
             vis = n_mask[None, :] & (j[None, :] <= offs_m[:, None])
             if HAS_WINDOW:
@@ -210,12 +213,13 @@ def extend_kernel(
                 if n0 >= c_full:
                     s = tl.where(vis, s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, qk_scale_ext, m_i, l_i, vis, st == 1, HAS_CAP, logit_cap)
-            v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            v = tl.load(v_rows + rows[:, None] * stride_v_t + offs_d[None, :], mask=col_mask(n_mask, offs_d, DIM, PAD),
+                        other=0.0)
             acc = dot(p.to(dt), v, acc * alpha[:, None], DOT_FP32)
 
     inv_l = 1.0 / l_i
     o_rows = o_ptr + (q0 + offs_m)[:, None].to(tl.int64) * stride_o_t + h[:, None] * stride_o_h
-    tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=m_mask[:, None])
+    tl.store(o_rows + offs_d[None, :], (acc * inv_l[:, None]).to(dt), mask=col_mask(m_mask, offs_d, DIM, PAD))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -418,7 +422,7 @@ class ExtendPlan:
             prefix_lens_ptr=self.prefix_lens,
             qk_scale_prefix=sm * ksf * LOG2E, qk_scale_ext=sm * LOG2E, v_scale_prefix=vsf,
             logit_cap=float(logit_cap), window_left=int(window_left), group=hq // hkv, page_size=self.page_size,
-            max_id=_max_id(kc.shape[0], self.page_size), HEAD_DIM=d, PAGED=self.page_size > 1, K_MODE=int(k_fmt),
+            max_id=_max_id(kc.shape[0], self.page_size), **dim_constexprs(d), PAGED=self.page_size > 1, K_MODE=int(k_fmt),
             V_MODE=int(v_fmt), HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
             **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags,
             **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
@@ -542,7 +546,7 @@ def aot_cases(arch: int):
         k_mode, v_mode = (int(f) for f in kv_formats(inp["kv_dtype"]))
         q_t = f"*{inp['q_dtype']}"
         cache_t = q_t if k_mode == KVFormat.PLAIN else "*u8"
-        cx = dict(HEAD_DIM=inp["head_dim"], PAGED=inp["page_size"] > 1, K_MODE=k_mode, V_MODE=v_mode,
+        cx = dict(**dim_constexprs(inp["head_dim"]), PAGED=inp["page_size"] > 1, K_MODE=k_mode, V_MODE=v_mode,
                   HAS_CAP=False, HAS_WINDOW=False, DOT_FP32=False, **_config_constexprs(cfg),
                   **tile_flags(k_mode, v_mode, cfg.hw_fp8), HAS_SINKS=sinks)
         key = (q_t, cache_t, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)

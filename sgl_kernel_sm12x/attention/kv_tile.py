@@ -211,29 +211,52 @@ def fp8_to(x_u8, dtype: tl.constexpr, HW_FP8: tl.constexpr):
 
 
 @triton.jit
-def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV_MODE: tl.constexpr):
+def load_raw(cache_ptr, scale_ptr, slot, stride_s, stride_sc_s, offs_w, mask, KV_MODE: tl.constexpr,
+             DIM: tl.constexpr = 0):
     """One tile of the pool as stored, not yet decoded: ``(data, scales)``.
 
     ``data`` is ``(len(slot), len(offs_w))`` in the pool's dtype (uint8 for fp8) or, for nvfp4,
     whose ``offs_w`` runs over the HEAD_DIM // 2 packed bytes, ``(len(slot), len(offs_w) // 4)``
     int32 words (rows must be 4-byte aligned: the launchers check); ``scales`` the NVFP4 block
     scales ``(len(slot), len(offs_w) // 8)`` as uint8, or ``data`` again for the other formats.
-    Masked rows are 0. Kept apart from the decode so a kernel can issue the loads of one tile
-    while it decodes the previous one (register prefetch)."""
+    Masked rows are 0; with ``DIM`` (a head_dim that is not a power of two, the tile padded to the
+    next one) so are the columns past it. Kept apart from the decode so a kernel can issue the
+    loads of one tile while it decodes the previous one (register prefetch)."""
     if KV_MODE == FMT_NVFP4:
         # the packed codes as 32-bit words (4 bytes, 8 codes each): a tile carried across loop
         # iterations stays in whole registers (bytes would be split and re-packed)
         W: tl.constexpr = offs_w.shape[0] // 4
         row = (cache_ptr + slot * stride_s).to(tl.pointer_type(tl.int32))
-        x = tl.load(row[:, None] + tl.arange(0, W)[None, :], mask=mask[:, None], other=0)
+        cw = tl.arange(0, W)
+        x = tl.load(row[:, None] + cw[None, :], mask=col_mask(mask, cw, DIM // 8, DIM != 0), other=0)
     else:
-        x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_w[None, :], mask=mask[:, None], other=0)
+        x = tl.load(cache_ptr + slot[:, None] * stride_s + offs_w[None, :], mask=col_mask(mask, offs_w, DIM, DIM != 0),
+                    other=0)
     sc = x
     if KV_MODE == FMT_NVFP4:
         NB: tl.constexpr = offs_w.shape[0] // 8
-        sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + tl.arange(0, NB)[None, :], mask=mask[:, None],
+        cb = tl.arange(0, NB)
+        sc = tl.load(scale_ptr + slot[:, None] * stride_sc_s + cb[None, :], mask=col_mask(mask, cb, DIM // 16, DIM != 0),
                      other=0)
     return x, sc
+
+
+@triton.jit
+def col_mask(rows, cols, LIMIT: tl.constexpr, PAD: tl.constexpr):
+    """``rows[:, None]``, and with ``PAD`` also ``cols < LIMIT`` (the columns a padded tile holds
+    past a head_dim that is not a power of two)."""
+    m = rows[:, None]
+    if PAD:
+        m = m & (cols < LIMIT)[None, :]
+    return m
+
+
+def dim_constexprs(head_dim: int) -> dict:
+    """The Triton kernels' head-dim constexprs for ``head_dim``: ``HEAD_DIM``, the tile width (the
+    next power of two), and ``DIM``, the true width where it differs (96: column masks are
+    compiled), else 0 (powers of two: no masks, the kernels as they were)."""
+    p = 1 << (int(head_dim) - 1).bit_length()
+    return dict(HEAD_DIM=p, DIM=0 if p == head_dim else int(head_dim))
 
 
 @triton.jit
