@@ -183,9 +183,10 @@ def _dequant(pool, kv, layer, slots):
     return k.float(), v.float()
 
 
-@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4", "nvfp4-mse"])
+@pytest.mark.parametrize("kv,d", [("bf16", 64), ("fp8_e4m3", 64), ("nvfp4", 64), ("nvfp4-mse", 64), ("bf16", 96),
+                                  ("nvfp4", 96)])
 @pytest.mark.parametrize("page", [1, 16])
-def test_backend_extend_chunked_then_decode(kv, page, monkeypatch):
+def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
 
@@ -195,7 +196,7 @@ def test_backend_extend_chunked_then_decode(kv, page, monkeypatch):
     kv = kv.removesuffix("-mse")
     monkeypatch.setenv(NVFP4_SCALES_ENV, scales)
 
-    hq, hkv, d, layers = 4, 2, 64, 2
+    hq, hkv, layers = 4, 2, 2
     first = [1, 9, 21]          # first chunk (fresh prefill); odd sizes
     second = [3, 1, 18]         # second chunk over the cached first one (chunked prefill / radix hit)
     bs = len(first)
