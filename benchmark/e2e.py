@@ -10,6 +10,10 @@ Phases (run one or several; each merges its results into ``--out`` JSON):
   nvfp4    KV pool capacity nvfp4 vs bf16 at the same --mem-fraction-static, then
            sglang.bench_serving (500 requests, CUDA graphs and radix cache on) with random-ids and
            generated-shared-prefix workloads on an nvfp4 sm12x server.
+  models   the models SM12x owners deploy (benchmark/models/shapes.json: real attention / MoE dims,
+           layers cut, transformers' random init): SGLang's reference backend(s) and sm12x at bf16
+           KV (greedy agreement, prompt-logprob drift), sm12x at nvfp4 KV under bench_serving (200
+           requests at concurrency 32), KV capacity; one row per model x backend x KV dtype.
   serve    one server per --models entry with nvfp4 sm12x and a short bench (does it serve?).
   tp2      nvfp4 sm12x at --tp-size 2 vs 1 on a random-init checkpoint: greedy tokens and logprobs.
   ttft     prefill-bound serving: --ttft-requests prompts of --ttft-input tokens (8,192), 16 output
@@ -252,6 +256,88 @@ def flashinfer_kernel_named(log: str) -> str:
     return ",".join(found) or "not named in the log"
 
 
+MODEL_SHAPES = Path(__file__).resolve().parent / "models" / "shapes.json"
+# SGLang's reference backend for each architecture on this card and a second upstream one where
+# the model allows it (gpt-oss and Llama-4 keep triton only: their allow-lists exclude flashinfer)
+MODEL_BACKENDS = {"GptOssForCausalLM": ("triton",), "Llama4ForCausalLM": ("triton",)}
+
+
+def _prompt_logprobs(server, ids):
+    """Each prompt's token logprobs (positions 1..n-1) as the server computes them."""
+    out = server.post("/generate", {"input_ids": ids, "return_logprob": True, "logprob_start_len": 0,
+                                    "sampling_params": {"max_new_tokens": 1, "temperature": 0.0}})
+    return [[t[0] for t in o["meta_info"].get("input_token_logprobs") or [] if t[0] is not None] for o in out]
+
+
+def phase_models(args, res):
+    """The models SM12x owners deploy (``benchmark/models/shapes.json``: real attention and MoE
+    dimensions, layers cut), transformers' random init (SGLang's dummy loader where this
+    transformers lacks the architecture, noted in the row): SGLang's reference backend(s) and sm12x
+    with bf16 KV -- greedy agreement against the reference, prompt-logprob drift -- then sm12x with
+    nvfp4 KV under bench_serving (200 requests at concurrency 32), CUDA graphs on."""
+    shapes = json.loads(MODEL_SHAPES.read_text())
+    tok_dir = bundled_model()
+    rows = []
+    for name in args.model_shapes or list(shapes):
+        spec = shapes[name]
+        cfg_dir = Path(tempfile.mkdtemp(prefix=f"shape-{name}-"))
+        (cfg_dir / "config.json").write_text(json.dumps(spec["config"]))
+        for f in Path(tok_dir).glob("tokenizer*"):
+            (cfg_dir / f.name).write_bytes(f.read_bytes())
+        load, note = [], spec["note"]
+        try:
+            ckpt = make_checkpoint(cfg_dir, f"/tmp/e2e-ckpt-{name}")
+        except Exception as e:  # noqa: BLE001 -- an architecture this transformers lacks
+            ckpt, load = cfg_dir, ["--load-format", "dummy"]
+            note += f"; SGLang's dummy loader (transformers: {type(e).__name__}: {str(e)[:120]})"
+        arch = spec["config"]["architectures"][0]
+        refs = MODEL_BACKENDS.get(arch, ("triton", "flashinfer"))
+        ps = prompts(args.prompts, 256, spec["config"]["vocab_size"], seed=3)
+        runs, plps = {}, {}
+        for backend, kv in [(b, "auto") for b in refs] + [("sm12x", "auto"), ("sm12x", "nvfp4")]:
+            row = dict(model=name, architecture=arch, backend=backend, kv_dtype=kv, served=False, error=None,
+                       note=note, greedy_identical=None, ref_greedy_identical=None,
+                       prompt_logprob_mean_abs_diff=None, failures=None, output_throughput=None,
+                       kv_capacity_tokens=None)
+            try:
+                with Server(ckpt, backend, *load, "--kv-cache-dtype", kv, "--cuda-graph-max-bs", "32",
+                            port=args.port, log=f"{args.logdir}/models-{name}-{backend}-{kv}.log",
+                            mem_fraction=0.5) as s:
+                    row["served"] = True
+                    row["kv_capacity_tokens"] = s.kv_capacity()
+                    if kv == "auto":
+                        runs[backend] = s.generate_ids(ps, args.steps)
+                        plps[backend] = _prompt_logprobs(s, ps[:8])
+                    else:
+                        b = bench(s, str(ckpt), "random-ids", 200,
+                                  ["--random-input-len", "1024", "--random-output-len", "128",
+                                   "--random-range-ratio", "0.5", "--max-concurrency", "32"],
+                                  f"{args.logdir}/models-{name}-bench")
+                        row["failures"], row["output_throughput"] = b["failed"], b.get("output_throughput")
+            except Exception as e:  # noqa: BLE001 -- the row says why, the run goes on
+                row["error"] = str(e)[-600:]
+            rows.append(row)
+        ref = refs[0]
+        for row in rows:
+            if row["model"] != name or row["kv_dtype"] != "auto" or row["backend"] not in runs or ref not in runs:
+                continue
+            if row["backend"] != ref:
+                row["greedy_identical"] = compare(runs[row["backend"]], runs[ref])["identical"]
+                diffs = [abs(a - b) for pa, pb in zip(plps[row["backend"]], plps[ref]) for a, b in zip(pa, pb)]
+                row["prompt_logprob_mean_abs_diff"] = sum(diffs) / len(diffs) if diffs else None
+            if row["backend"] == "sm12x" and len(refs) > 1 and refs[1] in runs:
+                row["ref_greedy_identical"] = compare(runs[refs[1]], runs[ref])["identical"]
+        if "sm12x" in runs:
+            caps = {r["kv_dtype"]: r["kv_capacity_tokens"] for r in rows
+                    if r["model"] == name and r["backend"] == "sm12x" and r["kv_capacity_tokens"]}
+            if "auto" in caps and "nvfp4" in caps:
+                for r in rows:
+                    if r["model"] == name and r["backend"] == "sm12x" and r["kv_dtype"] == "nvfp4":
+                        r["kv_capacity_ratio_vs_bf16"] = caps["nvfp4"] / caps["auto"]
+    res["models"] = rows
+    res["failures"] = res.get("failures", 0) + sum(1 for r in rows if not r["served"])
+
+
 def phase_tp2(args, res):
     """nvfp4 sm12x at --tp-size 2 against --tp-size 1: the same greedy tokens and logprobs."""
     ckpt = make_checkpoint(args.tp_model, "/tmp/e2e-ckpt-tp", layers=args.tp_layers)
@@ -276,7 +362,7 @@ def phase_tp2(args, res):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", nargs="+", choices=["greedy", "nvfp4", "serve", "tp2", "ttft"], required=True)
+    ap.add_argument("--phase", nargs="+", choices=["greedy", "models", "nvfp4", "serve", "tp2", "ttft"], required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--logdir", default=os.environ.get("OUT", "/tmp") + "/e2e-logs")
     ap.add_argument("--port", type=int, default=30123)
@@ -301,6 +387,8 @@ def main(argv=None):
     ap.add_argument("--ttft-input", type=int, default=8192)
     ap.add_argument("--ttft-requests", type=int, default=32)
     ap.add_argument("--tp-model", default=str(bundled_model()))
+    ap.add_argument("--model-shapes", nargs="*", default=None,
+                    help="models phase: names from benchmark/models/shapes.json (default: all)")
     ap.add_argument("--tp-layers", type=int, default=None)
     ap.add_argument("--tp-configs", nargs="+", type=lambda x: tuple(x.split(":")),
                     default=[("sm12x", "nvfp4"), ("triton", "auto")], help="backend:kv_cache_dtype pairs")
@@ -318,7 +406,8 @@ def main(argv=None):
     res.setdefault("tp2_ok", None)
     for ph in args.phase:
         t0 = time.time()
-        {"greedy": phase_greedy, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2, "ttft": phase_ttft}[ph](args, res)
+        {"greedy": phase_greedy, "models": phase_models, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2,
+         "ttft": phase_ttft}[ph](args, res)
         res.setdefault("phase_wall_s", {})[ph] = round(time.time() - t0, 1)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))

@@ -112,3 +112,61 @@ def test_ttft_phase_compares_flashinfer_with_the_sm120_plan(tmp_path, monkeypatc
     assert started[1][1] == {"SGLANG_SM12X_PLAN_ARCH": "120", "DISABLE_MMA_V3": "1"}
     assert t["ttft_ratio_sm12x_vs_flashinfer"] == 0.9 and res["failures"] == 0
     assert t["rows"][0]["flashinfer_prefill_kernel"] == "fa2"
+
+
+def test_models_phase_rows(tmp_path, monkeypatch):
+    """``--phase models`` with stand-in servers: one row per model x backend x KV dtype with the
+    issue's fields; gpt-oss compared with triton alone (its allow-list), others also with
+    flashinfer; a server that fails to start is a row with served False and its error, not an abort;
+    the nvfp4 row carries bench_serving's failures and the KV capacity ratio."""
+    e2e = _e2e()
+
+    class FakeServer:
+        def __init__(self, ckpt, backend, *args, port=None, log=None, **kw):
+            self.backend, self.kv = backend, args[args.index("--kv-cache-dtype") + 1]
+            self.model = Path(str(ckpt)).name
+            self.port = port
+
+        def __enter__(self):
+            if "minimax" in self.model and self.backend == "flashinfer":
+                raise RuntimeError("server (flashinfer) exited with 1")
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def kv_capacity(self):
+            return 35000 if self.kv == "nvfp4" else 10000
+
+        def generate_ids(self, ps, steps):
+            return [([(sum(p) + i) % 97 for i in range(steps)], [-0.1] * steps) for p in ps]
+
+        def post(self, path, payload):
+            return [{"meta_info": {"input_token_logprobs": [[None, 1, None]] + [[-1.0, 2, None]] * 5}}
+                    for _ in payload["input_ids"]]
+
+    monkeypatch.setattr(e2e, "Server", FakeServer)
+    monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: Path(out))
+    monkeypatch.setattr(e2e, "bench", lambda s, model, dataset, n, extra, log: {"failed": 0, "output_throughput": 1.0})
+    names = ["gpt-oss-20b-shape", "minimax-m2-shape"]
+    args = SimpleNamespace(model_shapes=names, prompts=4, steps=5, port=30000, logdir=str(tmp_path))
+    res = {}
+    e2e.phase_models(args, res)
+    rows = res["models"]
+    keys = {"model", "backend", "kv_dtype", "served", "error", "greedy_identical", "ref_greedy_identical",
+            "prompt_logprob_mean_abs_diff", "failures", "output_throughput", "kv_capacity_tokens"}
+    assert all(keys <= set(r) for r in rows)
+    combos = [(r["model"], r["backend"], r["kv_dtype"]) for r in rows]
+    assert combos == [("gpt-oss-20b-shape", "triton", "auto"), ("gpt-oss-20b-shape", "sm12x", "auto"),
+                      ("gpt-oss-20b-shape", "sm12x", "nvfp4"), ("minimax-m2-shape", "triton", "auto"),
+                      ("minimax-m2-shape", "flashinfer", "auto"), ("minimax-m2-shape", "sm12x", "auto"),
+                      ("minimax-m2-shape", "sm12x", "nvfp4")]
+    by = {c: r for c, r in zip(combos, rows)}
+    assert by[("gpt-oss-20b-shape", "sm12x", "auto")]["greedy_identical"] == 1.0
+    assert by[("gpt-oss-20b-shape", "sm12x", "auto")]["prompt_logprob_mean_abs_diff"] == 0.0
+    fail = by[("minimax-m2-shape", "flashinfer", "auto")]
+    assert not fail["served"] and "exited" in fail["error"]
+    nv = by[("minimax-m2-shape", "sm12x", "nvfp4")]
+    assert nv["failures"] == 0 and nv["kv_capacity_ratio_vs_bf16"] == 3.5
+    assert res["failures"] == 1
+    json.dumps(res)
