@@ -25,7 +25,7 @@ def test_unknown_arch_names_supported_list():
 
 
 @pytest.mark.parametrize("kw,name", [
-    (dict(head_dim=96, kv_dtype="nvfp4"), "head_dim=96"),
+    (dict(head_dim=80, kv_dtype="nvfp4"), "head_dim=80"),
     (dict(head_dim=128, kv_dtype="int8"), "kv_dtype='int8'"),
     (dict(head_dim=128, kv_dtype="nvfp4", act_dtype="fp32"), "act_dtype"),
 ])
