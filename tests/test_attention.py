@@ -454,7 +454,7 @@ def test_quantization_error_against_original_kv(kv_dtype, bound, device, record_
 @pytest.mark.parametrize("kw,name", [
     (dict(kv_dtype="int4"), "kv_dtype"),
     (dict(page_size=8), "page_size"),
-    (dict(d=96), "head_dim=96"),
+    (dict(d=80), "head_dim=80"),
     (dict(group=32), "group"),
     (dict(q_fp32=True), "q"),
 ])
