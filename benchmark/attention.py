@@ -80,6 +80,20 @@ def flashinfer_decode(q, pool, indptr, indices, hkv, backend="auto"):
     return lambda: w.run(q, (kc, vc))
 
 
+def sglang_decode(q, pool, indptr, indices, sinks=None, splits=8):
+    """SGLang's Triton decode (8 KV splits, as its backend defaults) over a bf16 pool of
+    :func:`make_pool`; returns the call to time."""
+    from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
+
+    batch, hq, d = q.shape
+    logits = torch.empty(batch, hq, splits, d, dtype=torch.float32, device=DEV)
+    lse = torch.empty(batch, hq, splits, dtype=torch.float32, device=DEV)
+    nsp = torch.full((batch,), splits, dtype=torch.int32, device=DEV)
+    o = torch.empty_like(q)
+    return lambda: decode_attention_fwd(q, pool["k_cache"], pool["v_cache"], o, indptr, indices, logits, lse, nsp,
+                                        splits, 1 / math.sqrt(d), 1.0, 1.0, sinks=sinks)
+
+
 def decode_rows(shapes, hq, hkv, d, copy):
     rows = []
     max_tokens = max(b * c for b, c in shapes)
@@ -128,15 +142,7 @@ def decode_rows(shapes, hq, hkv, d, copy):
                                  error=f"{type(e).__name__}: {e}"[:300]))
                 traceback.print_exc()
         try:
-            from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
-            splits = 8
-            logits = torch.empty(batch, hq, splits, d, dtype=torch.float32, device=DEV)
-            lse = torch.empty(batch, hq, splits, dtype=torch.float32, device=DEV)
-            nsp = torch.full((batch,), splits, dtype=torch.int32, device=DEV)
-            o = torch.empty_like(q)
-            record("sglang_triton", "bf16", lambda: decode_attention_fwd(
-                q, bf["k_cache"], bf["v_cache"], o, indptr, indices, logits, lse, nsp, splits, 1 / math.sqrt(d),
-                1.0, 1.0))
+            record("sglang_triton", "bf16", sglang_decode(q, bf, indptr, indices))
         except Exception as e:
             rows.append(dict(phase="decode", provider="sglang_triton", kv_dtype="bf16", batch=batch, context=ctx,
                              error=f"{type(e).__name__}: {e}"[:300]))
@@ -271,16 +277,7 @@ def model_rows(copy):
                 k_scale=pool.get("k_scale", 1.0), v_scale=pool.get("v_scale", 1.0), out=out, workspace=ws,
                 check_slots=False, arch=PLAN_ARCH, window_left=window, sinks=sinks))
         try:
-            from sglang.kernels.ops.attention.decode_attention import decode_attention_fwd
-            bf = pools["bf16"]
-            splits = 8
-            logits = torch.empty(batch, hq, splits, d, dtype=torch.float32, device=DEV)
-            lse = torch.empty(batch, hq, splits, dtype=torch.float32, device=DEV)
-            nsp = torch.full((batch,), splits, dtype=torch.int32, device=DEV)
-            o = torch.empty_like(q)
-            record("sglang_triton", "bf16", lambda: decode_attention_fwd(
-                q, bf["k_cache"], bf["v_cache"], o, indptr, indices, logits, lse, nsp, splits, 1 / math.sqrt(d),
-                1.0, 1.0, sinks=sinks))
+            record("sglang_triton", "bf16", sglang_decode(q, pools["bf16"], indptr, indices, sinks))
         except Exception as e:
             rows.append(dict(phase="model_decode", model=name, provider="sglang_triton", kv_dtype="bf16",
                              error=f"{type(e).__name__}: {e}"[:300]))

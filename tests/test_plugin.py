@@ -183,12 +183,35 @@ def _dequant(pool, kv, layer, slots):
     return k.float(), v.float()
 
 
+def _extend_batch(mode, rows, prefix, ext, loc):
+    """SGLang's ForwardBatch of an extend over ``rows`` (prefix / new tokens per request)."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch
+
+    seq = [p + e for p, e in zip(prefix, ext)]
+    return ForwardBatch(forward_mode=mode, batch_size=len(seq), input_ids=torch.zeros(sum(ext), dtype=torch.long,
+                        device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
+                        seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
+                        extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
+                        extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
+                        extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+
+
+def _decode_batch(rows, seq, loc):
+    """SGLang's ForwardBatch of one decode step over ``rows`` (sequence lengths with the new token)."""
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    bs = len(seq)
+    return ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
+                        device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
+                        out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+
+
 @pytest.mark.parametrize("kv,d", [("bf16", 64), ("fp8_e4m3", 64), ("nvfp4", 64), ("nvfp4-mse", 64), ("bf16", 96),
                                   ("nvfp4", 96)])
 @pytest.mark.parametrize("page", [1, 16])
 def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
-    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import NVFP4_SCALES_ENV, Sm12xAttnBackend
 
@@ -224,12 +247,7 @@ def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     def run_extend(prefix, ext, mode=ForwardMode.EXTEND):
         seq = [p + e for p, e in zip(prefix, ext)]
         loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
-                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
-                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
-                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
-                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
-                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        fb = _extend_batch(mode, rows, prefix, ext, loc)
         be.init_forward_metadata(fb)
         # the host-side longest prefix reaches the kernel (0: fresh prefills run the 16-bit launch)
         assert be.forward_metadata.max_prefix_len == max(prefix)
@@ -258,9 +276,7 @@ def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     # decode: one token per request, read entirely from the pool
     seq = [s + 1 for s in seq]
     loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
-    fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
-                      device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
-                      out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+    fb = _decode_batch(rows, seq, loc)
     be.init_forward_metadata(fb)
     for L in lay:
         q = torch.randn(bs, hq * d, dtype=torch.bfloat16)
@@ -659,7 +675,7 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     Fresh prefill, chunked prefill over a cached prefix, then decode -- eager and CUDA-graph
     metadata -- every output against the float reference over the dequantized sub-pools."""
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
-    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import Sm12xAttnBackend
 
@@ -731,12 +747,7 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     def run_extend(prefix, ext, mode):
         seq = [p + e for p, e in zip(prefix, ext)]
         loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
-                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
-                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
-                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
-                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
-                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        fb = _extend_batch(mode, rows, prefix, ext, loc)
         be.init_forward_metadata(fb)
         for L in (win, full):
             q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
@@ -755,9 +766,7 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     for graph in (False, True):
         seq = [s + 1 for s in seq]
         loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
-                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
-                          out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+        fb = _decode_batch(rows, seq, loc)
         if graph:
             be.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
             be.init_forward_metadata_out_graph(fb)
@@ -861,7 +870,7 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
     whose window sub-pool holds the local layers, pages before the current chunk evicted to NaN;
     the full-attention layer beside it sees everything. Every row against the float reference."""
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
-    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import Sm12xAttnBackend
 
@@ -941,12 +950,7 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
     def run_extend(prefix, ext, mode):
         seq = [p + e for p, e in zip(prefix, ext)]
         loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=mode, batch_size=bs, input_ids=torch.zeros(sum(ext), dtype=torch.long,
-                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV), out_cache_loc=loc,
-                          seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq),
-                          extend_prefix_lens=torch.tensor(prefix, device=DEV, dtype=torch.int32),
-                          extend_seq_lens=torch.tensor(ext, device=DEV, dtype=torch.int32),
-                          extend_prefix_lens_cpu=list(prefix), extend_seq_lens_cpu=list(ext))
+        fb = _extend_batch(mode, rows, prefix, ext, loc)
         be.init_forward_metadata(fb)
         for L in (local, full):
             q = torch.randn(sum(ext), hq * d, dtype=torch.bfloat16)
@@ -965,9 +969,7 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
     for graph in (False, True):
         seq = [s + 1 for s in seq]
         loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
-        fb = ForwardBatch(forward_mode=ForwardMode.DECODE, batch_size=bs, input_ids=torch.zeros(bs, dtype=torch.long,
-                          device=DEV), req_pool_indices=rows, seq_lens=torch.tensor(seq, device=DEV, dtype=torch.int32),
-                          out_cache_loc=loc, seq_lens_sum=sum(seq), seq_lens_cpu=torch.tensor(seq))
+        fb = _decode_batch(rows, seq, loc)
         if graph:
             be.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
             be.init_forward_metadata_out_graph(fb)
