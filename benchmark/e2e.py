@@ -277,8 +277,15 @@ def phase_models(args, res):
     nvfp4 KV under bench_serving (200 requests at concurrency 32), CUDA graphs on."""
     shapes = json.loads(MODEL_SHAPES.read_text())
     tok_dir = bundled_model()
-    rows = []
-    for name in args.model_shapes or list(shapes):
+    chosen = args.model_shapes or list(shapes)
+    unknown = sorted(set(chosen) - set(shapes))
+    if unknown:
+        raise SystemExit(f"--model-shapes: unknown {unknown}; benchmark/models/shapes.json has {sorted(shapes)}")
+    # rows of models not run this time stay (one file gathers several runs); each row is saved as
+    # soon as its server stops, so a run cut short keeps what it measured
+    rows = [r for r in res.get("models", []) if r["model"] not in chosen]
+    res["models"] = rows
+    for name in chosen:
         spec = shapes[name]
         cfg_dir = Path(tempfile.mkdtemp(prefix=f"shape-{name}-"))
         (cfg_dir / "config.json").write_text(json.dumps(spec["config"]))
@@ -317,6 +324,7 @@ def phase_models(args, res):
             except Exception as e:  # noqa: BLE001 -- the row says why, the run goes on
                 row["error"] = str(e)[-600:]
             rows.append(row)
+            args.save()
         ref = refs[0]
         for row in rows:
             if row["model"] != name or row["kv_dtype"] != "auto" or row["backend"] not in runs or ref not in runs:
@@ -334,8 +342,8 @@ def phase_models(args, res):
                 for r in rows:
                     if r["model"] == name and r["backend"] == "sm12x" and r["kv_dtype"] == "nvfp4":
                         r["kv_capacity_ratio_vs_bf16"] = caps["nvfp4"] / caps["auto"]
-    res["models"] = rows
-    res["failures"] = res.get("failures", 0) + sum(1 for r in rows if not r["served"])
+        args.save()
+    res["failures"] = res.get("failures", 0) + sum(1 for r in rows if r["model"] in chosen and not r["served"])
 
 
 def phase_tp2(args, res):
@@ -404,13 +412,17 @@ def main(argv=None):
                date=time.strftime("%Y-%m-%d"))
     res.setdefault("failures", 0)
     res.setdefault("tp2_ok", None)
+
+    def save():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
+    args.save = save
     for ph in args.phase:
         t0 = time.time()
         {"greedy": phase_greedy, "models": phase_models, "nvfp4": phase_nvfp4, "serve": phase_serve, "tp2": phase_tp2,
          "ttft": phase_ttft}[ph](args, res)
         res.setdefault("phase_wall_s", {})[ph] = round(time.time() - t0, 1)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=1))
+        save()
         print(json.dumps({k: v for k, v in res.items() if k != "failures_detail"}, indent=1)[:4000], flush=True)
     return 0
 

@@ -149,10 +149,18 @@ def test_models_phase_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: Path(out))
     monkeypatch.setattr(e2e, "bench", lambda s, model, dataset, n, extra, log: {"failed": 0, "output_throughput": 1.0})
     names = ["gpt-oss-20b-shape", "minimax-m2-shape"]
-    args = SimpleNamespace(model_shapes=names, prompts=4, steps=5, port=30000, logdir=str(tmp_path))
-    res = {}
+    saved = []
+    kept = {"model": "qwen3-14b-shape", "backend": "sm12x", "kv_dtype": "auto", "served": True}
+    replaced = {"model": "gpt-oss-20b-shape", "backend": "sm12x", "kv_dtype": "auto", "served": False}
+    res = {"models": [kept, replaced]}
+    args = SimpleNamespace(model_shapes=names, prompts=4, steps=5, port=30000, logdir=str(tmp_path),
+                           save=lambda: saved.append(len(res["models"])))
     e2e.phase_models(args, res)
-    rows = res["models"]
+    # an earlier run's rows of other models stay, this run's models are measured afresh, and the
+    # file is written after every server (a run cut short keeps its rows)
+    assert res["models"][0] is kept and replaced not in res["models"]
+    assert saved[:3] == [2, 3, 4]
+    rows = res["models"][1:]
     keys = {"model", "backend", "kv_dtype", "served", "error", "greedy_identical", "ref_greedy_identical",
             "prompt_logprob_mean_abs_diff", "failures", "output_throughput", "kv_capacity_tokens"}
     assert all(keys <= set(r) for r in rows)
@@ -170,3 +178,5 @@ def test_models_phase_rows(tmp_path, monkeypatch):
     assert nv["failures"] == 0 and nv["kv_capacity_ratio_vs_bf16"] == 3.5
     assert res["failures"] == 1
     json.dumps(res)
+    with pytest.raises(SystemExit, match="unknown.*nope"):
+        e2e.phase_models(SimpleNamespace(model_shapes=["nope"]), {})
