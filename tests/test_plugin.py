@@ -1,6 +1,7 @@
 """The SGLang plugin against the installed SGLang: discovery, argument resolution, version gate, and
 the backend's forward passes on real SGLang memory pools and ForwardBatch objects (CPU tensors under
 the Triton interpreter, or the GPU when there is one)."""
+import inspect
 import math
 import os
 import subprocess
@@ -623,9 +624,43 @@ def test_backend_passes_attention_sinks(monkeypatch):
     out = be.forward_decode(q.to(DEV), None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=sinks.to(DEV))
     ref = attention_ref(q.view(1, 2, 64).float(), kb[3:6].float(), vb[3:6].float(), sm_scale=lay.scaling, sinks=sinks)
     torch.testing.assert_close(out.view(1, 2, 64).float().cpu(), ref, atol=2e-2, rtol=2e-2)
+    # gpt-oss keeps its sinks in bf16: read as float32 (one copy per parameter), and an in-place
+    # weight update reaches the kernels (the copy follows the tensor's version)
+    sb = sinks.to(torch.bfloat16).to(DEV)
+    for value in (None, torch.tensor([-3.0, 4.0])):
+        if value is not None:
+            sb.copy_(value)
+        out = be.forward_decode(q.to(DEV), None, None, lay, SimpleNamespace(), save_kv_cache=False, sinks=sb)
+        ref = attention_ref(q.view(1, 2, 64).float(), kb[3:6].float(), vb[3:6].float(), sm_scale=lay.scaling,
+                            sinks=sb.float().cpu())
+        torch.testing.assert_close(out.view(1, 2, 64).float().cpu(), ref, atol=2e-2, rtol=2e-2)
+    assert len(be._sinks32) == 2 and all(t.dtype == torch.float32 for t in be._sinks32.values())
     with pytest.raises(ValueError, match="sinks"):
         be.forward_decode(q.to(DEV), None, None, lay, SimpleNamespace(), save_kv_cache=False,
                           sinks=torch.zeros(3, device=DEV))
+
+
+def test_reference_matches_sglang_triton_extend_window_sinks():
+    """The float reference every sm12x kernel is tested against agrees with SGLang's own Triton
+    extend kernel on gpt-oss's window semantics: ``sliding_window_size`` 127 (128 keys: q - k <=
+    127) and attention sinks, across a cached prefix. (SGLang's Triton *decode* lists only
+    min(seq_len, 127) keys for window layers -- one fewer than its extend, FA3 and TRT-LLM -- and
+    sm12x attends to 128 in both phases.) float32 operands: the interpreter's bf16 dot is wrong."""
+    from sglang.kernels.ops.attention.extend_attention import extend_attention_fwd
+
+    torch.manual_seed(0)
+    hq, hkv, d, P, E, W = 4, 1, 64, 40, 150, 127
+    kb, vb = torch.randn(P + E, hkv, d, device=DEV), torch.randn(P + E, hkv, d, device=DEV)
+    q = torch.randn(E, hq, d, device=DEV)
+    sinks = torch.randn(hq, device=DEV) * 2
+    o = torch.full((E, hq, d), float("nan"), device=DEV)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=DEV)  # noqa: E731
+    extend_attention_fwd(q, kb[P:].contiguous(), vb[P:].contiguous(), o, kb, vb, i32(0, E), i32(0, P),
+                         torch.arange(P, dtype=torch.int64, device=DEV), None, True, None, E, 1.0, 1.0,
+                         sm_scale=d ** -0.5, sliding_window_size=W, sinks=sinks)
+    errs = {wl: (o.float().cpu() - attention_ref(q.cpu(), kb.cpu(), vb.cpu(), sm_scale=d ** -0.5, window_left=wl,
+                                                 sinks=sinks.cpu())).abs().max().item() for wl in (W - 1, W, W + 1)}
+    assert errs[W] < 5e-3 and errs[W - 1] > 5e-2 and errs[W + 1] > 5e-2, errs      # (GPU: tf32 dots)
 
 
 def _swa_pool(kv, size, page, hkv, d, swa_ids, full_ids):
@@ -786,6 +821,321 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     wide.sliding_window_size = W + 5
     with pytest.raises(ValueError, match="sliding window 25"):
         be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), wide, fb)
+
+
+def _swa_kvc(kv_dtype, dtype_str, backend):
+    """What SGLang's sliding-window configurators read of the KV-cache configurator (gpt-oss-20b
+    per GPU: 8 KV heads, head_dim 64; window layers 0 and 2, full layers 1 and 3)."""
+    from sglang.srt.configs.model_config import AttentionArch
+
+    mc = SimpleNamespace(attention_arch=AttentionArch.MHA, get_num_kv_heads=lambda tp, *a: 8,
+                         get_swa_num_kv_heads=lambda tp, *a: 8, head_dim=64, v_head_dim=64, swa_head_dim=64,
+                         swa_v_head_dim=64, hf_config=SimpleNamespace(architectures=["GptOssForCausalLM"]))
+    spec = SimpleNamespace(is_eagle=lambda: False, is_standalone=lambda: False, is_dflash_family=lambda: False,
+                           is_none=lambda: True)
+    server_args = SimpleNamespace(get_attention_backends=lambda: (backend, backend),
+                                  attention_backend=backend, prefill_attention_backend=backend,
+                                  decode_attention_backend=backend)
+    return SimpleNamespace(kv_cache_dtype_str=dtype_str, kv_cache_dtype=kv_dtype, model_config=mc,
+                           layer_info=SimpleNamespace(full_attention_layer_ids=[1, 3], swa_attention_layer_ids=[0, 2],
+                                                      num_effective_layers=4),
+                           sliding_window_size=127, page_size=1, pool_page_size=1, spec_algorithm=spec,
+                           is_draft_worker=False, server_args=server_args, fused_entry_bytes=lambda which: None,
+                           is_hybrid_swa_compress=False, draft_swa_full_capacity=False, post_capture_kv_active=False,
+                           device=DEV)
+
+
+def _publish_for_swa(monkeypatch):
+    import sglang.srt.mem_cache.kv_cache_configurator as kc
+    import sglang.srt.model_executor.pool_configurator as pc
+    import sglang.srt.runtime_context as rc
+
+    par = SimpleNamespace(attn_tp_size=1, attn_dcp_size=1)
+    for mod in (pc, kc, rc):
+        monkeypatch.setattr(mod, "get_parallel", lambda: par, raising=False)
+    monkeypatch.setattr(pc, "get_schedule", lambda: SimpleNamespace(swa_full_tokens_ratio=0.8), raising=False)
+    monkeypatch.setattr(pc, "get_memory", lambda: SimpleNamespace(enable_unified_memory=False), raising=False)
+    monkeypatch.setattr(kc, "get_spec", lambda: SimpleNamespace(speculative_algorithm=None), raising=False)
+    monkeypatch.setattr(kc, "get_exec", lambda: SimpleNamespace(features=SimpleNamespace(enable_memory_saver=False)),
+                        raising=False)
+    monkeypatch.setattr(_hooks, "_backends", lambda server_args, rel: server_args.get_attention_backends())
+
+
+def test_swa_pool_sized_for_nvfp4_with_sm12x(monkeypatch):
+    """SGLang sizes a sliding-window pool at one byte an element for float4 and no block scales;
+    with sm12x + NVFP4 the hook recomputes the bytes a token, so the pools hold what the memory
+    allows: 3.55x the bf16 tokens (2 + 2 bytes vs 0.5 + 1/16 a K and a V element). Other backends
+    keep SGLang's numbers."""
+    from sglang.srt.model_executor.pool_configurator import HybridSWAPoolConfigurator
+
+    _publish_for_swa(monkeypatch)
+    rel = _compat.check()
+    hook = _hooks.swa_sizing_nvfp4(rel)
+    orig = inspect.unwrap(HybridSWAPoolConfigurator.__init__)       # SGLang's own (the registry wrapped it)
+    sizes = {}
+    for name, dtype, kv, backend in (("bf16", torch.bfloat16, "auto", "sm12x"),
+                                     ("nvfp4", torch.float4_e2m1fn_x2, "nvfp4", "sm12x"),
+                                     ("nvfp4_other", torch.float4_e2m1fn_x2, "nvfp4", "triton")):
+        cfg = HybridSWAPoolConfigurator.__new__(HybridSWAPoolConfigurator)
+        hook(orig, cfg, _swa_kvc(dtype, kv, backend))
+        sizes[name] = cfg.calculate_pool_sizes(10 ** 9, 1)
+    full = {k: v.full_max_total_num_tokens for k, v in sizes.items()}
+    assert full["nvfp4"] / full["bf16"] == pytest.approx(4 / 1.125, rel=1e-3)
+    assert full["nvfp4_other"] / full["bf16"] == pytest.approx(2.0, rel=1e-3)      # SGLang's own count
+    assert sizes["nvfp4"].swa_max_total_num_tokens == int(full["nvfp4"] * 0.8)
+
+
+def test_swa_nvfp4_hooks_wrap_sglangs_own_steps():
+    """After SGLang applies the plugin's hooks, its sliding-window pool builder and sizing are the
+    wrapped ones (not only our functions, tested below, but in SGLang's classes)."""
+    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
+    from sglang.srt.model_executor.pool_configurator import HybridSWAPoolConfigurator
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    for target, owner, name in (
+            ("sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_hybrid_swa_kv_pool",
+             KVCacheConfigurator, "_build_hybrid_swa_kv_pool"),
+            ("sglang.srt.model_executor.pool_configurator.HybridSWAPoolConfigurator.__init__",
+             HybridSWAPoolConfigurator, "__init__")):
+        assert any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())), target
+        assert inspect.unwrap(getattr(owner, name)) is not getattr(owner, name), target
+
+
+def test_swa_pool_gets_the_nvfp4_method_with_sm12x(monkeypatch):
+    """SGLang's own sliding-window pool builder, through the hook: both MHA sub-pools are built with
+    the NVFP4 method (without it torch cannot allocate float4 buffers and start-up fails for every
+    backend), the same instance, over the model's 4 layer ids; sm12x then serves on the pool."""
+    from sglang.srt.layers.quantization.fp4_kv_cache_quant_method import NVFP4KVCacheMethod
+    from sglang.srt.mem_cache.kv_cache_configurator import KVCacheConfigurator
+    from sglang.srt.mem_cache.memory_pool import MHATokenToKVPool
+
+    _publish_for_swa(monkeypatch)
+    rel = _compat.check()
+    hook = _hooks.swa_pool_nvfp4(rel)
+    built = []
+
+    def build_method(num_layers):
+        qm = NVFP4KVCacheMethod(num_layers=num_layers, device=DEV)
+        _hooks.native_for_sm12x(qm)
+        built.append(num_layers)
+        return qm
+
+    kvc = _swa_kvc(torch.float4_e2m1fn_x2, "nvfp4", "sm12x")
+    kvc._build_fp4_quant_method = build_method
+    build = inspect.unwrap(KVCacheConfigurator._build_hybrid_swa_kv_pool)
+    pool = hook(build, kvc, full_max_total_num_tokens=256,
+                swa_max_total_num_tokens=128, mha_pool_class=MHATokenToKVPool)
+    assert built == [4]
+    full, swa = pool.full_kv_pool, pool.swa_kv_pool
+    assert full.quant_method is swa.quant_method and full.quant_method.sm12x_native
+    assert full.k_buffer[0].dtype == torch.uint8 and full.k_scale_buffer[0].shape[-1] == 64 // 16
+    assert swa.k_buffer[0].shape[0] == 128 + 1 and full.k_buffer[0].shape[0] == 256 + 1
+    assert _plugin_kv_name(pool) == "nvfp4"
+    # another backend: SGLang's builder unchanged (here it fails as upstream does: no float4 fill)
+    other = _swa_kvc(torch.float4_e2m1fn_x2, "nvfp4", "triton")
+    other._build_fp4_quant_method = build_method
+    with pytest.raises(Exception):
+        hook(build, other, full_max_total_num_tokens=256,
+             swa_max_total_num_tokens=128, mha_pool_class=MHATokenToKVPool)
+    assert built == [4]
+
+
+def _plugin_kv_name(pool):
+    from sglang_sm12x.backend import kv_dtype_name
+
+    return kv_dtype_name(torch.float4_e2m1fn_x2, pool)
+
+
+# ------------------------------------------------------------------------------------------------
+# hybrid linear-attention models (Qwen3-Next: Gated DeltaNet; Nemotron-H: Mamba-2)
+# ------------------------------------------------------------------------------------------------
+
+def _hybrid_linear_pool(kv, size, page, hkv, d, layers, interval, monkeypatch):
+    """SGLang's ``HybridLinearKVPool`` as a Qwen3-Next-shaped model builds it: every ``interval``-th
+    layer full attention (a dense MHA sub-pool), the others Gated DeltaNet layers whose state lives
+    in a real ``MambaPool``. NVFP4: one quantization method over the model's layer ids, a
+    different per-tensor scale per layer (a layer read with another layer's scale shows)."""
+    import sglang.srt.configs.qwen3_next as qn
+    from sglang.srt.mem_cache.memory_pool import HybridLinearKVPool, MambaPool
+
+    monkeypatch.setattr(qn, "linear_attn_tp_size", lambda: 1, raising=False)
+    cfg = qn.Qwen3NextConfig(hidden_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=hkv,
+                             head_dim=d, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+                             linear_value_head_dim=32, full_attention_interval=interval)
+    mamba = MambaPool(size=4, spec_state_size=0, cache_params=cfg.mamba2_cache_params,
+                      mamba_layer_ids=cfg.linear_layer_ids, device=DEV)
+    kw, scales = {}, {i: GLOBAL[kv] for i in range(layers)}
+    if kv == "nvfp4":
+        from sglang.srt.layers.quantization.fp4_kv_cache_quant_method import NVFP4KVCacheMethod
+
+        qm = NVFP4KVCacheMethod(num_layers=layers, device=DEV)
+        if hasattr(qm, "configure_attention_backends"):
+            qm.configure_attention_backends("sm12x", "sm12x")
+        _hooks.native_for_sm12x(qm)
+        scales = {i: (0.25 + 0.125 * i, 1.0 + 0.5 * i) for i in range(layers)}
+        qm.k_scales_float = [scales[i][0] for i in range(layers)]
+        qm.v_scales_float = [scales[i][1] for i in range(layers)]
+        kw["quant_method"] = qm
+        dtype = torch.float4_e2m1fn_x2
+    else:
+        dtype = {"bf16": torch.bfloat16, "fp8_e4m3": torch.float8_e4m3fn}[kv]
+    pool = HybridLinearKVPool(size=size, dtype=dtype, page_size=page, head_num=hkv, head_dim=d,
+                              full_attention_layer_ids=cfg.full_attention_layer_ids, device=DEV, mamba_pool=mamba,
+                              **kw)
+    return pool, dtype, cfg, scales
+
+
+class _LinearStandIn:
+    """The linear-attention half of SGLang's hybrid backend (its GDN kernels are not ours): records
+    what reaches it."""
+    needs_cpu_seq_lens = False
+    extend_dummy_seqs_capped_by_req_pool = False
+    supports_ragged_verify_graph = True
+
+    def __init__(self):
+        self.calls = []
+
+    def supports_prefill_graph_extend(self):
+        return False
+
+    def init_forward_metadata(self, fb):
+        self.calls.append("metadata")
+
+    def init_cuda_graph_state(self, max_bs, max_num_tokens):
+        self.calls.append("graph_state")
+
+    def init_forward_metadata_out_graph(self, fb, in_capture=False):
+        self.calls.append("graph_metadata")
+
+    def forward_decode(self, layer=None, **kw):
+        self.calls.append(("decode", layer.layer_id))
+        return kw["mixed_qkv"]
+
+    def forward_extend(self, layer=None, **kw):
+        self.calls.append(("extend", layer.layer_id))
+        return kw["mixed_qkv"]
+
+
+@pytest.mark.parametrize("kv", ["bf16", "fp8_e4m3", "nvfp4"])
+@pytest.mark.parametrize("page", [1, 16])
+def test_backend_hybrid_linear_pool(kv, page, monkeypatch):
+    """sm12x as the full-attention half of SGLang's ``HybridLinearAttnBackend`` over its
+    ``HybridLinearKVPool`` (Qwen3-Next's layout: layers 1 and 3 of 4 full attention): the wrapper
+    routes the full layers here and the linear ones to the linear backend; K/V land in the dense
+    sub-pool at the index the pool maps each model layer to (read back through the pool's own
+    ``get_key_buffer`` / ``get_raw_kv_buffer``), with that layer's NVFP4 scale; fresh prefill,
+    chunked prefill and decode (eager and CUDA-graph metadata) against the float reference over the
+    dequantized sub-pool; a linear layer reaching this backend is refused by name."""
+    from sglang.srt.layers.attention.hybrid_linear_attn_backend import HybridLinearAttnBackend
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    hq, hkv, d, layers = 4, 2, 64, 4
+    size, max_ctx = 512, 64
+    pool, dtype, cfg, scales = _hybrid_linear_pool(kv, size, page, hkv, d, layers, 2, monkeypatch)
+    full_ids = list(cfg.full_attention_layer_ids)
+    assert full_ids == [1, 3] and pool.full_attention_layer_id_mapping == {1: 0, 3: 1}
+    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
+    rows = torch.tensor([2, 0, 6], device=DEV)
+    n_pages = size // page
+    perm = (torch.randperm(n_pages - 2) + 1).tolist()
+    for i, r in enumerate(rows.tolist()):
+        pages = torch.tensor(perm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
+        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
+            .to(torch.int32).to(DEV)
+    runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page, kv_cache_dtype=dtype,
+                     model_config=SimpleNamespace(context_len=max_ctx), sliding_window_size=None, dtype=torch.bfloat16)
+    be = Sm12xAttnBackend(runner)
+    assert be.linear is pool and be.swa is None and be.kv_dtype == kv
+    lin = _LinearStandIn()
+    hybrid = HybridLinearAttnBackend(be, lin, full_ids)
+    lay = {i: _layer(i, hq, hkv, d, kv) for i in range(layers)}
+    for i in range(layers):
+        lay[i].k_scale_float, lay[i].v_scale_float = (scales[i] if kv == "fp8_e4m3" else (None, None))
+    sub = pool.full_kv_pool
+
+    def dequant(L, slots):
+        if kv == "nvfp4":
+            k, v, ksc, vsc = pool.get_raw_kv_buffer(L.layer_id)
+            ks, vs = scales[L.layer_id]
+            return (nvfp4.dequantize_nvfp4(k[slots].cpu(), ksc[slots].cpu().view(torch.uint8), ks),
+                    nvfp4.dequantize_nvfp4(v[slots].cpu(), vsc[slots].cpu().view(torch.uint8), vs))
+        k, v = pool.get_key_buffer(L.layer_id)[slots].cpu(), pool.get_value_buffer(L.layer_id)[slots].cpu()
+        if kv == "fp8_e4m3":
+            return (nvfp4.dequantize_fp8(k.view(torch.uint8), L.k_scale_float),
+                    nvfp4.dequantize_fp8(v.view(torch.uint8), L.v_scale_float))
+        return k.float(), v.float()
+
+    def check(o, L, q, prefix, ext, k=None, v=None, what=""):
+        t0 = 0
+        for i, (r, p, e) in enumerate(zip(rows.tolist(), prefix, ext)):
+            s = p if k is not None else p + e
+            kk, vv = dequant(L, r2t.req_to_token[r, :s].long())
+            if k is not None:
+                kk = torch.cat([kk, k[t0:t0 + e].view(e, hkv, d).float()])
+                vv = torch.cat([vv, v[t0:t0 + e].view(e, hkv, d).float()])
+            ref = attention_ref(q[t0:t0 + e].view(e, hq, d).float(), kk, vv, sm_scale=L.scaling)
+            assert_close_attn(o[t0:t0 + e].view(e, hq, d), ref, f"{kv} page {page} {what} layer {L.layer_id} "
+                              f"req {i} (prefix {p}, chunk {e})", atol=2e-2, rtol=2 ** -7)
+            t0 += e
+
+    def forward_all(fb, n, prefix, ext, decode):
+        for i in range(layers):
+            L = lay[i]
+            q = torch.randn(n, hq * d, dtype=torch.bfloat16)
+            k = torch.randn(n, hkv * d, dtype=torch.bfloat16)
+            v = torch.randn(n, hkv * d, dtype=torch.bfloat16)
+            mixed = torch.randn(n, 8)
+            o = hybrid.forward(q.to(DEV), k.to(DEV), v.to(DEV), L, fb, mixed_qkv=mixed, a=mixed, b=mixed)
+            if i not in full_ids:
+                assert o is mixed and lin.calls[-1] == ("decode" if decode else "extend", i)
+                continue
+            if decode:
+                check(o, L, q, [s - 1 for s in prefix], [1] * n, what="decode")
+            else:
+                check(o, L, q, prefix, ext, k, v, what="extend")
+
+    first, second = [1, 30, 17], [9, 1, 16]
+    bs = len(first)
+    for prefix, ext, mode in (([0] * bs, first, ForwardMode.EXTEND), (first, second, ForwardMode.MIXED)):
+        seq = [p + e for p, e in zip(prefix, ext)]
+        loc = torch.cat([r2t.req_to_token[r, p:s] for r, p, s in zip(rows.tolist(), prefix, seq)]).to(torch.int64)
+        fb = _extend_batch(mode, rows, prefix, ext, loc)
+        hybrid.init_forward_metadata(fb)
+        forward_all(fb, sum(ext), prefix, ext, decode=False)
+    for graph in (False, True):
+        seq = [s + 1 for s in seq]
+        loc = torch.stack([r2t.req_to_token[r, s - 1] for r, s in zip(rows.tolist(), seq)]).to(torch.int64)
+        fb = _decode_batch(rows, seq, loc)
+        if graph:
+            hybrid.init_cuda_graph_state(max_bs=4, max_num_tokens=4)
+            hybrid.init_forward_metadata_out_graph(fb)
+        else:
+            hybrid.init_forward_metadata(fb)
+        forward_all(fb, bs, seq, [1] * bs, decode=True)
+    assert "metadata" in lin.calls and "graph_metadata" in lin.calls
+    # the two full layers' tokens sit in the dense sub-pool's layers 0 and 1, nowhere else
+    for L, dense in ((lay[1], 0), (lay[3], 1)):
+        assert torch.equal(pool.get_key_buffer(L.layer_id).view(torch.uint8), sub.k_buffer[dense].view(torch.uint8))
+    assert not torch.equal(sub.k_buffer[0].view(torch.uint8)[loc], sub.k_buffer[1].view(torch.uint8)[loc])
+    with pytest.raises(ValueError, match="layer 2 is not a full-attention layer"):
+        be.forward_decode(torch.zeros(bs, hq * d, device=DEV, dtype=torch.bfloat16), None, None, lay[2], fb,
+                          save_kv_cache=False)
+
+
+def test_backend_refuses_a_hybrid_pool_over_another_pool_kind():
+    from sglang_sm12x.backend import Sm12xAttnBackend
+
+    mla = SimpleNamespace(kv_buffer=[])
+    pool = SimpleNamespace(full_kv_pool=mla, full_attention_layer_id_mapping={3: 0}, get_key_buffer=None,
+                           get_value_buffer=None)
+    runner = _Runner(device=DEV, req_to_token_pool=SimpleNamespace(req_to_token=torch.zeros(1, 1)),
+                     token_to_kv_pool=pool, page_size=1, kv_cache_dtype=torch.bfloat16,
+                     model_config=SimpleNamespace(context_len=8))
+    with pytest.raises(ValueError, match="HybridLinearKVPool.*full-attention pool is SimpleNamespace"):
+        Sm12xAttnBackend(runner)
 
 
 # ------------------------------------------------------------------------------------------------

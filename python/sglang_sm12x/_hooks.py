@@ -107,6 +107,7 @@ def register_argument_hooks(rel: str) -> None:
     else:
         _register_0523()
     _register_quant_method_hook(rel)
+    _register_swa_nvfp4_hooks(rel)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,3 +298,79 @@ def _register_once(HookRegistry, HookType, target, fn, kind=None):
     if any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())):
         return
     HookRegistry.register(target, fn, kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# NVFP4 in sliding-window pools (gpt-oss, Llama-4 multimodal)
+# ------------------------------------------------------------------------------------------------
+
+def nvfp4_bytes_per_token(heads: int, dims: int) -> int:
+    """NVFP4 bytes of one token of one layer: ``heads x dims`` E2M1 codes (two a byte) and one
+    UE4M3 block scale per 16 of them (``dims``: K's head_dim plus V's)."""
+    return heads * dims // 2 + heads * dims // 16
+
+
+def _kvc_uses_sm12x(kvc, rel: str) -> bool:
+    server_args = getattr(kvc, "server_args", None)
+    return server_args is not None and uses_sm12x(*_backends(server_args, rel))
+
+
+def swa_pool_nvfp4(rel: str):
+    """AROUND ``KVCacheConfigurator._build_hybrid_swa_kv_pool``: SGLang builds a sliding-window
+    pool's two MHA sub-pools without the NVFP4 quantization method (torch cannot allocate the
+    float4 buffers, so ``--kv-cache-dtype nvfp4`` stops any hybrid-SWA server at start-up). With
+    sm12x, both sub-pools get the method SGLang builds for plain pools (one instance over the
+    model's layer ids: per-tensor scales by layer id, linear block scales, no dequant workspace)."""
+    def around(original, self, *args, **kwargs):
+        if getattr(self, "kv_cache_dtype_str", None) != "nvfp4" or "mha_pool_class" not in kwargs \
+                or not _kvc_uses_sm12x(self, rel):
+            return original(self, *args, **kwargs)
+        import functools
+
+        method = self._build_fp4_quant_method(num_layers=self.layer_info.num_effective_layers)
+        if method is None:
+            return original(self, *args, **kwargs)
+        kwargs["mha_pool_class"] = functools.partial(kwargs["mha_pool_class"], quant_method=method)
+        return original(self, *args, **kwargs)
+    around.__name__ = "swa_pool_nvfp4"
+    return around
+
+
+def swa_sizing_nvfp4(rel: str):
+    """AROUND ``HybridSWAPoolConfigurator.__init__``: its bytes a token count one byte an element
+    for ``float4_e2m1fn_x2`` (two elements a byte) and no block scales; with sm12x and NVFP4 the
+    full and window layers' bytes a token are recomputed from the NVFP4 layout, so the two
+    sub-pools get the tokens the memory holds (about 1.8x what the element count gave)."""
+    def around(original, self, kvc, *args, **kwargs):
+        original(self, kvc, *args, **kwargs)
+        if getattr(kvc, "kv_cache_dtype_str", None) != "nvfp4" or not _kvc_uses_sm12x(kvc, rel):
+            return
+        from sglang.srt.runtime_context import get_parallel
+
+        mc, tp = kvc.model_config, get_parallel().attn_tp_size
+        full = nvfp4_bytes_per_token(mc.get_num_kv_heads(tp), mc.head_dim + mc.v_head_dim)
+        swa = nvfp4_bytes_per_token(mc.get_swa_num_kv_heads(tp), mc.swa_head_dim + mc.swa_v_head_dim)
+        if hasattr(self, "_recompute_cell_size"):          # 0.5.23: the cell size is derived on demand
+            self._full_per_token, self._swa_per_token = full, swa
+            self._recompute_cell_size()
+        elif full * self._swa_per_token == swa * self._full_per_token:
+            # 0.5.17 derives the cell size in __init__, linear in both; one ratio scales it
+            ratio = full / self._full_per_token
+            self._full_per_token, self._swa_per_token = full, swa
+            self._cell_size = self._cell_size * ratio
+        else:
+            logger.info("sglang-sm12x: sliding-window pool sized by SGLang's element count (full and window "
+                        "layers differ in shape)")
+    around.__name__ = "swa_sizing_nvfp4"
+    return around
+
+
+def _register_swa_nvfp4_hooks(rel: str) -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    _register_once(HookRegistry, HookType,
+                   "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator._build_hybrid_swa_kv_pool",
+                   swa_pool_nvfp4(rel))
+    _register_once(HookRegistry, HookType,
+                   "sglang.srt.model_executor.pool_configurator.HybridSWAPoolConfigurator.__init__",
+                   swa_sizing_nvfp4(rel))

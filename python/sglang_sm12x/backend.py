@@ -110,18 +110,34 @@ def swa_pool(pool):
     return None
 
 
+def linear_pool(pool):
+    """SGLang's hybrid linear-attention pool (Qwen3-Next's Gated DeltaNet, Nemotron-H's Mamba-2):
+    the full-attention layers' K/V in a dense MHA sub-pool, addressed by the model's layer ids
+    through the pool's own API; None for any other pool."""
+    if swa_pool(pool) is None and all(hasattr(pool, a) for a in ("full_kv_pool", "full_attention_layer_id_mapping",
+                                                                  "get_key_buffer", "get_value_buffer")):
+        return pool
+    return None
+
+
 def sub_pools(pool) -> list:
-    """The MHA pools that hold K/V: the pool itself, or a hybrid pool's two."""
+    """The MHA pools that hold K/V: the pool itself, a sliding-window pool's two, or a hybrid
+    linear-attention pool's full-attention one."""
     sp = swa_pool(pool)
-    return [pool] if sp is None else [sp.full_kv_pool, sp.swa_kv_pool]
+    if sp is not None:
+        return [sp.full_kv_pool, sp.swa_kv_pool]
+    lp = linear_pool(pool)
+    return [pool] if lp is None else [lp.full_kv_pool]
 
 
 def check_runner(model_runner, pool) -> None:
     """What this backend cannot serve, refused at start-up with the reason (not mid-request)."""
     kind = type(pool).__name__
     if not all(hasattr(p, a) for p in sub_pools(pool) for a in ("k_buffer", "v_buffer")):
-        raise ValueError(f"--attention-backend sm12x needs SGLang's MHA token-to-KV pool or its sliding-window "
-                         f"pool (SWAKVPool) over MHA pools; this model uses {kind}")
+        inner = "" if linear_pool(pool) is None else f" whose full-attention pool is {type(pool.full_kv_pool).__name__}"
+        raise ValueError(f"--attention-backend sm12x needs SGLang's MHA token-to-KV pool, its sliding-window pool "
+                         f"(SWAKVPool) or its hybrid linear-attention pool (HybridLinearKVPool) over MHA pools; "
+                         f"this model uses {kind}{inner}")
     alloc = getattr(model_runner, "token_to_kv_pool_allocator", None)
     translator = getattr(model_runner, "kv_index_translator", None)
     if hasattr(alloc, "translate_kv_loc") or getattr(translator, "is_translating", False):
@@ -164,11 +180,24 @@ def check_shapes(model_runner, arch: int, kv_dtype: str, page_size: int) -> None
                          f"head_dim {d}, --kv-cache-dtype {kv_dtype}): {e}") from None
 
 
-def _sinks(sinks, q_heads: int, device):
-    """A layer's attention sinks (gpt-oss: one logit a query head of this rank), checked."""
-    if sinks is not None:
-        check_sinks(sinks, q_heads, device)
-    return sinks
+def _sinks(sinks, q_heads: int, device, cache: Optional[dict] = None):
+    """A layer's attention sinks (gpt-oss: one logit a query head of this rank), checked, as the
+    float32 the kernels read (gpt-oss keeps them in bf16 for most backends). The float32 copy is
+    kept per parameter and version (an in-place weight update makes a new one); inside a CUDA-graph
+    capture the conversion is recorded into the graph instead of cached (a captured copy holds
+    nothing until the graph replays)."""
+    if sinks is None:
+        return None
+    check_sinks(sinks, q_heads, device)
+    if sinks.dtype == torch.float32:
+        return sinks
+    key = (sinks.data_ptr(), sinks._version, sinks.dtype)
+    if cache is not None and key in cache:
+        return cache[key]
+    out = sinks.float()
+    if cache is not None and not (out.is_cuda and torch.cuda.is_current_stream_capturing()):
+        cache[key] = out
+    return out
 
 
 def _refuse_kwargs(where: str, kwargs: dict):
@@ -228,6 +257,7 @@ class Sm12xAttnBackend(AttentionBackend):
         self.max_context_len = int(cfg.context_len)
         self.sliding_window_size = getattr(model_runner, "sliding_window_size", None)
         self.swa = swa_pool(self.pool)
+        self.linear = linear_pool(self.pool)     # Gated DeltaNet / Mamba-2 hybrids: full-attention layers only
         # window layers read lists cut to this many keys before each query (SGLang's window_left)
         w = self.sliding_window_size
         # chunked local attention (Llama-4): layers with use_irope see only their query's chunk
@@ -246,6 +276,7 @@ class Sm12xAttnBackend(AttentionBackend):
         self.num_sms = planner.device_sms(self.device) if self.device.type == "cuda" else None
         self._cg = None
         self._off32 = None
+        self._sinks32 = {}                       # float32 copies of bf16 / fp16 attention sinks
         self.forward_metadata: Optional[Sm12xMetadata] = None
         if self.kv_dtype == "nvfp4" and any(getattr(p.quant_method, "use_trtllm_gen_native_scale_layout", False)
                                             for p in sub_pools(self.pool)):
@@ -464,18 +495,33 @@ class Sm12xAttnBackend(AttentionBackend):
         if self.swa is not None:
             local, is_swa = self.swa.layers_mapping[lid]
             return (self.swa.swa_kv_pool if is_swa else self.swa.full_kv_pool), local, bool(is_swa)
+        if self.linear is not None:
+            ids = self.linear.full_attention_layer_id_mapping
+            if lid not in ids:
+                raise ValueError(f"sm12x: layer {lid} is not a full-attention layer of the hybrid pool (its "
+                                 f"full-attention layers: {sorted(ids)}); linear-attention layers are not ours")
+            sub = self.linear.full_kv_pool
+            return sub, ids[lid] - getattr(sub, "start_layer", 0), False
         return self.pool, lid - getattr(self.pool, "start_layer", 0), False
 
     def _layer_pool(self, layer):
         """(k_cache, v_cache, k_scale_cache, v_scale_cache, k_scale, v_scale) of one layer."""
         lid = layer.layer_id
         sub, local, _ = self._layer_slot(layer)
-        kc, vc = sub.k_buffer[local], sub.v_buffer[local]
+        if self.linear is not None:             # the hybrid pool's own API (model layer ids, its waits)
+            if self.kv_dtype == "nvfp4":
+                kc, vc, ksc, vsc = self.linear.get_raw_kv_buffer(lid)
+            else:
+                kc, vc = self.linear.get_key_buffer(lid), self.linear.get_value_buffer(lid)
+        else:
+            kc, vc = sub.k_buffer[local], sub.v_buffer[local]
+            if self.kv_dtype == "nvfp4":
+                ksc, vsc = sub.k_scale_buffer[local], sub.v_scale_buffer[local]
         if self.kv_dtype == "nvfp4":
-            qm = sub.quant_method
+            qm = sub.quant_method               # per-tensor scales by the model's layer id
             ks = qm.k_scales_float[lid] if lid < len(qm.k_scales_float) else 1.0
             vs = qm.v_scales_float[lid] if lid < len(qm.v_scales_float) else 1.0
-            return kc, vc, sub.k_scale_buffer[local], sub.v_scale_buffer[local], float(ks), float(vs)
+            return kc, vc, ksc, vsc, float(ks), float(vs)
         if self.kv_dtype == "fp8_e4m3":
             ks = getattr(layer, "k_scale_float", None)
             vs = getattr(layer, "v_scale_float", None)
@@ -583,7 +629,7 @@ class Sm12xAttnBackend(AttentionBackend):
         out = torch.empty(q3.shape[0], hq, d, dtype=q3.dtype, device=q3.device)
         plan.run(q3, k3.to(q3.dtype), v3.to(q3.dtype), kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale,
                  v_scale=v_scale, sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-                 window_left=window, out=out, sinks=_sinks(sinks, hq, q3.device))
+                 window_left=window, out=out, sinks=_sinks(sinks, hq, q3.device, self._sinks32))
         return out.view(-1, hq * d)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, sinks=None, **kwargs):
@@ -622,5 +668,5 @@ class Sm12xAttnBackend(AttentionBackend):
         out = torch.empty_like(q3)
         plan.run(q3, kc, vc, k_scale_cache=ksc, v_scale_cache=vsc, k_scale=k_scale, v_scale=v_scale,
                  sm_scale=layer.scaling, logit_cap=float(getattr(layer, "logit_cap", 0.0) or 0.0),
-                 window_left=self._window(layer), out=out, sinks=_sinks(sinks, hq, q3.device))
+                 window_left=self._window(layer), out=out, sinks=_sinks(sinks, hq, q3.device, self._sinks32))
         return out.view(bs, hq * d)

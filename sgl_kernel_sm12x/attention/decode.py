@@ -328,7 +328,7 @@ class DecodePlan:
                 part_o_ptr=part_o, part_lse_ptr=part_lse, o_ptr=out, stride_o_b=out.stride(0),
                 stride_o_h=out.stride(1), lse_ptr=lse if write_lse else part_lse, v_scale=v_scale,
                 MAX_SPLITS=cfg.max_splits, WRITE_LSE=write_lse, num_warps=4, **dim_constexprs(d),
-                **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
+                **({"sinks_ptr": sinks.float(), "HAS_SINKS": True} if sinks is not None else {}),
             )
         return out
 

@@ -425,7 +425,7 @@ class ExtendPlan:
             max_id=_max_id(kc.shape[0], self.page_size), **dim_constexprs(d), PAGED=self.page_size > 1, K_MODE=int(k_fmt),
             V_MODE=int(v_fmt), HAS_CAP=logit_cap > 0, HAS_WINDOW=window_left >= 0, DOT_FP32=_INTERPRET,
             **dict(_config_constexprs(cfg), HW_FP8=cfg.hw_fp8 and not _INTERPRET), **flags,
-            **({"sinks_ptr": sinks, "HAS_SINKS": True} if sinks is not None else {}),
+            **({"sinks_ptr": sinks.float(), "HAS_SINKS": True} if sinks is not None else {}),
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         return out
