@@ -36,6 +36,9 @@ SOURCES = {
     "kernel_ab": "2026-12-06-nvidia-h100-80gb-hbm3-kernel-ab.json",
     "backend_host": "2026-12-05-nvidia-h100-80gb-hbm3-backend-host.json",
     "e2e_sm120": "2026-12-06-nvidia-h100-80gb-hbm3-e2e.json",
+    "models": "2026-12-06-nvidia-h100-80gb-hbm3-models.json",
+    "attention_models": "2026-12-06-nvidia-h100-80gb-hbm3-attention-models.json",
+    "attention_models_sm120": "2026-12-06-nvidia-h100-80gb-hbm3-attention-models-sm120-plan.json",
 }
 
 HOW_TO = """\
@@ -52,7 +55,8 @@ run**, and writes JSON (device, versions, date) to `results/`. Medians of CUDA-e
 | `append.py` | quantize-and-append (bytes read + written) | the copy ceiling |
 | `moe.py [--breakdown]` | the fused MoE as a CUDA-graph replay | SGLang's `fused_experts` with its shipped configs |
 | `bench_serving.py` (= `sm12x bench-serving`) | servers per backend x KV dtype with SGLang's `bench_serving` client | SGLang's `triton` and `flashinfer` backends |
-| `e2e.py` | greedy agreement, KV capacity, serving smoke checks | SGLang's `triton` / `flashinfer` |
+| `e2e.py` | greedy agreement, KV capacity, serving smoke checks; `--phase models`: the models of `models/shapes.json` | SGLang's `triton` / `flashinfer` |
+| `attention.py --models` | model-shaped decode layers (gpt-oss window / full layer with sinks, Qwen3-14B's GQA 5) | SGLang's Triton decode on the same lists |
 | `accuracy/train.py`, `accuracy/evaluate.py` | perplexity / KL / top-1 of each KV format on a trained model | bf16 KV |
 | `tune_attention.py`, `tune_moe.py` | tile sweeps around the planner's choice (offline only) | the planned tile |
 | `aot_sglang.py` | SGLang's own Triton kernels compiled for sm_120/121 (no GPU) | -- |
@@ -79,7 +83,7 @@ def _top_link(key, text):
 
 
 def _f(x, nd=2):
-    return f"{x:,.{nd}f}"
+    return "-" if x is None else f"{x:,.{nd}f}"
 
 
 def _rows(d, **match):
@@ -418,6 +422,47 @@ def headline(att, e2e, sl, budget, sm120=None, e2e12=None):
     return "\n".join(out)
 
 
+def models_table(d):
+    out = [f"### Models end to end ({_link('models')})\n",
+           f"{d['device']}, SGLang {d['sglang']}, torch {d['torch']}: checkpoints with each model's attention and "
+           "MoE dimensions (layers cut, transformers' random init), greedy agreement with SGLang's first listed "
+           "backend at bf16 KV (64 prompts x 64 steps), mean prompt-logprob drift from it, and 200 `bench_serving` "
+           "requests at concurrency 32 at nvfp4 KV.\n",
+           "| model | backend | KV | served | greedy identical | of a second upstream backend | prompt-logprob drift "
+           "| failures | output tok/s | KV tokens (nvfp4 / bf16) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in d["models"]:
+        ratio = r.get("kv_capacity_ratio_vs_bf16")
+        out.append(f"| {r['model']} | {r['backend']} | {r['kv_dtype']} | {'yes' if r['served'] else 'no'} | "
+                   f"{_f(r['greedy_identical'])} | {_f(r['ref_greedy_identical'])} | "
+                   f"{_f(r['prompt_logprob_mean_abs_diff'], 3)} | {_f(r['failures'], 0)} | "
+                   f"{_f(r['output_throughput'], 0)} | {_f(ratio) + 'x' if ratio else '-'} |")
+    notes = [f"{r['model']} ({r['backend']}, {r['kv_dtype']}): {r.get('reference_note') or r['note'].split('; ', 1)[-1]}"
+             for r in d["models"] if r.get("reference_note") or not r["served"]]
+    out += [""] + [f"* {n}" for n in notes] + [f"* Not measured yet: {o}" for o in d.get("owed", [])]
+    return out
+
+
+def attention_models_table(d, d120):
+    out = [f"### Model-shaped decode layers ({_link('attention_models')}, {_link('attention_models_sm120', 'sm_120 plan')})\n",
+           f"{d['device']}, batch 64; gpt-oss: 64 / 8 heads, head_dim 64, sinks, window layer reading the backend's "
+           "128-key lists of an 8k context; Qwen3-14B: 40 / 8 heads at 4k beside the 32 / 8 shape. Time in us "
+           "(GB/s of what is read); SGLang's Triton decode on the same lists.\n",
+           "| layer | plan | sm12x bf16 | sm12x fp8 | sm12x nvfp4 | SGLang Triton bf16 | SGLang / sm12x bf16 |",
+           "|---|---|---|---|---|---|---|"]
+    for plan, dd in (("device", d), ("sm_120", d120)):
+        if not dd:
+            continue
+        rows = [r for r in dd["rows"] if r.get("phase") == "model_decode" and "ms" in r]
+        for model in dict.fromkeys(r["model"] for r in rows):
+            by = {(r["provider"], r["kv_dtype"]): r for r in rows if r["model"] == model}
+            cell = lambda k: (f"{by[k]['ms'] * 1e3:.1f} ({by[k]['gbps']:.0f})" if k in by else "-")  # noqa: E731
+            ratio = (by[("sglang_triton", "bf16")]["ms"] / by[("sm12x", "bf16")]["ms"]
+                     if ("sglang_triton", "bf16") in by and ("sm12x", "bf16") in by else None)
+            out.append(f"| {model} | {plan} | {cell(('sm12x', 'bf16'))} | {cell(('sm12x', 'fp8_e4m3'))} | "
+                       f"{cell(('sm12x', 'nvfp4'))} | {cell(('sglang_triton', 'bf16'))} | {_f(ratio)}x |")
+    return out
+
+
 def render():
     d = {k: _load(k) for k in SOURCES}
     parts = ["# Benchmarks\n", "Generated by `python benchmark/make_readme.py` from the files in `results/` it names; "
@@ -427,7 +472,8 @@ def render():
                     ("kernel_ab", lambda x: kernel_ab_table(
                         x, "kernel_ab", "This release against the previous one and against itself without the "
                         "out-of-pool clamp, kernel time")),
-                    ("e2e_sm120", e2e_sm120_table),
+                    ("e2e_sm120", e2e_sm120_table), ("models", models_table),
+                    ("attention_models", lambda x: attention_models_table(x, d["attention_models_sm120"])),
                     ("backend_host", backend_host_table), ("append", append_table),
                     ("moe", moe_table), ("accuracy", accuracy_table)):
         if d[key]:

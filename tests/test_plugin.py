@@ -1125,6 +1125,62 @@ def test_backend_hybrid_linear_pool(kv, page, monkeypatch):
                           save_kv_cache=False)
 
 
+def test_hybrid_gdn_allow_list_on_sm120_joined(monkeypatch):
+    """SGLang's own ``attn_backend_wrapper`` on an SM120 platform, for a Qwen3-Next (hybrid GDN)
+    model: with sm12x as the full-attention backend its allow-list (triton / trtllm_mha /
+    flashinfer) stops start-up; through the plugin's hook it wraps sm12x in SGLang's
+    ``HybridLinearAttnBackend`` and the runner's backend names are sm12x again afterwards. Another
+    backend outside the list is still refused. (The GDN half is a stand-in: its kernels are SGLang's.)"""
+    import sglang.srt.layers.attention.attention_registry as ar
+    import sglang.srt.layers.attention.linear.gdn_backend as gdn
+    import sglang.srt.layers.attention.linear.utils as lu
+    import sglang.srt.utils as su
+    from sglang.kernels.ops.attention.fla import utils as fla_utils
+    from sglang.srt.layers.attention.hybrid_linear_attn_backend import HybridLinearAttnBackend
+
+    import sglang_sm12x.backend as B
+
+    if REL == "0.5.17":
+        pytest.skip("the runner's backend names live in server_args on 0.5.17; covered by the 0.5.23 path here")
+    import sglang.srt.configs.qwen3_next as qn
+
+    monkeypatch.setattr(qn, "linear_attn_tp_size", lambda: 1, raising=False)
+    cfg = qn.Qwen3NextConfig(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+                             linear_value_head_dim=32, full_attention_interval=2)
+    monkeypatch.setattr(su, "is_blackwell", lambda: True)
+    monkeypatch.setattr(ar, "get_platform", lambda: SimpleNamespace(is_sm120=True))
+    monkeypatch.setattr(fla_utils, "check_environments", lambda: None)
+    monkeypatch.setattr(gdn, "flashinfer_gdn_prefill_default", lambda runner: None)
+    monkeypatch.setattr(lu, "resolve_linear_attn_backends", lambda prefill_default=None: None)
+    monkeypatch.setattr(gdn, "GDNAttnBackend", lambda runner: _LinearStandIn())
+
+    class Full(B.Sm12xAttnBackend):
+        def __init__(self):          # the wrapper reads these of the full-attention backend
+            self.token_to_kv_pool = self.req_to_token_pool = None
+            self.max_context_len = 64
+
+    def runner(backend):
+        return SimpleNamespace(model_config=SimpleNamespace(hf_config=cfg, hf_text_config=cfg), use_mla_backend=False,
+                               prefill_attention_backend_str=backend, decode_attention_backend_str=backend,
+                               linear_attn_backends=None, is_draft_worker=False)
+
+    wrapper = inspect.unwrap(ar.attn_backend_wrapper)
+    r = runner("sm12x")
+    with pytest.raises(AssertionError, match="Blackwell GPUs for hybrid GDN"):
+        wrapper(r, Full())
+    full = Full()
+    out = _hooks.hybrid_wrapper(REL)(wrapper, r, full)
+    assert isinstance(out, HybridLinearAttnBackend) and out.full_attn_backend is full
+    assert out.full_attn_layers == [1, 3]
+    assert (r.prefill_attention_backend_str, r.decode_attention_backend_str) == ("sm12x", "sm12x")
+    other = runner("fa3")
+    with pytest.raises(AssertionError, match="Blackwell GPUs for hybrid GDN"):
+        _hooks.hybrid_wrapper(REL)(wrapper, other, SimpleNamespace(token_to_kv_pool=None))
+    # SGLang's own wrapper is the hooked one after the plugin's hooks are applied
+    assert ar.attn_backend_wrapper is not wrapper
+
+
 def test_backend_refuses_a_hybrid_pool_over_another_pool_kind():
     from sglang_sm12x.backend import Sm12xAttnBackend
 

@@ -108,6 +108,7 @@ def register_argument_hooks(rel: str) -> None:
         _register_0523()
     _register_quant_method_hook(rel)
     _register_swa_nvfp4_hooks(rel)
+    _register_hybrid_wrapper_hook(rel)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,3 +375,46 @@ def _register_swa_nvfp4_hooks(rel: str) -> None:
     _register_once(HookRegistry, HookType,
                    "sglang.srt.model_executor.pool_configurator.HybridSWAPoolConfigurator.__init__",
                    swa_sizing_nvfp4(rel))
+
+
+# ------------------------------------------------------------------------------------------------
+# hybrid linear-attention models (Qwen3-Next, Nemotron-H): sm12x as the full-attention half
+# ------------------------------------------------------------------------------------------------
+
+def _backend_strings(runner, rel: str):
+    """Where SGLang's hybrid wrapper reads the attention backend names: (object, attribute) pairs."""
+    if rel == "0.5.17":
+        sa = runner.server_args
+        return [(sa, "attention_backend"), (sa, "prefill_attention_backend"), (sa, "decode_attention_backend")]
+    return [(runner, "prefill_attention_backend_str"), (runner, "decode_attention_backend_str")]
+
+
+def hybrid_wrapper(rel: str):
+    """AROUND ``attention_registry.attn_backend_wrapper``: when the full-attention backend it wraps
+    is sm12x, SGLang's per-platform allow-list for hybrid GDN models (on SM120: triton,
+    trtllm_mha, flashinfer) reads sm12x as ``triton`` for the duration of the call -- the only
+    place the wrapper reads those names; the names are restored after, and nothing else of the
+    wrapper (the GDN / Mamba-2 half, the pool) depends on them. Any other backend: unchanged."""
+    def around(original, runner, full_attn_backend, *args, **kwargs):
+        from .backend import Sm12xAttnBackend
+
+        if not isinstance(full_attn_backend, Sm12xAttnBackend):
+            return original(runner, full_attn_backend, *args, **kwargs)
+        saved = [(obj, name, getattr(obj, name, None)) for obj, name in _backend_strings(runner, rel)]
+        try:
+            for obj, name, value in saved:
+                if value == BACKEND:
+                    setattr(obj, name, _ALIAS)
+            return original(runner, full_attn_backend, *args, **kwargs)
+        finally:
+            for obj, name, value in saved:
+                setattr(obj, name, value)
+    around.__name__ = "hybrid_wrapper"
+    return around
+
+
+def _register_hybrid_wrapper_hook(rel: str) -> None:
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    _register_once(HookRegistry, HookType, "sglang.srt.layers.attention.attention_registry.attn_backend_wrapper",
+                   hybrid_wrapper(rel))
