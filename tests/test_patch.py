@@ -277,3 +277,28 @@ def test_revert_of_an_edited_patched_file_names_the_patched_baseline(tree):
     assert "released file" not in out, out
     assert "prefill_attention.py differs from the file 02-context-attention-tiles-sm12x.patch wrote" in out, out
     assert _hashes(root, version) == edited
+
+
+def test_aot_sglang_hybrid_records_and_fixes_the_gdn_forward(tmp_path):
+    """``benchmark/aot_sglang_hybrid.py`` on the Gated DeltaNet forward (no GPU, real sm_120
+    cubins): every kernel SGLang launches is recorded and compiled, the one that spills there
+    (the WY recompute at 3 stages) gets a relaunch that fits, and the table it writes is the one
+    the plugin ships for that kernel."""
+    from conftest import clean_env
+
+    out, fixes = tmp_path / "aot.json", tmp_path / "fixes.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmark" / "aot_sglang_hybrid.py"), "--arch", "120", "--ops",
+                        "qwen3-next-gdn", "--out", str(out), "--write-fixes", str(fixes)],
+                       capture_output=True, text=True, timeout=900, env=clean_env(), cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    kernels = {x["kernel"] for x in res["rows"] if x["stage"] == "sglang"}
+    assert {"chunk_fwd.chunk_gated_delta_rule_fwd_kkt_solve_kernel", "wy_fast.recompute_w_u_fwd_kernel",
+            "chunk_delta_h.chunk_gated_delta_rule_fwd_kernel_h_blockdim64", "chunk_o.chunk_fwd_kernel_o",
+            "fused_recurrent.fused_recurrent_gated_delta_rule_packed_decode_kernel",
+            "causal_conv1d_triton._causal_conv1d_fwd_kernel"} <= kernels
+    assert all(x["shared"] > 0 or x["regs"] > 0 for x in res["rows"])
+    name = "sglang.kernels.ops.attention.fla.wy_fast.recompute_w_u_fwd_kernel"
+    shipped = json.loads((ROOT / "python" / "sglang_sm12x" / "hybrid_tiles.json").read_text())
+    assert json.loads(fixes.read_text())["120"][name] == shipped["120"][name]
+    assert res["all_fixed_fit"]

@@ -2,6 +2,7 @@
 the backend's forward passes on real SGLang memory pools and ForwardBatch objects (CPU tensors under
 the Triton interpreter, or the GPU when there is one)."""
 import inspect
+import json
 import math
 import os
 import subprocess
@@ -1388,3 +1389,69 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
             o = be.forward_decode(q.to(DEV), k.to(DEV), v.to(DEV), L, fb)
             check(o, L, q, [s - 1 for s in seq], [1] * bs)
         evict(seq)
+
+
+# ------------------------------------------------------------------------------------------------
+# SGLang's hybrid-model kernels within SM120's budget (hybrid_tiles)
+# ------------------------------------------------------------------------------------------------
+
+def test_hybrid_tiles_table_matches_the_aot_result():
+    """The plugin's table is what ``benchmark/aot_sglang_hybrid.py`` proved: every dropped autotune
+    config is a row that overflows or spills at that arch, every relaunch a ``fixed`` row that fits,
+    and after the fixes every kernel of both forwards fits sm_120 / sm_121 without spills."""
+    from sglang_sm12x import hybrid_tiles as ht
+
+    res = json.loads((ROOT / "benchmark" / "results" / "aot-sglang-hybrid-sm120-sm121.json").read_text())
+    table = ht.load_table()
+    assert set(table) == {"120", "121"} and res["all_fixed_fit"] and not res["errors"]
+    fixed = {(r["kernel"], r["arch"]): r for r in res["rows"] if r["stage"] == "fixed"}
+    assert fixed and all(r["fits"] and r["spill"] == 0 and r["shared"] <= 101376 for r in fixed.values())
+    for arch, kernels in table.items():
+        for name, fix in kernels.items():
+            short = ".".join(name.split(".")[-2:])
+            rows = [r for r in res["rows"] if r["stage"] == "sglang" and r["kernel"] == short and r["arch"] == int(arch)]
+            if "drop" in fix:
+                bad = {ht.config_key(r["config"]) for r in rows if not r["fits"]}
+                assert set(fix["drop"]) == bad and bad != {ht.config_key(r["config"]) for r in rows}, name
+            if "relaunch" in fix:           # a kernel SGLang launches with one configuration
+                assert not rows[0]["autotuned"] and not all(r["fits"] for r in rows), name
+                assert fixed[(short, int(arch))]["config"] == fix["relaunch"]
+
+
+def test_hybrid_tiles_applied_to_sglangs_kernels(monkeypatch):
+    """On an SM12x card the table changes SGLang's own kernel objects once: the listed autotune
+    configs leave the Mamba-2 chunk-scan list, the spilling GDN launch is relaunched with the
+    proven stages (its launch arguments overridden, everything else passed through)."""
+    import sglang.kernels.ops.attention.fla.wy_fast as wy
+    import sglang.kernels.ops.mamba.triton_ops.ssd_chunk_scan as cs
+
+    from sglang_sm12x import hybrid_tiles as ht
+
+    monkeypatch.setattr(ht, "_applied", {})
+    monkeypatch.setattr(cs._chunk_scan_fwd_kernel, "configs", list(cs._chunk_scan_fwd_kernel.configs))
+    monkeypatch.setattr(wy, "recompute_w_u_fwd_kernel", wy.recompute_w_u_fwd_kernel)
+    before = [ht.config_key(dict(c.all_kwargs())) for c in cs._chunk_scan_fwd_kernel.configs]
+    table = ht.load_table()
+    done = ht.apply(120, table)
+    after = [ht.config_key(dict(c.all_kwargs())) for c in cs._chunk_scan_fwd_kernel.configs]
+    drop = set(table["120"]["sglang.kernels.ops.mamba.triton_ops.ssd_chunk_scan._chunk_scan_fwd_kernel"]["drop"])
+    assert after == [k for k in before if k not in drop] and len(after) < len(before)
+    assert isinstance(wy.recompute_w_u_fwd_kernel, ht._Relaunch) and len(done) >= 2
+    assert ht.apply(120, table) is done                                       # once a process
+    seen = {}
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: seen.update(grid=grid, args=a, kw=kw)
+
+    ht._Relaunch(Kernel(), {"num_stages": 2})[(3, 4)](1, x=2, num_stages=3, num_warps=4)
+    assert seen == {"grid": (3, 4), "args": (1,), "kw": {"x": 2, "num_stages": 2, "num_warps": 4}}
+
+
+def test_hybrid_tiles_entry_hooks_registered():
+    from sglang.srt.plugins.hook_registry import HookRegistry
+
+    from sglang_sm12x import hybrid_tiles as ht
+
+    for target in ht.ENTRY_POINTS:
+        assert any(getattr(h, "__sm12x__", False) for _, h, _ in HookRegistry._hooks.get(target, ())), target

@@ -11,7 +11,9 @@ are parsed. It
 4. lets ``--kv-cache-dtype nvfp4`` resolve with ``--attention-backend sm12x`` on SM120/121 and also
    on SM100/90/89/80. Every other backend keeps SGLang's own checks;
 5. registers ``--moe-runner-backend sm12x`` (0.5.23) and, on SM120/121, clamps every config of
-   SGLang's own Triton fused-MoE to the shared-memory budget.
+   SGLang's own Triton fused-MoE to the shared-memory budget;
+6. on SM120/121, keeps SGLang's Gated DeltaNet / Mamba-2 kernels within the budget
+   (``hybrid_tiles``: autotune configs that overflow or spill dropped, a spilling launch relaunched).
 
 This is the only package of the project that imports sglang, lazily, inside these functions.
 """
@@ -42,5 +44,10 @@ def register() -> None:
         moe_runner.register(rel)
     except Exception:  # noqa: BLE001 -- logged; --moe-runner-backend sm12x is then unavailable
         logger.exception("sglang-sm12x: MoE runner registration failed; attention backend unaffected")
+    try:
+        from . import hybrid_tiles
+        hybrid_tiles.register(rel)
+    except Exception:  # noqa: BLE001 -- logged; SGLang's own hybrid-kernel choices then apply
+        logger.exception("sglang-sm12x: hybrid-kernel tile table not registered")
     _registered = True
     logger.info("sglang-sm12x: attention backend %r registered (SGLang %s)", BACKEND, rel)
