@@ -55,7 +55,7 @@ __all__ = [
     "BLOCK_SIZE", "E2M1_MAX", "E4M3_MAX", "E2M1_VALUES",
     "e4m3_encode", "e4m3_decode", "e2m1_encode", "e2m1_decode",
     "quantize_nvfp4", "dequantize_nvfp4", "quantize_fp8", "dequantize_fp8",
-    "nvfp4_bytes_per_token", "fp8_bytes_per_token",
+    "nvfp4_bytes_per_token", "fp8_bytes_per_token", "quantize_weight", "dequantize_weight",
 ]
 
 
@@ -203,3 +203,47 @@ def nvfp4_bytes_per_token(heads: int, head_dim: int) -> int:
 
 def fp8_bytes_per_token(heads: int, head_dim: int) -> int:
     return heads * head_dim
+
+
+# --------------------------------------------------------------------------------------------------
+# NVFP4 weights (ModelOpt's checkpoint layout)
+# --------------------------------------------------------------------------------------------------
+
+def quantize_weight(w: torch.Tensor):
+    """A linear layer's (or one expert's) weight ``(out, in)`` in ModelOpt's NVFP4 checkpoint
+    layout, computed as ModelOpt computes it:
+
+    * ``weight_scale_2`` = ``amax(|w|) / (6 * 448)`` (FP32, per tensor), so the largest block scale
+      is 448;
+    * ``weight_scale`` ``(out, in // 16)`` float8_e4m3fn: each 16-block's ``amax / (6 *
+      weight_scale_2)``, rounded to nearest even;
+    * ``weight`` ``(out, in // 2)`` uint8: E2M1 codes of ``w / (weight_scale * weight_scale_2)``
+      (a division, as ModelOpt does; the KV quantizer above multiplies by a reciprocal), nearest
+      with ties to the even code, element 2i of a row in the low nibble. All-zero blocks store 0.
+
+    A leading expert dimension ``(E, out, in)`` gets one ``weight_scale_2`` per expert, ``(E,)``."""
+    if w.dim() == 3:
+        parts = [quantize_weight(x) for x in w]
+        return (torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]),
+                torch.stack([p[2] for p in parts]))
+    if w.dim() != 2 or w.shape[1] % BLOCK_SIZE:
+        raise ValueError(f"w: expected (out, in) with in a multiple of {BLOCK_SIZE}, got {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError("w: NaN or Inf in the weight; NVFP4 checkpoints hold finite weights")
+    out, k = w.shape
+    xf = w.to(torch.float32).reshape(out, k // BLOCK_SIZE, BLOCK_SIZE)
+    g = xf.abs().amax() / (E2M1_MAX * E4M3_MAX)
+    g = torch.where(g > 0, g, torch.ones_like(g))
+    s_code = e4m3_encode(xf.abs().amax(-1) / (E2M1_MAX * g))
+    sv = e4m3_decode(s_code)
+    q = torch.where(sv[..., None] > 0, xf / (sv[..., None] * g), torch.zeros_like(xf))
+    codes = e2m1_encode(q).reshape(out, k)
+    data = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return data.contiguous(), s_code.view(torch.float8_e4m3fn), g
+
+
+def dequantize_weight(data: torch.Tensor, scales: torch.Tensor, global_scale, dtype=torch.float32):
+    """Inverse of :func:`quantize_weight` (``(E, out, in // 2)`` with ``(E,)`` globals too)."""
+    if data.dim() == 3:
+        return torch.stack([dequantize_weight(d, s, g, dtype) for d, s, g in zip(data, scales, global_scale)])
+    return dequantize_nvfp4(data, scales, global_scale, dtype)

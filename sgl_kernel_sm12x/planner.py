@@ -563,7 +563,7 @@ def extend_domain():
 # fused MoE (this project's kernels, sgl_kernel_sm12x/moe/)
 # --------------------------------------------------------------------------------------------------
 
-MOE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "fp8_w8a8_block")
+MOE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "fp8_w8a8_block", "nvfp4_w4a16")
 MOE_TOKEN_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384)
 # (E, top_k, hidden, intermediate): Qwen3-30B-A3B, Mixtral-8x7B, gpt-oss-20b-like
 MOE_SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral": (8, 2, 4096, 14336), "gpt-oss": (32, 4, 2880, 2880)}
@@ -586,6 +586,11 @@ class MoeConfig:
 def moe_gemm_smem(cfg: MoeConfig, dtype: str) -> int:
     """Shared memory of :func:`sgl_kernel_sm12x.moe.fused_moe.moe_gemm_kernel`'s pipelined main loop:
     ``num_stages - 1`` buffers of the A (BM x BK) and B (BK x BN) tiles."""
+    if dtype == "nvfp4_w4a16":
+        # A in 16 bits, B as packed bytes plus a scale byte per 16; the decoded B tile takes a
+        # 16-bit layout-conversion buffer for the MMA operand
+        per_stage = cfg.block_m * cfg.block_k * 2 + cfg.block_n * cfg.block_k // 2 + cfg.block_n * cfg.block_k // 16
+        return max(cfg.num_stages - 1, 1) * per_stage + cfg.block_n * cfg.block_k * 2
     eb = 1 if dtype.startswith("fp8") else 2
     return max(cfg.num_stages - 1, 1) * (cfg.block_m * cfg.block_k + cfg.block_k * cfg.block_n) * eb
 
@@ -631,6 +636,8 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
         if not block_shape or len(block_shape) != 2 or block_shape[1] % 16 or block_shape[0] % 16:
             raise ValueError(f"block_shape: fp8_w8a8_block needs [group_n, group_k] multiples of 16, got {block_shape}")
     rows = max(tokens, 1) * top_k / num_experts
+    if dtype == "nvfp4_w4a16":
+        return _plan_moe_nvfp4(lim, arch, rows, n, k)
     fp8 = dtype.startswith("fp8")
     if rows <= 16:
         bm = 16
@@ -683,6 +690,35 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
         cfg = MoeConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1)
     if moe_gemm_smem(cfg, dtype) > lim.smem_per_block:   # cannot happen with the tiles above; keep the guard
         raise ValueError(f"no fused-MoE tile fits sm_{arch} for dtype={dtype}")
+    return cfg
+
+
+def _plan_moe_nvfp4(lim, arch: int, rows: float, n: int, k: int) -> MoeConfig:
+    """NVFP4 weights decoded in registers (W4A16) on the ``mma.sync`` tiles of every arch: BLOCK_M
+    follows the rows per expert as for 16-bit weights (16 / 32 / 64 / 128); BLOCK_K 128 up to 32
+    rows (64 packed bytes and 8 scales a weight row a step; its two halves are the even / odd
+    columns), 64 above (the decoded tile is in registers); BLOCK_N 64 up to 64 rows an expert,
+    else 128 (8 warps for 128 x 128); 3 stages (4 on parts with >= 160 KB), fewer until the
+    tiles fit."""
+    if rows <= 16:
+        bm = 16
+    elif rows < 64:
+        bm = 32
+    elif rows <= 64:
+        bm = 64
+    else:
+        bm = 128
+    # the decoded weight tile lives in registers: 64 x 128 at 64+ rows spilled 164-540 B (AOT, sm_120)
+    bk = min(128 if bm <= 32 else 64, max(16, 1 << (int(k) - 1).bit_length()))
+    bn = 64 if rows <= 64 else 128
+    bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
+    warps = 8 if bm >= 128 and bn >= 128 else 4
+    stages = 4 if lim.smem_per_block >= 160_000 else 3
+    cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, warps, stages)
+    while moe_gemm_smem(cfg, "nvfp4_w4a16") > lim.smem_per_block and cfg.num_stages > 2:
+        cfg = MoeConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, cfg.num_stages - 1)
+    if moe_gemm_smem(cfg, "nvfp4_w4a16") > lim.smem_per_block:
+        raise ValueError(f"no nvfp4 MoE tile fits sm_{arch}")
     return cfg
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import HAS_CUDA
-from sgl_kernel_sm12x import planner
+from sgl_kernel_sm12x import nvfp4, planner
 from sgl_kernel_sm12x.moe.fused_moe import moe_align, moe_align_torch, moe_gemm, fused_moe
 
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -123,7 +123,7 @@ def _check(out, ref, what, tol):
 
 
 CASES = [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp8_w8a8", torch.bfloat16),
-         ("fp8_w8a8_block", torch.bfloat16)]
+         ("fp8_w8a8_block", torch.bfloat16), ("nvfp4_w4a16", torch.bfloat16), ("nvfp4_w4a16", torch.float16)]
 
 
 def _run(name, shape, dtype, act_dtype, tokens, dev):
@@ -134,6 +134,11 @@ def _run(name, shape, dtype, act_dtype, tokens, dev):
     if dtype == "bf16" or dtype == "fp16":
         r1, r2, act_q = w1.float(), w2.float(), None
         a1, a2 = w1, w2
+    elif dtype == "nvfp4_w4a16":     # ModelOpt NVFP4 weights; the reference uses their exact values
+        (a1, s1, g1), (a2, s2, g2) = nvfp4.quantize_weight(w1), nvfp4.quantize_weight(w2)
+        r1, r2 = nvfp4.dequantize_weight(a1, s1, g1), nvfp4.dequantize_weight(a2, s2, g2)
+        kw = dict(w1_scale=s1.to(dev), w2_scale=s2.to(dev), w1_global=g1.to(dev), w2_global=g2.to(dev))
+        act_q = None
     elif dtype == "fp8_w8a8":
         (a1, s1), (a2, s2) = _q_tensor(w1), _q_tensor(w2)
         r1, r2 = _deq_tensor(a1, s1), _deq_tensor(a2, s2)
@@ -151,7 +156,7 @@ def _run(name, shape, dtype, act_dtype, tokens, dev):
     # checked element by element against the reach of that (reference(..., bound=True)); fp8 codes
     # are ~6% apart, checked against a fraction of the output's scale (measured worst over 12 seeds:
     # 0.051)
-    if dtype in ("bf16", "fp16"):
+    if dtype in ("bf16", "fp16", "nvfp4_w4a16"):
         ref, bound = reference(x, r1, r2, tw, ti, act_dtype, bound=True)
         got = out.float().cpu()
         assert not got.isnan().any(), f"{name} {dtype} tokens={tokens}: NaN in output"
@@ -426,3 +431,89 @@ def test_many_program_align_equals_the_torch_path(e, k, t, block_m, device):
     n_pad = int(b[2].item())
     assert torch.equal(a[0].cpu(), b[0].cpu()), "sorted ids (padding included) differ"
     assert torch.equal(a[1].cpu()[: n_pad // block_m], b[1].cpu()[: n_pad // block_m])
+
+
+# ------------------------------------------------------------------------------------------------
+# NVFP4 weights (ModelOpt's layout): the quantizer, the dense linear, refusals
+# ------------------------------------------------------------------------------------------------
+
+def _modelopt_nvfp4(w):
+    """ModelOpt's NVFP4 weight recipe, written out independently of the project's quantizer:
+    per-tensor scale amax / (6 * 448), block scales amax_16 / (6 * scale_2) cast to e4m3 by torch,
+    values w / (scale * scale_2) rounded to the nearest E2M1 magnitude (ties to the even code),
+    two codes a byte, the even element in the low nibble."""
+    mags = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    out, k = w.shape
+    x = w.float().reshape(out, k // 16, 16)
+    s2 = x.abs().amax() / (6.0 * 448.0)
+    s2 = torch.where(s2 > 0, s2, torch.ones_like(s2))          # an all-zero tensor: no 0 / 0
+    scale = (x.abs().amax(-1) / (6.0 * s2)).to(torch.float8_e4m3fn)
+    sv = scale.float()
+    q = torch.where(sv[..., None] > 0, x / (sv[..., None] * s2), torch.zeros_like(x))
+    d = (q.abs()[..., None] - mags).abs()
+    best = d.min(-1, keepdim=True).values
+    ties = (d == best)
+    # among tied magnitudes the even code (E2M1 codes 0..7 index mags)
+    idx = torch.where(ties.sum(-1) > 1, torch.where(ties, torch.arange(8) % 2 == 0, False).float().argmax(-1),
+                      d.argmin(-1))
+    code = (idx | ((q < 0) | ((q == 0) & (torch.signbit(q)))).to(torch.int64) << 3).reshape(out, k).to(torch.uint8)
+    return code[:, 0::2] | (code[:, 1::2] << 4), scale, s2
+
+
+@pytest.mark.parametrize("shape", [(7, 64), (32, 48), (1, 16)])
+def test_weight_quantizer_is_bit_exact_with_modelopts_layout(shape):
+    torch.manual_seed(shape[0])
+    w = torch.randn(*shape) * torch.rand(shape[0], 1) * 3
+    w[0, :16] = 0                                   # an all-zero block
+    w[-1, -1] = 0.5 * w.abs().max()                 # values on E2M1 ties appear after scaling
+    data, scale, s2 = nvfp4.quantize_weight(w)
+    want_d, want_s, want_s2 = _modelopt_nvfp4(w)
+    assert data.dtype == torch.uint8 and data.shape == (shape[0], shape[1] // 2)
+    assert scale.dtype == torch.float8_e4m3fn and scale.shape == (shape[0], shape[1] // 16)
+    assert torch.equal(scale.view(torch.uint8), want_s.view(torch.uint8))
+    assert torch.equal(data, want_d) and torch.equal(s2, want_s2)
+    back = nvfp4.dequantize_weight(data, scale, s2)
+    assert (back - w).abs().max() <= 1.0 * nvfp4.e4m3_decode(scale).max() * s2 + 1e-6   # half the widest step (4 -> 6)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nvfp4.quantize_weight(torch.full((2, 16), float("nan")))
+
+
+@pytest.mark.parametrize("tokens", [1, 5, 70])
+@pytest.mark.parametrize("n,k", [(48, 64), (130, 96)])
+@pytest.mark.parametrize("act_dtype", [torch.bfloat16, torch.float16])
+def test_nvfp4_linear_matches_reference(tokens, n, k, act_dtype, device):
+    """The dense NVFP4 linear (the one-expert case of the grouped GEMM): ``x @ dequant(W)^T``
+    against float32 over the dequantized weight; odd sizes (N not a multiple of the tile, K not a
+    multiple of BLOCK_K); the output poisoned before launch shows unwritten elements."""
+    from sgl_kernel_sm12x.moe.fused_moe import nvfp4_linear
+
+    x = torch.randn(tokens, k).to(act_dtype)
+    w = torch.randn(n, k) / k ** 0.5
+    data, scale, s2 = nvfp4.quantize_weight(w)
+    ref = x.float() @ nvfp4.dequantize_weight(data, scale, s2).T
+    out = nvfp4_linear(x.to(device), data.to(device), scale.to(device), s2.to(device))
+    assert out.shape == (tokens, n) and out.dtype == act_dtype
+    got = out.float().cpu()
+    tol = 2 ** -7 if act_dtype == torch.bfloat16 else 2 ** -10
+    assert ((got - ref).abs() <= tol * ref.abs() + 1e-3).all(), (got - ref).abs().max()
+
+
+def test_nvfp4_bad_arguments_name_the_argument(device):
+    from sgl_kernel_sm12x.moe.fused_moe import nvfp4_linear
+
+    x = torch.randn(3, 64).to(torch.bfloat16).to(device)
+    data, scale, s2 = nvfp4.quantize_weight(torch.randn(32, 64))
+    with pytest.raises(ValueError, match="weight_scale"):
+        nvfp4_linear(x, data.to(device), scale[:, :2].to(device), s2)
+    with pytest.raises(ValueError, match="^x: .*multiple of 16"):
+        nvfp4_linear(torch.randn(3, 40).to(torch.bfloat16).to(device), data.to(device), scale.to(device), s2)
+    with pytest.raises(ValueError, match="^weight: .*packed E2M1"):
+        nvfp4_linear(x, data.to(torch.int8).to(device), scale.to(device), s2)
+    e = 4
+    x2, w1, w2, tw, ti = _inputs((e, 2, 64, 32), 3, torch.bfloat16, device)
+    (a1, s1, g1), (a2, s2_, g2) = nvfp4.quantize_weight(w1.cpu()), nvfp4.quantize_weight(w2.cpu())
+    with pytest.raises(ValueError, match="w2_global"):
+        fused_moe(x2, a1.to(device), a2.to(device), tw, ti, dtype="nvfp4_w4a16", w1_scale=s1.to(device),
+                  w2_scale=s2_.to(device), w1_global=g1.to(device), w2_global=g2[:2].to(device))
+    with pytest.raises(ValueError, match="^dtype: 'nvfp5'"):
+        fused_moe(x2, w1, w2, tw, ti, dtype="nvfp5")

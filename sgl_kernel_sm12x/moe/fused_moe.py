@@ -22,11 +22,11 @@ import triton
 import triton.language as tl
 
 from .. import planner
-from ..attention.kv_tile import fp8_to
+from ..attention.kv_tile import FP4_PTX_UNIT, fp8_to, nvfp4_decode
 from ..fp_codes import e4m3_encode, e4m3_encode_hw
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2}
+QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2, "nvfp4_w4a16": 3}
 FP8_MAX = 448.0
 
 
@@ -39,11 +39,12 @@ def moe_gemm_kernel(
     b_scale_ptr, stride_bse, stride_bsn, stride_bsk,  # fp8: (E,) per-tensor, or (E, N // GROUP_N, K // GROUP_K)
     topk_weights_ptr,                            # (pairs,) routed weights
     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+    b_global_ptr,                                # nvfp4: (E,) fp32 per-expert scale (2^14 folded in on GPUs)
     N, K, num_pairs,
     TOP_K: tl.constexpr, A_PER_PAIR: tl.constexpr, MUL_ROUTED: tl.constexpr, QUANT: tl.constexpr,
     GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_SIZE_M: tl.constexpr,
-    EVEN_K: tl.constexpr = False,
+    EVEN_K: tl.constexpr = False, FP4_PTX: tl.constexpr = False,
 ):
     """One (BLOCK_M sorted rows of one expert) x (BLOCK_N outputs) tile. Padding rows hold
     ``num_pairs`` and are neither read nor written. ``A_PER_PAIR``: A is indexed by pair (GEMM 2)
@@ -79,41 +80,80 @@ def moe_gemm_kernel(
     # block fp8 with BLOCK_N inside one scale group: one weight scale a K step, not a vector
     B_SCALAR: tl.constexpr = QUANT == 2 and GROUP_N % BLOCK_N == 0
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
-            b = tl.load(b_ptrs)
-        else:
-            k_mask = offs_k < K - k0
-            a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
-        if QUANT == 0:
+    if QUANT == 3:
+        # NVFP4 weights (ModelOpt): b (E, N, K / 8) int32 words of packed E2M1 (element 2i in the
+        # low nibble), b_scale (E, N, K / 16) UE4M3 block scales, b_global (E,) fp32. Each K step
+        # decodes a (BLOCK_N, BLOCK_K) weight tile in registers as its even / odd columns and runs
+        # them against A's even / odd columns (no interleave); the per-expert scale at the end.
+        HALF: tl.constexpr = BLOCK_K // 2
+        offs_h = tl.arange(0, HALF)
+        offs_w = tl.arange(0, BLOCK_K // 8)
+        offs_s = tl.arange(0, BLOCK_K // 16)
+        w_row = expert * stride_be + (offs_n % N).to(tl.int64)[:, None] * stride_bn
+        s_row = expert * stride_bse + (offs_n % N).to(tl.int64)[:, None] * stride_bsn
+        a_lo = a_ptr + a_row[:, None] * stride_am + (2 * offs_h)[None, :] * stride_ak
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                words = tl.load(b_ptr + w_row + (k0 // 8 + offs_w)[None, :])
+                sc = tl.load(b_scale_ptr + s_row + (k0 // 16 + offs_s)[None, :])
+                a_e = tl.load(a_lo, mask=row_mask[:, None], other=0.0)
+                a_o = tl.load(a_lo + stride_ak, mask=row_mask[:, None], other=0.0)
+            else:
+                wm = (k0 // 8 + offs_w) < K // 8
+                words = tl.load(b_ptr + w_row + (k0 // 8 + offs_w)[None, :], mask=wm[None, :], other=0)
+                sc = tl.load(b_scale_ptr + s_row + (k0 // 16 + offs_s)[None, :],
+                             mask=((k0 // 16 + offs_s) < K // 16)[None, :], other=0)
+                hm = (k0 + 2 * offs_h) < K
+                a_e = tl.load(a_lo, mask=row_mask[:, None] & hm[None, :], other=0.0)
+                a_o = tl.load(a_lo + stride_ak, mask=row_mask[:, None] & hm[None, :], other=0.0)
+            w_e, w_o = nvfp4_decode(words, sc, tl.float16, FP4_PTX, HW_FP8)     # exact in fp16 either way
+            w_e = w_e.to(a_ptr.dtype.element_ty)
+            w_o = w_o.to(a_ptr.dtype.element_ty)
             if DOT_FP32:
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                acc = tl.dot(a_e.to(tl.float32), tl.trans(w_e).to(tl.float32), acc)
+                acc = tl.dot(a_o.to(tl.float32), tl.trans(w_o).to(tl.float32), acc)
             else:
-                acc = tl.dot(a, b, acc)
-        elif QUANT == 1:
-            if HW_FP8:   # operands typed fp8 at the pointer: a bitcast here would keep B out of the wgmma's shared tile
-                acc = tl.dot(a, b, acc)
+                acc = tl.dot(a_e, tl.trans(w_e), acc)
+                acc = tl.dot(a_o, tl.trans(w_o), acc)
+            a_lo += BLOCK_K * stride_ak
+        # the PTX decode yields e2m1 * scale * 2^-14 (exact in fp16); the launcher folds 2^14 into b_global
+        acc *= tl.load(b_global_ptr + expert)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                a = tl.load(a_ptrs, mask=row_mask[:, None], other=0.0)
+                b = tl.load(b_ptrs)
             else:
-                acc = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False), acc)
-        else:
-            if HW_FP8:
-                part = tl.dot(a, b)
+                k_mask = offs_k < K - k0
+                a = tl.load(a_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_mask[:, None], other=0.0)
+            if QUANT == 0:
+                if DOT_FP32:
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
+                else:
+                    acc = tl.dot(a, b, acc)
+            elif QUANT == 1:
+                if HW_FP8:   # operands typed fp8 at the pointer: a bitcast here would keep B out of the wgmma's shared tile
+                    acc = tl.dot(a, b, acc)
+                else:
+                    acc = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False), acc)
             else:
-                part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
-            kg = k0 // GROUP_K
-            a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
-            if B_SCALAR:
-                b_s1 = tl.load(b_scale_ptr + expert * stride_bse + (pid_n * BLOCK_N // GROUP_N) * stride_bsn
-                               + kg * stride_bsk)
-                acc += part * (a_s[:, None] * b_s1)
-            else:
-                b_s = tl.load(b_scale_ptr + expert * stride_bse
-                              + ((offs_n % N) // GROUP_N) * stride_bsn + kg * stride_bsk)
-                acc += part * a_s[:, None] * b_s[None, :]
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+                if HW_FP8:
+                    part = tl.dot(a, b)
+                else:
+                    part = tl.dot(fp8_to(a, tl.float32, False), fp8_to(b, tl.float32, False))
+                kg = k0 // GROUP_K
+                a_s = tl.load(a_scale_ptr + a_row * stride_asm + kg * stride_ask, mask=row_mask, other=0.0)
+                if B_SCALAR:
+                    b_s1 = tl.load(b_scale_ptr + expert * stride_bse + (pid_n * BLOCK_N // GROUP_N) * stride_bsn
+                                   + kg * stride_bsk)
+                    acc += part * (a_s[:, None] * b_s1)
+                else:
+                    b_s = tl.load(b_scale_ptr + expert * stride_bse
+                                  + ((offs_n % N) // GROUP_N) * stride_bsn + kg * stride_bsk)
+                    acc += part * a_s[:, None] * b_s[None, :]
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
     if QUANT == 1:
         a_s = tl.load(a_scale_ptr + a_row * stride_asm, mask=row_mask, other=0.0)
         acc *= a_s[:, None] * tl.load(b_scale_ptr + expert * stride_bse)
@@ -536,14 +576,23 @@ def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
 
 
 def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: planner.MoeConfig, dtype,
-             a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True):
+             a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True,
+             w_global=None):
     num_pairs = out.shape[0]
     e, n, k = w.shape
     q = QUANT[dtype]
     gn, gk = (block_shape or [128, 128]) if q == 2 else (1, 1)
     a_s = a_scale if a_scale is not None else out
     w_s = w_scale if w_scale is not None else out
-    if q == 2:
+    w_g = out
+    hw = hw_fp8 and not _INTERPRET
+    if q == 3:      # packed NVFP4: K is twice the bytes; words of 4 bytes; scales as bytes
+        k = 2 * k
+        w = w.view(torch.int32)
+        w_s = w_scale.view(torch.uint8)
+        sas, sbs = (0, 0), (w_s.stride(0), w_s.stride(1), 1)
+        w_g = w_global.float() * (1.0 if _INTERPRET else 1.0 / FP4_PTX_UNIT)
+    elif q == 2:
         sas = (a_s.stride(0), a_s.stride(1))
         sbs = (w_s.stride(0), w_s.stride(1), w_s.stride(2))
     elif q == 1:
@@ -552,8 +601,7 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
     else:
         sas = (0, 0)
         sbs = (0, 0, 0)
-    hw = hw_fp8 and not _INTERPRET
-    if q:   # fp8 operands: typed float8_e4m3fn for the MMA path, raw bits for the software one
+    if q in (1, 2):   # fp8 operands: typed float8_e4m3fn for the MMA path, raw bits for the software one
         a, w = (t.view(torch.float8_e4m3fn if hw else torch.uint8) for t in (a, w))
     cap = sorted_ids.shape[0]
     grid = (triton.cdiv(cap, cfg.block_m) * triton.cdiv(n, cfg.block_n),)
@@ -564,12 +612,13 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
         a_scale_ptr=a_s, stride_asm=sas[0], stride_ask=sas[1],
         b_scale_ptr=w_s, stride_bse=sbs[0], stride_bsn=sbs[1], stride_bsk=sbs[2],
         topk_weights_ptr=topk_weights if topk_weights is not None else out,
-        sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad,
+        sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad, b_global_ptr=w_g,
         N=n, K=k, num_pairs=num_pairs,
         TOP_K=top_k, A_PER_PAIR=a_per_pair, MUL_ROUTED=topk_weights is not None, QUANT=q,
         GROUP_N=gn, GROUP_K=gk, HW_FP8=hw, DOT_FP32=_INTERPRET,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_SIZE_M=cfg.group_m,
-        EVEN_K=k % cfg.block_k == 0, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        EVEN_K=k % cfg.block_k == 0, FP4_PTX=q == 3 and not _INTERPRET, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     return out
 
@@ -587,6 +636,8 @@ def fused_moe(
     block_shape=None,
     arch: int | None = None,
     config: tuple[planner.MoeConfig, planner.MoeConfig] | None = None,
+    w1_global: torch.Tensor | None = None,
+    w2_global: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mixture-of-experts MLP: ``sum_j w_j * down_e(silu(gate_e(x)) * up_e(x))`` over each token's
     ``top_k`` experts ``e = topk_ids[t, j]`` with weights ``w_j = topk_weights[t, j]``.
@@ -598,7 +649,12 @@ def fused_moe(
         uint8 bits) with ``w1_scale`` (E,) per-tensor or (E, 2I / group_n, H / group_k) block scales.
     w2 : (E, H, I), the same format, ``w2_scale`` (E,) or (E, H / group_n, I / group_k).
     topk_weights : (tokens, top_k) float; topk_ids : (tokens, top_k) int expert ids in [0, E).
-    dtype : "bf16" | "fp16" | "fp8_w8a8" | "fp8_w8a8_block" (default: from the weights).
+    dtype : "bf16" | "fp16" | "fp8_w8a8" | "fp8_w8a8_block" | "nvfp4_w4a16" (default: from the weights).
+        nvfp4_w4a16 (ModelOpt NVFP4 weights, 16-bit activations): ``w1`` (E, 2I, H / 2) and ``w2``
+        (E, H, I / 2) packed E2M1 (uint8, element 2i in the low nibble), ``w1_scale`` / ``w2_scale``
+        (E, rows, K / 16) UE4M3 block scales (float8_e4m3fn or uint8), ``w1_global`` /
+        ``w2_global`` (E,) fp32 per-expert scales (ModelOpt's ``weight_scale_2``); dequantized
+        in registers, H and I multiples of 16.
     block_shape : [group_n, group_k] for fp8_w8a8_block (default [128, 128]).
     config : (gate-up tile, down tile) override, for offline sweeps only.
 
@@ -610,6 +666,9 @@ def fused_moe(
     tokens, h = hidden.shape
     if w1.dim() != 3 or w2.dim() != 3:
         _fail("w1", "w1 and w2 must be (E, 2I, H) and (E, H, I)")
+    if dtype == "nvfp4_w4a16":
+        return _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global,
+                                arch, config)
     e, two_i, h1 = w1.shape
     inter = two_i // 2
     if h1 != h or two_i % 2 or w2.shape != (e, h, inter):
@@ -696,18 +755,102 @@ def aot_cases(arch: int):
                 continue
             seen.add(key)
             act = "*fp16" if inp["dtype"] == "fp16" else "*bf16"
-            op = "*fp8e4nv" if q else act
-            sig = {"a_ptr": op, "b_ptr": op, "c_ptr": act, "a_scale_ptr": "*fp32", "b_scale_ptr": "*fp32",
-                   "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32", "expert_ids_ptr": "*i32",
-                   "num_post_pad_ptr": "*i32"}
+            op = "*fp8e4nv" if q in (1, 2) else act
+            sig = {"a_ptr": op, "b_ptr": "*i32" if q == 3 else op, "c_ptr": act, "a_scale_ptr": "*fp32",
+                   "b_scale_ptr": "*u8" if q == 3 else "*fp32", "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+                   "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "b_global_ptr": "*fp32"}
             for nm in ("stride_am", "stride_be", "stride_bn", "stride_cm", "stride_asm", "stride_ask",
                        "stride_bse", "stride_bsn", "stride_bsk", "N", "K", "num_pairs"):
                 sig[nm] = "i32"
             cx = dict(stride_ak=1, stride_bk=1, stride_cn=1, TOP_K=inp["top_k"], A_PER_PAIR=a_per_pair,
                       MUL_ROUTED=routed, QUANT=q, GROUP_N=128 if q == 2 else 1, GROUP_K=128 if q == 2 else 1,
-                      HW_FP8=True, DOT_FP32=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                      GROUP_SIZE_M=cfg.group_m, EVEN_K=even_k)
+                      HW_FP8=arch >= 89, DOT_FP32=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                      GROUP_SIZE_M=cfg.group_m, EVEN_K=even_k, FP4_PTX=q == 3)
             label = dict(dtype=inp["dtype"], gemm="down" if a_per_pair else "gate_up", block_m=cfg.block_m,
                          block_n=cfg.block_n, block_k=cfg.block_k, num_warps=cfg.num_warps,
                          num_stages=cfg.num_stages, even_k=even_k)
             yield label, sig, cx, {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+
+
+# --------------------------------------------------------------------------------------------------
+# NVFP4 weights (ModelOpt's layout), 16-bit activations
+# --------------------------------------------------------------------------------------------------
+
+def _check_nvfp4_weight(name, w, scale, glob, e, rows, k):
+    if not isinstance(w, torch.Tensor) or w.dtype != torch.uint8 or tuple(w.shape) != (e, rows, k // 2):
+        got = f"{tuple(w.shape)} {w.dtype}" if isinstance(w, torch.Tensor) else type(w).__name__
+        _fail(name, f"nvfp4_w4a16 needs packed E2M1 weights ({e}, {rows}, {k // 2}) uint8, got {got}")
+    if w.stride(2) != 1 or (w.stride(1) * w.element_size()) % 4 or w.data_ptr() % 4:
+        _fail(name, "packed rows must be contiguous and start on 4-byte boundaries")
+    if not isinstance(scale, torch.Tensor) or scale.dtype not in (torch.uint8, torch.float8_e4m3fn) \
+            or tuple(scale.shape) != (e, rows, k // 16) or scale.stride(2) != 1:
+        _fail(name + "_scale", f"nvfp4_w4a16 needs ({e}, {rows}, {k // 16}) UE4M3 block scales "
+                               "(float8_e4m3fn or uint8), contiguous along K")
+    if not isinstance(glob, torch.Tensor) or glob.numel() != e:
+        _fail(name + "_global", f"nvfp4_w4a16 needs {e} per-expert fp32 global scales (weight_scale_2)")
+
+
+def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global, arch, config):
+    tokens, h = hidden.shape
+    if w1.dim() != 3 or w2.dim() != 3:
+        _fail("w1", "nvfp4_w4a16 weights must be (E, 2I, H / 2) and (E, H, I / 2) packed uint8")
+    e, two_i = w1.shape[0], w1.shape[1]
+    inter = two_i // 2
+    if h % 16 or inter % 16 or two_i % 2:
+        _fail("w1", f"nvfp4_w4a16 needs hidden and intermediate sizes that are multiples of 16, got {h} / {inter}")
+    _check_nvfp4_weight("w1", w1, w1_scale, w1_global, e, two_i, h)
+    _check_nvfp4_weight("w2", w2, w2_scale, w2_global, e, h, inter)
+    if topk_ids.shape != topk_weights.shape or topk_ids.dim() != 2 or topk_ids.shape[0] != tokens:
+        _fail("topk_ids", f"topk_ids and topk_weights must both be ({tokens}, top_k)")
+    top_k = topk_ids.shape[1]
+    out = torch.empty_like(hidden)
+    if tokens == 0:
+        return out
+    arch = planner.launch_arch(hidden.device, arch)
+    dtype = "nvfp4_w4a16"
+    if config is None:
+        c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k)
+        c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k)
+        c2 = planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
+    else:
+        c1, c2 = config
+    sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, e, c1.block_m)
+    pairs = tokens * top_k
+    hw = arch >= 89
+    inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(hidden, w1, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
+             w_scale=w1_scale, w_global=w1_global, hw_fp8=hw)
+    down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
+    moe_gemm(silu_mul(inter_out), w2, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
+             w_scale=w2_scale, w_global=w2_global, topk_weights=topk_weights.float().flatten(), a_per_pair=True,
+             hw_fp8=hw)
+    return moe_sum(down.view(tokens, top_k, h), out)
+
+
+def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, weight_global,
+                 *, arch: int | None = None) -> torch.Tensor:
+    """``x @ dequant(weight)^T`` for a ModelOpt NVFP4 linear layer, W4A16: ``x`` (tokens, K) bf16 /
+    fp16, ``weight`` (N, K / 2) packed E2M1, ``weight_scale`` (N, K / 16) UE4M3, ``weight_global``
+    ModelOpt's ``weight_scale_2`` (a float or one-element tensor). The one-expert case of the MoE
+    grouped GEMM (same kernel, same planner)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype not in (torch.bfloat16, torch.float16):
+        _fail("x", "expected a (tokens, in_features) bf16/fp16 tensor")
+    tokens, k = x.shape
+    if k % 16:
+        _fail("x", f"nvfp4 linear layers need in_features a multiple of 16, got {k}")
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        _fail("weight", "expected (out_features, in_features / 2) packed uint8")
+    n = weight.shape[0]
+    g = weight_global if isinstance(weight_global, torch.Tensor) else torch.tensor([float(weight_global)])
+    g = g.reshape(1).to(device=x.device, dtype=torch.float32)
+    w3, s3 = weight.unsqueeze(0), weight_scale.unsqueeze(0)
+    _check_nvfp4_weight("weight", w3, s3, g, 1, n, k)
+    out = torch.empty(tokens, n, dtype=x.dtype, device=x.device)
+    if tokens == 0:
+        return out
+    arch = planner.launch_arch(x.device, arch)
+    cfg = planner.plan_moe(arch, dtype="nvfp4_w4a16", num_experts=1, n=n, k=k, tokens=tokens, top_k=1)
+    sorted_ids, expert_ids, num_post_pad = moe_align(torch.zeros(tokens, 1, dtype=torch.int32, device=x.device), 1,
+                                                     cfg.block_m)
+    return moe_gemm(x, w3, out, sorted_ids, expert_ids, num_post_pad, top_k=1, cfg=cfg, dtype="nvfp4_w4a16",
+                    w_scale=s3, w_global=g, hw_fp8=arch >= 89)
