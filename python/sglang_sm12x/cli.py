@@ -1,4 +1,4 @@
-"""``sm12x`` command line: ``budget``, ``demo``."""
+"""``sm12x`` command line: ``budget``, ``demo``, ``patch``, ``doctor``, ``bench-serving``, ``nvfp4-checkpoint``."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,8 @@ def main(argv=None) -> int:
             "demo": "serve the bundled model with sm12x + nvfp4 (GPU) or run the kernel demo (CPU)",
             "patch": "status|check|apply|revert the version-keyed SGLang patches",
             "doctor": "check GPU, image arch, Triton ptxas, SGLang, plugin and patches",
-            "bench-serving": "serve a model per backend x KV dtype and run SGLang's bench_serving client"}
+            "bench-serving": "serve a model per backend x KV dtype and run SGLang's bench_serving client",
+            "nvfp4-checkpoint": "write a ModelOpt-NVFP4 checkpoint from a bf16 / fp16 one"}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in cmds:
         print("usage: sm12x {" + ",".join(cmds) + "} ...\n")
         for c, h in cmds.items():
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
     if cmd == "bench-serving":
         from .tools.bench_serving import main as bench_main
         return bench_main(rest)
+    if cmd == "nvfp4-checkpoint":
+        from .tools.nvfp4_checkpoint import main as nvfp4_main
+        return nvfp4_main(rest)
     if cmd == "doctor":
         from .tools.doctor import main as doctor_main
         return doctor_main(rest)
