@@ -1,7 +1,7 @@
 """Fused MoE: this project's kernels against SGLang's own Triton ``fused_experts`` (with the configs
 SGLang picks on this GPU) in the same run.
 
-    python benchmark/moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8 fp8_w8a8_block]
+    python benchmark/moe.py [--shapes qwen3-30b-a3b mixtral gpt-oss] [--dtypes bf16 fp8_w8a8 fp8_w8a8_block nvfp4_w4a16]
                             [--tokens 1 16 64 256 1024 4096]
 
 Rows: ``provider`` (sm12x | sglang_triton | copy), ``dtype``, ``shape``, ``tokens``, ``ms`` (CUDA-graph
@@ -35,20 +35,24 @@ def _weights(e, h, i, dtype, dev):
     w1 = (torch.randn(e, 2 * i, h, device=dev) / h ** 0.5).to(torch.bfloat16)
     w2 = (torch.randn(e, h, i, device=dev) / i ** 0.5).to(torch.bfloat16)
     if dtype == "bf16":
-        return w1, w2, None, None, None
+        return w1, w2, None, None, None, {}
+    if dtype == "nvfp4_w4a16":      # ModelOpt's NVFP4 layout (per-expert weight_scale_2)
+        from sgl_kernel_sm12x import nvfp4
+        (p1, s1, g1), (p2, s2, g2) = nvfp4.quantize_weight(w1), nvfp4.quantize_weight(w2)
+        return p1, p2, s1, s2, None, {"w1_global": g1, "w2_global": g2}
     if dtype == "fp8_w8a8":
         out = []
         for w in (w1, w2):
             s = w.float().abs().amax(dim=(1, 2)) / FP8_MAX
             out.append(((w.float() / s[:, None, None]).to(torch.float8_e4m3fn), s))
-        return out[0][0], out[1][0], out[0][1], out[1][1], None
+        return out[0][0], out[1][0], out[0][1], out[1][1], None, {}
     out = []
     for w in (w1, w2):
         en, n, k = w.shape
         b = w.float().view(en, n // 128, 128, k // 128, 128)
         s = b.abs().amax(dim=(2, 4)) / FP8_MAX
         out.append(((b / s[:, :, None, :, None]).view(en, n, k).to(torch.float8_e4m3fn), s))
-    return out[0][0], out[1][0], out[0][1], out[1][1], [128, 128]
+    return out[0][0], out[1][0], out[0][1], out[1][1], [128, 128], {}
 
 
 _PUBLISHED = False
@@ -106,19 +110,20 @@ def measure(shapes, dtypes, tokens, dev, bench, table=None, copy_gbps=None):
                 rows.append(dict(provider="sm12x", dtype=dtype, shape=shape, skipped="hidden or intermediate "
                                  "not a multiple of the 128 x 128 block"))
                 continue
-            w1, w2, s1, s2, block = _weights(e, h, i, dtype, dev)
+            w1, w2, s1, s2, block, extra = _weights(e, h, i, dtype, dev)
             for t in tokens:
                 x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
                 tw, ti = torch.topk(torch.randn(t, e, device=dev).softmax(-1), k)
                 ti = ti.to(torch.int32)     # as SGLang's top-k hands them over (no conversion inside the timing)
                 flops = 2 * t * k * 3 * h * i
                 fns = {"sm12x": lambda: fused_moe(x, w1, w2, tw, ti, dtype=dtype, w1_scale=s1, w2_scale=s2,
-                                                  block_shape=block)}
-                try:
-                    fns["sglang_triton"] = _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block)
-                except Exception as ex:  # noqa: BLE001
-                    rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t,
-                                     error=f"{type(ex).__name__}: {ex}"[:300]))
+                                                  block_shape=block, **extra)}
+                if dtype != "nvfp4_w4a16":      # SGLang's NVFP4 MoE is a server path (Marlin / FlashInfer): e2e
+                    try:
+                        fns["sglang_triton"] = _sglang_fn(x, w1, w2, tw, ti, dtype, s1, s2, block)
+                    except Exception as ex:  # noqa: BLE001
+                        rows.append(dict(provider="sglang_triton", dtype=dtype, shape=shape, tokens=t,
+                                         error=f"{type(ex).__name__}: {ex}"[:300]))
                 floor_ms = floor_bytes(w1, w2, s1, s2, ti, h) / copy_gbps / 1e6 if copy_gbps else None
                 if floor_ms is not None:
                     rows.append(dict(provider="copy", dtype=dtype, shape=shape, tokens=t, ms=floor_ms,
@@ -148,7 +153,10 @@ def breakdown(shapes, dtypes, tokens, dev, bench):
         e, k, h, i = planner.MOE_SHAPES[shape]
         arch = planner.current_arch(torch.device(dev))
         for dtype in dtypes:
-            w1, w2, s1, s2, block = _weights(e, h, i, dtype, dev)
+            if dtype == "nvfp4_w4a16":      # its stages are the bf16 ones with the weight decode in the GEMMs
+                rows.append(dict(provider="sm12x_stage", dtype=dtype, shape=shape, skipped="no stage breakdown"))
+                continue
+            w1, w2, s1, s2, block, _ = _weights(e, h, i, dtype, dev)
             q = fm.QUANT[dtype]
             gk = block[1] if q == 2 else None
             for t in tokens:
@@ -207,7 +215,7 @@ def breakdown(shapes, dtypes, tokens, dev, bench):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=list(planner.MOE_SHAPES))
-    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block"])
+    ap.add_argument("--dtypes", nargs="+", default=["bf16", "fp8_w8a8", "fp8_w8a8_block", "nvfp4_w4a16"])
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16, 64, 256, 1024, 4096])
     ap.add_argument("--out", default=None)
     ap.add_argument("--breakdown", action="store_true", help="time each stage of this project's MoE alone "
