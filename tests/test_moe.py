@@ -135,8 +135,14 @@ def _run(name, shape, dtype, act_dtype, tokens, dev):
         r1, r2, act_q = w1.float(), w2.float(), None
         a1, a2 = w1, w2
     elif dtype == "nvfp4_w4a16":     # ModelOpt NVFP4 weights; the reference uses their exact values
-        (a1, s1, g1), (a2, s2, g2) = nvfp4.quantize_weight(w1), nvfp4.quantize_weight(w2)
-        r1, r2 = nvfp4.dequantize_weight(a1, s1, g1), nvfp4.dequantize_weight(a2, s2, g2)
+        # gate and up quantized apart, as ModelOpt stores w1 and w3 (their weight_scale_2 differ:
+        # up is scaled 3x), w13's per-expert scales then (E, 2)
+        inter = w1.shape[1] // 2
+        (pg, sg, gg), (pu, su, gu) = nvfp4.quantize_weight(w1[:, :inter]), nvfp4.quantize_weight(3 * w1[:, inter:])
+        a1, s1, g1 = torch.cat([pg, pu], 1), torch.cat([sg, su], 1), torch.stack([gg, gu], 1)
+        r1 = torch.cat([nvfp4.dequantize_weight(pg, sg, gg), nvfp4.dequantize_weight(pu, su, gu)], 1)
+        a2, s2, g2 = nvfp4.quantize_weight(w2)
+        r2 = nvfp4.dequantize_weight(a2, s2, g2)
         kw = dict(w1_scale=s1.to(dev), w2_scale=s2.to(dev), w1_global=g1.to(dev), w2_global=g2.to(dev))
         act_q = None
     elif dtype == "fp8_w8a8":

@@ -39,7 +39,7 @@ def moe_gemm_kernel(
     b_scale_ptr, stride_bse, stride_bsn, stride_bsk,  # fp8: (E,) per-tensor, or (E, N // GROUP_N, K // GROUP_K)
     topk_weights_ptr,                            # (pairs,) routed weights
     sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
-    b_global_ptr,                                # nvfp4: (E,) fp32 per-expert scale (2^14 folded in on GPUs)
+    b_global_ptr, g_split,                       # nvfp4: (E, 2) fp32 per-expert scales (2^14 folded in on GPUs)
     N, K, num_pairs,
     TOP_K: tl.constexpr, A_PER_PAIR: tl.constexpr, MUL_ROUTED: tl.constexpr, QUANT: tl.constexpr,
     GROUP_N: tl.constexpr, GROUP_K: tl.constexpr, HW_FP8: tl.constexpr, DOT_FP32: tl.constexpr,
@@ -116,8 +116,11 @@ def moe_gemm_kernel(
                 acc = tl.dot(a_e, tl.trans(w_e), acc)
                 acc = tl.dot(a_o, tl.trans(w_o), acc)
             a_lo += BLOCK_K * stride_ak
-        # the PTX decode yields e2m1 * scale * 2^-14 (exact in fp16); the launcher folds 2^14 into b_global
-        acc *= tl.load(b_global_ptr + expert)
+        # per-expert scales, two a expert: output columns >= g_split take the second (gate / up
+        # halves of w13 may carry their own weight_scale_2); the PTX decode yields e2m1 * scale *
+        # 2^-14 (exact in fp16), the launcher folds 2^14 into them
+        g = tl.load(b_global_ptr + expert * 2 + (offs_n >= g_split).to(tl.int64))
+        acc *= g[None, :]
     else:
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
@@ -577,7 +580,7 @@ def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
 
 def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: planner.MoeConfig, dtype,
              a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True,
-             w_global=None):
+             w_global=None, g_split=None):
     num_pairs = out.shape[0]
     e, n, k = w.shape
     q = QUANT[dtype]
@@ -591,7 +594,12 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
         w = w.view(torch.int32)
         w_s = w_scale.view(torch.uint8)
         sas, sbs = (0, 0), (w_s.stride(0), w_s.stride(1), 1)
-        w_g = w_global.float() * (1.0 if _INTERPRET else 1.0 / FP4_PTX_UNIT)
+        g = w_global.float().reshape(e, -1)
+        if g.shape[1] == 1:                 # one scale an expert: both columns of the pair
+            g = g.expand(e, 2)
+        elif g.shape[1] != 2 or g_split is None:
+            _fail("w_global", f"expected ({e},) or ({e}, 2) with g_split, got {tuple(w_global.shape)}")
+        w_g = (g * (1.0 if _INTERPRET else 1.0 / FP4_PTX_UNIT)).contiguous()
     elif q == 2:
         sas = (a_s.stride(0), a_s.stride(1))
         sbs = (w_s.stride(0), w_s.stride(1), w_s.stride(2))
@@ -613,6 +621,7 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
         b_scale_ptr=w_s, stride_bse=sbs[0], stride_bsn=sbs[1], stride_bsk=sbs[2],
         topk_weights_ptr=topk_weights if topk_weights is not None else out,
         sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids, num_post_pad_ptr=num_post_pad, b_global_ptr=w_g,
+        g_split=n if g_split is None else int(g_split),
         N=n, K=k, num_pairs=num_pairs,
         TOP_K=top_k, A_PER_PAIR=a_per_pair, MUL_ROUTED=topk_weights is not None, QUANT=q,
         GROUP_N=gn, GROUP_K=gk, HW_FP8=hw, DOT_FP32=_INTERPRET,
@@ -758,7 +767,7 @@ def aot_cases(arch: int):
             op = "*fp8e4nv" if q in (1, 2) else act
             sig = {"a_ptr": op, "b_ptr": "*i32" if q == 3 else op, "c_ptr": act, "a_scale_ptr": "*fp32",
                    "b_scale_ptr": "*u8" if q == 3 else "*fp32", "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
-                   "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "b_global_ptr": "*fp32"}
+                   "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "b_global_ptr": "*fp32", "g_split": "i32"}
             for nm in ("stride_am", "stride_be", "stride_bn", "stride_cm", "stride_asm", "stride_ask",
                        "stride_bse", "stride_bsn", "stride_bsk", "N", "K", "num_pairs"):
                 sig[nm] = "i32"
@@ -786,8 +795,9 @@ def _check_nvfp4_weight(name, w, scale, glob, e, rows, k):
             or tuple(scale.shape) != (e, rows, k // 16) or scale.stride(2) != 1:
         _fail(name + "_scale", f"nvfp4_w4a16 needs ({e}, {rows}, {k // 16}) UE4M3 block scales "
                                "(float8_e4m3fn or uint8), contiguous along K")
-    if not isinstance(glob, torch.Tensor) or glob.numel() != e:
-        _fail(name + "_global", f"nvfp4_w4a16 needs {e} per-expert fp32 global scales (weight_scale_2)")
+    if not isinstance(glob, torch.Tensor) or glob.numel() not in (e, 2 * e) or (glob.numel() == 2 * e and name != "w1"):
+        _fail(name + "_global", f"nvfp4_w4a16 needs {e} per-expert fp32 global scales (weight_scale_2)"
+                                + (f", or ({e}, 2): gate's and up's" if name == "w1" else ""))
 
 
 def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global, arch, config):
@@ -819,7 +829,7 @@ def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale,
     hw = arch >= 89
     inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(hidden, w1, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
-             w_scale=w1_scale, w_global=w1_global, hw_fp8=hw)
+             w_scale=w1_scale, w_global=w1_global, g_split=inter, hw_fp8=hw)
     down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
     moe_gemm(silu_mul(inter_out), w2, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
              w_scale=w2_scale, w_global=w2_global, topk_weights=topk_weights.float().flatten(), a_per_pair=True,
