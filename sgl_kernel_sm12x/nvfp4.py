@@ -209,7 +209,7 @@ def fp8_bytes_per_token(heads: int, head_dim: int) -> int:
 # NVFP4 weights (ModelOpt's checkpoint layout)
 # --------------------------------------------------------------------------------------------------
 
-def quantize_weight(w: torch.Tensor):
+def quantize_weight(w: torch.Tensor, global_scale=None):
     """A linear layer's (or one expert's) weight ``(out, in)`` in ModelOpt's NVFP4 checkpoint
     layout, computed as ModelOpt computes it:
 
@@ -221,9 +221,11 @@ def quantize_weight(w: torch.Tensor):
       (a division, as ModelOpt does; the KV quantizer above multiplies by a reciprocal), nearest
       with ties to the even code, element 2i of a row in the low nibble. All-zero blocks store 0.
 
-    A leading expert dimension ``(E, out, in)`` gets one ``weight_scale_2`` per expert, ``(E,)``."""
+    A leading expert dimension ``(E, out, in)`` gets one ``weight_scale_2`` per expert, ``(E,)``.
+    ``global_scale``: a given ``weight_scale_2`` instead (layers SGLang fuses -- q / k / v, gate /
+    up -- share the largest of theirs, as ModelOpt exports them)."""
     if w.dim() == 3:
-        parts = [quantize_weight(x) for x in w]
+        parts = [quantize_weight(x, global_scale) for x in w]
         return (torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts]),
                 torch.stack([p[2] for p in parts]))
     if w.dim() != 2 or w.shape[1] % BLOCK_SIZE:
@@ -232,7 +234,8 @@ def quantize_weight(w: torch.Tensor):
         raise ValueError("w: NaN or Inf in the weight; NVFP4 checkpoints hold finite weights")
     out, k = w.shape
     xf = w.to(torch.float32).reshape(out, k // BLOCK_SIZE, BLOCK_SIZE)
-    g = xf.abs().amax() / (E2M1_MAX * E4M3_MAX)
+    g = xf.abs().amax() / (E2M1_MAX * E4M3_MAX) if global_scale is None else \
+        torch.as_tensor(global_scale, dtype=torch.float32, device=w.device).reshape(())
     g = torch.where(g > 0, g, torch.ones_like(g))
     s_code = e4m3_encode(xf.abs().amax(-1) / (E2M1_MAX * g))
     sv = e4m3_decode(s_code)

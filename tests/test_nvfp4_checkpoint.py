@@ -52,12 +52,21 @@ def test_layout_and_values(checkpoints):
         assert b[base + ".weight_scale"].dtype == torch.float8_e4m3fn
         assert b[base + ".weight_scale"].shape == (w.shape[0], w.shape[1] // 16)
         assert b[base + ".weight_scale_2"].shape == () and b[base + ".input_scale"].dtype == torch.float32
-        data, scale, s2 = nvfp4.quantize_weight(w)
+        data, scale, s2 = nvfp4.quantize_weight(w, b[base + ".weight_scale_2"])
         assert torch.equal(b[name], data) and torch.equal(b[base + ".weight_scale"].view(torch.uint8),
                                                           scale.view(torch.uint8))
         back = nvfp4.dequantize_weight(b[name], b[base + ".weight_scale"], b[base + ".weight_scale_2"])
         rel = (back - w.float()).norm() / w.float().norm()
         assert rel < 0.15, (name, float(rel))       # NVFP4's error on Gaussian weights is about 0.1
+    # the projections SGLang fuses share one weight_scale_2: the largest of their own
+    for layer in range(2):
+        p = f"model.layers.{layer}.self_attn."
+        g = {x: b[p + x + ".weight_scale_2"] for x in ("q_proj", "k_proj", "v_proj")}
+        want = max(a[p + x + ".weight"].float().abs().max() for x in g) / (6 * 448)
+        assert all(torch.equal(v, want) for v in g.values()), g
+        for e in range(8):
+            q = f"model.layers.{layer}.mlp.experts.{e}."
+            assert torch.equal(b[q + "gate_proj.weight_scale_2"], b[q + "up_proj.weight_scale_2"])
     for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.0.mlp.gate.weight"):
         assert b[name].dtype == torch.bfloat16 and torch.equal(b[name], a[name]), name
     assert (dst / "tokenizer_config.json").exists()

@@ -178,3 +178,121 @@ def test_e2e_greps_the_runner_log_line():
     e2e = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(e2e)
     assert e2e.MOE_RUNNER_LOG_LINE == moe_runner.LOG_LINE
+
+
+# ------------------------------------------------------------------------------------------------
+# ModelOpt NVFP4 checkpoints on the sm12x kernels (nvfp4_weights)
+# ------------------------------------------------------------------------------------------------
+
+def _modelopt_config():
+    from sglang.srt.layers.quantization.modelopt_quant import ModelOptFp4Config
+
+    return ModelOptFp4Config.from_config({"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16,
+                                          "kv_cache_quant_algo": None, "ignore": ["lm_head", "model.layers.1.mlp.experts"]})
+
+
+def test_nvfp4_moe_layer_through_sglangs_weights(monkeypatch):
+    """With ``--moe-runner-backend sm12x`` SGLang's ModelOpt FP4 config hands MoE layers the sm12x
+    NVFP4 method: SGLang's own ``create_weights`` (its parameter names and shapes), filled as its
+    loader fills them (gate and up quantized apart, each with its own weight_scale_2), then
+    ``apply`` on SGLang's dispatch output against the float32 reference over the dequantized
+    weights; an excluded layer and another runner keep SGLang's own method; the CUTLASS scale
+    copies are freed."""
+    from sglang.srt.layers.moe.fused_moe_triton import FusedMoE
+    from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+    from sglang.srt.layers.moe.token_dispatcher.standard import StandardDispatchOutput
+    from sglang.srt.layers.moe.topk import StandardTopKOutput
+
+    from sgl_kernel_sm12x import nvfp4
+    from sglang_sm12x import nvfp4_weights as nw
+
+    cfg = _modelopt_config()
+    hook = nw.quant_method_hook(REL)
+    calls = []
+
+    def original(self, layer, prefix):
+        calls.append(prefix)
+        return "sglang's own"
+
+    layer = FusedMoE.__new__(FusedMoE)
+    torch.nn.Module.__init__(layer)
+    monkeypatch.setattr(nw, "runner_selected", lambda rel: False)
+    assert hook(original, cfg, layer, "model.layers.0.mlp.experts") == "sglang's own"
+    monkeypatch.setattr(nw, "runner_selected", lambda rel: True)
+    assert hook(original, cfg, layer, "model.layers.1.mlp.experts") == "sglang's own"     # excluded
+    method = hook(original, cfg, layer, "model.layers.0.mlp.experts")
+    assert type(method).__name__ == "Sm12xNvFp4MoEMethod" and calls == ["model.layers.0.mlp.experts",
+                                                                         "model.layers.1.mlp.experts"]
+    e, k, h, i = 4, 2, 64, 32
+    layer.num_experts = layer.num_local_experts = e
+    layer.moe_runner_config = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=k, hidden_size=h,
+                                              intermediate_size_per_partition=i)
+    method.create_weights(layer, num_experts=e, hidden_size=h, intermediate_size_per_partition=i,
+                          params_dtype=torch.bfloat16, weight_loader=lambda *a, **kw: None)
+    x, w1, w2, tw, ti = _inputs((e, k, h, i), 5, torch.bfloat16)
+    (pg, sg, gg), (pu, su, gu) = nvfp4.quantize_weight(w1[:, :i]), nvfp4.quantize_weight(2 * w1[:, i:])
+    (p2, s2, g2) = nvfp4.quantize_weight(w2)
+    with torch.no_grad():
+        layer.w13_weight.copy_(torch.cat([pg, pu], 1))
+        layer.w13_weight_scale.copy_(torch.cat([sg, su], 1))
+        layer.w13_weight_scale_2.copy_(torch.stack([gg, gu], 1))
+        layer.w2_weight.copy_(p2)
+        layer.w2_weight_scale.copy_(s2)
+        layer.w2_weight_scale_2.copy_(g2)
+    method.process_weights_after_loading(layer)
+    method.create_moe_runner(layer, layer.moe_runner_config)
+    assert layer.w13_blockscale_swizzled is None
+    disp = StandardDispatchOutput(x, None, StandardTopKOutput(tw, ti.to(torch.int32), torch.zeros(5, e)))
+    out = method.apply(layer, disp).hidden_states
+    r1 = torch.cat([nvfp4.dequantize_weight(pg, sg, gg), nvfp4.dequantize_weight(pu, su, gu)], 1)
+    ref, bound = reference(x, r1, nvfp4.dequantize_weight(p2, s2, g2), tw, ti, torch.bfloat16, bound=True)
+    assert ((out.float() - ref).abs() <= bound).all(), ((out.float() - ref).abs() / bound).max()
+
+
+def test_nvfp4_moe_refuses_what_the_kernel_cannot_run():
+    from sglang.srt.layers.moe.moe_runner.base import MoeRunnerConfig
+
+    from sglang_sm12x import nvfp4_weights as nw
+
+    layer = torch.nn.Module()
+    layer.num_experts, layer.num_local_experts = 8, 4
+    with pytest.raises(NotImplementedError, match="expert parallelism"):
+        nw._refuse(layer, MoeRunnerConfig(num_experts=8, num_local_experts=4, top_k=2))
+    layer.num_experts = 4
+    with pytest.raises(NotImplementedError, match="activation 'gelu'"):
+        nw._refuse(layer, MoeRunnerConfig(num_experts=4, num_local_experts=4, top_k=2, activation="gelu"))
+
+
+def test_nvfp4_linear_layer_through_sglangs_weights(monkeypatch):
+    """Dense ModelOpt NVFP4 layers: SGLang's ``create_weights`` for a fused qkv projection, its
+    shards sharing one weight_scale_2 (as ModelOpt and ``sm12x nvfp4-checkpoint`` write them), then
+    ``apply`` against x @ dequant(W)^T + bias; shards with different scales are refused at load."""
+    from sglang.srt.layers.linear import LinearBase
+
+    from sgl_kernel_sm12x import nvfp4
+    from sglang_sm12x import nvfp4_weights as nw
+
+    monkeypatch.setattr(nw, "runner_selected", lambda rel: True)
+    layer = LinearBase.__new__(LinearBase)
+    torch.nn.Module.__init__(layer)
+    method = nw.quant_method_hook(REL)(lambda *a: None, _modelopt_config(), layer, "model.layers.0.self_attn.qkv_proj")
+    assert type(method).__name__ == "Sm12xNvFp4LinearMethod"
+    k, parts = 64, [32, 16, 16]
+    method.create_weights(layer, input_size_per_partition=k, output_partition_sizes=parts, input_size=k,
+                          output_size=sum(parts), params_dtype=torch.bfloat16, weight_loader=lambda *a, **kw: None)
+    w = torch.randn(sum(parts), k) / k ** 0.5
+    data, scale, g = nvfp4.quantize_weight(w)
+    with torch.no_grad():
+        layer.weight.copy_(data)
+        layer.weight_scale.copy_(scale)
+        layer.weight_scale_2.fill_(float(g))
+    method.process_weights_after_loading(layer)
+    x = torch.randn(2, 3, k).to(torch.bfloat16)
+    bias = torch.randn(sum(parts)).to(torch.bfloat16)
+    y = method.apply(layer, x, bias)
+    ref = x.float() @ nvfp4.dequantize_weight(data, scale, g).T + bias.float()
+    assert y.shape == (2, 3, sum(parts)) and ((y.float() - ref).abs() <= 2 ** -7 * ref.abs() + 2e-2).all()
+    with torch.no_grad():
+        layer.weight_scale_2[1] = 2 * float(g)
+    with pytest.raises(NotImplementedError, match="per-shard weight_scale_2"):
+        method.process_weights_after_loading(layer)

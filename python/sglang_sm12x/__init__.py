@@ -12,7 +12,9 @@ are parsed. It
    on SM100/90/89/80. Every other backend keeps SGLang's own checks;
 5. registers ``--moe-runner-backend sm12x`` (0.5.23) and, on SM120/121, clamps every config of
    SGLang's own Triton fused-MoE to the shared-memory budget;
-6. on SM120/121, keeps SGLang's Gated DeltaNet / Mamba-2 kernels within the budget
+6. with ``--moe-runner-backend sm12x``, runs ModelOpt NVFP4 checkpoints' MoE and linear layers on
+   this project's W4A16 kernels (``nvfp4_weights``);
+7. on SM120/121, keeps SGLang's Gated DeltaNet / Mamba-2 kernels within the budget
    (``hybrid_tiles``: autotune configs that overflow or spill dropped, a spilling launch relaunched).
 
 This is the only package of the project that imports sglang, lazily, inside these functions.
@@ -44,6 +46,11 @@ def register() -> None:
         moe_runner.register(rel)
     except Exception:  # noqa: BLE001 -- logged; --moe-runner-backend sm12x is then unavailable
         logger.exception("sglang-sm12x: MoE runner registration failed; attention backend unaffected")
+    try:
+        from . import nvfp4_weights
+        nvfp4_weights.register(rel)
+    except Exception:  # noqa: BLE001 -- logged; SGLang's own NVFP4 weight paths then apply
+        logger.exception("sglang-sm12x: NVFP4 weight methods not registered")
     try:
         from . import hybrid_tiles
         hybrid_tiles.register(rel)

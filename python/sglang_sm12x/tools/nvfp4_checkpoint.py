@@ -5,7 +5,8 @@ becomes ModelOpt's NVFP4 tensors, the format SGLang's ``modelopt_fp4`` loader re
 
 * ``<name>.weight``          ``(out, in // 2)`` uint8, packed E2M1 (the even element in the low nibble);
 * ``<name>.weight_scale``    ``(out, in // 16)`` float8_e4m3fn, one UE4M3 a 16 along ``in``;
-* ``<name>.weight_scale_2``  FP32 scalar, ``amax / (6 * 448)``;
+* ``<name>.weight_scale_2``  FP32 scalar, ``amax / (6 * 448)``, shared by the projections SGLang
+  fuses (q / k / v, gate / up: the largest of theirs, as ModelOpt exports them);
 * ``<name>.input_scale``     FP32 scalar, the activations' global scale (``--input-scale``; only
   W4A4 kernels use it, W4A16 ignores it).
 
@@ -48,6 +49,29 @@ def quantized_names(tensors: dict, config: dict, exclude=()) -> list[str]:
     return out
 
 
+# projections SGLang loads into one fused weight: they share one weight_scale_2 (the largest)
+FUSED = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up",
+         "w1": "w13", "w3": "w13"}
+
+
+def _fusion_key(name: str):
+    base = name[: -len(".weight")]
+    prefix, _, leaf = base.rpartition(".")
+    return (prefix, FUSED[leaf]) if leaf in FUSED else None
+
+
+def shared_scales(tensors: dict, names) -> dict:
+    """``weight_scale_2`` of every fused group (``amax / (6 * 448)`` over all its members)."""
+    import torch
+    amax = {}
+    for n in names:
+        key = _fusion_key(n)
+        if key is not None:
+            a = tensors[n].float().abs().amax()
+            amax[key] = torch.maximum(amax[key], a) if key in amax else a
+    return {k: v / (6.0 * 448.0) for k, v in amax.items()}
+
+
 def convert(src: Path, dst: Path, exclude=(), input_scale: float = 1.0) -> dict:
     """Convert ``src`` into ``dst``; returns a summary (tensors quantized / kept, bytes before / after)."""
     import torch
@@ -72,11 +96,12 @@ def convert(src: Path, dst: Path, exclude=(), input_scale: float = 1.0) -> dict:
         with safe_open(shard, "pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         names = set(quantized_names(tensors, config, exclude))
+        shared = shared_scales(tensors, names)
         out = {}
         for name, t in tensors.items():
             summary["bytes_before"] += t.numel() * t.element_size()
             if name in names:
-                data, scale, s2 = nvfp4.quantize_weight(t)
+                data, scale, s2 = nvfp4.quantize_weight(t, shared.get(_fusion_key(name)))
                 base = name[: -len(".weight")]
                 out[name] = data
                 out[base + ".weight_scale"] = scale
