@@ -115,8 +115,11 @@ def _compile_with_usage(src, arch: int, opts: dict):
 
 
 def _mma_family(ptx: str) -> str:
-    found = sorted(set(re.findall(r"\b(mma\.sync\.aligned\.m\d+n\d+k\d+|wgmma\.mma_async|tcgen05\.mma)", ptx)))
-    return ",".join(m.replace(".aligned", "") for m in found) or "-"
+    """The tensor-core instructions of a PTX: shape, and the block-scaled kind where one is named
+    (``mma.sync.m16n8k64.kind::mxf4nvf4.block_scale``: SM120's NVFP4 MMA)."""
+    found = sorted(set(re.findall(r"\b(mma\.sync\.aligned\.m\d+n\d+k\d+(?:\.row\.col)?(?:\.kind::\w+)?"
+                                  r"(?:\.block_scale)?|wgmma\.mma_async|tcgen05\.mma)", ptx)))
+    return ",".join(m.replace(".aligned", "").replace(".row.col", "") for m in found) or "-"
 
 
 def compile_one(kernel: str, arch: int, label: dict, sig: dict, cx: dict, opts: dict) -> BudgetRow:

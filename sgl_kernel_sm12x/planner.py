@@ -563,7 +563,7 @@ def extend_domain():
 # fused MoE (this project's kernels, sgl_kernel_sm12x/moe/)
 # --------------------------------------------------------------------------------------------------
 
-MOE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "fp8_w8a8_block", "nvfp4_w4a16")
+MOE_DTYPES = ("bf16", "fp16", "fp8_w8a8", "fp8_w8a8_block", "nvfp4_w4a16", "nvfp4_w4a4")
 MOE_TOKEN_BUCKETS = (1, 16, 64, 256, 1024, 4096, 16384)
 # (E, top_k, hidden, intermediate): Qwen3-30B-A3B, Mixtral-8x7B, gpt-oss-20b-like
 MOE_SHAPES = {"qwen3-30b-a3b": (128, 8, 2048, 768), "mixtral": (8, 2, 4096, 14336), "gpt-oss": (32, 4, 2880, 2880)}
@@ -586,6 +586,9 @@ class MoeConfig:
 def moe_gemm_smem(cfg: MoeConfig, dtype: str) -> int:
     """Shared memory of :func:`sgl_kernel_sm12x.moe.fused_moe.moe_gemm_kernel`'s pipelined main loop:
     ``num_stages - 1`` buffers of the A (BM x BK) and B (BK x BN) tiles."""
+    if dtype == "nvfp4_w4a4":
+        per_stage = (cfg.block_m + cfg.block_n) * (cfg.block_k // 2 + cfg.block_k // 16)
+        return max(cfg.num_stages - 1, 1) * per_stage
     if dtype == "nvfp4_w4a16":
         # A in 16 bits, B as packed bytes plus a scale byte per 16; the decoded B tile takes a
         # 16-bit layout-conversion buffer for the MMA operand
@@ -638,6 +641,11 @@ def plan_moe(arch: int, *, dtype: str, num_experts: int, n: int, k: int, tokens:
     rows = max(tokens, 1) * top_k / num_experts
     if dtype == "nvfp4_w4a16":
         return _plan_moe_nvfp4(lim, arch, rows, n, k)
+    if dtype == "nvfp4_w4a4":
+        if arch not in (120, 121):
+            raise ValueError(f"dtype: 'nvfp4_w4a4' needs the block-scaled FP4 mma.sync of sm_120 / sm_121; "
+                             f"sm_{arch} supports {[d for d in MOE_DTYPES if d != 'nvfp4_w4a4']}")
+        return _plan_moe_w4a4(lim, arch, rows, n, k)
     fp8 = dtype.startswith("fp8")
     if rows <= 16:
         bm = 16
@@ -722,6 +730,21 @@ def _plan_moe_nvfp4(lim, arch: int, rows: float, n: int, k: int) -> MoeConfig:
     return cfg
 
 
+def _plan_moe_w4a4(lim, arch: int, rows: float, n: int, k: int) -> MoeConfig:
+    """NVFP4 x NVFP4 on SM120's block-scaled ``mma.sync`` (m16n8k64): both operands are packed
+    bytes (a 128-wide K step is 64 bytes a row plus 8 scale bytes), so the tiles are the 16-bit
+    ones' with BLOCK_K 128; BLOCK_N 64 up to 64 rows an expert, else 128; 4 warps, 8 for 128 x
+    128; 3 stages."""
+    bm = 16 if rows <= 16 else 32 if rows < 64 else 64 if rows <= 64 else 128
+    bn = 64 if rows <= 64 else 128
+    bn = min(bn, max(16, 1 << (int(n) - 1).bit_length()))
+    bk = min(128, max(64, 1 << (int(k) - 1).bit_length()))
+    cfg = MoeConfig(bm, bn, bk, 8 if bm >= 64 else 1, 8 if bm >= 128 and bn >= 128 else 4, 3)
+    if moe_gemm_smem(cfg, "nvfp4_w4a4") > lim.smem_per_block:
+        raise ValueError(f"no nvfp4_w4a4 MoE tile fits sm_{arch}")
+    return cfg
+
+
 def fit_moe_config(arch: int, cfg: MoeConfig, dtype: str):
     """A user-supplied tile for this project's MoE kernel, made to fit ``arch``: ``(config, reason)``
     with ``reason`` None when it already fits. Stages first, then BLOCK_N, then BLOCK_K; BLOCK_M is
@@ -743,9 +766,12 @@ def fit_moe_config(arch: int, cfg: MoeConfig, dtype: str):
                  f"over sm_{arch}'s {lim:,} B; using {moe_tile_str(out.as_dict())} ({moe_gemm_smem(out, dtype):,} B)")
 
 
-def moe_domain():
-    """Every input class :func:`plan_moe` distinguishes (for ``sm12x budget`` and the tests)."""
+def moe_domain(arch: int | None = None):
+    """Every input class :func:`plan_moe` distinguishes (for ``sm12x budget`` and the tests);
+    ``arch`` given: only the dtypes that arch runs."""
     for dtype in MOE_DTYPES:
+        if dtype == "nvfp4_w4a4" and arch not in (120, 121):
+            continue
         for name, (e, topk, hidden, inter) in MOE_SHAPES.items():
             for tokens in MOE_TOKEN_BUCKETS:
                 for n, k in ((2 * inter, hidden), (hidden, inter)):      # gate_up, down

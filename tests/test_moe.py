@@ -237,8 +237,10 @@ def test_bad_arguments_name_the_argument(kw, name, device):
 def test_plan_moe_rejects_fp8_before_sm89_and_fits_everywhere():
     with pytest.raises(ValueError, match="sm_89"):
         planner.plan_moe(86, dtype="fp8_w8a8", num_experts=8, n=64, k=64, tokens=1, top_k=2)
+    with pytest.raises(ValueError, match="nvfp4_w4a4.*sm_120"):
+        planner.plan_moe(90, dtype="nvfp4_w4a4", num_experts=8, n=64, k=64, tokens=1, top_k=2)
     for arch in planner.ARCH_LIMITS:
-        for inp in planner.moe_domain():
+        for inp in planner.moe_domain(arch):
             if inp["dtype"].startswith("fp8") and arch < 89:
                 continue
             cfg = planner.plan_moe(arch, **inp)
@@ -523,3 +525,46 @@ def test_nvfp4_bad_arguments_name_the_argument(device):
                   w2_scale=s2_.to(device), w1_global=g1.to(device), w2_global=g2[:2].to(device))
     with pytest.raises(ValueError, match="^dtype: 'nvfp5'"):
         fused_moe(x2, w1, w2, tw, ti, dtype="nvfp5")
+
+
+
+@pytest.mark.parametrize("name", ["qwen3-30b-a3b", "gpt-oss"])
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_fused_moe_w4a4_matches_reference(name, tokens, device):
+    """NVFP4 weights x NVFP4 activations (ModelOpt's W4A4 recipe): the activations quantized per 16
+    by the NVFP4 append kernel's rules with a global scale, the GEMMs against float32 over the
+    dequantized weights and the (reference-)quantized activations. Under the interpreter both
+    operands are decoded in software; on sm_120 the block-scaled FP4 MMA runs it."""
+    if device == "cuda" and planner.current_arch(torch.device("cuda")) not in (120, 121):
+        pytest.skip("the block-scaled FP4 mma.sync is sm_120 / sm_121's")
+    e, k, h, i = SMALL[name]
+    x, w1, w2, tw, ti = _inputs((e, k, h, i), tokens, torch.bfloat16, device)
+    (a1, s1, g1), (a2, s2, g2) = nvfp4.quantize_weight(w1.cpu()), nvfp4.quantize_weight(w2.cpu())
+    r1, r2 = nvfp4.dequantize_weight(a1, s1, g1), nvfp4.dequantize_weight(a2, s2, g2)
+    ga, gb = 0.01, 0.002
+
+    def act_q(t, g):
+        d, sc = nvfp4.quantize_nvfp4(t, g)
+        return nvfp4.dequantize_nvfp4(d, sc, g)
+
+    x_q = act_q(x.float().cpu(), ga)
+    out = fused_moe(x, a1.to(device), a2.to(device), tw, ti, dtype="nvfp4_w4a4", w1_scale=s1.to(device),
+                    w2_scale=s2.to(device), w1_global=g1.to(device), w2_global=g2.to(device), a1_global=ga,
+                    a2_global=gb, arch=120)
+    ref = reference(x_q, r1, r2, tw.cpu(), ti.cpu(), torch.bfloat16, act_q=lambda t: act_q(t, gb))
+    # the intermediate's NVFP4 codes can round apart from the reference's (its bf16 sum order
+    # differs): a few codes of the intermediate's ~12% steps, against the output's scale
+    _check(out, ref, f"{name} w4a4 tokens={tokens}", 0.15)
+
+
+def test_quant_nvfp4_rows_is_the_reference_quantizer(device):
+    from sgl_kernel_sm12x.moe.fused_moe import quant_nvfp4_rows
+
+    x = (torch.randn(5, 192) * 3).to(torch.bfloat16)
+    q, s, g = quant_nvfp4_rows(x.to(device), 0.02)
+    want_q, want_s = nvfp4.quantize_nvfp4(x.float(), 0.02)
+    assert torch.equal(q.cpu(), want_q) and torch.equal(s.cpu(), want_s.view(torch.uint8))
+    q2, s2, g2 = quant_nvfp4_rows(x.to(device))
+    assert torch.allclose(g2.cpu(), x.float().abs().max() / (6 * 448))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        quant_nvfp4_rows(torch.zeros(2, 48, dtype=torch.bfloat16, device=device))

@@ -191,7 +191,8 @@ def _modelopt_config():
                                           "kv_cache_quant_algo": None, "ignore": ["lm_head", "model.layers.1.mlp.experts"]})
 
 
-def test_nvfp4_moe_layer_through_sglangs_weights(monkeypatch):
+@pytest.mark.parametrize("w4a4", [False, True])
+def test_nvfp4_moe_layer_through_sglangs_weights(w4a4, monkeypatch):
     """With ``--moe-runner-backend sm12x`` SGLang's ModelOpt FP4 config hands MoE layers the sm12x
     NVFP4 method: SGLang's own ``create_weights`` (its parameter names and shapes), filled as its
     loader fills them (gate and up quantized apart, each with its own weight_scale_2), then
@@ -223,7 +224,7 @@ def test_nvfp4_moe_layer_through_sglangs_weights(monkeypatch):
     method = hook(original, cfg, layer, "model.layers.0.mlp.experts")
     assert type(method).__name__ == "Sm12xNvFp4MoEMethod" and calls == ["model.layers.0.mlp.experts",
                                                                          "model.layers.1.mlp.experts"]
-    e, k, h, i = 4, 2, 64, 32
+    e, k, h, i = 4, 2, 64, 64
     layer.num_experts = layer.num_local_experts = e
     layer.moe_runner_config = MoeRunnerConfig(num_experts=e, num_local_experts=e, top_k=k, hidden_size=h,
                                               intermediate_size_per_partition=i)
@@ -239,13 +240,25 @@ def test_nvfp4_moe_layer_through_sglangs_weights(monkeypatch):
         layer.w2_weight.copy_(p2)
         layer.w2_weight_scale.copy_(s2)
         layer.w2_weight_scale_2.copy_(g2)
+        layer.w13_input_scale.fill_(0.01)
+        layer.w2_input_scale.fill_(0.002)
+    monkeypatch.setenv(nw.W4A4_ENV, "1" if w4a4 else "0")
     method.process_weights_after_loading(layer)
     method.create_moe_runner(layer, layer.moe_runner_config)
-    assert layer.w13_blockscale_swizzled is None
+    assert layer.w13_blockscale_swizzled is None and method.w4a4 == w4a4
     disp = StandardDispatchOutput(x, None, StandardTopKOutput(tw, ti.to(torch.int32), torch.zeros(5, e)))
     out = method.apply(layer, disp).hidden_states
     r1 = torch.cat([nvfp4.dequantize_weight(pg, sg, gg), nvfp4.dequantize_weight(pu, su, gu)], 1)
-    ref, bound = reference(x, r1, nvfp4.dequantize_weight(p2, s2, g2), tw, ti, torch.bfloat16, bound=True)
+    r2 = nvfp4.dequantize_weight(p2, s2, g2)
+    if w4a4:        # activations quantized with the checkpoint's input scales, as ModelOpt calibrated
+        def act_q(t, g):
+            d, sc = nvfp4.quantize_nvfp4(t, g)
+            return nvfp4.dequantize_nvfp4(d, sc, g)
+        ref = reference(act_q(x.float(), 0.01), r1, r2, tw, ti, torch.bfloat16, act_q=lambda t: act_q(t, 0.002))
+        err = (out.float() - ref).abs().max() / ref.abs().max()
+        assert err < 0.15, float(err)
+        return
+    ref, bound = reference(x, r1, r2, tw, ti, torch.bfloat16, bound=True)
     assert ((out.float() - ref).abs() <= bound).all(), ((out.float() - ref).abs() / bound).max()
 
 

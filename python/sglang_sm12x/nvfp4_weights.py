@@ -10,6 +10,10 @@ NVFP4 methods (FlashInfer CUTLASS / TRT-LLM on Blackwell, Marlin elsewhere) get 
   ``dtype="nvfp4_w4a16"``;
 * dense linear layers: :class:`Sm12xNvFp4LinearMethod` -- :func:`~sgl_kernel_sm12x.moe.fused_moe.nvfp4_linear`.
 
+``SGLANG_SM12X_NVFP4_W4A4=1`` (SM120 / SM121 only): MoE layers quantize their activations to
+NVFP4 with the checkpoint's ``input_scale`` and multiply on the block-scaled FP4 MMA (W4A4, as
+ModelOpt calibrated it) instead of dequantizing the weights (W4A16, the default).
+
 The checkpoint is detected from its ``quantization_config`` as SGLang detects it (no flag). Layers
 the kernels cannot run (a non-SiLU or ungated expert MLP, expert biases, expert parallelism) stop
 the server at load with the reason.
@@ -22,6 +26,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 LOG_LINE = "sm12x NVFP4 weights in use"
+W4A4_ENV = "SGLANG_SM12X_NVFP4_W4A4"
 _logged = set()
 
 
@@ -43,6 +48,21 @@ def runner_selected(rel: str) -> bool:
         return getattr(get_moe_runner_backend(), "value", None) == moe_runner.BACKEND
     except Exception:       # not configured yet (no server in this process)
         return False
+
+
+def w4a4_selected(device) -> bool:
+    """``SGLANG_SM12X_NVFP4_W4A4=1``; refused (at load) where the block-scaled FP4 MMA is missing."""
+    import os
+
+    if os.environ.get(W4A4_ENV, "0") in ("", "0"):
+        return False
+    from sgl_kernel_sm12x import planner
+
+    arch = planner.launch_arch(device)
+    if arch not in (120, 121):
+        raise NotImplementedError(f"{W4A4_ENV}=1 needs the block-scaled FP4 MMA of sm_120 / sm_121; this GPU "
+                                  f"plans for sm_{arch} (unset it: NVFP4 weights then run W4A16)")
+    return True
 
 
 def _refuse(layer, runner_config) -> None:
@@ -73,6 +93,7 @@ def make_moe_method_class():
             self.enable_flashinfer_trtllm_moe = False
             self.use_flashinfer_trtllm_weight_layout = False
             self.moe_runner_config = None
+            self.w4a4 = False
 
         @property
         def enable_flashinfer_cutlass_moe(self) -> bool:
@@ -98,6 +119,10 @@ def make_moe_method_class():
             # gate's and up's weight_scale_2 (or one shared): (E, 2) / (E, 1); w2's: (E,)
             layer.sm12x_w13_global = layer.w13_weight_scale_2.detach().float().reshape(e, -1).contiguous()
             layer.sm12x_w2_global = layer.w2_weight_scale_2.detach().float().reshape(e).contiguous()
+            self.w4a4 = w4a4_selected(layer.w13_weight.device)
+            if self.w4a4:       # the activations' global scales: one a GEMM (SGLang takes the max too)
+                layer.sm12x_a1_global = layer.w13_input_scale.detach().float().max().reshape(1)
+                layer.sm12x_a2_global = layer.w2_input_scale.detach().float().max().reshape(1)
 
         def create_moe_runner(self, layer, moe_runner_config):
             self.moe_runner_config = moe_runner_config
@@ -110,10 +135,11 @@ def make_moe_method_class():
             from sgl_kernel_sm12x.moe.fused_moe import fused_moe
 
             topk = dispatch_output.topk_output
+            kw = dict(a1_global=layer.sm12x_a1_global, a2_global=layer.sm12x_a2_global) if self.w4a4 else {}
             out = fused_moe(dispatch_output.hidden_states, layer.w13_weight, layer.w2_weight, topk.topk_weights,
-                            topk.topk_ids, dtype="nvfp4_w4a16", w1_scale=layer.w13_weight_scale,
-                            w2_scale=layer.w2_weight_scale, w1_global=layer.sm12x_w13_global,
-                            w2_global=layer.sm12x_w2_global)
+                            topk.topk_ids, dtype="nvfp4_w4a4" if self.w4a4 else "nvfp4_w4a16",
+                            w1_scale=layer.w13_weight_scale, w2_scale=layer.w2_weight_scale,
+                            w1_global=layer.sm12x_w13_global, w2_global=layer.sm12x_w2_global, **kw)
             factor = getattr(self.moe_runner_config, "routed_scaling_factor", None)
             if factor is not None and factor != 1.0:
                 out = out * factor

@@ -26,7 +26,7 @@ from ..attention.kv_tile import FP4_PTX_UNIT, fp8_to, nvfp4_decode
 from ..fp_codes import e4m3_encode, e4m3_encode_hw
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2, "nvfp4_w4a16": 3}
+QUANT = {"bf16": 0, "fp16": 0, "fp8_w8a8": 1, "fp8_w8a8_block": 2, "nvfp4_w4a16": 3, "nvfp4_w4a4": 4}
 FP8_MAX = 448.0
 
 
@@ -121,6 +121,36 @@ def moe_gemm_kernel(
         # 2^-14 (exact in fp16), the launcher folds 2^14 into them
         g = tl.load(b_global_ptr + expert * 2 + (offs_n >= g_split).to(tl.int64))
         acc *= g[None, :]
+    elif QUANT == 4:
+        # NVFP4 weights and NVFP4 activations (W4A4, ModelOpt's recipe): A (rows, K / 2) packed
+        # E2M1 with (rows, K / 16) UE4M3 scales (its global scale folded into b_global by the
+        # launcher); B as for W4A16. On the GPU one block-scaled MMA (sm_120: mma.sync ... kind::mxf4nvf4.block_scale);
+        # under the interpreter both operands decoded in software, even / odd columns.
+        HALF4: tl.constexpr = BLOCK_K // 2
+        offs_h4 = tl.arange(0, HALF4)
+        offs_s4 = tl.arange(0, BLOCK_K // 16)
+        b_col = expert * stride_be + (offs_n % N).to(tl.int64)[None, :] * stride_bn
+        bs_row = expert * stride_bse + (offs_n % N).to(tl.int64)[:, None] * stride_bsn
+        a_base = a_ptr + a_row[:, None] * stride_am
+        as_base = a_scale_ptr + a_row[:, None] * stride_asm
+        for k0 in range(0, K, BLOCK_K):
+            km = (k0 // 2 + offs_h4) < K // 2
+            sm = (k0 // 16 + offs_s4) < K // 16
+            a = tl.load(a_base + (k0 // 2 + offs_h4)[None, :], mask=row_mask[:, None] & km[None, :], other=0)
+            a_s = tl.load(as_base + (k0 // 16 + offs_s4)[None, :] * stride_ask, mask=row_mask[:, None] & sm[None, :],
+                          other=0)
+            b = tl.load(b_ptr + b_col + (k0 // 2 + offs_h4)[:, None], mask=km[:, None], other=0)
+            b_s = tl.load(b_scale_ptr + bs_row + (k0 // 16 + offs_s4)[None, :], mask=sm[None, :], other=0)
+            if DOT_FP32:
+                a_e, a_o = nvfp4_decode(_words(a), a_s, tl.float32, False, False)
+                b_e, b_o = nvfp4_decode(_words(tl.trans(b)), b_s, tl.float32, False, False)
+                acc = tl.dot(a_e, tl.trans(b_e), acc)
+                acc = tl.dot(a_o, tl.trans(b_o), acc)
+            else:
+                acc = tl.dot_scaled(a, a_s.to(tl.float8e4nv, bitcast=True), "e2m1", b,
+                                    b_s.to(tl.float8e4nv, bitcast=True), "e2m1", acc)
+        g = tl.load(b_global_ptr + expert * 2 + (offs_n >= g_split).to(tl.int64))
+        acc *= g[None, :]
     else:
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
@@ -165,6 +195,17 @@ def moe_gemm_kernel(
         acc *= w[:, None]
     c_ptrs = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _words(x):
+    """(n, 4 W) bytes -> (n, W) little-endian int32 words (what :func:`nvfp4_decode` takes)."""
+    n: tl.constexpr = x.shape[0]
+    w: tl.constexpr = x.shape[1] // 4
+    e02, e13 = tl.split(tl.reshape(x.to(tl.int32), (n, w, 2, 2)))
+    e0, e2 = tl.split(e02)
+    e1, e3 = tl.split(e13)
+    return e0 | (e1 << 8) | (e2 << 16) | (e3 << 24)
 
 
 @triton.jit
@@ -580,7 +621,7 @@ def moe_align_torch(topk_ids: torch.Tensor, num_experts: int, block_m: int):
 
 def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: planner.MoeConfig, dtype,
              a_scale=None, w_scale=None, topk_weights=None, a_per_pair=False, block_shape=None, hw_fp8=True,
-             w_global=None, g_split=None):
+             w_global=None, g_split=None, a_global=None):
     num_pairs = out.shape[0]
     e, n, k = w.shape
     q = QUANT[dtype]
@@ -589,7 +630,15 @@ def moe_gemm(a, w, out, sorted_ids, expert_ids, num_post_pad, *, top_k, cfg: pla
     w_s = w_scale if w_scale is not None else out
     w_g = out
     hw = hw_fp8 and not _INTERPRET
-    if q == 3:      # packed NVFP4: K is twice the bytes; words of 4 bytes; scales as bytes
+    if q == 4:      # NVFP4 x NVFP4: bytes for both operands, activation block scales by row
+        k = 2 * k
+        w_s = w_scale.view(torch.uint8)
+        a_s = a_scale.view(torch.uint8)
+        sas, sbs = (a_s.stride(0), a_s.stride(1)), (w_s.stride(0), w_s.stride(1), 1)
+        g = w_global.float().reshape(e, -1)
+        g = g.expand(e, 2) if g.shape[1] == 1 else g
+        w_g = (g * a_global).contiguous()           # the activations' global scale folded in
+    elif q == 3:      # packed NVFP4: K is twice the bytes; words of 4 bytes; scales as bytes
         k = 2 * k
         w = w.view(torch.int32)
         w_s = w_scale.view(torch.uint8)
@@ -647,6 +696,8 @@ def fused_moe(
     config: tuple[planner.MoeConfig, planner.MoeConfig] | None = None,
     w1_global: torch.Tensor | None = None,
     w2_global: torch.Tensor | None = None,
+    a1_global=None,
+    a2_global=None,
 ) -> torch.Tensor:
     """Mixture-of-experts MLP: ``sum_j w_j * down_e(silu(gate_e(x)) * up_e(x))`` over each token's
     ``top_k`` experts ``e = topk_ids[t, j]`` with weights ``w_j = topk_weights[t, j]``.
@@ -675,9 +726,9 @@ def fused_moe(
     tokens, h = hidden.shape
     if w1.dim() != 3 or w2.dim() != 3:
         _fail("w1", "w1 and w2 must be (E, 2I, H) and (E, H, I)")
-    if dtype == "nvfp4_w4a16":
+    if dtype in ("nvfp4_w4a16", "nvfp4_w4a4"):
         return _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global,
-                                arch, config)
+                                arch, config, dtype, a1_global, a2_global)
     e, two_i, h1 = w1.shape
     inter = two_i // 2
     if h1 != h or two_i % 2 or w2.shape != (e, h, inter):
@@ -753,7 +804,7 @@ def fused_moe(
 def aot_cases(arch: int):
     """Every configuration the MoE planner can choose on ``arch`` (for ``sm12x budget``)."""
     seen = set()
-    for inp in planner.moe_domain():
+    for inp in planner.moe_domain(arch):
         if inp["dtype"].startswith("fp8") and arch < 89:
             continue
         cfg = planner.plan_moe(arch, **inp)
@@ -764,9 +815,9 @@ def aot_cases(arch: int):
                 continue
             seen.add(key)
             act = "*fp16" if inp["dtype"] == "fp16" else "*bf16"
-            op = "*fp8e4nv" if q in (1, 2) else act
-            sig = {"a_ptr": op, "b_ptr": "*i32" if q == 3 else op, "c_ptr": act, "a_scale_ptr": "*fp32",
-                   "b_scale_ptr": "*u8" if q == 3 else "*fp32", "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+            op = "*fp8e4nv" if q in (1, 2) else "*u8" if q == 4 else act
+            sig = {"a_ptr": op, "b_ptr": "*i32" if q == 3 else op, "c_ptr": act,
+                   "a_scale_ptr": "*u8" if q == 4 else "*fp32", "b_scale_ptr": "*u8" if q in (3, 4) else "*fp32", "topk_weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
                    "expert_ids_ptr": "*i32", "num_post_pad_ptr": "*i32", "b_global_ptr": "*fp32", "g_split": "i32"}
             for nm in ("stride_am", "stride_be", "stride_bn", "stride_cm", "stride_asm", "stride_ask",
                        "stride_bse", "stride_bsn", "stride_bsk", "N", "K", "num_pairs"):
@@ -800,7 +851,31 @@ def _check_nvfp4_weight(name, w, scale, glob, e, rows, k):
                                 + (f", or ({e}, 2): gate's and up's" if name == "w1" else ""))
 
 
-def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global, arch, config):
+def quant_nvfp4_rows(x: torch.Tensor, global_scale=None):
+    """(rows, K) 16-bit activations -> (packed E2M1 (rows, K / 2) uint8, UE4M3 scales (rows, K / 16)
+    uint8, global scale (1,) fp32) by the NVFP4 append kernel's quantizer (the KV cache's rules; the
+    rows viewed as 64-wide heads). ``global_scale`` None: amax / (6 * 448) on the device."""
+    rows, k = x.shape
+    if k % 64:
+        _fail("x", f"NVFP4 activations are quantized in 64-wide groups of blocks; K={k} is not a multiple of 64")
+    from ..kv_append import append_kv
+    if global_scale is None:
+        g = (x.abs().amax().float() / (6.0 * 448.0)).clamp_min(1e-30).reshape(1)
+    else:
+        g = torch.as_tensor(global_scale, dtype=torch.float32, device=x.device).reshape(1)
+    q = torch.empty(rows, k // 2, dtype=torch.uint8, device=x.device)
+    s = torch.empty(rows, k // 16, dtype=torch.uint8, device=x.device)
+    if rows:
+        x3 = x.view(rows, k // 64, 64)
+        q3, s3 = q.view(rows, k // 64, 32), s.view(rows, k // 64, 4)
+        loc = torch.arange(rows, dtype=torch.int64, device=x.device)
+        append_kv(x3, x3, loc, q3, q3, kv_dtype="nvfp4", k_scale_cache=s3, v_scale_cache=s3, k_scale=g, v_scale=g,
+                  check_slots=False, _parts=(False, True))
+    return q, s, g
+
+
+def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale, w1_global, w2_global, arch, config,
+                     dtype="nvfp4_w4a16", a1_global=None, a2_global=None):
     tokens, h = hidden.shape
     if w1.dim() != 3 or w2.dim() != 3:
         _fail("w1", "nvfp4_w4a16 weights must be (E, 2I, H / 2) and (E, H, I / 2) packed uint8")
@@ -817,7 +892,9 @@ def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale,
     if tokens == 0:
         return out
     arch = planner.launch_arch(hidden.device, arch)
-    dtype = "nvfp4_w4a16"
+    w4a4 = dtype == "nvfp4_w4a4"
+    if w4a4 and (h % 64 or inter % 64):
+        _fail("w1", f"nvfp4_w4a4 needs hidden and intermediate sizes that are multiples of 64, got {h} / {inter}")
     if config is None:
         c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k)
         c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k)
@@ -828,12 +905,15 @@ def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale,
     pairs = tokens * top_k
     hw = arch >= 89
     inter_out = torch.empty(pairs, two_i, dtype=hidden.dtype, device=hidden.device)
-    moe_gemm(hidden, w1, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
-             w_scale=w1_scale, w_global=w1_global, g_split=inter, hw_fp8=hw)
+    a1, a1_s, a1_g = quant_nvfp4_rows(hidden, a1_global) if w4a4 else (hidden, None, None)
+    moe_gemm(a1, w1, inter_out, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c1, dtype=dtype,
+             w_scale=w1_scale, w_global=w1_global, g_split=inter, hw_fp8=hw, a_scale=a1_s, a_global=a1_g)
     down = torch.empty(pairs, h, dtype=hidden.dtype, device=hidden.device)
-    moe_gemm(silu_mul(inter_out), w2, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
+    act = silu_mul(inter_out)
+    a2, a2_s, a2_g = quant_nvfp4_rows(act, a2_global) if w4a4 else (act, None, None)
+    moe_gemm(a2, w2, down, sorted_ids, expert_ids, num_post_pad, top_k=top_k, cfg=c2, dtype=dtype,
              w_scale=w2_scale, w_global=w2_global, topk_weights=topk_weights.float().flatten(), a_per_pair=True,
-             hw_fp8=hw)
+             hw_fp8=hw, a_scale=a2_s, a_global=a2_g)
     return moe_sum(down.view(tokens, top_k, h), out)
 
 
