@@ -12,8 +12,9 @@ Phases (run one or several; each merges its results into ``--out`` JSON):
            generated-shared-prefix workloads on an nvfp4 sm12x server.
   models   the models SM12x owners deploy (benchmark/models/shapes.json: real attention / MoE dims,
            layers cut, transformers' random init): SGLang's reference backend(s) and sm12x at bf16
-           KV (greedy agreement, prompt-logprob drift), sm12x at nvfp4 KV under bench_serving (200
-           requests at concurrency 32), KV capacity; one row per model x backend x KV dtype.
+           KV (greedy agreement, prompt-logprob drift from the reference and from transformers'
+           float32 forward), sm12x at nvfp4 KV under bench_serving (200 requests at concurrency
+           32), KV capacity; one row per model x backend x KV dtype.
   serve    one server per --models entry with nvfp4 sm12x and a short bench (does it serve?).
   tp2      nvfp4 sm12x at --tp-size 2 vs 1 on a random-init checkpoint: greedy tokens and logprobs.
   ttft     prefill-bound serving: --ttft-requests prompts of --ttft-input tokens (8,192), 16 output
@@ -269,6 +270,34 @@ def _prompt_logprobs(server, ids):
     return [[t[0] for t in o["meta_info"].get("input_token_logprobs") or [] if t[0] is not None] for o in out]
 
 
+def hf_prompt_logprobs(ckpt, ids, device="cuda"):
+    """Each prompt's token logprobs (positions 1..n-1) from transformers' own float32 forward of the
+    checkpoint: the yardstick every backend's drift is measured against (an upstream backend can
+    differ from the model's definition -- SGLang's Triton decode reads one key fewer than
+    transformers on gpt-oss's window layers). None when transformers cannot load it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out, model = [], None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ckpt, torch_dtype=torch.float32).to(device).eval()
+        with torch.no_grad():
+            for p in ids:
+                x = torch.tensor([p], device=device)
+                lp = torch.log_softmax(model(x).logits[0, :-1].float(), -1)
+                out.append(lp.gather(1, x[0, 1:, None])[:, 0].tolist())
+    except Exception:  # noqa: BLE001 -- an architecture this transformers cannot load or run here
+        out = None
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
+def _mean_abs_diff(a, b):
+    d = [abs(x - y) for pa, pb in zip(a, b) for x, y in zip(pa, pb)]
+    return sum(d) / len(d) if d else None
+
+
 def phase_models(args, res):
     """The models SM12x owners deploy (``benchmark/models/shapes.json``: real attention and MoE
     dimensions, layers cut), transformers' random init (SGLang's dummy loader where this
@@ -301,6 +330,7 @@ def phase_models(args, res):
         refs = MODEL_BACKENDS.get(arch, ("triton", "flashinfer"))
         ps = prompts(args.prompts, 256, spec["config"]["vocab_size"], seed=3)
         runs, plps = {}, {}
+        hf = hf_prompt_logprobs(ckpt, ps[:8]) if not load else None
         for backend, kv in [(b, "auto") for b in refs] + [("sm12x", "auto"), ("sm12x", "nvfp4")]:
             row = dict(model=name, architecture=arch, backend=backend, kv_dtype=kv, served=False, error=None,
                        note=note, greedy_identical=None, ref_greedy_identical=None,
@@ -315,6 +345,8 @@ def phase_models(args, res):
                     if kv == "auto":
                         runs[backend] = s.generate_ids(ps, args.steps)
                         plps[backend] = _prompt_logprobs(s, ps[:8])
+                        if hf is not None:      # drift from transformers' float32 forward
+                            row["hf_prompt_logprob_mean_abs_diff"] = _mean_abs_diff(plps[backend], hf)
                     else:
                         b = bench(s, str(ckpt), "random-ids", 200,
                                   ["--random-input-len", "1024", "--random-output-len", "128",
@@ -331,8 +363,7 @@ def phase_models(args, res):
                 continue
             if row["backend"] != ref:
                 row["greedy_identical"] = compare(runs[row["backend"]], runs[ref])["identical"]
-                diffs = [abs(a - b) for pa, pb in zip(plps[row["backend"]], plps[ref]) for a, b in zip(pa, pb)]
-                row["prompt_logprob_mean_abs_diff"] = sum(diffs) / len(diffs) if diffs else None
+                row["prompt_logprob_mean_abs_diff"] = _mean_abs_diff(plps[row["backend"]], plps[ref])
             if row["backend"] == "sm12x" and len(refs) > 1 and refs[1] in runs:
                 row["ref_greedy_identical"] = compare(runs[refs[1]], runs[ref])["identical"]
         if "sm12x" in runs:

@@ -147,6 +147,8 @@ def test_models_phase_rows(tmp_path, monkeypatch):
 
     monkeypatch.setattr(e2e, "Server", FakeServer)
     monkeypatch.setattr(e2e, "make_checkpoint", lambda model, out, layers=None: Path(out))
+    # transformers' float32 forward as the yardstick: the stand-ins' -1.0 logprobs are 0.25 off
+    monkeypatch.setattr(e2e, "hf_prompt_logprobs", lambda ckpt, ids: [[-1.25] * 5 for _ in ids])
     monkeypatch.setattr(e2e, "bench", lambda s, model, dataset, n, extra, log: {"failed": 0, "output_throughput": 1.0})
     names = ["gpt-oss-20b-shape", "minimax-m2-shape"]
     saved = []
@@ -172,6 +174,8 @@ def test_models_phase_rows(tmp_path, monkeypatch):
     by = {c: r for c, r in zip(combos, rows)}
     assert by[("gpt-oss-20b-shape", "sm12x", "auto")]["greedy_identical"] == 1.0
     assert by[("gpt-oss-20b-shape", "sm12x", "auto")]["prompt_logprob_mean_abs_diff"] == 0.0
+    assert by[("gpt-oss-20b-shape", "sm12x", "auto")]["hf_prompt_logprob_mean_abs_diff"] == 0.25
+    assert by[("gpt-oss-20b-shape", "triton", "auto")]["hf_prompt_logprob_mean_abs_diff"] == 0.25
     fail = by[("minimax-m2-shape", "flashinfer", "auto")]
     assert not fail["served"] and "exited" in fail["error"]
     nv = by[("minimax-m2-shape", "sm12x", "nvfp4")]
