@@ -185,6 +185,21 @@ def _dequant(pool, kv, layer, slots):
     return k.float(), v.float()
 
 
+def _random_pages(rows, max_ctx, size, page):
+    """SGLang's ReqToTokenPool with each of ``rows`` given page-aligned slots on pages drawn in
+    random order (page 0, the padding slots, never used): the layout a paged allocator leaves."""
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+
+    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
+    per = max_ctx // page + 1
+    perm = (torch.randperm(size // page - 2) + 1).tolist()
+    for i, r in enumerate(rows.tolist()):
+        pages = torch.tensor(perm[i * per:(i + 1) * per])
+        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
+            .to(torch.int32).to(DEV)
+    return r2t
+
+
 def _extend_batch(mode, rows, prefix, ext, loc):
     """SGLang's ForwardBatch of an extend over ``rows`` (prefix / new tokens per request)."""
     from sglang.srt.model_executor.forward_batch_info import ForwardBatch
@@ -212,7 +227,6 @@ def _decode_batch(rows, seq, loc):
                                   ("nvfp4", 96)])
 @pytest.mark.parametrize("page", [1, 16])
 def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import NVFP4_SCALES_ENV, Sm12xAttnBackend
@@ -228,15 +242,8 @@ def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     max_ctx = 64
     size = 512
     pool, dtype = _make_pool(kv, size, page, hkv, d, layers)
-    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
     rows = torch.tensor([5, 0, 3], device=DEV)
-    # page-aligned slots per request, pages in random order, slot 0 .. page-1 reserved as padding
-    n_pages = size // page
-    perm = (torch.randperm(n_pages - 2) + 1).tolist()
-    for i, r in enumerate(rows.tolist()):
-        pages = torch.tensor(perm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
-        slots = (pages[:, None] * page + torch.arange(page)[None, :]).flatten()[:max_ctx]
-        r2t.req_to_token[r, :max_ctx] = slots.to(torch.int32).to(DEV)
+    r2t = _random_pages(rows, max_ctx, size, page)
     runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
                      kv_cache_dtype=dtype if kv != "nvfp4" else torch.float4_e2m1fn_x2,
                      model_config=SimpleNamespace(context_len=max_ctx), sliding_window_size=None,
@@ -244,7 +251,6 @@ def test_backend_extend_chunked_then_decode(kv, d, page, monkeypatch):
     be = Sm12xAttnBackend(runner)
     assert be.kv_dtype == kv and be.nvfp4_scales == scales
     lay = [_layer(i, hq, hkv, d, kv) for i in range(layers)]
-    orig_kv = {}            # (layer, row, pos) -> original bf16 k, v
 
     def run_extend(prefix, ext, mode=ForwardMode.EXTEND):
         seq = [p + e for p, e in zip(prefix, ext)]
@@ -710,7 +716,6 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     steps (remapped to a page of NaN), which a read outside the window would turn into NaN output.
     Fresh prefill, chunked prefill over a cached prefix, then decode -- eager and CUDA-graph
     metadata -- every output against the float reference over the dequantized sub-pools."""
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import Sm12xAttnBackend
@@ -734,13 +739,8 @@ def test_backend_sliding_window_pool(kv, page, monkeypatch):
     if kv == "nvfp4":
         swa.k_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F       # E4M3 NaN block scales
         swa.v_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F
-    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
     rows = torch.tensor([5, 0, 3], device=DEV)
-    fperm = (torch.randperm(n_pages - 2) + 1).tolist()
-    for i, r in enumerate(rows.tolist()):
-        pages = torch.tensor(fperm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
-        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
-            .to(torch.int32).to(DEV)
+    r2t = _random_pages(rows, max_ctx, size, page)
     runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
                      kv_cache_dtype=dtype, model_config=SimpleNamespace(context_len=max_ctx),
                      sliding_window_size=W, dtype=torch.bfloat16)
@@ -1028,7 +1028,6 @@ def test_backend_hybrid_linear_pool(kv, page, monkeypatch):
     chunked prefill and decode (eager and CUDA-graph metadata) against the float reference over the
     dequantized sub-pool; a linear layer reaching this backend is refused by name."""
     from sglang.srt.layers.attention.hybrid_linear_attn_backend import HybridLinearAttnBackend
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import Sm12xAttnBackend
@@ -1038,14 +1037,8 @@ def test_backend_hybrid_linear_pool(kv, page, monkeypatch):
     pool, dtype, cfg, scales = _hybrid_linear_pool(kv, size, page, hkv, d, layers, 2, monkeypatch)
     full_ids = list(cfg.full_attention_layer_ids)
     assert full_ids == [1, 3] and pool.full_attention_layer_id_mapping == {1: 0, 3: 1}
-    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
     rows = torch.tensor([2, 0, 6], device=DEV)
-    n_pages = size // page
-    perm = (torch.randperm(n_pages - 2) + 1).tolist()
-    for i, r in enumerate(rows.tolist()):
-        pages = torch.tensor(perm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
-        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
-            .to(torch.int32).to(DEV)
+    r2t = _random_pages(rows, max_ctx, size, page)
     runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page, kv_cache_dtype=dtype,
                      model_config=SimpleNamespace(context_len=max_ctx), sliding_window_size=None, dtype=torch.bfloat16)
     be = Sm12xAttnBackend(runner)
@@ -1276,7 +1269,6 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
     boundary, then decode (eager and CUDA-graph metadata) -- on a plain pool and on a hybrid pool
     whose window sub-pool holds the local layers, pages before the current chunk evicted to NaN;
     the full-attention layer beside it sees everything. Every row against the float reference."""
-    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     from sglang_sm12x.backend import Sm12xAttnBackend
@@ -1302,13 +1294,8 @@ def test_backend_chunked_local_layers(pool_kind, kv, page, monkeypatch):
             swa.v_scale_buffer[0].view(torch.uint8)[nan_page] = 0x7F
     else:
         pool, dtype = _make_pool(kv, size, page, hkv, d, 2)
-    r2t = ReqToTokenPool(size=8, max_context_len=max_ctx, device=DEV, enable_memory_saver=False)
     rows = torch.tensor([5, 0, 3], device=DEV)
-    fperm = (torch.randperm(n_pages - 2) + 1).tolist()
-    for i, r in enumerate(rows.tolist()):
-        pages = torch.tensor(fperm[i * (max_ctx // page + 1):(i + 1) * (max_ctx // page + 1)])
-        r2t.req_to_token[r, :max_ctx] = (pages[:, None] * page + torch.arange(page)).flatten()[:max_ctx] \
-            .to(torch.int32).to(DEV)
+    r2t = _random_pages(rows, max_ctx, size, page)
     runner = _Runner(device=DEV, req_to_token_pool=r2t, token_to_kv_pool=pool, page_size=page,
                      kv_cache_dtype=dtype, model_config=SimpleNamespace(context_len=max_ctx),
                      sliding_window_size=C, attention_chunk_size=C, dtype=torch.bfloat16)

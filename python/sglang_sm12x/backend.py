@@ -354,14 +354,20 @@ class Sm12xAttnBackend(AttentionBackend):
             return None
         lens = seq_lens.to(torch.int32)
         start = torch.clamp(lens - 1, min=0) // self.chunk * self.chunk
-        llens = lens - start
+        return self._lists_from(rows, lens, start, self._local_units(), bufs)
+
+    def _lists_from(self, rows, lens, start, units: int, bufs=None, max_prefix=None) -> WindowLists:
+        """Each sequence's tokens from ``start`` to ``lens`` as lists (a hybrid pool's window slots
+        where it has them); with ``bufs`` (indptr, indices, lens) the CUDA-graph buffers, whose
+        fixed addresses the captured graphs read, else exact-size ones of ``units`` a row."""
+        sub = lens - start
         if bufs:
-            bufs[2][: llens.shape[0]].copy_(llens)
-            llens = bufs[2][: llens.shape[0]]
-        kw = dict(kv_indptr=bufs[0], kv_indices=bufs[1]) if bufs else dict(total=rows.shape[0] * self._local_units())
-        indptr, indices = build_kv_indices(self.req_to_token, rows, llens, page_size=self.page_size, start=start,
+            bufs[2][: sub.shape[0]].copy_(sub)
+            sub = bufs[2][: sub.shape[0]]
+        kw = dict(kv_indptr=bufs[0], kv_indices=bufs[1]) if bufs else dict(total=rows.shape[0] * units)
+        indptr, indices = build_kv_indices(self.req_to_token, rows, sub, page_size=self.page_size, start=start,
                                            mapping=self._mapping(), **kw)
-        return WindowLists(indptr, indices, llens)
+        return WindowLists(indptr, indices, sub, max_prefix)
 
     def _local_extend_lists(self, fb, prefix) -> Optional[WindowLists]:
         """Chunked local layers in extend: each request's new tokens split where they cross a chunk
@@ -411,20 +417,11 @@ class Sm12xAttnBackend(AttentionBackend):
         lens = lens.to(torch.int32)
         first = torch.clamp(lens - keep, min=0)
         start = first if self.page_size == 1 else first // self.page_size * self.page_size
-        wlens = lens - start
-        if bufs:                     # captured graphs read the lengths at a fixed address
-            bufs[2][: wlens.shape[0]].copy_(wlens)
-            wlens = bufs[2][: wlens.shape[0]]
-        mapping = self._mapping()
         max_prefix = None
         if lens_cpu is not None:
             p = self.page_size
             max_prefix = max((L - (max(0, L - keep) // p * p) for L in lens_cpu), default=0)
-        kw = dict(kv_indptr=bufs[0], kv_indices=bufs[1]) if bufs else \
-            dict(total=rows.shape[0] * self._window_units(decode))
-        indptr, indices = build_kv_indices(self.req_to_token, rows, wlens, page_size=self.page_size, start=start,
-                                           mapping=mapping, **kw)
-        return WindowLists(indptr, indices, wlens, max_prefix)
+        return self._lists_from(rows, lens, start, self._window_units(decode), bufs, max_prefix)
 
     def init_cuda_graph_state(self, max_bs: int, max_num_tokens: int):
         """Max-size buffers for decode graphs; every captured batch size views into them."""
