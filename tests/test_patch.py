@@ -298,7 +298,12 @@ def test_aot_sglang_hybrid_records_and_fixes_the_gdn_forward(tmp_path):
             "fused_recurrent.fused_recurrent_gated_delta_rule_packed_decode_kernel",
             "causal_conv1d_triton._causal_conv1d_fwd_kernel"} <= kernels
     assert all(x["shared"] > 0 or x["regs"] > 0 for x in res["rows"])
-    name = "sglang.kernels.ops.attention.fla.wy_fast.recompute_w_u_fwd_kernel"
-    shipped = json.loads((ROOT / "python" / "sglang_sm12x" / "hybrid_tiles.json").read_text())
-    assert json.loads(fixes.read_text())["120"][name] == shipped["120"][name]
+    # every launch that overflows or spills has a fix in the table written, and the fixed rows fit
     assert res["all_fixed_fit"]
+    written = json.loads(fixes.read_text()).get("120", {})
+    bad = {x["kernel"] for x in res["rows"] if x["stage"] == "sglang" and not x["fits"]}
+    assert {".".join(k.split(".")[-2:]) for k in written} == bad
+    name = "sglang.kernels.ops.attention.fla.wy_fast.recompute_w_u_fwd_kernel"
+    if name in written:     # the shipped table holds the same fix
+        shipped = json.loads((ROOT / "python" / "sglang_sm12x" / "hybrid_tiles.json").read_text())
+        assert written[name] == shipped["120"][name]
