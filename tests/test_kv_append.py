@@ -281,7 +281,9 @@ def test_nvfp4_mse_scales_match_the_reference_search(head_dim, g, device):
         same = s.cpu().view(torch.uint8) == rs.view(torch.uint8)
         assert same.float().mean() > 0.98, f"{(~same).sum().item()} of {same.numel()} blocks differ"
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-30), (got - want).abs().max()
-        assert (want <= base).all(), "the search never loses to amax / 6 (it is the first candidate)"
+        # the search never loses to amax / 6 (its first candidate), up to the summation order of a
+        # near-tie (the search and this check add a block's squared errors differently)
+        assert (want <= base * (1 + 1e-5) + 1e-30).all(), "the search lost to amax / 6"
         assert want.sum() < 0.9 * base.sum()
         # the bytes of a block follow from its scale: where the scales agree, so do the data
         blk_same = same.repeat_interleave(8, -1)
