@@ -547,14 +547,46 @@ def test_fused_moe_w4a4_matches_reference(name, tokens, device):
         d, sc = nvfp4.quantize_nvfp4(t, g)
         return nvfp4.dequantize_nvfp4(d, sc, g)
 
-    x_q = act_q(x.float().cpu(), ga)
+    globals_ = iter((ga, gb))         # reference() quantizes the input, then the intermediate
     out = fused_moe(x, a1.to(device), a2.to(device), tw, ti, dtype="nvfp4_w4a4", w1_scale=s1.to(device),
                     w2_scale=s2.to(device), w1_global=g1.to(device), w2_global=g2.to(device), a1_global=ga,
                     a2_global=gb, arch=120)
-    ref = reference(x_q, r1, r2, tw.cpu(), ti.cpu(), torch.bfloat16, act_q=lambda t: act_q(t, gb))
+    ref = reference(x.cpu(), r1, r2, tw.cpu(), ti.cpu(), torch.bfloat16, act_q=lambda t: act_q(t, next(globals_)))
     # the intermediate's NVFP4 codes can round apart from the reference's (its bf16 sum order
-    # differs): a few codes of the intermediate's ~12% steps, against the output's scale
-    _check(out, ref, f"{name} w4a4 tokens={tokens}", 0.15)
+    # differs by an ulp, and a code near a rounding boundary then moves a whole E2M1 step, up to
+    # a third of the value): a few such elements move single outputs, so the check is on the whole
+    # output's relative error (measured 0.04-0.105 over 10 seeds: 4-bit intermediates that round
+    # apart; the GEMMs themselves are checked exactly below)
+    got = out.float().cpu()
+    assert not got.isnan().any()
+    rel = ((got - ref).norm() / ref.norm()).item()
+    assert rel < 0.2, f"{name} w4a4 tokens={tokens}: relative error {rel:.3g}"
+
+
+@pytest.mark.parametrize("tokens,n,k", [(1, 64, 128), (7, 96, 192)])
+def test_w4a4_gemm_matches_reference(tokens, n, k, device):
+    """One W4A4 grouped GEMM against float32 over the same NVFP4 activations and weights: the
+    only differences are the fp32 summation order (the fused MoE above also rounds its 4-bit
+    intermediate apart)."""
+    from sgl_kernel_sm12x.moe.fused_moe import moe_align, moe_gemm, quant_nvfp4_rows
+
+    e, top_k = 4, 2
+    x = torch.randn(tokens, k).to(torch.bfloat16)
+    w = torch.randn(e, n, k) / k ** 0.5
+    wq, ws, wg = nvfp4.quantize_weight(w)
+    ti = torch.stack([torch.randperm(e)[:top_k] for _ in range(tokens)]).to(torch.int32)
+    cfg = planner.plan_moe(120, dtype="nvfp4_w4a4", num_experts=e, n=n, k=k, tokens=tokens, top_k=top_k)
+    aq, as_, ag = quant_nvfp4_rows(x.to(device), 0.01)
+    ids, experts, npad = moe_align(ti.to(device), e, cfg.block_m)
+    out = torch.full((tokens * top_k, n), float("nan"), dtype=torch.bfloat16, device=device)
+    moe_gemm(aq, wq.to(device), out, ids, experts, npad, top_k=top_k, cfg=cfg, dtype="nvfp4_w4a4",
+             a_scale=as_, w_scale=ws.to(device), w_global=wg.to(device), a_global=ag)
+    xa = nvfp4.dequantize_nvfp4(aq.cpu(), as_.cpu(), 0.01)
+    wd = nvfp4.dequantize_weight(wq, ws, wg)
+    ref = torch.stack([xa[t] @ wd[int(ti[t, j])].T for t in range(tokens) for j in range(top_k)])
+    got = out.float().cpu()
+    assert not got.isnan().any(), "unwritten output rows"
+    assert ((got - ref).abs() <= 2 ** -7 * ref.abs() + 1e-3 * ref.abs().max()).all(), (got - ref).abs().max()
 
 
 def test_quant_nvfp4_rows_is_the_reference_quantizer(device):

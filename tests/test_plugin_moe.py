@@ -254,9 +254,10 @@ def test_nvfp4_moe_layer_through_sglangs_weights(w4a4, monkeypatch):
         def act_q(t, g):
             d, sc = nvfp4.quantize_nvfp4(t, g)
             return nvfp4.dequantize_nvfp4(d, sc, g)
-        ref = reference(act_q(x.float(), 0.01), r1, r2, tw, ti, torch.bfloat16, act_q=lambda t: act_q(t, 0.002))
-        err = (out.float() - ref).abs().max() / ref.abs().max()
-        assert err < 0.15, float(err)
+        globals_ = iter((0.01, 0.002))      # reference() quantizes the input, then the intermediate
+        ref = reference(x, r1, r2, tw, ti, torch.bfloat16, act_q=lambda t: act_q(t, next(globals_)))
+        rel = ((out.float() - ref).norm() / ref.norm()).item()
+        assert rel < 0.2, rel          # 4-bit intermediates round apart (the GEMMs: test_moe.py)
         return
     ref, bound = reference(x, r1, r2, tw, ti, torch.bfloat16, bound=True)
     assert ((out.float() - ref).abs() <= bound).all(), ((out.float() - ref).abs() / bound).max()
