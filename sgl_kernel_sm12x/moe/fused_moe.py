@@ -766,23 +766,7 @@ def fused_moe(
     if tokens == 0:
         return out
     arch = planner.launch_arch(hidden.device, arch)
-    if config is None:
-        c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k,
-                              block_shape=block_shape)
-        c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k,
-                              block_shape=block_shape)
-        c2 = planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
-    else:
-        c1, c2 = config
-        if c1.block_m != c2.block_m:
-            _fail("config", "both GEMMs share one alignment: block_m must match")
-        fitted = []
-        for c in (c1, c2):
-            c, reason = planner.fit_moe_config(arch, c, dtype)
-            if reason:
-                logging.getLogger(__name__).warning(reason)
-            fitted.append(c)
-        c1, c2 = fitted
+    c1, c2 = _plan_gemms(arch, dtype, e, two_i, h, inter, tokens, top_k, block_shape, config)
     sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, e, c1.block_m)
     pairs = tokens * top_k
     w1b = w1.view(torch.uint8) if fp8_w else w1
@@ -799,6 +783,27 @@ def fused_moe(
              a_scale=a2_s, w_scale=w2_scale.float() if q else None, topk_weights=topk_weights.float().flatten(),
              a_per_pair=True, block_shape=block_shape)
     return moe_sum(down.view(tokens, top_k, h), out)
+
+
+def _plan_gemms(arch, dtype, e, two_i, h, inter, tokens, top_k, block_shape, config):
+    """(gate-up tile, down tile) of one fused MoE: planned (the down GEMM on the gate-up's BLOCK_M,
+    both share one alignment), or the caller's override made to fit ``arch``."""
+    if config is None:
+        c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k,
+                              block_shape=block_shape)
+        c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k,
+                              block_shape=block_shape)
+        return c1, planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
+    c1, c2 = config
+    if c1.block_m != c2.block_m:
+        _fail("config", "both GEMMs share one alignment: block_m must match")
+    fitted = []
+    for c in (c1, c2):
+        c, reason = planner.fit_moe_config(arch, c, dtype)
+        if reason:
+            logging.getLogger(__name__).warning(reason)
+        fitted.append(c)
+    return tuple(fitted)
 
 
 def aot_cases(arch: int):
@@ -895,12 +900,7 @@ def _fused_moe_nvfp4(hidden, w1, w2, topk_weights, topk_ids, w1_scale, w2_scale,
     w4a4 = dtype == "nvfp4_w4a4"
     if w4a4 and (h % 64 or inter % 64):
         _fail("w1", f"nvfp4_w4a4 needs hidden and intermediate sizes that are multiples of 64, got {h} / {inter}")
-    if config is None:
-        c1 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=two_i, k=h, tokens=tokens, top_k=top_k)
-        c2 = planner.plan_moe(arch, dtype=dtype, num_experts=e, n=h, k=inter, tokens=tokens, top_k=top_k)
-        c2 = planner.MoeConfig(c1.block_m, c2.block_n, c2.block_k, c2.group_m, c2.num_warps, c2.num_stages)
-    else:
-        c1, c2 = config
+    c1, c2 = _plan_gemms(arch, dtype, e, two_i, h, inter, tokens, top_k, None, config)
     sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, e, c1.block_m)
     pairs = tokens * top_k
     hw = arch >= 89
